@@ -1,0 +1,390 @@
+//! proto ↔ domain. Bad input becomes `InvalidArgument` here, naming the field.
+
+use std::collections::BTreeMap;
+use std::num::NonZeroU32;
+
+use allot_proto::v1 as pb;
+
+use super::error::{ApiError, ApiResult};
+use crate::auth::Caller;
+use crate::domain::{
+    DeviceGrant, EndReason, GpuRequest, Job, JobId, JobSpec, JobState, Lease, LeaseState, MiB, MigProfile,
+    MilliCpu, Millis, Placement, ProjectName, Resources, Share, TenantName,
+};
+use crate::ledger::Role;
+
+/// Env variables the agent sets itself; a job may not override them.
+const RESERVED_ENV: &[&str] = &["CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES"];
+const MAX_GPUS: i32 = 1024;
+
+pub fn parse_job_id(field: &str, s: &str) -> ApiResult<JobId> {
+    if s.trim().is_empty() {
+        return Err(ApiError::invalid(field, "must not be empty"));
+    }
+    s.parse().map_err(|e: String| ApiError::invalid(field, e))
+}
+
+fn fraction(field: &str, f: &pb::Fraction) -> ApiResult<Share> {
+    if f.denominator == 0 {
+        return Err(ApiError::invalid(field, "denominator must not be zero"));
+    }
+    let share = Share::new(f.numerator, f.denominator).expect("denominator checked");
+    if share.is_zero() || share > Share::ONE {
+        return Err(ApiError::invalid(
+            field,
+            format!("must be in (0, 1], got {}/{}", f.numerator, f.denominator),
+        ));
+    }
+    if share.denominator() > 1_000_000 {
+        return Err(ApiError::invalid(
+            field,
+            "denominator must be at most 1000000 after reduction",
+        ));
+    }
+    Ok(share)
+}
+
+fn non_negative(field: &str, v: i64) -> ApiResult<u64> {
+    u64::try_from(v).map_err(|_| ApiError::invalid(field, format!("must not be negative, got {v}")))
+}
+
+fn resources(r: Option<&pb::Resources>) -> ApiResult<Resources> {
+    let default = pb::Resources::default();
+    let r = r.unwrap_or(&default);
+    let gpu_memory = non_negative("spec.resources.gpu_memory_mib", r.gpu_memory_mib)?;
+    let gpu = match &r.gpu {
+        None => GpuRequest::None,
+        Some(pb::resources::Gpu::Gpus(n)) => {
+            if *n < 1 {
+                return Err(ApiError::invalid(
+                    "spec.resources.gpus",
+                    format!("must be at least 1, got {n} (leave it unset for a CPU-only job)"),
+                ));
+            }
+            if *n > MAX_GPUS {
+                return Err(ApiError::invalid(
+                    "spec.resources.gpus",
+                    format!("must be at most {MAX_GPUS}, got {n}"),
+                ));
+            }
+            GpuRequest::Whole(NonZeroU32::new(*n as u32).expect("checked >= 1"))
+        }
+        Some(pb::resources::Gpu::GpuFraction(f)) => GpuRequest::Fraction {
+            share: fraction("spec.resources.gpu_fraction", f)?,
+            memory: (gpu_memory > 0).then_some(MiB(gpu_memory)),
+        },
+        Some(pb::resources::Gpu::MigProfile(p)) => {
+            let profile: MigProfile = p
+                .parse()
+                .map_err(|e: String| ApiError::invalid("spec.resources.mig_profile", e))?;
+            GpuRequest::Mig(profile)
+        }
+    };
+    if gpu_memory > 0 && !matches!(gpu, GpuRequest::Fraction { .. }) {
+        return Err(ApiError::invalid(
+            "spec.resources.gpu_memory_mib",
+            "applies only to a gpu_fraction request",
+        ));
+    }
+    let cpu = non_negative("spec.resources.cpu_millis", r.cpu_millis)?;
+    let memory = non_negative("spec.resources.memory_mib", r.memory_mib)?;
+    Ok(Resources {
+        gpu,
+        cpu: if cpu == 0 {
+            Resources::DEFAULT_CPU
+        } else {
+            MilliCpu(cpu)
+        },
+        memory: if memory == 0 {
+            Resources::DEFAULT_MEMORY
+        } else {
+            MiB(memory)
+        },
+    })
+}
+
+fn check_key(field: &str, k: &str, what: &str) -> ApiResult<()> {
+    if k.is_empty() {
+        return Err(ApiError::invalid(
+            field,
+            format!("{what} names must not be empty"),
+        ));
+    }
+    if k.len() > 128 || k.chars().any(|c| c.is_control() || c == '=') {
+        return Err(ApiError::invalid(
+            field,
+            format!("{what} name {k:?} must be at most 128 printable characters without '='"),
+        ));
+    }
+    Ok(())
+}
+
+/// Validates a submitted spec for `caller`.
+pub fn job_spec(caller: &Caller, spec: Option<&pb::JobSpec>) -> ApiResult<JobSpec> {
+    let spec = spec.ok_or_else(|| ApiError::invalid("spec", "is required"))?;
+    let command = spec.command.trim();
+    if command.is_empty() {
+        return Err(ApiError::invalid("spec.command", "must not be empty"));
+    }
+    if command.contains('\0') || spec.args.iter().any(|a| a.contains('\0')) {
+        return Err(ApiError::invalid("spec.command", "must not contain NUL bytes"));
+    }
+    let name = if spec.name.trim().is_empty() {
+        command.rsplit('/').next().unwrap_or(command).to_string()
+    } else {
+        spec.name.trim().to_string()
+    };
+    if name.len() > 256 || name.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            "spec.name",
+            "must be at most 256 printable characters",
+        ));
+    }
+    let mut env = BTreeMap::new();
+    for (k, v) in &spec.env {
+        check_key("spec.env", k, "variable")?;
+        if RESERVED_ENV.contains(&k.as_str()) || k.starts_with("ALLOT_") {
+            return Err(ApiError::invalid(
+                "spec.env",
+                format!("{k} is set by allot and cannot be overridden"),
+            ));
+        }
+        if v.contains('\0') {
+            return Err(ApiError::invalid(
+                "spec.env",
+                format!("value of {k} contains a NUL byte"),
+            ));
+        }
+        env.insert(k.clone(), v.clone());
+    }
+    let working_dir = match spec.working_dir.trim() {
+        "" => None,
+        d if d.starts_with('/') && !d.contains('\0') => Some(d.to_string()),
+        d => {
+            return Err(ApiError::invalid(
+                "spec.working_dir",
+                format!("must be an absolute path, got {d:?}"),
+            ));
+        }
+    };
+    let time_limit = match spec.time_limit_ms {
+        None => None,
+        Some(ms) if ms <= 0 => {
+            return Err(ApiError::invalid(
+                "spec.time_limit_ms",
+                format!("must be greater than 0, got {ms} (leave it unset for no limit)"),
+            ));
+        }
+        Some(ms) => Some(Millis(ms as u64)),
+    };
+    let grace_period = match spec.grace_period_ms {
+        None => JobSpec::DEFAULT_GRACE,
+        Some(ms) if ms < 0 => {
+            return Err(ApiError::invalid(
+                "spec.grace_period_ms",
+                format!("must not be negative, got {ms}"),
+            ));
+        }
+        Some(ms) => Millis(ms as u64),
+    };
+    let tenant = match (&caller.role, spec.tenant.trim()) {
+        (Role::Tenant(own), "") => own.clone(),
+        (Role::Tenant(own), t) if t == own.as_str() => own.clone(),
+        (Role::Tenant(_), _) => {
+            return Err(ApiError::PermissionDenied(
+                "a tenant token may submit jobs only for its own tenant".into(),
+            ));
+        }
+        (Role::Admin, "") => {
+            return Err(ApiError::invalid(
+                "spec.tenant",
+                "is required when submitting with an admin token",
+            ));
+        }
+        (Role::Admin, t) => t
+            .parse::<TenantName>()
+            .map_err(|e| ApiError::invalid("spec.tenant", e))?,
+        (Role::Agent, _) => {
+            return Err(ApiError::PermissionDenied(
+                "an agent token cannot submit jobs".into(),
+            ));
+        }
+    };
+    let project = match spec.project.trim() {
+        "" => ProjectName::default_project(),
+        p => p.parse().map_err(|e| ApiError::invalid("spec.project", e))?,
+    };
+    let mut tags = BTreeMap::new();
+    for (k, v) in &spec.tags {
+        check_key("spec.tags", k, "tag")?;
+        if v.len() > 256 || v.chars().any(char::is_control) {
+            return Err(ApiError::invalid(
+                "spec.tags",
+                format!("value of tag {k} must be at most 256 printable characters"),
+            ));
+        }
+        tags.insert(k.clone(), v.clone());
+    }
+    Ok(JobSpec {
+        name,
+        command: command.to_string(),
+        args: spec.args.clone(),
+        env,
+        working_dir,
+        resources: resources(spec.resources.as_ref())?,
+        priority: spec.priority,
+        preemptible: spec.preemptible,
+        time_limit,
+        grace_period,
+        tenant,
+        project,
+        tags,
+    })
+}
+
+pub fn share_pb(s: Share) -> pb::Fraction {
+    pb::Fraction {
+        numerator: s.numerator(),
+        denominator: s.denominator(),
+    }
+}
+
+pub fn state_pb(s: JobState) -> pb::JobState {
+    match s {
+        JobState::Pending => pb::JobState::Pending,
+        JobState::Starting => pb::JobState::Starting,
+        JobState::Running => pb::JobState::Running,
+        JobState::Succeeded => pb::JobState::Succeeded,
+        JobState::Failed => pb::JobState::Failed,
+        JobState::Cancelled => pb::JobState::Cancelled,
+        JobState::TimedOut => pb::JobState::TimedOut,
+        JobState::Preempted => pb::JobState::Preempted,
+        JobState::NodeLost => pb::JobState::NodeLost,
+    }
+}
+
+pub fn state_from_pb(field: &str, v: i32) -> ApiResult<JobState> {
+    Ok(match pb::JobState::try_from(v) {
+        Ok(pb::JobState::Pending) => JobState::Pending,
+        Ok(pb::JobState::Starting) => JobState::Starting,
+        Ok(pb::JobState::Running) => JobState::Running,
+        Ok(pb::JobState::Succeeded) => JobState::Succeeded,
+        Ok(pb::JobState::Failed) => JobState::Failed,
+        Ok(pb::JobState::Cancelled) => JobState::Cancelled,
+        Ok(pb::JobState::TimedOut) => JobState::TimedOut,
+        Ok(pb::JobState::Preempted) => JobState::Preempted,
+        Ok(pb::JobState::NodeLost) => JobState::NodeLost,
+        _ => return Err(ApiError::invalid(field, format!("{v} is not a job state"))),
+    })
+}
+
+fn ms(t: Option<crate::domain::UnixMillis>) -> i64 {
+    t.map(|t| t.0 as i64).unwrap_or(0)
+}
+
+pub fn device_pb(d: &DeviceGrant) -> pb::DeviceAssignment {
+    pb::DeviceAssignment {
+        gpu_uuid: d.gpu_uuid.clone(),
+        device_uuid: d.device_uuid.clone(),
+        gpu_index: d.gpu_index,
+        gpu_model: d.gpu_model.clone(),
+        mig_profile: d.mig_profile.as_ref().map(|p| p.to_string()).unwrap_or_default(),
+        share: Some(share_pb(d.share)),
+        gpu_memory_mib: d.gpu_memory.0,
+    }
+}
+
+pub fn placement_pb(p: &Placement) -> pb::Placement {
+    pb::Placement {
+        node: p.node.to_string(),
+        devices: p.devices.iter().map(device_pb).collect(),
+        cpu_millis: p.cpu.0 as i64,
+        memory_mib: p.memory.0 as i64,
+    }
+}
+
+pub fn lease_pb(l: &Lease) -> pb::Lease {
+    let state = match l.state {
+        LeaseState::Reserved => pb::LeaseState::Reserved,
+        LeaseState::Active => pb::LeaseState::Active,
+        LeaseState::Closed => pb::LeaseState::Closed,
+    };
+    let end_reason = match l.end_reason {
+        None => pb::LeaseEndReason::Unspecified,
+        Some(EndReason::Succeeded) => pb::LeaseEndReason::Succeeded,
+        Some(EndReason::Failed) => pb::LeaseEndReason::Failed,
+        Some(EndReason::Cancelled) => pb::LeaseEndReason::Cancelled,
+        Some(EndReason::TimedOut) => pb::LeaseEndReason::TimedOut,
+        Some(EndReason::Preempted) => pb::LeaseEndReason::Preempted,
+        Some(EndReason::NodeLost) => pb::LeaseEndReason::NodeLost,
+        Some(EndReason::ReleasedUnstarted) => pb::LeaseEndReason::ReleasedUnstarted,
+    };
+    pb::Lease {
+        id: l.id.to_string(),
+        job_id: l.job_id.to_string(),
+        tenant: l.tenant.to_string(),
+        project: l.project.to_string(),
+        node: l.node.to_string(),
+        device: Some(device_pb(&l.device)),
+        state: state as i32,
+        reserved_at_unix_ms: l.reserved_at.0 as i64,
+        started_at_unix_ms: ms(l.started_at),
+        ended_at_unix_ms: ms(l.ended_at),
+        end_reason: end_reason as i32,
+        attempt: l.attempt,
+    }
+}
+
+pub fn spec_pb(s: &JobSpec) -> pb::JobSpec {
+    let gpu = match &s.resources.gpu {
+        GpuRequest::None => None,
+        GpuRequest::Whole(n) => Some(pb::resources::Gpu::Gpus(n.get() as i32)),
+        GpuRequest::Fraction { share, .. } => Some(pb::resources::Gpu::GpuFraction(share_pb(*share))),
+        GpuRequest::Mig(p) => Some(pb::resources::Gpu::MigProfile(p.to_string())),
+    };
+    let gpu_memory = match &s.resources.gpu {
+        GpuRequest::Fraction { memory: Some(m), .. } => m.0 as i64,
+        _ => 0,
+    };
+    pb::JobSpec {
+        name: s.name.clone(),
+        command: s.command.clone(),
+        args: s.args.clone(),
+        env: s.env.clone().into_iter().collect(),
+        working_dir: s.working_dir.clone().unwrap_or_default(),
+        resources: Some(pb::Resources {
+            gpu,
+            cpu_millis: s.resources.cpu.0 as i64,
+            memory_mib: s.resources.memory.0 as i64,
+            gpu_memory_mib: gpu_memory,
+        }),
+        priority: s.priority,
+        preemptible: s.preemptible,
+        time_limit_ms: s.time_limit.map(|t| t.0 as i64),
+        grace_period_ms: Some(s.grace_period.0 as i64),
+        tenant: s.tenant.to_string(),
+        project: s.project.to_string(),
+        tags: s.tags.clone().into_iter().collect(),
+    }
+}
+
+/// The wire form of a job, with its leases.
+pub fn job_pb(j: &Job, leases: &[Lease]) -> pb::Job {
+    pb::Job {
+        id: j.id.to_string(),
+        spec: Some(spec_pb(&j.spec)),
+        tenant: j.spec.tenant.to_string(),
+        project: j.spec.project.to_string(),
+        state: state_pb(j.state) as i32,
+        reason: j.reason.clone(),
+        submitted_at_unix_ms: j.submitted_at.0 as i64,
+        started_at_unix_ms: ms(j.started_at),
+        ended_at_unix_ms: ms(j.ended_at),
+        exit_code: j.exit_code,
+        signal: j.signal,
+        placement: j.placement.as_ref().map(placement_pb),
+        leases: leases.iter().map(lease_pb).collect(),
+        attempt: j.attempt,
+        cancel_requested: j.cancel_requested,
+    }
+}

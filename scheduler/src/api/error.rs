@@ -1,0 +1,88 @@
+//! The one place where errors become gRPC statuses.
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::auth::AuthError;
+use crate::engine::EngineError;
+use crate::ledger::LedgerError;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    /// A request field is malformed; `field` is its path, e.g. `spec.resources.gpus`.
+    #[error("{field}: {description}")]
+    InvalidArgument { field: String, description: String },
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+impl ApiError {
+    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
+        ApiError::InvalidArgument {
+            field: field.into(),
+            description: description.into(),
+        }
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Status {
+        let msg = e.to_string();
+        match e {
+            ApiError::InvalidArgument { field, description } => Status::with_error_details(
+                Code::InvalidArgument,
+                msg,
+                ErrorDetails::with_bad_request_violation(field, description),
+            ),
+            ApiError::NotFound(_) => Status::not_found(msg),
+            ApiError::AlreadyExists(_) => Status::already_exists(msg),
+            ApiError::PermissionDenied(_) => Status::permission_denied(msg),
+            ApiError::Unauthenticated(_) => Status::unauthenticated(msg),
+            ApiError::FailedPrecondition(_) => Status::failed_precondition(msg),
+            ApiError::Unavailable(_) => Status::unavailable(msg),
+            ApiError::Internal(_) => Status::internal(msg),
+        }
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::NotFound(what) => ApiError::NotFound(what),
+            EngineError::FailedPrecondition(m) => ApiError::FailedPrecondition(m),
+            EngineError::Unavailable(m) => ApiError::Unavailable(m),
+            EngineError::Internal(m) => ApiError::Internal(m),
+        }
+    }
+}
+
+impl From<LedgerError> for ApiError {
+    fn from(e: LedgerError) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::TenantExists(_) => ApiError::AlreadyExists(e.to_string()),
+            AuthError::NoSuchTenant(t) => ApiError::NotFound(format!("tenant {t}")),
+            AuthError::NoSuchToken(id) => ApiError::NotFound(format!("token {id}")),
+            AuthError::Ledger(l) => l.into(),
+        }
+    }
+}

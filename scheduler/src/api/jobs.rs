@@ -1,0 +1,246 @@
+//! `allot.v1.JobService`: translate, check access, call the engine.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use allot_proto::v1 as pb;
+use futures::Stream;
+use tokio::sync::broadcast::error::RecvError;
+use tonic::{Request, Response, Status};
+use tracing::instrument;
+
+use super::convert::{job_pb, job_spec, parse_job_id, state_from_pb};
+use super::error::{ApiError, ApiResult};
+use super::{Api, caller};
+use crate::auth::Caller;
+use crate::domain::{Job, JobId, TenantName};
+use crate::ledger::{JobFilter, Role};
+
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 1000;
+const MAX_LOG_CHUNK: u32 = 1 << 20;
+const LOG_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Api {
+    /// The job, if the caller may see it.
+    fn visible_job(&self, caller: &Caller, id: &JobId) -> ApiResult<Job> {
+        let job = self
+            .engine
+            .ledger()
+            .get_job(id)?
+            .ok_or_else(|| ApiError::NotFound(format!("job {id}")))?;
+        if !caller.may_access(&job.spec.tenant) {
+            return Err(ApiError::PermissionDenied(format!(
+                "job {id} belongs to another tenant"
+            )));
+        }
+        Ok(job)
+    }
+
+    pub(super) fn job_with_leases(&self, job: &Job) -> ApiResult<pb::Job> {
+        let leases = self.engine.ledger().leases_of(&job.id)?;
+        Ok(job_pb(job, &leases))
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchJobResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::job_service_server::JobService for Api {
+    #[instrument(skip(self, request))]
+    async fn submit_job(
+        &self,
+        request: Request<pb::SubmitJobRequest>,
+    ) -> Result<Response<pb::SubmitJobResponse>, Status> {
+        let caller = caller(&request)?;
+        let spec = job_spec(&caller, request.get_ref().spec.as_ref())?;
+        if !self.auth.tenant_exists(&spec.tenant).map_err(ApiError::from)? {
+            return Err(ApiError::invalid("spec.tenant", format!("unknown tenant {}", spec.tenant)).into());
+        }
+        let job = self.engine.submit(spec).await.map_err(ApiError::from)?;
+        Ok(Response::new(pb::SubmitJobResponse {
+            job: Some(self.job_with_leases(&job)?),
+        }))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn get_job(
+        &self,
+        request: Request<pb::GetJobRequest>,
+    ) -> Result<Response<pb::GetJobResponse>, Status> {
+        let caller = caller(&request)?;
+        let id = parse_job_id("id", &request.get_ref().id)?;
+        let job = self.visible_job(&caller, &id)?;
+        Ok(Response::new(pb::GetJobResponse {
+            job: Some(self.job_with_leases(&job)?),
+        }))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn list_jobs(
+        &self,
+        request: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.get_ref();
+        let states = req
+            .states
+            .iter()
+            .map(|s| state_from_pb("states", *s))
+            .collect::<ApiResult<Vec<_>>>()?;
+        let asked = match req.tenant.trim() {
+            "" => None,
+            t => Some(
+                t.parse::<TenantName>()
+                    .map_err(|e| ApiError::invalid("tenant", e))?,
+            ),
+        };
+        let tenant = match (&caller.role, asked) {
+            (Role::Admin, t) => t,
+            (Role::Tenant(own), None) => Some(own.clone()),
+            (Role::Tenant(own), Some(t)) if &t == own => Some(t),
+            (Role::Tenant(_), Some(_)) => {
+                return Err(
+                    ApiError::PermissionDenied("a tenant token may list only its own jobs".into()).into(),
+                );
+            }
+            (Role::Agent, _) => {
+                return Err(ApiError::PermissionDenied("an agent token cannot list jobs".into()).into());
+            }
+        };
+        let limit = match req.page_size as usize {
+            0 => DEFAULT_PAGE,
+            n => n.min(MAX_PAGE),
+        };
+        let after = match req.page_token.trim() {
+            "" => None,
+            t => Some(parse_job_id("page_token", t)?),
+        };
+        let filter = JobFilter { tenant, states };
+        let (jobs, next) = self
+            .engine
+            .ledger()
+            .list_jobs(&filter, after, limit)
+            .map_err(ApiError::from)?;
+        let jobs = jobs
+            .iter()
+            .map(|j| self.job_with_leases(j))
+            .collect::<ApiResult<Vec<_>>>()?;
+        Ok(Response::new(pb::ListJobsResponse {
+            jobs,
+            next_page_token: next.map(|id| id.to_string()).unwrap_or_default(),
+        }))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn cancel_job(
+        &self,
+        request: Request<pb::CancelJobRequest>,
+    ) -> Result<Response<pb::CancelJobResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.get_ref();
+        let id = parse_job_id("id", &req.id)?;
+        self.visible_job(&caller, &id)?;
+        if req.reason.len() > 1024 {
+            return Err(ApiError::invalid("reason", "must be at most 1024 bytes").into());
+        }
+        let job = self
+            .engine
+            .cancel(id, req.reason.trim().to_string())
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(pb::CancelJobResponse {
+            job: Some(self.job_with_leases(&job)?),
+        }))
+    }
+
+    type WatchJobStream = WatchStream;
+
+    #[instrument(skip(self, request))]
+    async fn watch_job(
+        &self,
+        request: Request<pb::WatchJobRequest>,
+    ) -> Result<Response<Self::WatchJobStream>, Status> {
+        let caller = caller(&request)?;
+        let id = parse_job_id("id", &request.get_ref().id)?;
+        // Subscribe before reading, so no change falls between the two.
+        let mut events = self.engine.subscribe();
+        let current = self.visible_job(&caller, &id)?;
+        let api = self.clone();
+        let stream = async_stream(move |tx| async move {
+            let now = crate::domain::UnixMillis::now;
+            let send = |job: &Job, at: crate::domain::UnixMillis| -> Result<pb::WatchJobResponse, Status> {
+                Ok(pb::WatchJobResponse {
+                    job: Some(api.job_with_leases(job)?),
+                    at_unix_ms: at.0 as i64,
+                })
+            };
+            let mut last = current.clone();
+            if tx.send(send(&current, now())).await.is_err() || current.state.is_final() {
+                return;
+            }
+            loop {
+                let job = match events.recv().await {
+                    Ok(ev) if ev.job.id == id => ev.job,
+                    Ok(_) => continue,
+                    // Fell behind: re-read the job rather than miss its end.
+                    Err(RecvError::Lagged(_)) => match api.engine.ledger().get_job(&id) {
+                        Ok(Some(j)) => j,
+                        _ => return,
+                    },
+                    Err(RecvError::Closed) => {
+                        let _ = tx
+                            .send(Err(Status::unavailable("the server is shutting down")))
+                            .await;
+                        return;
+                    }
+                };
+                if job == last {
+                    continue;
+                }
+                last = job.clone();
+                if tx.send(send(&job, now())).await.is_err() || job.state.is_final() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(stream))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn get_job_logs(
+        &self,
+        request: Request<pb::GetJobLogsRequest>,
+    ) -> Result<Response<pb::GetJobLogsResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.get_ref();
+        let id = parse_job_id("id", &req.id)?;
+        self.visible_job(&caller, &id)?;
+        let limit = match req.limit {
+            0 => MAX_LOG_CHUNK,
+            n => n.min(MAX_LOG_CHUNK),
+        };
+        let slice = tokio::time::timeout(LOG_TIMEOUT, self.engine.read_logs(id, req.offset, limit))
+            .await
+            .map_err(|_| ApiError::Unavailable("the node holding the output did not answer in time".into()))?
+            .map_err(ApiError::from)?;
+        Ok(Response::new(pb::GetJobLogsResponse {
+            data: slice.data,
+            next_offset: slice.next_offset,
+            complete: slice.complete,
+            path: slice.path,
+            node: slice.node.to_string(),
+        }))
+    }
+}
+
+/// A response stream fed by a task through a channel.
+fn async_stream<F, Fut>(f: F) -> WatchStream
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<pb::WatchJobResponse, Status>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(f(tx));
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}

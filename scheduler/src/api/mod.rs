@@ -1,0 +1,113 @@
+//! gRPC adapters: unwrap the request, convert proto → domain (bad input
+//! becomes `InvalidArgument` naming the field), call the engine, convert back.
+
+mod admin;
+mod agents;
+pub mod convert;
+pub mod error;
+mod jobs;
+mod nodes;
+
+use std::sync::Arc;
+
+use allot_proto::v1 as pb;
+use tonic::service::Interceptor;
+use tonic::{Request, Status};
+
+use crate::auth::{Auth, Caller};
+use crate::clock::Clock;
+use crate::domain::Millis;
+use crate::engine::EngineHandle;
+
+/// The state every service shares.
+#[derive(Clone)]
+pub struct Api {
+    pub(crate) engine: EngineHandle,
+    pub(crate) auth: Auth,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) heartbeat_interval: Millis,
+}
+
+impl Api {
+    pub fn new(engine: EngineHandle, auth: Auth, clock: Arc<dyn Clock>, heartbeat_interval: Millis) -> Self {
+        Api {
+            engine,
+            auth,
+            clock,
+            heartbeat_interval,
+        }
+    }
+}
+
+/// The authenticated caller the interceptor attached to the request.
+fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
+    request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("missing bearer token"))
+}
+
+/// Resolves `authorization: Bearer <token>` to a caller, or refuses the call.
+#[derive(Clone)]
+pub struct BearerAuth(pub Auth);
+
+impl Interceptor for BearerAuth {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let header = request.metadata().get("authorization").ok_or_else(|| {
+            Status::unauthenticated(
+                "missing bearer token: send `authorization: Bearer <token>` (the CLI reads ALLOT_TOKEN or --token)",
+            )
+        })?;
+        let value = header
+            .to_str()
+            .map_err(|_| Status::unauthenticated("malformed authorization header"))?;
+        let token = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .ok_or_else(|| Status::unauthenticated("authorization header must be `Bearer <token>`"))?;
+        let caller = self
+            .0
+            .authenticate(token.trim())
+            .ok_or_else(|| Status::unauthenticated("invalid or revoked token"))?;
+        request.extensions_mut().insert(caller);
+        Ok(request)
+    }
+}
+
+/// Builds the router with every allot service behind the bearer check, plus
+/// `grpc.health.v1` and server reflection (open, so `grpcurl` works).
+pub async fn router(api: Api) -> anyhow::Result<tonic::transport::server::Router> {
+    let auth = BearerAuth(api.auth.clone());
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<pb::job_service_server::JobServiceServer<Api>>()
+        .await;
+    health_reporter
+        .set_serving::<pb::node_service_server::NodeServiceServer<Api>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let router = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(pb::job_service_server::JobServiceServer::with_interceptor(
+            api.clone(),
+            auth.clone(),
+        ))
+        .add_service(pb::node_service_server::NodeServiceServer::with_interceptor(
+            api.clone(),
+            auth.clone(),
+        ))
+        .add_service(pb::admin_service_server::AdminServiceServer::with_interceptor(
+            api.clone(),
+            auth.clone(),
+        ))
+        .add_service(pb::agent_service_server::AgentServiceServer::with_interceptor(
+            api, auth,
+        ));
+    Ok(router)
+}

@@ -1,0 +1,164 @@
+//! Tenants and bearer tokens. Tokens are random secrets shown once; only
+//! their SHA-256 is stored. Lookups are served from memory.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+use crate::domain::{TenantName, UnixMillis};
+use crate::ledger::{Ledger, LedgerError, Role, TenantRecord, TokenRecord};
+
+/// The authenticated caller of an RPC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub role: Role,
+    pub token_id: String,
+}
+
+impl Caller {
+    pub fn is_admin(&self) -> bool {
+        self.role == Role::Admin
+    }
+
+    /// The tenant a tenant token belongs to.
+    pub fn tenant(&self) -> Option<&TenantName> {
+        match &self.role {
+            Role::Tenant(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// Whether this caller may see and change jobs of `tenant`.
+    pub fn may_access(&self, tenant: &TenantName) -> bool {
+        match &self.role {
+            Role::Admin => true,
+            Role::Tenant(t) => t == tenant,
+            Role::Agent => false,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("tenant {0} already exists")]
+    TenantExists(TenantName),
+    #[error("tenant {0} does not exist")]
+    NoSuchTenant(TenantName),
+    #[error("no token with id {0}")]
+    NoSuchToken(String),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+}
+
+#[derive(Clone)]
+pub struct Auth {
+    ledger: Ledger,
+    by_hash: Arc<RwLock<HashMap<[u8; 32], TokenRecord>>>,
+}
+
+fn hash(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+impl Auth {
+    pub fn load(ledger: Ledger) -> Result<Self, LedgerError> {
+        let by_hash = ledger.tokens()?.into_iter().collect();
+        Ok(Auth {
+            ledger,
+            by_hash: Arc::new(RwLock::new(by_hash)),
+        })
+    }
+
+    /// The caller a bearer secret stands for, if any.
+    pub fn authenticate(&self, secret: &str) -> Option<Caller> {
+        let h = hash(secret);
+        let map = self.by_hash.read().unwrap_or_else(|e| e.into_inner());
+        map.get(&h).map(|r| Caller {
+            role: r.role.clone(),
+            token_id: r.id.clone(),
+        })
+    }
+
+    pub async fn create_tenant(&self, name: TenantName, now: UnixMillis) -> Result<TenantRecord, AuthError> {
+        if self.ledger.get_tenant(name.as_str())?.is_some() {
+            return Err(AuthError::TenantExists(name));
+        }
+        let rec = TenantRecord {
+            name,
+            created_at: now,
+        };
+        self.ledger.put_tenant(&rec)?;
+        self.ledger.flush().await?;
+        Ok(rec)
+    }
+
+    /// Creates the tenant if it does not exist yet.
+    pub async fn ensure_tenant(&self, name: TenantName, now: UnixMillis) -> Result<TenantRecord, AuthError> {
+        match self.ledger.get_tenant(name.as_str())? {
+            Some(t) => Ok(t),
+            None => self.create_tenant(name, now).await,
+        }
+    }
+
+    pub fn tenant_exists(&self, name: &TenantName) -> Result<bool, LedgerError> {
+        Ok(self.ledger.get_tenant(name.as_str())?.is_some())
+    }
+
+    pub fn tenants(&self) -> Result<Vec<TenantRecord>, LedgerError> {
+        self.ledger.tenants()
+    }
+
+    /// Issues a new token; returns the secret (shown once) and its record.
+    pub async fn issue(
+        &self,
+        role: Role,
+        description: String,
+        now: UnixMillis,
+    ) -> Result<(String, TokenRecord), AuthError> {
+        if let Role::Tenant(t) = &role
+            && !self.tenant_exists(t)?
+        {
+            return Err(AuthError::NoSuchTenant(t.clone()));
+        }
+        let mut bytes = [0u8; 32];
+        rand::rng().fill_bytes(&mut bytes);
+        let secret = format!("allot_{}", hex::encode(bytes));
+        let h = hash(&secret);
+        let rec = TokenRecord {
+            id: hex::encode(&h[..6]),
+            role,
+            description,
+            created_at: now,
+        };
+        self.ledger.put_token(&h, &rec)?;
+        self.ledger.flush().await?;
+        self.by_hash
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(h, rec.clone());
+        Ok((secret, rec))
+    }
+
+    pub fn tokens(&self) -> Vec<TokenRecord> {
+        let map = self.by_hash.read().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<TokenRecord> = map.values().cloned().collect();
+        v.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        v
+    }
+
+    pub async fn revoke(&self, id: &str) -> Result<(), AuthError> {
+        let found = {
+            let map = self.by_hash.read().unwrap_or_else(|e| e.into_inner());
+            map.iter().find(|(_, r)| r.id == id).map(|(h, _)| *h)
+        };
+        let Some(h) = found else {
+            return Err(AuthError::NoSuchToken(id.to_string()));
+        };
+        self.ledger.remove_token(&h)?;
+        self.ledger.flush().await?;
+        self.by_hash.write().unwrap_or_else(|e| e.into_inner()).remove(&h);
+        Ok(())
+    }
+}

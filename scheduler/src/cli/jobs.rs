@@ -1,0 +1,338 @@
+//! `allot submit | jobs | job | cancel | watch | logs`.
+
+use std::io::Write;
+use std::time::Duration;
+
+use allot_sdk::{Client, ListJobs, is_final, proto};
+use futures::StreamExt;
+
+use super::jobfile::{JobFile, cpu_millis, duration_ms, memory_mib, set_gpu};
+use super::output::{self, age, command_line, gpu_request, state_name, table, time};
+use super::{JobsArgs, SubmitArgs};
+
+fn key_value(what: &str, s: &str) -> anyhow::Result<(String, String)> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| anyhow::anyhow!("{what} {s:?} must look like KEY=VALUE"))?;
+    Ok((k.to_string(), v.to_string()))
+}
+
+/// The spec from the job file (if any) with the flags laid over it.
+pub fn build_spec(a: &SubmitArgs) -> anyhow::Result<proto::JobSpec> {
+    let mut spec = match &a.file {
+        Some(f) => JobFile::read(f)?.into_spec()?,
+        None => proto::JobSpec::default(),
+    };
+    if let Some((cmd, args)) = a.command.split_first() {
+        spec.command = cmd.clone();
+        spec.args = args.to_vec();
+    }
+    if spec.command.is_empty() {
+        anyhow::bail!(
+            "nothing to run: give a command after `--` (allot submit --gpus 1 -- python train.py) or a job file"
+        );
+    }
+    if let Some(n) = &a.name {
+        spec.name = n.clone();
+    }
+    let r = spec.resources.get_or_insert_with(Default::default);
+    if a.gpus.is_some() || a.gpu_fraction.is_some() || a.mig.is_some() {
+        r.gpu = None;
+        set_gpu(r, a.gpus, a.gpu_fraction.as_deref(), a.mig.as_deref())?;
+    }
+    if let Some(m) = &a.gpu_memory {
+        r.gpu_memory_mib = memory_mib("--gpu-memory", m)?;
+    }
+    if let Some(c) = &a.cpu {
+        r.cpu_millis = cpu_millis("--cpu", c)?;
+    }
+    if let Some(m) = &a.memory {
+        r.memory_mib = memory_mib("--memory", m)?;
+    }
+    if let Some(p) = a.priority {
+        spec.priority = p;
+    }
+    if a.preemptible {
+        spec.preemptible = true;
+    }
+    if let Some(t) = &a.time {
+        spec.time_limit_ms = Some(duration_ms("--time", t)?);
+    }
+    if let Some(g) = &a.grace {
+        spec.grace_period_ms = Some(duration_ms("--grace", g)?);
+    }
+    for t in &a.tags {
+        let (k, v) = key_value("--tag", t)?;
+        spec.tags.insert(k, v);
+    }
+    for e in &a.env {
+        let (k, v) = key_value("--env", e)?;
+        spec.env.insert(k, v);
+    }
+    match a.workdir.as_deref() {
+        Some("-") => spec.working_dir.clear(),
+        Some(d) => spec.working_dir = absolute(d)?,
+        None if spec.working_dir.is_empty() => {
+            spec.working_dir = std::env::current_dir()?.display().to_string();
+        }
+        None => {}
+    }
+    if let Some(p) = &a.project {
+        spec.project = p.clone();
+    }
+    if let Some(t) = &a.tenant {
+        spec.tenant = t.clone();
+    }
+    Ok(spec)
+}
+
+fn absolute(d: &str) -> anyhow::Result<String> {
+    let p = std::path::Path::new(d);
+    Ok(if p.is_absolute() {
+        d.to_string()
+    } else {
+        std::env::current_dir()?.join(p).display().to_string()
+    })
+}
+
+/// Exit code for `submit --wait`: 0 on success, the job's own code if it has one, else 1.
+fn exit_code_of(job: &proto::Job) -> i32 {
+    match job.state() {
+        proto::JobState::Succeeded => 0,
+        _ => job.exit_code.filter(|c| *c != 0).unwrap_or(1),
+    }
+}
+
+pub async fn submit(client: &Client, a: &SubmitArgs, json: bool) -> anyhow::Result<i32> {
+    let spec = build_spec(a)?;
+    let job = client.submit(spec).await?;
+    if !a.wait {
+        if json {
+            output::print_json(&output::job_json(&job));
+        } else {
+            println!("{}", job.id);
+            eprintln!("submitted: {} ({})", state_name(job.state), job.reason);
+        }
+        return Ok(0);
+    }
+    if !json {
+        eprintln!("submitted {}; waiting for it to end", job.id);
+    }
+    let done = client.wait(&job.id).await?;
+    if json {
+        output::print_json(&output::job_json(&done));
+    } else {
+        println!("{} {} ({})", done.id, state_name(done.state), done.reason);
+    }
+    Ok(exit_code_of(&done))
+}
+
+pub async fn list(client: &Client, a: &JobsArgs, json: bool) -> anyhow::Result<i32> {
+    let states = a
+        .states
+        .iter()
+        .map(|s| output::parse_state(s))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut q = ListJobs {
+        states,
+        tenant: a.tenant.clone(),
+        page_size: a.limit.min(1000) as u32,
+        page_token: None,
+    };
+    let mut jobs = Vec::new();
+    while jobs.len() < a.limit {
+        let page = client.list(q.clone()).await?;
+        jobs.extend(page.jobs);
+        match page.next_page_token {
+            Some(t) => q.page_token = Some(t),
+            None => break,
+        }
+    }
+    jobs.truncate(a.limit);
+    if json {
+        output::print_json(&serde_json::Value::Array(
+            jobs.iter().map(output::job_json).collect(),
+        ));
+        return Ok(0);
+    }
+    if jobs.is_empty() {
+        eprintln!("no jobs");
+        return Ok(0);
+    }
+    let rows: Vec<Vec<String>> = jobs
+        .iter()
+        .map(|j| {
+            vec![
+                j.id.clone(),
+                j.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default(),
+                state_name(j.state).to_string(),
+                gpu_request(j.spec.as_ref()),
+                j.placement
+                    .as_ref()
+                    .map(|p| p.node.clone())
+                    .unwrap_or_else(|| "-".into()),
+                age(j.submitted_at_unix_ms),
+                j.reason.clone(),
+            ]
+        })
+        .collect();
+    table(&["ID", "NAME", "STATE", "GPU", "NODE", "AGE", "REASON"], &rows);
+    Ok(0)
+}
+
+pub async fn show(client: &Client, id: &str, json: bool) -> anyhow::Result<i32> {
+    let j = client.get(id).await?;
+    if json {
+        output::print_json(&output::job_json(&j));
+        return Ok(0);
+    }
+    let spec = j.spec.clone().unwrap_or_default();
+    let res = spec.resources.clone().unwrap_or_default();
+    println!("Job {}", j.id);
+    println!("  name:         {}", spec.name);
+    println!("  state:        {}", state_name(j.state));
+    let label = match j.state() {
+        proto::JobState::Pending => "why pending:",
+        s if is_final(s) => "ended:",
+        _ => "status:",
+    };
+    println!("  {label:<13} {}", j.reason);
+    println!("  tenant:       {} (project {})", j.tenant, j.project);
+    println!("  command:      {}", command_line(Some(&spec)));
+    if !spec.working_dir.is_empty() {
+        println!("  working dir:  {}", spec.working_dir);
+    }
+    println!(
+        "  resources:    {}, {} CPU, {} memory",
+        gpu_request(Some(&spec)),
+        crate::domain::MilliCpu(res.cpu_millis.max(0) as u64),
+        crate::domain::MiB(res.memory_mib.max(0) as u64)
+    );
+    println!(
+        "  priority:     {}{}",
+        spec.priority,
+        if spec.preemptible { ", preemptible" } else { "" }
+    );
+    if let Some(t) = spec.time_limit_ms {
+        println!("  time limit:   {}", output::duration(t));
+    }
+    if !spec.tags.is_empty() {
+        let mut tags: Vec<String> = spec.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        tags.sort();
+        println!("  tags:         {}", tags.join(", "));
+    }
+    println!("  attempt:      {}", j.attempt);
+    println!("  submitted:    {}", time(j.submitted_at_unix_ms));
+    if j.started_at_unix_ms > 0 {
+        println!("  started:      {}", time(j.started_at_unix_ms));
+    }
+    if j.ended_at_unix_ms > 0 {
+        let ran = if j.started_at_unix_ms > 0 {
+            format!(
+                " (ran {})",
+                output::duration(j.ended_at_unix_ms - j.started_at_unix_ms)
+            )
+        } else {
+            String::new()
+        };
+        println!("  ended:        {}{ran}", time(j.ended_at_unix_ms));
+    }
+    if let Some(c) = j.exit_code {
+        println!("  exit code:    {c}");
+    }
+    if let Some(s) = j.signal {
+        println!("  signal:       {s}");
+    }
+    if let Some(p) = &j.placement {
+        println!("  node:         {}", p.node);
+        for d in &p.devices {
+            let what = if d.mig_profile.is_empty() {
+                format!("share {}", output::fraction(d.share.as_ref()))
+            } else {
+                format!("MIG {}", d.mig_profile)
+            };
+            println!(
+                "    GPU {} {} {} ({what})",
+                d.gpu_index, d.gpu_model, d.device_uuid
+            );
+        }
+    }
+    if !j.leases.is_empty() {
+        println!("  leases:");
+        for l in &j.leases {
+            let d = l.device.clone().unwrap_or_default();
+            let end = if l.ended_at_unix_ms > 0 {
+                format!(
+                    "{} → {} ({}, {})",
+                    time(l.reserved_at_unix_ms),
+                    time(l.ended_at_unix_ms),
+                    output::duration(l.ended_at_unix_ms - l.reserved_at_unix_ms),
+                    output::end_reason_name(l.end_reason)
+                )
+            } else {
+                format!(
+                    "{} → now ({})",
+                    time(l.reserved_at_unix_ms),
+                    output::lease_state_name(l.state)
+                )
+            };
+            println!(
+                "    {}  {} {} share {}  {end}",
+                l.id,
+                l.node,
+                d.device_uuid,
+                output::fraction(d.share.as_ref())
+            );
+        }
+    }
+    Ok(0)
+}
+
+pub async fn cancel(client: &Client, id: &str, reason: &str, json: bool) -> anyhow::Result<i32> {
+    let j = client.cancel(id, reason).await?;
+    if json {
+        output::print_json(&output::job_json(&j));
+    } else if is_final(j.state()) {
+        println!("{} {}", j.id, state_name(j.state));
+    } else {
+        println!("{} stopping (SIGTERM now, SIGKILL after its grace period)", j.id);
+    }
+    Ok(0)
+}
+
+pub async fn watch(client: &Client, id: &str, json: bool) -> anyhow::Result<i32> {
+    let mut stream = Box::pin(client.watch(id).await?);
+    let mut last = None;
+    while let Some(j) = stream.next().await {
+        let j = j?;
+        if json {
+            println!("{}", output::job_json(&j));
+        } else {
+            println!("{}  {:<10} {}", time(allot_now()), state_name(j.state), j.reason);
+        }
+        last = Some(j);
+    }
+    Ok(last.map(|j| exit_code_of(&j)).unwrap_or(1))
+}
+
+fn allot_now() -> i64 {
+    crate::domain::UnixMillis::now().0 as i64
+}
+
+pub async fn logs(client: &Client, id: &str, follow: bool) -> anyhow::Result<i32> {
+    let mut offset = 0;
+    let mut stdout = std::io::stdout();
+    loop {
+        let chunk = client.logs(id, offset, 0).await?;
+        stdout.write_all(&chunk.data)?;
+        stdout.flush()?;
+        offset = chunk.next_offset;
+        if !chunk.data.is_empty() {
+            continue;
+        }
+        if !follow || chunk.complete {
+            return Ok(0);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

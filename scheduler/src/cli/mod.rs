@@ -1,0 +1,274 @@
+//! The `allot` command line: `server`, `agent`, and the client commands, which
+//! speak only the public gRPC API through the SDK.
+
+mod jobfile;
+mod jobs;
+mod nodes;
+mod output;
+mod run;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub use run::init_tracing;
+
+const ABOUT: &str =
+    "allot: a GPU job scheduler: whole GPUs, fractional shares and MIG slices, exact GPU-hour accounting.";
+
+const AFTER_HELP: &str = "\
+Getting started:
+  allot server --dev                       start a controller with two fake GPU nodes
+  export ALLOT_ADDR=… ALLOT_TOKEN=…        paste the lines it prints
+  allot submit --gpus 1 --wait -- sh -c 'echo $CUDA_VISIBLE_DEVICES'
+  allot jobs; allot job ID; allot logs ID
+
+Server address and token come from --addr/--token or ALLOT_ADDR/ALLOT_TOKEN.";
+
+#[derive(Debug, Parser)]
+#[command(name = "allot", version, about = ABOUT, after_help = AFTER_HELP, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// The server's address.
+    #[arg(
+        long,
+        global = true,
+        env = "ALLOT_ADDR",
+        default_value = "http://127.0.0.1:7070"
+    )]
+    pub addr: String,
+
+    /// Bearer token (tenant, admin or agent).
+    #[arg(long, global = true, env = "ALLOT_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// Print JSON instead of tables, for scripts.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the controller (`--dev`: with two in-process fake GPU nodes).
+    Server(ServerArgs),
+    /// Run a node agent: discover GPUs, run jobs the controller places here.
+    Agent(AgentArgs),
+    /// Submit a job: `allot submit [OPTIONS] -- CMD ARGS…` or `allot submit job.toml`.
+    Submit(SubmitArgs),
+    /// List jobs.
+    Jobs(JobsArgs),
+    /// Show one job: state, placement, why it is pending, its leases.
+    Job {
+        /// Job id.
+        id: String,
+    },
+    /// Cancel a job (SIGTERM, its grace period, then SIGKILL).
+    Cancel {
+        id: String,
+        /// Why, kept with the job.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Follow a job's state changes until it ends.
+    Watch { id: String },
+    /// Print a job's output (stdout and stderr).
+    Logs {
+        id: String,
+        /// Keep printing new output until the job ends.
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// List nodes, their GPUs and MIG slices, and what is allocated.
+    Nodes,
+    /// Stop placing new jobs on a node (admin).
+    Drain {
+        node: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Let a drained node take jobs again (admin).
+    Undrain { node: String },
+    /// Tenants (admin).
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// Tokens (admin).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Show who the current token is.
+    Whoami,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Development mode: temp data dir, a default tenant, two in-process agents
+    /// with declared GPUs; prints `export` lines to paste into a shell.
+    #[arg(long)]
+    pub dev: bool,
+    /// Address to listen on [default: 0.0.0.0:7070, or 127.0.0.1:7070 with --dev].
+    #[arg(long, env = "ALLOT_LISTEN")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Where the ledger lives (required without --dev; with --dev, a temp dir by default).
+    #[arg(long, env = "ALLOT_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// How often agents send heartbeats.
+    #[arg(long, default_value = "5s")]
+    pub heartbeat: String,
+    /// How long a node may stay away before its jobs are declared lost.
+    #[arg(long, default_value = "2m")]
+    pub node_lost_grace: String,
+    /// Log format on stderr (RUST_LOG sets the level).
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// The controller's URL.
+    #[arg(long, env = "ALLOT_CONTROLLER")]
+    pub controller: String,
+    /// This node's name [default: the host name].
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Declared GPUs instead of NVML, e.g. `4xH100-80GB,1xH100-80GB/mig=3g.40gb+2g.20gb+1g.10gb+1g.10gb`.
+    #[arg(long, conflicts_with = "fleet")]
+    pub gpus: Option<String>,
+    /// A fleet file declaring GPUs, CPU, memory and labels (see examples/fleet.toml).
+    #[arg(long)]
+    pub fleet: Option<PathBuf>,
+    /// Output files, scratch dirs and pid files [default: ./allot-agent].
+    #[arg(long, default_value = "allot-agent")]
+    pub state_dir: PathBuf,
+    /// CPU to offer (`64`, `7.5`, `500m`) [default: the machine's].
+    #[arg(long)]
+    pub cpu: Option<String>,
+    /// Memory to offer (`512GiB`) [default: the machine's].
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// Node label `key=value` (repeatable).
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// Grace period for jobs when the agent shuts down.
+    #[arg(long, default_value = "10s")]
+    pub shutdown_grace: String,
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("gpu").args(["gpus", "gpu_fraction", "mig"])))]
+pub struct SubmitArgs {
+    /// A job file (TOML, see examples/jobs/); flags override its fields.
+    #[arg(value_name = "JOB.toml")]
+    pub file: Option<PathBuf>,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Whole GPUs on one node.
+    #[arg(long, allow_negative_numbers = true)]
+    pub gpus: Option<i32>,
+    /// A share of one GPU: `0.25` or `1/4`.
+    #[arg(long)]
+    pub gpu_fraction: Option<String>,
+    /// One MIG slice of this profile, e.g. `1g.10gb`.
+    #[arg(long)]
+    pub mig: Option<String>,
+    /// GPU memory cap for a fractional share (`20GiB`).
+    #[arg(long)]
+    pub gpu_memory: Option<String>,
+    /// CPU (`4`, `0.5`, `500m`) [default: 1].
+    #[arg(long)]
+    pub cpu: Option<String>,
+    /// Host memory (`16GiB`) [default: 1GiB].
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// Higher runs first.
+    #[arg(long, allow_negative_numbers = true)]
+    pub priority: Option<i32>,
+    /// May be stopped to make room for higher-priority work.
+    #[arg(long)]
+    pub preemptible: bool,
+    /// Time limit (`90s`, `30m`, `2h`, `1h30m`).
+    #[arg(long)]
+    pub time: Option<String>,
+    /// Time between SIGTERM and SIGKILL when stopped [default: 30s].
+    #[arg(long)]
+    pub grace: Option<String>,
+    /// Tag `key=value` (repeatable).
+    #[arg(long = "tag", value_name = "KEY=VALUE")]
+    pub tags: Vec<String>,
+    /// Environment variable `KEY=VALUE` (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Working directory on the node [default: the current directory; `-` for a per-job scratch dir].
+    #[arg(long)]
+    pub workdir: Option<String>,
+    #[arg(long)]
+    pub project: Option<String>,
+    /// Tenant (admin tokens only).
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Wait for the job to end; exit with its exit code.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct JobsArgs {
+    /// Only jobs in this state (repeatable): pending, running, succeeded, …
+    #[arg(long = "state")]
+    pub states: Vec<String>,
+    /// Only this tenant's jobs (admins).
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// At most this many jobs.
+    #[arg(long, default_value_t = 100)]
+    pub limit: usize,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Create a tenant.
+    Create { name: String },
+    /// List tenants.
+    List,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum RoleArg {
+    Tenant,
+    Admin,
+    Agent,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Issue a token; the secret is printed once.
+    Issue {
+        #[arg(long, value_enum, default_value = "tenant")]
+        role: RoleArg,
+        /// The tenant (for `--role tenant`).
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List tokens (ids only; secrets are never shown again).
+    List,
+    /// Revoke a token by id.
+    Revoke { id: String },
+}
+
+/// Runs the parsed command; returns the process exit code.
+pub async fn main(cli: Cli) -> anyhow::Result<i32> {
+    run::dispatch(cli).await
+}

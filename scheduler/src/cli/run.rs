@@ -1,0 +1,192 @@
+//! Dispatch: server and agent run here; client commands connect through the SDK.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use allot_sdk::Client;
+use anyhow::Context;
+use tracing_subscriber::EnvFilter;
+
+use super::{AgentArgs, Cli, Command, LogFormat, ServerArgs, jobs, nodes};
+use crate::agent::fleet::Fleet;
+use crate::agent::{self, AgentConfig};
+use crate::domain::{MiB, MilliCpu, Millis};
+use crate::engine::EngineConfig;
+use crate::server::{self, Controller, DevOptions, ServerConfig};
+
+/// Logs to stderr; `RUST_LOG` sets the filter (default: `info` for servers and
+/// agents, `warn` for client commands).
+pub fn init_tracing(command: &Command) {
+    let (default, format) = match command {
+        Command::Server(a) => ("info", a.log_format),
+        Command::Agent(a) => ("info", a.log_format),
+        _ => ("warn", LogFormat::Text),
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn millis(flag: &str, s: &str) -> anyhow::Result<Millis> {
+    s.parse().map_err(|e| anyhow::anyhow!("{flag}: {e}"))
+}
+
+async fn server(a: &ServerArgs) -> anyhow::Result<i32> {
+    if a.dev {
+        let listen = a
+            .listen
+            .unwrap_or_else(|| "127.0.0.1:7070".parse().expect("valid address"));
+        server::run_dev(
+            DevOptions {
+                listen,
+                data_dir: a.data_dir.clone(),
+            },
+            shutdown_signal(),
+        )
+        .await?;
+        return Ok(0);
+    }
+    let data_dir = a
+        .data_dir
+        .clone()
+        .context("--data-dir (or ALLOT_DATA_DIR) is required; use --dev to try allot without one")?;
+    let heartbeat = millis("--heartbeat", &a.heartbeat)?;
+    if heartbeat.0 < 100 {
+        anyhow::bail!("--heartbeat must be at least 100ms");
+    }
+    let config = ServerConfig {
+        listen: a
+            .listen
+            .unwrap_or_else(|| "0.0.0.0:7070".parse().expect("valid address")),
+        data_dir: data_dir.clone(),
+        engine: EngineConfig {
+            heartbeat_interval: heartbeat,
+            heartbeat_timeout: Millis(heartbeat.0 * 6),
+            node_lost_grace: millis("--node-lost-grace", &a.node_lost_grace)?,
+            ..EngineConfig::default()
+        },
+    };
+    let controller = Controller::start(config).await?;
+    // A machine-readable line, for scripts and tests that bind port 0.
+    println!("allot server listening on {}", controller.url());
+    if controller.bootstrap_admin_token.is_some() {
+        println!(
+            "first start: an admin token was written to {} (mode 0600)",
+            data_dir.join("admin.token").display()
+        );
+    }
+    controller.run_until(shutdown_signal()).await?;
+    Ok(0)
+}
+
+async fn agent(a: &AgentArgs, token: Option<&str>) -> anyhow::Result<i32> {
+    let token = token
+        .context("an agent token is required: --token or ALLOT_TOKEN (allot token issue --role agent)")?;
+    let fleet = match (&a.gpus, &a.fleet) {
+        (Some(spec), _) => Some(Fleet::from_spec(spec).map_err(|e| anyhow::anyhow!("--gpus: {e}"))?),
+        (None, Some(path)) => Some(Fleet::from_file(path).map_err(anyhow::Error::msg)?),
+        (None, None) => None,
+    };
+    let node = match &a.node {
+        Some(n) => n.clone(),
+        None => agent::host_name(),
+    };
+    let mut labels = BTreeMap::new();
+    for l in &a.labels {
+        let (k, v) = l
+            .split_once('=')
+            .with_context(|| format!("--label {l:?} must look like KEY=VALUE"))?;
+        labels.insert(k.to_string(), v.to_string());
+    }
+    let config = AgentConfig {
+        controller: a.controller.clone(),
+        token: token.to_string(),
+        node: node.parse().map_err(|e| anyhow::anyhow!("--node: {e}"))?,
+        fleet,
+        state_dir: std::path::absolute(&a.state_dir)?,
+        labels,
+        cpu: a
+            .cpu
+            .as_deref()
+            .map(str::parse::<MilliCpu>)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--cpu: {e}"))?,
+        memory: a
+            .memory
+            .as_deref()
+            .map(str::parse::<MiB>)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--memory: {e}"))?,
+        shutdown_grace: Duration::from_millis(millis("--shutdown-grace", &a.shutdown_grace)?.0),
+    };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(agent::run(config, stopped));
+    tokio::select! {
+        _ = shutdown_signal() => {
+            let _ = stop.send(true);
+        }
+    }
+    task.await??;
+    Ok(0)
+}
+
+/// Client commands die quietly on a closed pipe (`allot jobs | head`), like
+/// other Unix tools, instead of failing to print. Servers keep Rust's default.
+fn restore_sigpipe() {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    // SAFETY: setting the default disposition installs no handler code.
+    unsafe {
+        let _ = signal(Signal::SIGPIPE, SigHandler::SigDfl);
+    }
+}
+
+async fn connect(cli: &Cli) -> anyhow::Result<Client> {
+    let token = cli
+        .token
+        .as_deref()
+        .context("no token: set ALLOT_TOKEN or pass --token (allot server --dev prints one)")?;
+    Ok(Client::connect(cli.addr.clone(), token).await?)
+}
+
+pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
+    match &cli.command {
+        Command::Server(a) => return server(a).await,
+        Command::Agent(a) => return agent(a, cli.token.as_deref()).await,
+        _ => {}
+    }
+    restore_sigpipe();
+    let client = connect(&cli).await?;
+    let json = cli.json;
+    match &cli.command {
+        Command::Server(_) | Command::Agent(_) => unreachable!("handled above"),
+        Command::Submit(a) => jobs::submit(&client, a, json).await,
+        Command::Jobs(a) => jobs::list(&client, a, json).await,
+        Command::Job { id } => jobs::show(&client, id, json).await,
+        Command::Cancel { id, reason } => jobs::cancel(&client, id, reason, json).await,
+        Command::Watch { id } => jobs::watch(&client, id, json).await,
+        Command::Logs { id, follow } => jobs::logs(&client, id, *follow).await,
+        Command::Nodes => nodes::list(&client, json).await,
+        Command::Drain { node, reason } => nodes::drain(&client, node, Some(reason), json).await,
+        Command::Undrain { node } => nodes::drain(&client, node, None, json).await,
+        Command::Tenant(t) => nodes::tenant(&client, t, json).await,
+        Command::Token(t) => nodes::token(&client, t, json).await,
+        Command::Whoami => nodes::whoami(&client, json).await,
+    }
+}

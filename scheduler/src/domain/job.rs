@@ -1,0 +1,163 @@
+//! Jobs: what is asked for, and what became of it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::num::NonZeroU32;
+
+use serde::{Deserialize, Serialize};
+
+use super::ids::{JobId, LeaseId, NodeName, ProjectName, TenantName};
+use super::mig::MigProfile;
+use super::units::{MiB, MilliCpu, Millis, Share, UnixMillis};
+
+/// The GPU part of a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GpuRequest {
+    /// A CPU-only job: it sees no GPU.
+    None,
+    /// N whole GPUs on one node, all or nothing.
+    Whole(NonZeroU32),
+    /// A share of one GPU in (0, 1], with a GPU memory cap (default: the same
+    /// share of the GPU's memory).
+    Fraction { share: Share, memory: Option<MiB> },
+    /// One MIG slice of this profile.
+    Mig(MigProfile),
+}
+
+impl fmt::Display for GpuRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GpuRequest::None => f.write_str("no GPU"),
+            GpuRequest::Whole(n) if n.get() == 1 => f.write_str("1 GPU"),
+            GpuRequest::Whole(n) => write!(f, "{n} GPUs"),
+            GpuRequest::Fraction { share, memory: None } => write!(f, "{share} of a GPU"),
+            GpuRequest::Fraction {
+                share,
+                memory: Some(m),
+            } => write!(f, "{share} of a GPU with {m}"),
+            GpuRequest::Mig(p) => write!(f, "MIG {p}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    pub gpu: GpuRequest,
+    pub cpu: MilliCpu,
+    pub memory: MiB,
+}
+
+impl Resources {
+    pub const DEFAULT_CPU: MilliCpu = MilliCpu(1000);
+    pub const DEFAULT_MEMORY: MiB = MiB(1024);
+}
+
+/// A validated job specification.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSpec {
+    pub name: String,
+    pub command: String,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    /// Working directory on the node; `None` means a per-job scratch directory.
+    pub working_dir: Option<String>,
+    pub resources: Resources,
+    pub priority: i32,
+    pub preemptible: bool,
+    pub time_limit: Option<Millis>,
+    pub grace_period: Millis,
+    pub tenant: TenantName,
+    pub project: ProjectName,
+    pub tags: BTreeMap<String, String>,
+}
+
+impl JobSpec {
+    pub const DEFAULT_GRACE: Millis = Millis::from_secs(30);
+}
+
+/// The life of a job: `Pending → Starting → Running → one final state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[non_exhaustive]
+pub enum JobState {
+    Pending,
+    /// Placed, lease written, the agent told to start it.
+    Starting,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+    TimedOut,
+    Preempted,
+    NodeLost,
+}
+
+impl JobState {
+    pub fn is_final(self) -> bool {
+        !matches!(self, JobState::Pending | JobState::Starting | JobState::Running)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Pending => "PENDING",
+            JobState::Starting => "STARTING",
+            JobState::Running => "RUNNING",
+            JobState::Succeeded => "SUCCEEDED",
+            JobState::Failed => "FAILED",
+            JobState::Cancelled => "CANCELLED",
+            JobState::TimedOut => "TIMED_OUT",
+            JobState::Preempted => "PREEMPTED",
+            JobState::NodeLost => "NODE_LOST",
+        }
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One device granted to a job: a whole GPU, a share of one, or a MIG slice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceGrant {
+    pub gpu_uuid: String,
+    /// What the job sees in `CUDA_VISIBLE_DEVICES`: the GPU's or the MIG device's UUID.
+    pub device_uuid: String,
+    pub gpu_index: u32,
+    pub gpu_model: String,
+    pub mig_profile: Option<MigProfile>,
+    pub share: Share,
+    pub gpu_memory: MiB,
+}
+
+/// Where a job runs and what it holds there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    pub node: NodeName,
+    pub devices: Vec<DeviceGrant>,
+    pub cpu: MilliCpu,
+    pub memory: MiB,
+}
+
+/// A job and its current state, as stored in the ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: JobId,
+    pub spec: JobSpec,
+    pub state: JobState,
+    /// Why it is pending, or how it ended.
+    pub reason: String,
+    pub submitted_at: UnixMillis,
+    pub started_at: Option<UnixMillis>,
+    pub ended_at: Option<UnixMillis>,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub placement: Option<Placement>,
+    /// Leases of all attempts, oldest first.
+    pub lease_ids: Vec<LeaseId>,
+    /// 1 for the first run; grows on requeue.
+    pub attempt: u32,
+    pub cancel_requested: bool,
+}

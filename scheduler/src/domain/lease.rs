@@ -1,0 +1,91 @@
+//! Leases: one job's hold on one device for an interval.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::ids::{JobId, LeaseId, NodeName, ProjectName, TenantName};
+use super::job::{DeviceGrant, JobState};
+use super::units::{Millis, UnixMillis};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum LeaseState {
+    /// Written before the agent is told to start.
+    Reserved,
+    /// The agent reported the process running.
+    Active,
+    Closed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum EndReason {
+    Succeeded,
+    Failed,
+    Cancelled,
+    TimedOut,
+    Preempted,
+    NodeLost,
+    /// Reserved, but the job never started on the device.
+    ReleasedUnstarted,
+}
+
+impl EndReason {
+    /// The end reason for a lease whose job reached `state`.
+    pub fn for_final_state(state: JobState) -> Option<EndReason> {
+        Some(match state {
+            JobState::Succeeded => EndReason::Succeeded,
+            JobState::Failed => EndReason::Failed,
+            JobState::Cancelled => EndReason::Cancelled,
+            JobState::TimedOut => EndReason::TimedOut,
+            JobState::Preempted => EndReason::Preempted,
+            JobState::NodeLost => EndReason::NodeLost,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Succeeded => "succeeded",
+            EndReason::Failed => "failed",
+            EndReason::Cancelled => "cancelled",
+            EndReason::TimedOut => "timed-out",
+            EndReason::Preempted => "preempted",
+            EndReason::NodeLost => "node-lost",
+            EndReason::ReleasedUnstarted => "released-unstarted",
+        }
+    }
+}
+
+impl fmt::Display for EndReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A lease, stamped by the controller's clock only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub id: LeaseId,
+    pub job_id: JobId,
+    pub attempt: u32,
+    pub tenant: TenantName,
+    pub project: ProjectName,
+    pub node: NodeName,
+    pub device: DeviceGrant,
+    pub state: LeaseState,
+    pub reserved_at: UnixMillis,
+    pub started_at: Option<UnixMillis>,
+    pub ended_at: Option<UnixMillis>,
+    pub end_reason: Option<EndReason>,
+}
+
+impl Lease {
+    /// How long the device was held: from reservation to the end (or `now`).
+    pub fn held(&self, now: UnixMillis) -> Millis {
+        self.ended_at.unwrap_or(now).since(self.reserved_at)
+    }
+}

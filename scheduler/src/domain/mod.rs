@@ -1,0 +1,13 @@
+//! The domain: ids, units, jobs, leases, MIG profiles. Plain data, no I/O.
+
+pub mod ids;
+pub mod job;
+pub mod lease;
+pub mod mig;
+pub mod units;
+
+pub use ids::{JobId, LeaseId, NodeName, ProjectName, TenantName};
+pub use job::{DeviceGrant, GpuRequest, Job, JobSpec, JobState, Placement, Resources};
+pub use lease::{EndReason, Lease, LeaseState};
+pub use mig::{MigFamily, MigProfile};
+pub use units::{MiB, MilliCpu, Millis, Share, UnixMillis};

@@ -1,0 +1,315 @@
+//! The engine: one task owns the scheduler state. Everything else sends it
+//! commands over a channel and awaits the reply.
+//!
+//! Each turn of the loop takes a batch of commands, applies them to the state
+//! (writing changed jobs and leases to the ledger), runs one placement pass,
+//! flushes the ledger once, and only then replies, tells agents and publishes
+//! events: nothing is acknowledged before it is durable (group commit).
+
+mod state;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::clock::Clock;
+use crate::domain::{DeviceGrant, Job, JobId, JobSpec, Millis, NodeName, UnixMillis};
+use crate::ledger::Ledger;
+use crate::placement::{Node, NodeInventory};
+
+pub use state::Engine;
+
+/// Timings of the engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// How often agents send heartbeats.
+    pub heartbeat_interval: Millis,
+    /// An agent silent this long is treated as disconnected.
+    pub heartbeat_timeout: Millis,
+    /// How long after its agent disconnects (or the controller restarts) a
+    /// node's running jobs are declared lost.
+    pub node_lost_grace: Millis,
+    /// How often the engine wakes up without a command.
+    pub tick: Millis,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            heartbeat_interval: Millis::from_secs(5),
+            heartbeat_timeout: Millis::from_secs(30),
+            node_lost_grace: Millis::from_secs(120),
+            tick: Millis(500),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+pub type EngineResult<T> = Result<T, EngineError>;
+
+/// A change to a job, published after it is durable.
+#[derive(Debug, Clone)]
+pub struct JobEvent {
+    pub job: Job,
+    pub at: UnixMillis,
+}
+
+/// What an agent reports about one job's end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitOutcome {
+    Exited(i32),
+    Signaled(i32),
+    TimedOut,
+    /// Stopped on the controller's order; with the exit code or signal seen.
+    Stopped {
+        exit_code: Option<i32>,
+        signal: Option<i32>,
+    },
+    LaunchFailed(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobExit {
+    pub job: JobId,
+    pub attempt: u32,
+    pub outcome: ExitOutcome,
+}
+
+/// A node agent's registration.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub inventory: NodeInventory,
+    /// (job, attempt) the agent runs now.
+    pub running: Vec<(JobId, u32)>,
+    /// Exits the agent reported but the controller has not acknowledged.
+    pub exited: Vec<JobExit>,
+    pub discovery: String,
+    pub agent_version: String,
+}
+
+/// Bytes of a job's output file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSlice {
+    pub data: Vec<u8>,
+    pub next_offset: u64,
+    pub path: String,
+    pub node: NodeName,
+    pub complete: bool,
+}
+
+/// What an agent sends, in domain terms.
+#[derive(Debug, Clone)]
+pub enum AgentEvent {
+    Heartbeat {
+        utilization: BTreeMap<String, u32>,
+        running: Vec<(JobId, u32)>,
+    },
+    Started {
+        job: JobId,
+        attempt: u32,
+        pid: i32,
+    },
+    Exited(JobExit),
+    LogChunk {
+        request_id: u64,
+        result: Result<(Vec<u8>, u64, String), String>,
+    },
+}
+
+/// Why the controller stops a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    Cancelled,
+    UnknownJob,
+}
+
+/// Everything a node needs to start one job.
+#[derive(Debug, Clone)]
+pub struct LaunchOrder {
+    pub job: JobId,
+    pub attempt: u32,
+    pub spec: JobSpec,
+    pub devices: Vec<DeviceGrant>,
+    pub lease_ids: Vec<String>,
+}
+
+/// What the controller tells an agent.
+#[derive(Debug, Clone)]
+pub enum AgentOrder {
+    Launch(Box<LaunchOrder>),
+    Stop {
+        job: JobId,
+        attempt: u32,
+        grace: Millis,
+        reason: StopReason,
+    },
+    AckExit {
+        job: JobId,
+        attempt: u32,
+    },
+    ReadLog {
+        request_id: u64,
+        job: JobId,
+        offset: u64,
+        limit: u32,
+    },
+}
+
+/// A node with what the engine knows of its agent.
+#[derive(Debug, Clone)]
+pub struct NodeView {
+    pub node: Node,
+    pub last_heartbeat: Option<UnixMillis>,
+    pub utilization: BTreeMap<String, u32>,
+    pub discovery: String,
+    pub agent_version: String,
+}
+
+pub(crate) enum Command {
+    Submit {
+        spec: JobSpec,
+        reply: oneshot::Sender<EngineResult<Job>>,
+    },
+    Cancel {
+        id: JobId,
+        reason: String,
+        reply: oneshot::Sender<EngineResult<Job>>,
+    },
+    ListNodes {
+        reply: oneshot::Sender<Vec<NodeView>>,
+    },
+    Drain {
+        node: NodeName,
+        reason: Option<String>,
+        reply: oneshot::Sender<EngineResult<NodeView>>,
+    },
+    AgentConnected {
+        conn: u64,
+        registration: Box<Registration>,
+        orders: mpsc::UnboundedSender<AgentOrder>,
+        reply: oneshot::Sender<EngineResult<()>>,
+    },
+    Agent {
+        conn: u64,
+        node: NodeName,
+        event: AgentEvent,
+    },
+    AgentDisconnected {
+        conn: u64,
+        node: NodeName,
+    },
+    ReadLogs {
+        id: JobId,
+        offset: u64,
+        limit: u32,
+        reply: oneshot::Sender<EngineResult<LogSlice>>,
+    },
+}
+
+/// A cheap, cloneable way to talk to the engine.
+#[derive(Clone)]
+pub struct EngineHandle {
+    tx: mpsc::Sender<Command>,
+    events: broadcast::Sender<JobEvent>,
+    ledger: Ledger,
+}
+
+fn gone() -> EngineError {
+    EngineError::Unavailable("the scheduler engine has stopped".into())
+}
+
+impl EngineHandle {
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, EngineError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(make(tx)).await.map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())
+    }
+
+    /// Queues a validated job. Returns it once durable.
+    pub async fn submit(&self, spec: JobSpec) -> EngineResult<Job> {
+        self.ask(|reply| Command::Submit { spec, reply }).await?
+    }
+
+    pub async fn cancel(&self, id: JobId, reason: String) -> EngineResult<Job> {
+        self.ask(|reply| Command::Cancel { id, reason, reply }).await?
+    }
+
+    pub async fn list_nodes(&self) -> EngineResult<Vec<NodeView>> {
+        self.ask(|reply| Command::ListNodes { reply }).await
+    }
+
+    /// Drains a node (`Some(reason)`) or undrains it (`None`).
+    pub async fn drain(&self, node: NodeName, reason: Option<String>) -> EngineResult<NodeView> {
+        self.ask(|reply| Command::Drain { node, reason, reply }).await?
+    }
+
+    pub async fn read_logs(&self, id: JobId, offset: u64, limit: u32) -> EngineResult<LogSlice> {
+        self.ask(|reply| Command::ReadLogs {
+            id,
+            offset,
+            limit,
+            reply,
+        })
+        .await?
+    }
+
+    pub(crate) async fn agent_connected(
+        &self,
+        conn: u64,
+        registration: Registration,
+        orders: mpsc::UnboundedSender<AgentOrder>,
+    ) -> EngineResult<()> {
+        self.ask(|reply| Command::AgentConnected {
+            conn,
+            registration: Box::new(registration),
+            orders,
+            reply,
+        })
+        .await?
+    }
+
+    pub(crate) async fn agent_event(&self, conn: u64, node: NodeName, event: AgentEvent) {
+        let _ = self.tx.send(Command::Agent { conn, node, event }).await;
+    }
+
+    pub(crate) async fn agent_disconnected(&self, conn: u64, node: NodeName) {
+        let _ = self.tx.send(Command::AgentDisconnected { conn, node }).await;
+    }
+
+    /// Job changes from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<JobEvent> {
+        self.events.subscribe()
+    }
+
+    /// The ledger, for reads.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+}
+
+/// Loads the state from the ledger and starts the engine task. The task ends
+/// when every handle is dropped, or with an error if the ledger fails (the
+/// caller must then stop serving: the state in memory is no longer durable).
+pub fn start(
+    ledger: Ledger,
+    clock: Arc<dyn Clock>,
+    config: EngineConfig,
+) -> anyhow::Result<(EngineHandle, tokio::task::JoinHandle<anyhow::Result<()>>)> {
+    let (tx, rx) = mpsc::channel(4096);
+    let (events, _) = broadcast::channel(4096);
+    let engine = Engine::load(ledger.clone(), clock, config, events.clone())?;
+    let task = tokio::spawn(engine.run(rx));
+    Ok((EngineHandle { tx, events, ledger }, task))
+}

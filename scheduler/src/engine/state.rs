@@ -1,0 +1,909 @@
+//! The engine's state and how each command changes it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tracing::{debug, error, info, warn};
+
+use super::{
+    AgentEvent, AgentOrder, Command, EngineConfig, EngineError, EngineResult, ExitOutcome, JobEvent, JobExit,
+    LaunchOrder, LogSlice, NodeView, Registration, StopReason,
+};
+use crate::clock::Clock;
+use crate::domain::{
+    EndReason, Job, JobId, JobSpec, JobState, Lease, LeaseId, LeaseState, Millis, NodeName, UnixMillis,
+};
+use crate::ledger::Ledger;
+use crate::placement::{self, Cluster, NodeStatus};
+use crate::queue::Queue;
+
+/// Commands handled per turn before the ledger is flushed.
+const MAX_BATCH: usize = 512;
+
+struct AgentLink {
+    conn: u64,
+    orders: mpsc::UnboundedSender<AgentOrder>,
+}
+
+#[derive(Default)]
+struct NodeMeta {
+    last_heartbeat: Option<UnixMillis>,
+    utilization: BTreeMap<String, u32>,
+    discovery: String,
+    agent_version: String,
+    /// When the node's running jobs are declared lost if it has not come back.
+    lost_deadline: Option<UnixMillis>,
+}
+
+/// Work that must wait until the batch is durable.
+enum Effect {
+    Reply(Box<dyn FnOnce() + Send>),
+    /// Replies with the job as it stands once the turn is done.
+    JobReply(JobId, oneshot::Sender<EngineResult<Job>>),
+    Order(NodeName, AgentOrder),
+    Event(Box<Job>),
+}
+
+pub struct Engine {
+    ledger: Ledger,
+    clock: Arc<dyn Clock>,
+    config: EngineConfig,
+    events: broadcast::Sender<JobEvent>,
+    cluster: Cluster,
+    /// Jobs not in a final state.
+    jobs: HashMap<JobId, Job>,
+    /// Open leases of active jobs (current attempt).
+    leases: HashMap<JobId, Vec<Lease>>,
+    queue: Queue,
+    agents: HashMap<NodeName, AgentLink>,
+    nodes: HashMap<NodeName, NodeMeta>,
+    /// Operator drains, kept across restarts.
+    drained: HashMap<NodeName, String>,
+    /// Active jobs placed on nodes that are not connected, with the deadline
+    /// after which they are lost.
+    orphaned: HashMap<JobId, UnixMillis>,
+    pending_logs: HashMap<u64, (JobId, NodeName, oneshot::Sender<EngineResult<LogSlice>>)>,
+    next_request: u64,
+    effects: Vec<Effect>,
+    dirty: bool,
+    needs_pass: bool,
+}
+
+fn reply<T: Send + 'static>(tx: oneshot::Sender<T>, value: T) -> Effect {
+    Effect::Reply(Box::new(move || {
+        let _ = tx.send(value);
+    }))
+}
+
+impl Engine {
+    /// Rebuilds the engine's state from the ledger.
+    pub fn load(
+        ledger: Ledger,
+        clock: Arc<dyn Clock>,
+        config: EngineConfig,
+        events: broadcast::Sender<JobEvent>,
+    ) -> anyhow::Result<Self> {
+        let now = clock.now();
+        let mut engine = Engine {
+            drained: ledger.drains()?.into_iter().collect(),
+            ledger,
+            clock,
+            config,
+            events,
+            cluster: Cluster::new(),
+            jobs: HashMap::new(),
+            leases: HashMap::new(),
+            queue: Queue::default(),
+            agents: HashMap::new(),
+            nodes: HashMap::new(),
+            orphaned: HashMap::new(),
+            pending_logs: HashMap::new(),
+            next_request: 1,
+            effects: Vec::new(),
+            dirty: false,
+            needs_pass: true,
+        };
+        let active = engine.ledger.active_jobs()?;
+        let (mut pending, mut placed) = (0, 0);
+        for job in active {
+            let open: Vec<Lease> = engine
+                .ledger
+                .leases_of(&job.id)?
+                .into_iter()
+                .filter(|l| l.state != LeaseState::Closed)
+                .collect();
+            match job.state {
+                JobState::Pending => {
+                    engine.queue.push(&job);
+                    pending += 1;
+                }
+                _ => {
+                    // Its node has to come back and say whether it still runs it.
+                    engine
+                        .orphaned
+                        .insert(job.id, now.plus(engine.config.node_lost_grace));
+                    placed += 1;
+                }
+            }
+            engine.leases.insert(job.id, open);
+            engine.jobs.insert(job.id, job);
+        }
+        info!(pending, placed, "engine state loaded from the ledger");
+        Ok(engine)
+    }
+
+    /// The engine loop. Ends when every handle is gone, or on a ledger error.
+    pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Command>) -> anyhow::Result<()> {
+        let mut tick = tokio::time::interval(self.config.tick.as_std());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let mut batch = Vec::new();
+            tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    Some(c) => batch.push(c),
+                    None => break,
+                },
+                _ = tick.tick() => {}
+            }
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(c) => batch.push(c),
+                    Err(_) => break,
+                }
+            }
+            for cmd in batch {
+                self.handle(cmd);
+            }
+            self.on_tick();
+            if self.needs_pass {
+                self.needs_pass = false;
+                self.placement_pass();
+            }
+            if self.dirty {
+                if let Err(e) = self.ledger.flush().await {
+                    error!(error = %e, "ledger flush failed; stopping the engine");
+                    return Err(e.into());
+                }
+                self.dirty = false;
+            }
+            self.dispatch();
+        }
+        Ok(())
+    }
+
+    fn dispatch(&mut self) {
+        for effect in std::mem::take(&mut self.effects) {
+            match effect {
+                Effect::Reply(f) => f(),
+                Effect::JobReply(id, tx) => {
+                    let _ = tx.send(self.job_snapshot(id));
+                }
+                Effect::Order(node, order) => {
+                    if let Some(link) = self.agents.get(&node) {
+                        let _ = link.orders.send(order);
+                    } else {
+                        debug!(%node, "order for a disconnected node dropped");
+                    }
+                }
+                Effect::Event(job) => {
+                    let _ = self.events.send(JobEvent {
+                        job: *job,
+                        at: self.clock.now(),
+                    });
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Submit { spec, reply: tx } => {
+                let id = self.submit(spec);
+                self.effects.push(Effect::JobReply(id, tx));
+            }
+            Command::Cancel {
+                id,
+                reason,
+                reply: tx,
+            } => match self.cancel(id, &reason) {
+                Ok(()) => self.effects.push(Effect::JobReply(id, tx)),
+                Err(e) => self.effects.push(reply(tx, Err(e))),
+            },
+            Command::ListNodes { reply: tx } => {
+                let views = self
+                    .cluster
+                    .nodes()
+                    .iter()
+                    .map(|n| self.node_view(n.name()))
+                    .collect();
+                self.effects.push(reply(tx, views));
+            }
+            Command::Drain {
+                node,
+                reason,
+                reply: tx,
+            } => {
+                let r = self.drain(node, reason);
+                self.effects.push(reply(tx, r));
+            }
+            Command::AgentConnected {
+                conn,
+                registration,
+                orders,
+                reply: tx,
+            } => {
+                let r = self.agent_connected(conn, *registration, orders);
+                self.effects.push(reply(tx, r));
+            }
+            Command::Agent { conn, node, event } => {
+                if self.agents.get(&node).is_some_and(|l| l.conn == conn) {
+                    self.agent_event(&node, event);
+                } else {
+                    debug!(%node, conn, "message from a replaced agent connection ignored");
+                }
+            }
+            Command::AgentDisconnected { conn, node } => {
+                if self.agents.get(&node).is_some_and(|l| l.conn == conn) {
+                    self.agent_gone(&node, "agent disconnected");
+                }
+            }
+            Command::ReadLogs {
+                id,
+                offset,
+                limit,
+                reply: tx,
+            } => self.read_logs(id, offset, limit, tx),
+        }
+    }
+
+    // --- persistence helpers ---------------------------------------------
+
+    /// Writes the job and the leases named by `touched` (or none).
+    fn persist(&mut self, id: JobId, touched: &[LeaseId]) {
+        let Some(job) = self.jobs.get(&id) else { return };
+        let leases: Vec<&Lease> = self
+            .leases
+            .get(&id)
+            .map(|ls| ls.iter().filter(|l| touched.contains(&l.id)).collect())
+            .unwrap_or_default();
+        if let Err(e) = self.ledger.put_job(job, &leases) {
+            // A failed write leaves memory ahead of disk; the flush at the end of
+            // the turn fails the same way and stops the engine before any reply.
+            error!(job = %id, error = %e, "ledger write failed");
+        }
+        self.dirty = true;
+        self.effects.push(Effect::Event(Box::new(job.clone())));
+    }
+
+    fn all_lease_ids(&self, id: &JobId) -> Vec<LeaseId> {
+        self.leases
+            .get(id)
+            .map(|ls| ls.iter().map(|l| l.id).collect())
+            .unwrap_or_default()
+    }
+
+    // --- jobs ---------------------------------------------------------------
+
+    fn submit(&mut self, spec: JobSpec) -> JobId {
+        let job = Job {
+            id: JobId::new_v7(),
+            spec,
+            state: JobState::Pending,
+            reason: "waiting for the scheduler".into(),
+            submitted_at: self.clock.now(),
+            started_at: None,
+            ended_at: None,
+            exit_code: None,
+            signal: None,
+            placement: None,
+            lease_ids: Vec::new(),
+            attempt: 1,
+            cancel_requested: false,
+        };
+        let id = job.id;
+        info!(job = %id, tenant = %job.spec.tenant, name = %job.spec.name, "job submitted");
+        self.queue.push(&job);
+        self.jobs.insert(id, job);
+        self.leases.insert(id, Vec::new());
+        self.persist(id, &[]);
+        self.needs_pass = true;
+        id
+    }
+
+    fn cancel(&mut self, id: JobId, reason: &str) -> EngineResult<()> {
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return match self.ledger.get_job(&id) {
+                Ok(Some(j)) => Err(EngineError::FailedPrecondition(format!(
+                    "job {id} has already ended ({})",
+                    j.state
+                ))),
+                Ok(None) => Err(EngineError::NotFound(format!("job {id}"))),
+                Err(e) => Err(EngineError::Internal(e.to_string())),
+            };
+        };
+        let why = if reason.is_empty() {
+            "cancelled by request".to_string()
+        } else {
+            format!("cancelled: {reason}")
+        };
+        match job.state {
+            JobState::Pending => {
+                self.queue.remove(&id);
+                job.state = JobState::Cancelled;
+                job.reason = why;
+                job.ended_at = Some(self.clock.now());
+                self.finish(id);
+                info!(job = %id, "pending job cancelled");
+            }
+            _ => {
+                if !job.cancel_requested {
+                    job.cancel_requested = true;
+                    job.reason = format!("{why}; stopping");
+                    let (node, attempt, grace) = (
+                        job.placement.as_ref().map(|p| p.node.clone()),
+                        job.attempt,
+                        job.spec.grace_period,
+                    );
+                    self.persist(id, &[]);
+                    if let Some(node) = node {
+                        self.effects.push(Effect::Order(
+                            node,
+                            AgentOrder::Stop {
+                                job: id,
+                                attempt,
+                                grace,
+                                reason: StopReason::Cancelled,
+                            },
+                        ));
+                    }
+                    info!(job = %id, "cancel requested; stopping the job");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn job_snapshot(&self, id: JobId) -> EngineResult<Job> {
+        match self.jobs.get(&id) {
+            Some(j) => Ok(j.clone()),
+            None => self
+                .ledger
+                .get_job(&id)
+                .map_err(|e| EngineError::Internal(e.to_string()))?
+                .ok_or_else(|| EngineError::NotFound(format!("job {id}"))),
+        }
+    }
+
+    /// Removes a job that reached a final state: closes its open leases with
+    /// the matching end reason, releases its resources, writes it.
+    fn finish(&mut self, id: JobId) {
+        let now = self.clock.now();
+        let Some(job) = self.jobs.get(&id) else { return };
+        let state = job.state;
+        let node = job.placement.as_ref().map(|p| p.node.clone());
+        let end = self.lease_end(id, now);
+        self.close_leases(id, state, end);
+        if let Some(node) = node {
+            self.cluster.release(id, node.as_str());
+        }
+        self.queue.remove(&id);
+        self.orphaned.remove(&id);
+        let touched = self.all_lease_ids(&id);
+        self.persist(id, &touched);
+        self.jobs.remove(&id);
+        self.leases.remove(&id);
+        self.needs_pass = true;
+    }
+
+    /// When leases of a job ending now end: now, or for a lost node, its last heartbeat.
+    fn lease_end(&self, id: JobId, now: UnixMillis) -> UnixMillis {
+        let job = &self.jobs[&id];
+        if job.state != JobState::NodeLost {
+            return now;
+        }
+        job.placement
+            .as_ref()
+            .and_then(|p| self.nodes.get(&p.node))
+            .and_then(|m| m.last_heartbeat)
+            .unwrap_or(now)
+            .min(now)
+    }
+
+    fn close_leases(&mut self, id: JobId, state: JobState, end: UnixMillis) {
+        let Some(leases) = self.leases.get_mut(&id) else {
+            return;
+        };
+        for lease in leases.iter_mut().filter(|l| l.state != LeaseState::Closed) {
+            let reason = match (lease.state, EndReason::for_final_state(state)) {
+                (LeaseState::Reserved, _) | (_, None) => EndReason::ReleasedUnstarted,
+                (_, Some(r)) => r,
+            };
+            lease.state = LeaseState::Closed;
+            lease.ended_at = Some(end.max(lease.reserved_at));
+            lease.end_reason = Some(reason);
+        }
+    }
+
+    /// Puts a placed job that never started back in the queue.
+    fn requeue_unstarted(&mut self, id: JobId, why: &str) {
+        let Some(job) = self.jobs.get(&id) else { return };
+        let node = job.placement.as_ref().map(|p| p.node.clone());
+        let now = self.clock.now();
+        if let Some(leases) = self.leases.get_mut(&id) {
+            for lease in leases.iter_mut().filter(|l| l.state != LeaseState::Closed) {
+                lease.state = LeaseState::Closed;
+                lease.ended_at = Some(now.max(lease.reserved_at));
+                lease.end_reason = Some(EndReason::ReleasedUnstarted);
+            }
+        }
+        if let Some(node) = node {
+            self.cluster.release(id, node.as_str());
+        }
+        let touched = self.all_lease_ids(&id);
+        let job = self.jobs.get_mut(&id).expect("checked above");
+        job.state = JobState::Pending;
+        job.placement = None;
+        job.reason = why.to_string();
+        job.attempt += 1;
+        self.queue.push(job);
+        self.orphaned.remove(&id);
+        self.persist(id, &touched);
+        self.leases.insert(id, Vec::new());
+        self.needs_pass = true;
+    }
+
+    // --- placement ------------------------------------------------------------
+
+    fn placement_pass(&mut self) {
+        let order: Vec<JobId> = self.queue.iter().collect();
+        for id in order {
+            let Some(job) = self.jobs.get(&id) else { continue };
+            match placement::place(&self.cluster, &job.spec.resources) {
+                Ok(p) => self.commit_placement(id, p),
+                Err(why) => {
+                    let reason = why.explain(&job.spec.resources.gpu);
+                    if job.reason != reason {
+                        self.jobs.get_mut(&id).expect("present").reason = reason;
+                        self.persist(id, &[]);
+                    }
+                }
+            }
+        }
+    }
+
+    fn commit_placement(&mut self, id: JobId, p: crate::domain::Placement) {
+        if let Err(e) = self.cluster.allocate(id, &p) {
+            // The plan was made against this very cluster; refusing it means a bug.
+            error!(job = %id, error = %e, "placement refused by the cluster model");
+            return;
+        }
+        let now = self.clock.now();
+        let job = self.jobs.get_mut(&id).expect("queued jobs are active");
+        let leases: Vec<Lease> = p
+            .devices
+            .iter()
+            .map(|d| Lease {
+                id: LeaseId::new_v7(),
+                job_id: id,
+                attempt: job.attempt,
+                tenant: job.spec.tenant.clone(),
+                project: job.spec.project.clone(),
+                node: p.node.clone(),
+                device: d.clone(),
+                state: LeaseState::Reserved,
+                reserved_at: now,
+                started_at: None,
+                ended_at: None,
+                end_reason: None,
+            })
+            .collect();
+        job.state = JobState::Starting;
+        job.reason = format!("starting on {}", p.node);
+        job.lease_ids.extend(leases.iter().map(|l| l.id));
+        job.placement = Some(p.clone());
+        let order = LaunchOrder {
+            job: id,
+            attempt: job.attempt,
+            spec: job.spec.clone(),
+            devices: p.devices.clone(),
+            lease_ids: leases.iter().map(|l| l.id.to_string()).collect(),
+        };
+        let touched: Vec<LeaseId> = leases.iter().map(|l| l.id).collect();
+        self.leases.insert(id, leases);
+        self.queue.remove(&id);
+        // Lease durable first (this turn's flush), then the agent hears of it.
+        self.persist(id, &touched);
+        info!(job = %id, node = %p.node, devices = p.devices.len(), "job placed");
+        self.effects
+            .push(Effect::Order(p.node.clone(), AgentOrder::Launch(Box::new(order))));
+    }
+
+    // --- nodes and agents -----------------------------------------------------
+
+    fn node_view(&self, name: &NodeName) -> NodeView {
+        let node = self.cluster.node(name.as_str()).expect("known node").clone();
+        let meta = self.nodes.get(name);
+        NodeView {
+            node,
+            last_heartbeat: meta.and_then(|m| m.last_heartbeat),
+            utilization: meta.map(|m| m.utilization.clone()).unwrap_or_default(),
+            discovery: meta.map(|m| m.discovery.clone()).unwrap_or_default(),
+            agent_version: meta.map(|m| m.agent_version.clone()).unwrap_or_default(),
+        }
+    }
+
+    fn drain(&mut self, node: NodeName, reason: Option<String>) -> EngineResult<NodeView> {
+        if self.cluster.node(node.as_str()).is_none() {
+            return Err(EngineError::NotFound(format!("node {node}")));
+        }
+        let connected = self.agents.contains_key(&node);
+        let result = match &reason {
+            Some(r) => self.ledger.put_drain(&node, r),
+            None => self.ledger.remove_drain(&node),
+        };
+        result.map_err(|e| EngineError::Internal(e.to_string()))?;
+        self.dirty = true;
+        let status = match reason {
+            Some(r) => {
+                self.drained.insert(node.clone(), r.clone());
+                info!(%node, reason = %r, "node drained");
+                NodeStatus::Drained { reason: r }
+            }
+            None => {
+                self.drained.remove(&node);
+                self.needs_pass = true;
+                info!(%node, "node undrained");
+                if connected {
+                    NodeStatus::Ready
+                } else {
+                    NodeStatus::Down
+                }
+            }
+        };
+        self.cluster.set_status(node.as_str(), status);
+        Ok(self.node_view(&node))
+    }
+
+    fn agent_connected(
+        &mut self,
+        conn: u64,
+        reg: Registration,
+        orders: mpsc::UnboundedSender<AgentOrder>,
+    ) -> EngineResult<()> {
+        let name = reg.inventory.name.clone();
+        let now = self.clock.now();
+        if self.agents.contains_key(&name) {
+            warn!(node = %name, "agent reconnected; replacing its previous connection");
+        }
+        self.agents.insert(name.clone(), AgentLink { conn, orders });
+        // Exits that happened while the agent was away come first.
+        for exit in &reg.exited {
+            self.job_exited(&name, exit.clone());
+        }
+        self.cluster.upsert_node(reg.inventory.clone());
+        let status = match self.drained.get(&name) {
+            Some(r) => NodeStatus::Drained { reason: r.clone() },
+            None => NodeStatus::Ready,
+        };
+        self.cluster.set_status(name.as_str(), status);
+        let meta = self.nodes.entry(name.clone()).or_default();
+        meta.discovery = reg.discovery.clone();
+        meta.agent_version = reg.agent_version.clone();
+        meta.lost_deadline = None;
+        info!(node = %name, gpus = reg.inventory.gpus.len(), discovery = %reg.discovery, "agent registered");
+
+        // Reconcile the jobs placed on this node with what the agent runs.
+        let running: HashMap<JobId, u32> = reg.running.iter().copied().collect();
+        let here: Vec<JobId> = self
+            .jobs
+            .values()
+            .filter(|j| j.placement.as_ref().is_some_and(|p| p.node == name))
+            .map(|j| j.id)
+            .collect();
+        for id in here {
+            let job = &self.jobs[&id];
+            let placement = job.placement.clone().expect("filtered on placement");
+            let still_running = running.get(&id) == Some(&job.attempt);
+            self.orphaned.remove(&id);
+            if still_running {
+                if let Err(e) = self.cluster.allocate(id, &placement) {
+                    error!(job = %id, error = %e, "a running job no longer fits its node's inventory");
+                }
+                if job.state == JobState::Starting {
+                    self.mark_running(id);
+                }
+                let job = &self.jobs[&id];
+                if job.cancel_requested {
+                    self.effects.push(Effect::Order(
+                        name.clone(),
+                        AgentOrder::Stop {
+                            job: id,
+                            attempt: job.attempt,
+                            grace: job.spec.grace_period,
+                            reason: StopReason::Cancelled,
+                        },
+                    ));
+                }
+            } else if job.state == JobState::Starting && !job.cancel_requested {
+                self.requeue_unstarted(id, "requeued: its node restarted before the job started");
+            } else {
+                let job = self.jobs.get_mut(&id).expect("present");
+                job.state = if job.cancel_requested {
+                    JobState::Cancelled
+                } else {
+                    JobState::NodeLost
+                };
+                job.reason = format!("node {name} no longer runs this job (agent restarted)");
+                job.ended_at = Some(now);
+                warn!(job = %id, node = %name, "job lost: its agent does not run it");
+                self.finish(id);
+            }
+        }
+        // Lost jobs above closed their leases at the previous heartbeat; from
+        // here on the node is live.
+        if let Some(meta) = self.nodes.get_mut(&name) {
+            meta.last_heartbeat = Some(now);
+        }
+        // Processes the agent runs that the controller does not know: stop them.
+        for (id, attempt) in reg.running {
+            let known = self.jobs.get(&id).is_some_and(|j| j.attempt == attempt);
+            if !known {
+                self.effects.push(Effect::Order(
+                    name.clone(),
+                    AgentOrder::Stop {
+                        job: id,
+                        attempt,
+                        grace: Millis(0),
+                        reason: StopReason::UnknownJob,
+                    },
+                ));
+            }
+        }
+        self.needs_pass = true;
+        Ok(())
+    }
+
+    fn agent_gone(&mut self, node: &NodeName, why: &str) {
+        self.agents.remove(node);
+        let deadline = self.clock.now().plus(self.config.node_lost_grace);
+        if let Some(meta) = self.nodes.get_mut(node) {
+            meta.lost_deadline = Some(deadline);
+        }
+        self.cluster.set_status(node.as_str(), NodeStatus::Down);
+        for job in self.jobs.values() {
+            if job.placement.as_ref().is_some_and(|p| &p.node == node) {
+                self.orphaned.insert(job.id, deadline);
+            }
+        }
+        // Log reads waiting on this node will not be answered.
+        let waiting: Vec<u64> = self
+            .pending_logs
+            .iter()
+            .filter(|(_, (_, n, _))| n == node)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in waiting {
+            if let Some((_, _, tx)) = self.pending_logs.remove(&k) {
+                let _ = tx.send(Err(EngineError::Unavailable(format!("node {node} disconnected"))));
+            }
+        }
+        warn!(%node, why, grace = %self.config.node_lost_grace, "node down");
+    }
+
+    fn agent_event(&mut self, node: &NodeName, event: AgentEvent) {
+        let now = self.clock.now();
+        if let Some(meta) = self.nodes.get_mut(node) {
+            meta.last_heartbeat = Some(now);
+        }
+        match event {
+            AgentEvent::Heartbeat { utilization, .. } => {
+                if let Some(meta) = self.nodes.get_mut(node) {
+                    meta.utilization = utilization;
+                }
+            }
+            AgentEvent::Started { job, attempt, pid } => {
+                match self.jobs.get(&job) {
+                    Some(j) if j.attempt == attempt => {
+                        if j.state == JobState::Starting {
+                            debug!(%job, pid, "job started");
+                            self.mark_running(job);
+                        }
+                    }
+                    _ => {
+                        // Not ours (any more): make sure it does not run.
+                        self.effects.push(Effect::Order(
+                            node.clone(),
+                            AgentOrder::Stop {
+                                job,
+                                attempt,
+                                grace: Millis(0),
+                                reason: StopReason::UnknownJob,
+                            },
+                        ));
+                    }
+                }
+            }
+            AgentEvent::Exited(exit) => self.job_exited(node, exit),
+            AgentEvent::LogChunk { request_id, result } => {
+                if let Some((job, node, tx)) = self.pending_logs.remove(&request_id) {
+                    let complete = !self.jobs.contains_key(&job);
+                    let r = result
+                        .map(|(data, next_offset, path)| LogSlice {
+                            complete: complete && data.is_empty(),
+                            data,
+                            next_offset,
+                            path,
+                            node,
+                        })
+                        .map_err(EngineError::Unavailable);
+                    let _ = tx.send(r);
+                }
+            }
+        }
+    }
+
+    fn mark_running(&mut self, id: JobId) {
+        let now = self.clock.now();
+        let Some(job) = self.jobs.get_mut(&id) else { return };
+        job.state = JobState::Running;
+        job.started_at = Some(now);
+        job.reason = match &job.placement {
+            Some(p) => format!("running on {}", p.node),
+            None => "running".into(),
+        };
+        if job.cancel_requested {
+            job.reason.push_str("; stopping (cancel requested)");
+        }
+        let mut touched = Vec::new();
+        if let Some(leases) = self.leases.get_mut(&id) {
+            for lease in leases.iter_mut().filter(|l| l.state == LeaseState::Reserved) {
+                lease.state = LeaseState::Active;
+                lease.started_at = Some(now);
+                touched.push(lease.id);
+            }
+        }
+        self.persist(id, &touched);
+    }
+
+    fn job_exited(&mut self, node: &NodeName, exit: JobExit) {
+        // Acknowledged after this turn's flush, whether or not it changed anything:
+        // a report re-sent after a reconnect changes nothing the second time.
+        self.effects.push(Effect::Order(
+            node.clone(),
+            AgentOrder::AckExit {
+                job: exit.job,
+                attempt: exit.attempt,
+            },
+        ));
+        let now = self.clock.now();
+        let Some(job) = self.jobs.get_mut(&exit.job) else {
+            return;
+        };
+        if job.attempt != exit.attempt || job.placement.as_ref().is_none_or(|p| &p.node != node) {
+            return;
+        }
+        let (state, reason) = match (&exit.outcome, job.cancel_requested) {
+            (ExitOutcome::LaunchFailed(msg), _) => (JobState::Failed, format!("could not start: {msg}")),
+            (_, true) => (
+                JobState::Cancelled,
+                job.reason.trim_end_matches("; stopping").to_string(),
+            ),
+            (ExitOutcome::Exited(0), _) => (JobState::Succeeded, "exited with code 0".to_string()),
+            (ExitOutcome::Exited(code), _) => {
+                job.exit_code = Some(*code);
+                (JobState::Failed, format!("exited with code {code}"))
+            }
+            (ExitOutcome::Signaled(sig), _) => {
+                job.signal = Some(*sig);
+                (JobState::Failed, format!("killed by signal {sig}"))
+            }
+            (ExitOutcome::TimedOut, _) => {
+                let limit = job.spec.time_limit.unwrap_or_default();
+                (
+                    JobState::TimedOut,
+                    format!("stopped at its time limit of {limit}"),
+                )
+            }
+            (ExitOutcome::Stopped { .. }, false) => (JobState::Failed, "stopped by its node".to_string()),
+        };
+        match &exit.outcome {
+            ExitOutcome::Exited(code) => job.exit_code = Some(*code),
+            ExitOutcome::Stopped { exit_code, signal } => {
+                job.exit_code = *exit_code;
+                job.signal = *signal;
+            }
+            _ => {}
+        }
+        job.state = state;
+        job.reason = reason;
+        job.ended_at = Some(now);
+        if job.started_at.is_none() && state != JobState::Failed {
+            job.started_at = Some(now);
+        }
+        info!(job = %exit.job, state = %state, "job ended");
+        self.finish(exit.job);
+    }
+
+    fn read_logs(&mut self, id: JobId, offset: u64, limit: u32, tx: oneshot::Sender<EngineResult<LogSlice>>) {
+        let placement = match self.job_snapshot(id) {
+            Ok(j) => j.placement,
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                return;
+            }
+        };
+        let Some(node) = placement.map(|p| p.node) else {
+            let _ = tx.send(Err(EngineError::FailedPrecondition(format!(
+                "job {id} has not been placed on a node yet: no output"
+            ))));
+            return;
+        };
+        let Some(link) = self.agents.get(&node) else {
+            let _ = tx.send(Err(EngineError::Unavailable(format!(
+                "node {node}, which holds the output of job {id}, is not connected"
+            ))));
+            return;
+        };
+        let request_id = self.next_request;
+        self.next_request += 1;
+        let _ = link.orders.send(AgentOrder::ReadLog {
+            request_id,
+            job: id,
+            offset,
+            limit,
+        });
+        self.pending_logs.insert(request_id, (id, node, tx));
+    }
+
+    // --- time -----------------------------------------------------------------
+
+    fn on_tick(&mut self) {
+        let now = self.clock.now();
+        // Agents that went silent without closing their stream.
+        let silent: Vec<NodeName> = self
+            .agents
+            .keys()
+            .filter(|n| {
+                self.nodes
+                    .get(*n)
+                    .and_then(|m| m.last_heartbeat)
+                    .is_some_and(|t| now.since(t) > self.config.heartbeat_timeout)
+            })
+            .cloned()
+            .collect();
+        for node in silent {
+            self.agent_gone(&node, "no heartbeat");
+        }
+        // Jobs whose node stayed away past the grace period.
+        let lost: Vec<JobId> = self
+            .orphaned
+            .iter()
+            .filter(|(_, deadline)| **deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in lost {
+            self.orphaned.remove(&id);
+            let Some(job) = self.jobs.get_mut(&id) else {
+                continue;
+            };
+            let node = job
+                .placement
+                .as_ref()
+                .map(|p| p.node.to_string())
+                .unwrap_or_default();
+            if job.cancel_requested {
+                job.state = JobState::Cancelled;
+            } else {
+                job.state = JobState::NodeLost;
+            }
+            job.reason = format!(
+                "node {node} did not come back within {}",
+                self.config.node_lost_grace
+            );
+            job.ended_at = Some(now);
+            warn!(job = %id, %node, "job lost with its node");
+            self.finish(id);
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! The placement core against hand-built clusters: plans are recorded and
+//! checked, never committed to anything but the in-memory cluster.
+
+use std::collections::BTreeMap;
+use std::num::NonZeroU32;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::domain::{GpuRequest, JobId, MiB, MigProfile, MilliCpu, Resources, Share};
+
+fn whole_gpu(node: &str, i: u32) -> Gpu {
+    Gpu {
+        index: i,
+        uuid: format!("GPU-{node}-{i}"),
+        model: "H100-80GB".into(),
+        memory: MiB(80 * 1024),
+        mode: GpuMode::Whole { holders: vec![] },
+    }
+}
+
+fn mig_gpu(node: &str, i: u32, profiles: &[(&str, u8)]) -> Gpu {
+    Gpu {
+        index: i,
+        uuid: format!("GPU-{node}-{i}"),
+        model: "H100-80GB".into(),
+        memory: MiB(80 * 1024),
+        mode: GpuMode::Mig {
+            slices: profiles
+                .iter()
+                .enumerate()
+                .map(|(k, (p, start))| MigSlice {
+                    uuid: format!("MIG-{node}-{i}-{k}"),
+                    profile: p.parse().unwrap(),
+                    start: *start,
+                    memory: MiB(10 * 1024),
+                    holder: None,
+                })
+                .collect(),
+        },
+    }
+}
+
+fn node(name: &str, whole: u32, mig: Option<&[(&str, u8)]>) -> NodeInventory {
+    let mut gpus: Vec<Gpu> = (0..whole).map(|i| whole_gpu(name, i)).collect();
+    if let Some(p) = mig {
+        gpus.push(mig_gpu(name, whole, p));
+    }
+    NodeInventory {
+        name: name.parse().unwrap(),
+        labels: BTreeMap::new(),
+        cpu: MilliCpu(32_000),
+        memory: MiB(256 * 1024),
+        gpus,
+    }
+}
+
+fn req(gpu: GpuRequest) -> Resources {
+    Resources {
+        gpu,
+        cpu: MilliCpu(1000),
+        memory: MiB(1024),
+    }
+}
+
+fn gpus(n: u32) -> GpuRequest {
+    GpuRequest::Whole(NonZeroU32::new(n).unwrap())
+}
+
+fn frac(s: &str) -> GpuRequest {
+    GpuRequest::Fraction {
+        share: s.parse().unwrap(),
+        memory: None,
+    }
+}
+
+fn dev_cluster() -> Cluster {
+    let mut c = Cluster::new();
+    c.upsert_node(node("a", 4, None));
+    c.upsert_node(node(
+        "b",
+        4,
+        Some(&[("3g.40gb", 4), ("2g.20gb", 0), ("1g.10gb", 2), ("1g.10gb", 3)]),
+    ));
+    c
+}
+
+fn place_and_commit(c: &mut Cluster, r: &Resources) -> Result<(JobId, Placement), Unplaceable> {
+    let p = place(c, r)?;
+    let job = JobId::new_v7();
+    c.allocate(job, &p)
+        .expect("a plan made against the cluster applies");
+    Ok((job, p))
+}
+
+#[test]
+fn whole_gpus_go_first_fit_and_never_twice() {
+    let mut c = dev_cluster();
+    let (_, p1) = place_and_commit(&mut c, &req(gpus(3))).unwrap();
+    assert_eq!(p1.node.as_str(), "a");
+    assert_eq!(p1.devices.len(), 3);
+    // One left on a; two must go to b.
+    let (_, p2) = place_and_commit(&mut c, &req(gpus(2))).unwrap();
+    assert_eq!(p2.node.as_str(), "b");
+    let (_, p3) = place_and_commit(&mut c, &req(gpus(1))).unwrap();
+    assert_eq!(p3.node.as_str(), "a");
+    let used: Vec<&str> = [&p1, &p2, &p3]
+        .iter()
+        .flat_map(|p| p.devices.iter().map(|d| d.device_uuid.as_str()))
+        .collect();
+    let mut dedup = used.clone();
+    dedup.sort_unstable();
+    dedup.dedup();
+    assert_eq!(used.len(), dedup.len(), "a GPU was granted twice: {used:?}");
+}
+
+#[test]
+fn too_many_gpus_is_unresolvable_with_a_reason() {
+    let c = dev_cluster();
+    let err = place(&c, &req(gpus(9))).unwrap_err();
+    assert!(!err.is_resolvable());
+    assert_eq!(err.rejections.get(&Rejection::GpuCapacity), Some(&2));
+    assert_eq!(
+        err.to_string(),
+        "no node can take it at all (2 nodes: too few GPUs in total)"
+    );
+}
+
+#[test]
+fn busy_gpus_are_resolvable() {
+    let mut c = dev_cluster();
+    place_and_commit(&mut c, &req(gpus(4))).unwrap();
+    place_and_commit(&mut c, &req(gpus(4))).unwrap();
+    let err = place(&c, &req(gpus(1))).unwrap_err();
+    assert!(err.is_resolvable());
+    assert_eq!(err.rejections.get(&Rejection::GpusBusy), Some(&2));
+}
+
+#[test]
+fn fractions_share_one_gpu_up_to_exactly_one() {
+    let mut c = Cluster::new();
+    c.upsert_node(node("a", 1, None));
+    for _ in 0..4 {
+        let (_, p) = place_and_commit(&mut c, &req(frac("0.25"))).unwrap();
+        assert_eq!(p.devices[0].share, Share::new(1, 4).unwrap());
+        assert_eq!(p.devices[0].gpu_memory, MiB(20 * 1024));
+    }
+    assert_eq!(c.nodes()[0].inventory.gpus[0].allocated(), Share::ONE);
+    let err = place(&c, &req(frac("0.01"))).unwrap_err();
+    assert_eq!(err.rejections.get(&Rejection::ShareBusy), Some(&1));
+    // A shared GPU is not free for a whole-GPU job.
+    assert!(place(&c, &req(gpus(1))).is_err());
+}
+
+#[test]
+fn thirds_fill_a_gpu_exactly() {
+    let mut c = Cluster::new();
+    c.upsert_node(node("a", 1, None));
+    for _ in 0..3 {
+        place_and_commit(&mut c, &req(frac("1/3"))).unwrap();
+    }
+    assert_eq!(c.nodes()[0].inventory.gpus[0].allocated(), Share::ONE);
+    assert!(place(&c, &req(frac("1/1000"))).is_err());
+}
+
+#[test]
+fn mig_requests_land_only_on_a_free_slice_of_that_profile() {
+    let mut c = dev_cluster();
+    let one_g: MigProfile = "1g.10gb".parse().unwrap();
+    let (_, p) = place_and_commit(&mut c, &req(GpuRequest::Mig(one_g.clone()))).unwrap();
+    assert_eq!(p.node.as_str(), "b");
+    assert_eq!(p.devices[0].mig_profile.as_ref(), Some(&one_g));
+    assert!(p.devices[0].device_uuid.starts_with("MIG-"));
+    assert_eq!(p.devices[0].share, Share::new(1, 7).unwrap());
+    place_and_commit(&mut c, &req(GpuRequest::Mig(one_g.clone()))).unwrap();
+    let err = place(&c, &req(GpuRequest::Mig(one_g))).unwrap_err();
+    assert_eq!(err.rejections.get(&Rejection::MigSliceBusy), Some(&1));
+    assert_eq!(err.rejections.get(&Rejection::MigProfileAbsent), Some(&1));
+    let err = place(&c, &req(GpuRequest::Mig("7g.80gb".parse().unwrap()))).unwrap_err();
+    assert!(!err.is_resolvable());
+}
+
+#[test]
+fn drained_and_down_nodes_take_nothing() {
+    let mut c = dev_cluster();
+    c.set_status(
+        "a",
+        NodeStatus::Drained {
+            reason: "maintenance".into(),
+        },
+    );
+    c.set_status("b", NodeStatus::Down);
+    let err = place(&c, &req(gpus(1))).unwrap_err();
+    assert!(err.is_resolvable());
+    assert_eq!(err.rejections.get(&Rejection::NodeDrained), Some(&1));
+    assert_eq!(err.rejections.get(&Rejection::NodeDown), Some(&1));
+}
+
+#[test]
+fn cpu_and_memory_are_checked() {
+    let c = dev_cluster();
+    let mut r = req(GpuRequest::None);
+    r.cpu = MilliCpu(64_000);
+    let err = place(&c, &r).unwrap_err();
+    assert_eq!(err.rejections.get(&Rejection::CpuCapacity), Some(&2));
+    let mut r = req(GpuRequest::None);
+    r.memory = MiB(512 * 1024);
+    let err = place(&c, &r).unwrap_err();
+    assert_eq!(err.rejections.get(&Rejection::MemoryCapacity), Some(&2));
+}
+
+#[test]
+fn allocate_refuses_a_stale_plan() {
+    let mut c = dev_cluster();
+    let p = place(&c, &req(gpus(4))).unwrap();
+    c.allocate(JobId::new_v7(), &p).unwrap();
+    let err = c.allocate(JobId::new_v7(), &p).unwrap_err();
+    assert!(matches!(err, Conflict::Device { .. }), "{err}");
+}
+
+#[test]
+fn release_frees_exactly_what_was_held() {
+    let mut c = dev_cluster();
+    let (job, p) = place_and_commit(&mut c, &req(frac("0.5"))).unwrap();
+    let before = c.nodes()[0].clone();
+    assert_eq!(c.release(job, p.node.as_str()), Some(p));
+    assert_eq!(c.nodes()[0].cpu_used, MilliCpu(0));
+    assert!(
+        c.nodes()[0]
+            .inventory
+            .gpus
+            .iter()
+            .all(|g| g.allocated().is_zero())
+    );
+    assert_ne!(before, c.nodes()[0]);
+    assert_eq!(c.release(job, "a"), None);
+}
+
+/// Checks that nothing in the cluster is over-committed.
+fn assert_no_overcommit(c: &Cluster) {
+    for n in c.nodes() {
+        assert!(
+            n.cpu_used <= n.inventory.cpu,
+            "cpu over-committed on {}",
+            n.name()
+        );
+        assert!(n.memory_used <= n.inventory.memory);
+        for g in &n.inventory.gpus {
+            assert!(
+                g.allocated() <= Share::ONE,
+                "{} over-committed: {}",
+                g.uuid,
+                g.allocated()
+            );
+            assert!(g.memory_allocated() <= g.memory);
+            if let GpuMode::Whole { holders } = &g.mode
+                && holders.iter().any(|h| h.share == Share::ONE)
+            {
+                assert_eq!(holders.len(), 1, "a whole GPU is shared");
+            }
+        }
+    }
+}
+
+fn arb_request() -> impl Strategy<Value = Resources> {
+    let gpu = prop_oneof![
+        Just(GpuRequest::None),
+        (1u32..=5).prop_map(gpus),
+        (1u64..=8, 1u64..=8)
+            .prop_filter("(0,1]", |(n, d)| n <= d)
+            .prop_map(|(n, d)| GpuRequest::Fraction {
+                share: Share::new(n, d).unwrap(),
+                memory: None
+            }),
+        prop_oneof![Just("1g.10gb"), Just("2g.20gb"), Just("3g.40gb"), Just("7g.80gb")]
+            .prop_map(|p| GpuRequest::Mig(p.parse().unwrap())),
+    ];
+    (gpu, 0u64..8_000, 0u64..64 * 1024).prop_map(|(gpu, cpu, mem)| Resources {
+        gpu,
+        cpu: MilliCpu(cpu),
+        memory: MiB(mem),
+    })
+}
+
+proptest! {
+    #[test]
+    fn random_streams_never_overcommit(ops in proptest::collection::vec((arb_request(), any::<bool>(), any::<prop::sample::Index>()), 1..120)) {
+        let mut c = dev_cluster();
+        let mut live: Vec<(JobId, Placement)> = Vec::new();
+        for (r, release, pick) in ops {
+            if release && !live.is_empty() {
+                let (job, p) = live.remove(pick.index(live.len()));
+                prop_assert_eq!(c.release(job, p.node.as_str()), Some(p));
+            } else if let Ok((job, p)) = place_and_commit(&mut c, &r) {
+                // A gang is placed whole or not at all.
+                if let GpuRequest::Whole(n) = r.gpu {
+                    prop_assert_eq!(p.devices.len(), n.get() as usize);
+                }
+                live.push((job, p));
+            }
+            assert_no_overcommit(&c);
+        }
+    }
+}

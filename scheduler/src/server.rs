@@ -1,0 +1,312 @@
+//! Wiring: the controller (ledger, engine, gRPC) and dev mode.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::sync::watch;
+use tracing::{error, info};
+
+use crate::agent::fleet::Fleet;
+use crate::agent::{self, AgentConfig};
+use crate::api::{self, Api};
+use crate::auth::Auth;
+use crate::clock::{Clock, SystemClock};
+use crate::domain::{MiB, MilliCpu, Millis, TenantName};
+use crate::engine::{self, EngineConfig, EngineHandle};
+use crate::ledger::{Ledger, Role};
+use crate::placement::NodeStatus;
+
+/// How long a shutting-down server waits for open streams to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// How the controller runs.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub engine: EngineConfig,
+}
+
+/// A running controller.
+pub struct Controller {
+    pub addr: SocketAddr,
+    pub engine: EngineHandle,
+    pub auth: Auth,
+    pub clock: Arc<dyn Clock>,
+    /// Set when this start created the first admin token (written to
+    /// `<data dir>/admin.token`).
+    pub bootstrap_admin_token: Option<String>,
+    stop: watch::Sender<bool>,
+    serve: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    engine_task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Controller {
+    /// Opens the ledger in `data_dir`, loads the state, binds and serves.
+    pub async fn start(config: ServerConfig) -> anyhow::Result<Controller> {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+        let ledger = Ledger::open(&config.data_dir).with_context(|| {
+            format!(
+                "cannot open the ledger in {} (is another allot server using it?)",
+                config.data_dir.display()
+            )
+        })?;
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let auth = Auth::load(ledger.clone())?;
+        let bootstrap_admin_token = bootstrap(&auth, &config.data_dir, clock.now()).await?;
+        let heartbeat = config.engine.heartbeat_interval;
+        let (engine, engine_task) = engine::start(ledger, clock.clone(), config.engine.clone())?;
+        let router = api::router(Api::new(engine.clone(), auth.clone(), clock.clone(), heartbeat)).await?;
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        let (stop, mut stopped) = watch::channel(false);
+        let serve = tokio::spawn(router.serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            },
+        ));
+        info!(%addr, data_dir = %config.data_dir.display(), "controller listening");
+        Ok(Controller {
+            addr,
+            engine,
+            auth,
+            clock,
+            bootstrap_admin_token,
+            stop,
+            serve,
+            engine_task,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Serves until `shutdown` resolves or the engine fails.
+    pub async fn run_until(mut self, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+        tokio::select! {
+            _ = shutdown => {
+                info!("shutting down");
+                let _ = self.stop.send(true);
+                // Long-lived streams (agent sessions, watches) would hold a
+                // graceful shutdown forever: give them a moment, then cut them.
+                if tokio::time::timeout(SHUTDOWN_GRACE, &mut self.serve).await.is_err() {
+                    self.serve.abort();
+                }
+                Ok(())
+            }
+            r = &mut self.engine_task => {
+                let _ = self.stop.send(true);
+                match r {
+                    Ok(Ok(())) => anyhow::bail!("the scheduler engine stopped"),
+                    Ok(Err(e)) => Err(e.context("the scheduler engine failed")),
+                    Err(e) => Err(anyhow::anyhow!("the scheduler engine panicked: {e}")),
+                }
+            }
+            r = &mut self.serve => {
+                match r {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(anyhow::Error::new(e).context("the gRPC server failed")),
+                    Err(e) => Err(anyhow::anyhow!("the gRPC server panicked: {e}")),
+                }
+            }
+        }
+    }
+}
+
+/// On a data dir with no tokens at all, creates an admin token and writes it
+/// to `<data dir>/admin.token` (mode 0600), as `vault operator init` would show it.
+async fn bootstrap(
+    auth: &Auth,
+    data_dir: &Path,
+    now: crate::domain::UnixMillis,
+) -> anyhow::Result<Option<String>> {
+    if !auth.tokens().is_empty() {
+        return Ok(None);
+    }
+    let (secret, _) = auth
+        .issue(Role::Admin, "bootstrap admin token".into(), now)
+        .await
+        .context("cannot create the bootstrap admin token")?;
+    let path = data_dir.join("admin.token");
+    write_secret(&path, &secret)?;
+    info!(path = %path.display(), "created the first admin token");
+    Ok(Some(secret))
+}
+
+fn write_secret(path: &Path, secret: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    writeln!(f, "{secret}")?;
+    Ok(())
+}
+
+/// The dev fleet: two nodes, each with four whole H100s; the second also has
+/// one H100 split into MIG slices.
+pub fn dev_fleet() -> Vec<(&'static str, Fleet)> {
+    let mk = |spec: &str| {
+        let mut f = Fleet::from_spec(spec).expect("the dev fleet is valid");
+        f.cpu = Some(MilliCpu(64_000));
+        f.memory = Some(MiB(512 * 1024));
+        f
+    };
+    vec![
+        ("dev-1", mk("4xH100-80GB")),
+        (
+            "dev-2",
+            mk("4xH100-80GB,1xH100-80GB/mig=3g.40gb+2g.20gb+1g.10gb+1g.10gb"),
+        ),
+    ]
+}
+
+/// Options of `allot server --dev`.
+#[derive(Debug, Clone)]
+pub struct DevOptions {
+    pub listen: SocketAddr,
+    pub data_dir: Option<PathBuf>,
+}
+
+/// `allot server --dev`: a controller, two in-process agents with a declared
+/// fleet on loopback, a default tenant; prints the lines to paste into a shell.
+pub async fn run_dev(
+    opts: DevOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let (_temp, data_dir) = match &opts.data_dir {
+        Some(d) => (None, d.clone()),
+        None => {
+            let t = tempfile::Builder::new().prefix("allot-dev-").tempdir()?;
+            let p = t.path().to_path_buf();
+            (Some(t), p)
+        }
+    };
+    let engine = EngineConfig {
+        heartbeat_interval: Millis::from_secs(1),
+        heartbeat_timeout: Millis::from_secs(10),
+        node_lost_grace: Millis::from_secs(30),
+        tick: Millis(250),
+    };
+    let controller = Controller::start(ServerConfig {
+        listen: opts.listen,
+        data_dir: data_dir.clone(),
+        engine,
+    })
+    .await?;
+    let now = controller.clock.now();
+    let tenant: TenantName = "default".parse().expect("valid name");
+    controller.auth.ensure_tenant(tenant.clone(), now).await?;
+    let (tenant_token, _) = controller
+        .auth
+        .issue(Role::Tenant(tenant), "dev mode: default tenant".into(), now)
+        .await?;
+    let (admin_token, _) = controller
+        .auth
+        .issue(Role::Admin, "dev mode: admin".into(), now)
+        .await?;
+    let (agent_token, _) = controller
+        .auth
+        .issue(Role::Agent, "dev mode: in-process agents".into(), now)
+        .await?;
+
+    let (stop_agents, agents_stopped) = watch::channel(false);
+    let mut agent_tasks = Vec::new();
+    let fleet = dev_fleet();
+    for (node, f) in &fleet {
+        let config = AgentConfig {
+            controller: controller.url(),
+            token: agent_token.clone(),
+            node: node.parse().expect("valid name"),
+            fleet: Some(f.clone()),
+            state_dir: data_dir.join("agents").join(node),
+            labels: BTreeMap::from([("allot.dev/mode".to_string(), "dev".to_string())]),
+            cpu: None,
+            memory: None,
+            shutdown_grace: Duration::from_secs(5),
+        };
+        let rx = agents_stopped.clone();
+        agent_tasks.push(tokio::spawn(async move {
+            if let Err(e) = agent::run(config, rx).await {
+                error!("dev agent failed: {e:#}");
+            }
+        }));
+    }
+    wait_for_nodes(&controller.engine, fleet.len(), Duration::from_secs(20)).await?;
+    let ready = started.elapsed();
+
+    let url = controller.url();
+    let nodes: Vec<String> = fleet
+        .iter()
+        .map(|(n, f)| format!("{n} ({})", f.summary()))
+        .collect();
+    let kept = if opts.data_dir.is_some() {
+        "kept"
+    } else {
+        "deleted on exit"
+    };
+    println!("allot dev server ready in {} ms", ready.as_millis());
+    println!();
+    println!("  address:  {url}");
+    println!("  data dir: {} ({kept})", data_dir.display());
+    println!("  nodes:    {}", nodes.join("\n            "));
+    println!("  tenant:   default");
+    println!();
+    println!("Paste into your shell:");
+    println!();
+    println!("export ALLOT_ADDR={url}");
+    println!("export ALLOT_TOKEN={tenant_token}");
+    println!();
+    println!("Admin token (tenants, tokens, draining nodes):");
+    println!();
+    println!("export ALLOT_ADMIN_TOKEN={admin_token}");
+    println!();
+    println!(
+        "Then: allot submit --gpus 1 --wait -- sh -c 'echo $CUDA_VISIBLE_DEVICES'; allot jobs; allot nodes"
+    );
+    println!("Press Ctrl-C to stop.");
+
+    // On Ctrl-C the agents stop their jobs and report the exits while the
+    // controller still listens; then the controller stops.
+    let agents_done = async move {
+        shutdown.await;
+        let _ = stop_agents.send(true);
+        for t in agent_tasks {
+            let _ = t.await;
+        }
+    };
+    controller.run_until(agents_done).await
+}
+
+/// Waits until `n` nodes are registered and ready.
+async fn wait_for_nodes(engine: &EngineHandle, n: usize, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let nodes = engine.list_nodes().await?;
+        let ready = nodes
+            .iter()
+            .filter(|v| v.node.status == NodeStatus::Ready)
+            .count();
+        if ready >= n {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("only {ready} of {n} dev nodes registered within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,8 @@
+//! End-to-end tests: the real `allot` binary, real gRPC over loopback, real
+//! sled files, real processes launched by the agent.
+
+mod bad_input;
+mod harness;
+mod jobs;
+mod standalone;
+mod tenants;
