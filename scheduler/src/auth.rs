@@ -162,3 +162,39 @@ impl Auth {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn tokens_are_stored_only_as_hashes() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        let auth = Auth::load(ledger.clone()).unwrap();
+        let now = UnixMillis(1);
+        let tenant: TenantName = "a".parse().unwrap();
+        assert!(matches!(
+            auth.issue(Role::Tenant(tenant.clone()), String::new(), now).await,
+            Err(AuthError::NoSuchTenant(_))
+        ));
+        auth.create_tenant(tenant.clone(), now).await.unwrap();
+        let (secret, rec) = auth.issue(Role::Tenant(tenant.clone()), "ci".into(), now).await.unwrap();
+        assert!(secret.starts_with("allot_") && secret.len() == 70);
+        let stored = ledger.tokens().unwrap();
+        assert_eq!(stored.len(), 1);
+        assert_eq!(stored[0].0, hash(&secret));
+        let raw = serde_json::to_string(&stored[0].1).unwrap();
+        assert!(!raw.contains(&secret[6..]), "the secret must not be stored");
+
+        let caller = auth.authenticate(&secret).unwrap();
+        assert_eq!(caller.tenant(), Some(&tenant));
+        assert!(auth.authenticate("allot_nope").is_none());
+        // A fresh load (a restart) knows the token too.
+        let reloaded = Auth::load(ledger.clone()).unwrap();
+        assert!(reloaded.authenticate(&secret).is_some());
+        auth.revoke(&rec.id).await.unwrap();
+        assert!(auth.authenticate(&secret).is_none());
+        assert!(matches!(auth.revoke(&rec.id).await, Err(AuthError::NoSuchToken(_))));
+    }
+}

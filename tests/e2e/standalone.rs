@@ -74,7 +74,7 @@ async fn server_and_agent_processes_run_jobs_submitted_by_the_cli() {
         .connect()
         .await
         .unwrap();
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
     let status = health
         .check(tonic_health::pb::HealthCheckRequest {
             service: "allot.v1.JobService".into(),

@@ -313,3 +313,6 @@ pub fn start(
     let task = tokio::spawn(engine.run(rx));
     Ok((EngineHandle { tx, events, ledger }, task))
 }
+
+#[cfg(test)]
+mod tests;

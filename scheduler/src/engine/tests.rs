@@ -1,0 +1,351 @@
+//! The engine driven directly: a real ledger in a temp dir, a manual clock,
+//! and a scripted agent on the order channel.
+
+use std::collections::BTreeMap;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::*;
+use crate::clock::ManualClock;
+use crate::domain::{
+    EndReason, GpuRequest, JobState, LeaseId, LeaseState, MiB, MilliCpu, Millis, ProjectName, Resources,
+    UnixMillis,
+};
+use crate::placement::{Gpu, GpuMode, NodeInventory};
+
+const GRACE: Millis = Millis::from_secs(60);
+
+struct Harness {
+    engine: EngineHandle,
+    clock: ManualClock,
+    dir: tempfile::TempDir,
+}
+
+fn config() -> EngineConfig {
+    EngineConfig {
+        heartbeat_interval: Millis::from_secs(5),
+        heartbeat_timeout: Millis::from_secs(3600),
+        node_lost_grace: GRACE,
+        tick: Millis(5),
+    }
+}
+
+async fn start_on(dir: tempfile::TempDir, clock: ManualClock) -> Harness {
+    let ledger = Ledger::open(dir.path()).unwrap();
+    let (engine, _task) = start(ledger, Arc::new(clock.clone()), config()).unwrap();
+    Harness { engine, clock, dir }
+}
+
+async fn harness() -> Harness {
+    start_on(tempfile::tempdir().unwrap(), ManualClock::new(UnixMillis(1_000_000))).await
+}
+
+fn inventory(node: &str, gpus: u32) -> NodeInventory {
+    NodeInventory {
+        name: node.parse().unwrap(),
+        labels: BTreeMap::new(),
+        cpu: MilliCpu(16_000),
+        memory: MiB(64 * 1024),
+        gpus: (0..gpus)
+            .map(|i| Gpu {
+                index: i,
+                uuid: format!("GPU-{node}-{i}"),
+                model: "H100-80GB".into(),
+                memory: MiB(80 * 1024),
+                mode: GpuMode::Whole { holders: vec![] },
+            })
+            .collect(),
+    }
+}
+
+struct FakeAgent {
+    conn: u64,
+    node: NodeName,
+    orders: mpsc::UnboundedReceiver<AgentOrder>,
+}
+
+impl FakeAgent {
+    async fn connect(h: &Harness, conn: u64, node: &str, running: Vec<(JobId, u32)>, exited: Vec<JobExit>) -> Self {
+        let (tx, orders) = mpsc::unbounded_channel();
+        let reg = Registration {
+            inventory: inventory(node, 2),
+            running,
+            exited,
+            discovery: "declared".into(),
+            agent_version: "test".into(),
+        };
+        h.engine.agent_connected(conn, reg, tx).await.unwrap();
+        FakeAgent {
+            conn,
+            node: node.parse().unwrap(),
+            orders,
+        }
+    }
+
+    async fn next(&mut self) -> AgentOrder {
+        tokio::time::timeout(Duration::from_secs(10), self.orders.recv())
+            .await
+            .expect("an order in time")
+            .expect("channel open")
+    }
+
+    async fn expect_launch(&mut self) -> LaunchOrder {
+        match self.next().await {
+            AgentOrder::Launch(l) => *l,
+            other => panic!("expected a launch, got {other:?}"),
+        }
+    }
+
+    async fn send(&self, h: &Harness, event: AgentEvent) {
+        h.engine.agent_event(self.conn, self.node.clone(), event).await;
+    }
+}
+
+fn spec(gpus: u32) -> JobSpec {
+    JobSpec {
+        name: "t".into(),
+        command: "true".into(),
+        args: vec![],
+        env: BTreeMap::new(),
+        working_dir: None,
+        resources: Resources {
+            gpu: GpuRequest::Whole(NonZeroU32::new(gpus).unwrap()),
+            cpu: MilliCpu(1000),
+            memory: MiB(1024),
+        },
+        priority: 0,
+        preemptible: false,
+        time_limit: None,
+        grace_period: Millis::from_secs(1),
+        tenant: "t1".parse().unwrap(),
+        project: ProjectName::default_project(),
+        tags: BTreeMap::new(),
+    }
+}
+
+async fn job(h: &Harness, id: JobId) -> Job {
+    h.engine.ledger().get_job(&id).unwrap().unwrap()
+}
+
+async fn until(h: &Harness, id: JobId, f: impl Fn(&Job) -> bool) -> Job {
+    for _ in 0..2000 {
+        let j = job(h, id).await;
+        if f(&j) {
+            return j;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("job {id} never reached the expected state: {:?}", job(h, id).await);
+}
+
+fn exit(job: JobId, attempt: u32, code: i32) -> JobExit {
+    JobExit {
+        job,
+        attempt,
+        outcome: ExitOutcome::Exited(code),
+    }
+}
+
+#[tokio::test]
+async fn the_lease_is_written_before_the_agent_hears_of_the_job() {
+    let h = harness().await;
+    let mut agent = FakeAgent::connect(&h, 1, "n1", vec![], vec![]).await;
+    let j = h.engine.submit(spec(2)).await.unwrap();
+    let launch = agent.expect_launch().await;
+    assert_eq!(launch.job, j.id);
+    assert_eq!(launch.devices.len(), 2);
+    // By the time the order arrives, both leases are in the ledger as reserved.
+    for id in &launch.lease_ids {
+        let lease = h.engine.ledger().get_lease(&id.parse::<LeaseId>().unwrap()).unwrap().unwrap();
+        assert_eq!(lease.state, LeaseState::Reserved);
+        assert_eq!(lease.job_id, j.id);
+    }
+    assert_eq!(job(&h, j.id).await.state, JobState::Starting);
+}
+
+#[tokio::test]
+async fn a_resent_exit_report_changes_nothing() {
+    let h = harness().await;
+    let mut agent = FakeAgent::connect(&h, 1, "n1", vec![], vec![]).await;
+    let j = h.engine.submit(spec(1)).await.unwrap();
+    agent.expect_launch().await;
+    h.clock.advance(Millis(100));
+    agent
+        .send(&h, AgentEvent::Started { job: j.id, attempt: 1, pid: 42 })
+        .await;
+    until(&h, j.id, |j| j.state == JobState::Running).await;
+    h.clock.advance(Millis(2500));
+    agent.send(&h, AgentEvent::Exited(exit(j.id, 1, 0))).await;
+    assert!(matches!(agent.next().await, AgentOrder::AckExit { attempt: 1, .. }));
+    let done = until(&h, j.id, |j| j.state == JobState::Succeeded).await;
+    let leases = h.engine.ledger().leases_of(&j.id).unwrap();
+    assert_eq!(leases[0].started_at, Some(UnixMillis(1_000_100)));
+    assert_eq!(leases[0].ended_at, Some(UnixMillis(1_002_600)));
+    assert_eq!(leases[0].end_reason, Some(EndReason::Succeeded));
+
+    // The same report again, as after a reconnect: acknowledged, nothing changes.
+    h.clock.advance(Millis(10_000));
+    agent.send(&h, AgentEvent::Exited(exit(j.id, 1, 1))).await;
+    assert!(matches!(agent.next().await, AgentOrder::AckExit { attempt: 1, .. }));
+    assert_eq!(job(&h, j.id).await, done);
+    assert_eq!(h.engine.ledger().leases_of(&j.id).unwrap(), leases);
+    // And on a new session's registration.
+    drop(agent);
+    let mut again = FakeAgent::connect(&h, 2, "n1", vec![], vec![exit(j.id, 1, 1)]).await;
+    assert!(matches!(again.next().await, AgentOrder::AckExit { attempt: 1, .. }));
+    assert_eq!(job(&h, j.id).await, done);
+}
+
+#[tokio::test]
+async fn a_node_that_stays_away_loses_its_jobs_after_the_grace_period() {
+    let h = harness().await;
+    let mut agent = FakeAgent::connect(&h, 1, "n1", vec![], vec![]).await;
+    let j = h.engine.submit(spec(1)).await.unwrap();
+    agent.expect_launch().await;
+    agent
+        .send(&h, AgentEvent::Started { job: j.id, attempt: 1, pid: 42 })
+        .await;
+    until(&h, j.id, |j| j.state == JobState::Running).await;
+    h.clock.advance(Millis(1000));
+    agent
+        .send(&h, AgentEvent::Heartbeat { utilization: BTreeMap::new(), running: vec![(j.id, 1)] })
+        .await;
+    let last_heartbeat = h.clock.now();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    h.engine.agent_disconnected(agent.conn, agent.node.clone()).await;
+    // Commands are handled in order: once this answers, the node is down.
+    let nodes = h.engine.list_nodes().await.unwrap();
+    assert_eq!(nodes[0].node.status, crate::placement::NodeStatus::Down);
+
+    // Within the grace period nothing happens.
+    h.clock.advance(Millis(GRACE.0 - 1000));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(job(&h, j.id).await.state, JobState::Running);
+    // After it, the job is lost and its lease closed at the last heartbeat.
+    h.clock.advance(Millis(2000));
+    let lost = until(&h, j.id, |j| j.state == JobState::NodeLost).await;
+    assert!(lost.reason.contains("did not come back"), "{}", lost.reason);
+    let lease = &h.engine.ledger().leases_of(&j.id).unwrap()[0];
+    assert_eq!(lease.end_reason, Some(EndReason::NodeLost));
+    assert_eq!(lease.ended_at, Some(last_heartbeat));
+}
+
+#[tokio::test]
+async fn a_reconnecting_agent_keeps_its_running_jobs_and_their_devices() {
+    let h = harness().await;
+    let mut agent = FakeAgent::connect(&h, 1, "n1", vec![], vec![]).await;
+    let j = h.engine.submit(spec(2)).await.unwrap();
+    agent.expect_launch().await;
+    agent
+        .send(&h, AgentEvent::Started { job: j.id, attempt: 1, pid: 42 })
+        .await;
+    until(&h, j.id, |j| j.state == JobState::Running).await;
+    h.engine.agent_disconnected(agent.conn, agent.node.clone()).await;
+    h.engine.list_nodes().await.unwrap();
+    h.clock.advance(Millis(5000));
+    let mut agent = FakeAgent::connect(&h, 2, "n1", vec![(j.id, 1)], vec![]).await;
+    // The node's two GPUs are still held: a new job waits.
+    let other = h.engine.submit(spec(1)).await.unwrap();
+    let pending = until(&h, other.id, |j| j.reason.contains("no node")).await;
+    assert_eq!(pending.state, JobState::Pending);
+    // Well past the grace period the job still runs.
+    h.clock.advance(Millis(GRACE.0 * 2));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(job(&h, j.id).await.state, JobState::Running);
+    // When it ends, the waiting job gets the GPU.
+    agent.send(&h, AgentEvent::Exited(exit(j.id, 1, 0))).await;
+    assert!(matches!(agent.next().await, AgentOrder::AckExit { .. }));
+    assert_eq!(agent.expect_launch().await.job, other.id);
+}
+
+#[tokio::test]
+async fn a_job_whose_node_restarted_before_it_started_is_requeued() {
+    let h = harness().await;
+    let mut agent = FakeAgent::connect(&h, 1, "n1", vec![], vec![]).await;
+    let j = h.engine.submit(spec(1)).await.unwrap();
+    let first = agent.expect_launch().await;
+    assert_eq!(first.attempt, 1);
+    // The agent comes back without the job: the launch never took.
+    drop(agent);
+    let mut agent = FakeAgent::connect(&h, 2, "n1", vec![], vec![]).await;
+    let second = agent.expect_launch().await;
+    assert_eq!((second.job, second.attempt), (j.id, 2));
+    let leases = h.engine.ledger().leases_of(&j.id).unwrap();
+    assert_eq!(leases.len(), 2);
+    assert_eq!(leases[0].end_reason, Some(EndReason::ReleasedUnstarted));
+    assert_eq!(leases[1].state, LeaseState::Reserved);
+    // A late report from the first attempt changes nothing.
+    agent.send(&h, AgentEvent::Exited(exit(j.id, 1, 0))).await;
+    assert!(matches!(agent.next().await, AgentOrder::AckExit { attempt: 1, .. }));
+    assert_eq!(job(&h, j.id).await.state, JobState::Starting);
+}
+
+#[tokio::test]
+async fn a_restarted_engine_reconciles_running_jobs_with_their_agent() {
+    let h = harness().await;
+    let mut agent = FakeAgent::connect(&h, 1, "n1", vec![], vec![]).await;
+    let a = h.engine.submit(spec(1)).await.unwrap();
+    let b = h.engine.submit(spec(1)).await.unwrap();
+    for _ in 0..2 {
+        agent.expect_launch().await;
+    }
+    for id in [a.id, b.id] {
+        agent
+            .send(&h, AgentEvent::Started { job: id, attempt: 1, pid: 1 })
+            .await;
+        until(&h, id, |j| j.state == JobState::Running).await;
+    }
+    // A new engine on the same ledger (the old one's task keeps its handle;
+    // sled allows one opener per process, so reuse the files by cloning the db).
+    let Harness { engine, clock, dir } = h;
+    let ledger = engine.ledger().clone();
+    drop(engine);
+    let (engine, _task) = start(ledger, Arc::new(clock.clone()), config()).unwrap();
+    let h = Harness { engine, clock, dir };
+    // Only `a` still runs on the node; `b` died with the agent.
+    let _agent = FakeAgent::connect(&h, 3, "n1", vec![(a.id, 1)], vec![]).await;
+    let lost = until(&h, b.id, |j| j.state.is_final()).await;
+    assert_eq!(lost.state, JobState::NodeLost);
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    assert_eq!(job(&h, a.id).await.state, JobState::Running);
+}
+
+#[tokio::test]
+async fn cancelling_a_placed_job_orders_a_stop_with_its_grace() {
+    let h = harness().await;
+    let mut agent = FakeAgent::connect(&h, 1, "n1", vec![], vec![]).await;
+    let j = h.engine.submit(spec(1)).await.unwrap();
+    agent.expect_launch().await;
+    let after = h.engine.cancel(j.id, "stop it".into()).await.unwrap();
+    assert!(after.cancel_requested);
+    assert_eq!(after.state, JobState::Starting);
+    match agent.next().await {
+        AgentOrder::Stop { job, grace, reason, .. } => {
+            assert_eq!((job, grace, reason), (j.id, Millis::from_secs(1), StopReason::Cancelled));
+        }
+        other => panic!("expected a stop, got {other:?}"),
+    }
+    agent
+        .send(
+            &h,
+            AgentEvent::Exited(JobExit {
+                job: j.id,
+                attempt: 1,
+                outcome: ExitOutcome::Stopped { exit_code: None, signal: Some(15) },
+            }),
+        )
+        .await;
+    let done = until(&h, j.id, |j| j.state.is_final()).await;
+    assert_eq!(done.state, JobState::Cancelled);
+    assert_eq!(done.signal, Some(15));
+    // A never-started lease is released, not billed as cancelled work.
+    let lease = &h.engine.ledger().leases_of(&j.id).unwrap()[0];
+    assert_eq!(lease.end_reason, Some(EndReason::ReleasedUnstarted));
+    assert_eq!(
+        h.engine.cancel(j.id, String::new()).await.unwrap_err(),
+        EngineError::FailedPrecondition(format!("job {} has already ended (CANCELLED)", j.id))
+    );
+}
