@@ -54,7 +54,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     let mut stream = Box::pin(client.watch(&job.id).await?);
                     while let Some(j) = stream.next().await {
                         let j = j?;
-                        if running.is_none() && j.state() != JobState::Pending && j.state() != JobState::Starting {
+                        if running.is_none()
+                            && j.state() != JobState::Pending
+                            && j.state() != JobState::Starting
+                        {
                             running = Some(t0.elapsed());
                         }
                         if allot_sdk::is_final(j.state()) {
@@ -89,8 +92,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     submit.sort();
     done.sort();
-    println!("jobs: {jobs}, concurrency: {concurrency}, failed: {failed}, wall: {:.2?}", wall);
-    println!("throughput: {:.1} jobs/s (submit → succeeded)", jobs as f64 / wall.as_secs_f64());
+    println!(
+        "jobs: {jobs}, concurrency: {concurrency}, failed: {failed}, wall: {:.2?}",
+        wall
+    );
+    println!(
+        "throughput: {:.1} jobs/s (submit → succeeded)",
+        jobs as f64 / wall.as_secs_f64()
+    );
     println!(
         "submit RPC:            p50 {:>8.2?}  p99 {:>8.2?}",
         pct(&submit, 0.5),

@@ -179,7 +179,10 @@ mod tests {
             Err(AuthError::NoSuchTenant(_))
         ));
         auth.create_tenant(tenant.clone(), now).await.unwrap();
-        let (secret, rec) = auth.issue(Role::Tenant(tenant.clone()), "ci".into(), now).await.unwrap();
+        let (secret, rec) = auth
+            .issue(Role::Tenant(tenant.clone()), "ci".into(), now)
+            .await
+            .unwrap();
         assert!(secret.starts_with("allot_") && secret.len() == 70);
         let stored = ledger.tokens().unwrap();
         assert_eq!(stored.len(), 1);
@@ -195,6 +198,9 @@ mod tests {
         assert!(reloaded.authenticate(&secret).is_some());
         auth.revoke(&rec.id).await.unwrap();
         assert!(auth.authenticate(&secret).is_none());
-        assert!(matches!(auth.revoke(&rec.id).await, Err(AuthError::NoSuchToken(_))));
+        assert!(matches!(
+            auth.revoke(&rec.id).await,
+            Err(AuthError::NoSuchToken(_))
+        ));
     }
 }

@@ -72,12 +72,9 @@ impl Controller {
         let incoming = tonic::transport::server::TcpIncoming::from(listener)
             .with_nodelay(Some(true))
             .with_keepalive(Some(Duration::from_secs(60)));
-        let serve = tokio::spawn(router.serve_with_incoming_shutdown(
-            incoming,
-            async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            },
-        ));
+        let serve = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }));
         info!(%addr, data_dir = %config.data_dir.display(), "controller listening");
         Ok(Controller {
             addr,

@@ -40,7 +40,11 @@ async fn start_on(dir: tempfile::TempDir, clock: ManualClock) -> Harness {
 }
 
 async fn harness() -> Harness {
-    start_on(tempfile::tempdir().unwrap(), ManualClock::new(UnixMillis(1_000_000))).await
+    start_on(
+        tempfile::tempdir().unwrap(),
+        ManualClock::new(UnixMillis(1_000_000)),
+    )
+    .await
 }
 
 fn inventory(node: &str, gpus: u32) -> NodeInventory {
@@ -68,7 +72,13 @@ struct FakeAgent {
 }
 
 impl FakeAgent {
-    async fn connect(h: &Harness, conn: u64, node: &str, running: Vec<(JobId, u32)>, exited: Vec<JobExit>) -> Self {
+    async fn connect(
+        h: &Harness,
+        conn: u64,
+        node: &str,
+        running: Vec<(JobId, u32)>,
+        exited: Vec<JobExit>,
+    ) -> Self {
         let (tx, orders) = mpsc::unbounded_channel();
         let reg = Registration {
             inventory: inventory(node, 2),
@@ -138,7 +148,10 @@ async fn until(h: &Harness, id: JobId, f: impl Fn(&Job) -> bool) -> Job {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    panic!("job {id} never reached the expected state: {:?}", job(h, id).await);
+    panic!(
+        "job {id} never reached the expected state: {:?}",
+        job(h, id).await
+    );
 }
 
 fn exit(job: JobId, attempt: u32, code: i32) -> JobExit {
@@ -159,7 +172,12 @@ async fn the_lease_is_written_before_the_agent_hears_of_the_job() {
     assert_eq!(launch.devices.len(), 2);
     // By the time the order arrives, both leases are in the ledger as reserved.
     for id in &launch.lease_ids {
-        let lease = h.engine.ledger().get_lease(&id.parse::<LeaseId>().unwrap()).unwrap().unwrap();
+        let lease = h
+            .engine
+            .ledger()
+            .get_lease(&id.parse::<LeaseId>().unwrap())
+            .unwrap()
+            .unwrap();
         assert_eq!(lease.state, LeaseState::Reserved);
         assert_eq!(lease.job_id, j.id);
     }
@@ -174,12 +192,22 @@ async fn a_resent_exit_report_changes_nothing() {
     agent.expect_launch().await;
     h.clock.advance(Millis(100));
     agent
-        .send(&h, AgentEvent::Started { job: j.id, attempt: 1, pid: 42 })
+        .send(
+            &h,
+            AgentEvent::Started {
+                job: j.id,
+                attempt: 1,
+                pid: 42,
+            },
+        )
         .await;
     until(&h, j.id, |j| j.state == JobState::Running).await;
     h.clock.advance(Millis(2500));
     agent.send(&h, AgentEvent::Exited(exit(j.id, 1, 0))).await;
-    assert!(matches!(agent.next().await, AgentOrder::AckExit { attempt: 1, .. }));
+    assert!(matches!(
+        agent.next().await,
+        AgentOrder::AckExit { attempt: 1, .. }
+    ));
     let done = until(&h, j.id, |j| j.state == JobState::Succeeded).await;
     let leases = h.engine.ledger().leases_of(&j.id).unwrap();
     assert_eq!(leases[0].started_at, Some(UnixMillis(1_000_100)));
@@ -189,13 +217,19 @@ async fn a_resent_exit_report_changes_nothing() {
     // The same report again, as after a reconnect: acknowledged, nothing changes.
     h.clock.advance(Millis(10_000));
     agent.send(&h, AgentEvent::Exited(exit(j.id, 1, 1))).await;
-    assert!(matches!(agent.next().await, AgentOrder::AckExit { attempt: 1, .. }));
+    assert!(matches!(
+        agent.next().await,
+        AgentOrder::AckExit { attempt: 1, .. }
+    ));
     assert_eq!(job(&h, j.id).await, done);
     assert_eq!(h.engine.ledger().leases_of(&j.id).unwrap(), leases);
     // And on a new session's registration.
     drop(agent);
     let mut again = FakeAgent::connect(&h, 2, "n1", vec![], vec![exit(j.id, 1, 1)]).await;
-    assert!(matches!(again.next().await, AgentOrder::AckExit { attempt: 1, .. }));
+    assert!(matches!(
+        again.next().await,
+        AgentOrder::AckExit { attempt: 1, .. }
+    ));
     assert_eq!(job(&h, j.id).await, done);
 }
 
@@ -206,12 +240,25 @@ async fn a_node_that_stays_away_loses_its_jobs_after_the_grace_period() {
     let j = h.engine.submit(spec(1)).await.unwrap();
     agent.expect_launch().await;
     agent
-        .send(&h, AgentEvent::Started { job: j.id, attempt: 1, pid: 42 })
+        .send(
+            &h,
+            AgentEvent::Started {
+                job: j.id,
+                attempt: 1,
+                pid: 42,
+            },
+        )
         .await;
     until(&h, j.id, |j| j.state == JobState::Running).await;
     h.clock.advance(Millis(1000));
     agent
-        .send(&h, AgentEvent::Heartbeat { utilization: BTreeMap::new(), running: vec![(j.id, 1)] })
+        .send(
+            &h,
+            AgentEvent::Heartbeat {
+                utilization: BTreeMap::new(),
+                running: vec![(j.id, 1)],
+            },
+        )
         .await;
     let last_heartbeat = h.clock.now();
     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -240,7 +287,14 @@ async fn a_reconnecting_agent_keeps_its_running_jobs_and_their_devices() {
     let j = h.engine.submit(spec(2)).await.unwrap();
     agent.expect_launch().await;
     agent
-        .send(&h, AgentEvent::Started { job: j.id, attempt: 1, pid: 42 })
+        .send(
+            &h,
+            AgentEvent::Started {
+                job: j.id,
+                attempt: 1,
+                pid: 42,
+            },
+        )
         .await;
     until(&h, j.id, |j| j.state == JobState::Running).await;
     h.engine.agent_disconnected(agent.conn, agent.node.clone()).await;
@@ -279,7 +333,10 @@ async fn a_job_whose_node_restarted_before_it_started_is_requeued() {
     assert_eq!(leases[1].state, LeaseState::Reserved);
     // A late report from the first attempt changes nothing.
     agent.send(&h, AgentEvent::Exited(exit(j.id, 1, 0))).await;
-    assert!(matches!(agent.next().await, AgentOrder::AckExit { attempt: 1, .. }));
+    assert!(matches!(
+        agent.next().await,
+        AgentOrder::AckExit { attempt: 1, .. }
+    ));
     assert_eq!(job(&h, j.id).await.state, JobState::Starting);
 }
 
@@ -294,7 +351,14 @@ async fn a_restarted_engine_reconciles_running_jobs_with_their_agent() {
     }
     for id in [a.id, b.id] {
         agent
-            .send(&h, AgentEvent::Started { job: id, attempt: 1, pid: 1 })
+            .send(
+                &h,
+                AgentEvent::Started {
+                    job: id,
+                    attempt: 1,
+                    pid: 1,
+                },
+            )
             .await;
         until(&h, id, |j| j.state == JobState::Running).await;
     }
@@ -323,8 +387,13 @@ async fn cancelling_a_placed_job_orders_a_stop_with_its_grace() {
     assert!(after.cancel_requested);
     assert_eq!(after.state, JobState::Starting);
     match agent.next().await {
-        AgentOrder::Stop { job, grace, reason, .. } => {
-            assert_eq!((job, grace, reason), (j.id, Millis::from_secs(1), StopReason::Cancelled));
+        AgentOrder::Stop {
+            job, grace, reason, ..
+        } => {
+            assert_eq!(
+                (job, grace, reason),
+                (j.id, Millis::from_secs(1), StopReason::Cancelled)
+            );
         }
         other => panic!("expected a stop, got {other:?}"),
     }
@@ -334,7 +403,10 @@ async fn cancelling_a_placed_job_orders_a_stop_with_its_grace() {
             AgentEvent::Exited(JobExit {
                 job: j.id,
                 attempt: 1,
-                outcome: ExitOutcome::Stopped { exit_code: None, signal: Some(15) },
+                outcome: ExitOutcome::Stopped {
+                    exit_code: None,
+                    signal: Some(15),
+                },
             }),
         )
         .await;

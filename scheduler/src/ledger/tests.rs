@@ -104,7 +104,14 @@ async fn listing_filters_by_tenant_and_state_and_pages_in_order() {
     let ledger = Ledger::open(dir.path()).unwrap();
     let mut a_ids = Vec::new();
     for i in 0..5 {
-        let j = job("a", if i % 2 == 0 { JobState::Pending } else { JobState::Failed });
+        let j = job(
+            "a",
+            if i % 2 == 0 {
+                JobState::Pending
+            } else {
+                JobState::Failed
+            },
+        );
         ledger.put_job(&j, &[]).unwrap();
         a_ids.push(j.id);
         // A tenant whose name is a prefix of the other must not leak in.
@@ -127,7 +134,10 @@ async fn listing_filters_by_tenant_and_state_and_pages_in_order() {
         states: vec![JobState::Failed],
     };
     let (page, _) = ledger.list_jobs(&failed, None, 100).unwrap();
-    assert_eq!(page.iter().map(|j| j.id).collect::<Vec<_>>(), vec![a_ids[1], a_ids[3]]);
+    assert_eq!(
+        page.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![a_ids[1], a_ids[3]]
+    );
     let (all, _) = ledger.list_jobs(&JobFilter::default(), None, 100).unwrap();
     assert_eq!(all.len(), 10);
 }
@@ -167,7 +177,10 @@ async fn tokens_tenants_and_drains_round_trip() {
     assert!(!ledger.remove_token(&[7; 32]).unwrap());
     let n: NodeName = "n1".parse().unwrap();
     ledger.put_drain(&n, "maintenance").unwrap();
-    assert_eq!(ledger.drains().unwrap(), vec![(n.clone(), "maintenance".to_string())]);
+    assert_eq!(
+        ledger.drains().unwrap(),
+        vec![(n.clone(), "maintenance".to_string())]
+    );
     ledger.remove_drain(&n).unwrap();
     assert!(ledger.drains().unwrap().is_empty());
 }
