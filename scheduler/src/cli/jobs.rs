@@ -323,7 +323,19 @@ pub async fn logs(client: &Client, id: &str, follow: bool) -> anyhow::Result<i32
     let mut offset = 0;
     let mut stdout = std::io::stdout();
     loop {
-        let chunk = client.logs(id, offset, 0).await?;
+        let chunk = match client.logs(id, offset, 0).await {
+            Ok(c) => c,
+            // Not placed yet, or its node is away: with --follow, wait for it.
+            Err(e)
+                if follow
+                    && matches!(e.code(), allot_sdk::Code::FailedPrecondition | allot_sdk::Code::Unavailable)
+                    && !is_final(client.get(id).await?.state()) =>
+            {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         stdout.write_all(&chunk.data)?;
         stdout.flush()?;
         offset = chunk.next_offset;

@@ -68,6 +68,9 @@ pub struct Engine {
     effects: Vec<Effect>,
     dirty: bool,
     needs_pass: bool,
+    /// A ledger write failed this turn: memory is ahead of disk, so the engine
+    /// stops before acknowledging anything.
+    failed: Option<crate::ledger::LedgerError>,
 }
 
 fn reply<T: Send + 'static>(tx: oneshot::Sender<T>, value: T) -> Effect {
@@ -103,6 +106,7 @@ impl Engine {
             effects: Vec::new(),
             dirty: false,
             needs_pass: true,
+            failed: None,
         };
         let active = engine.ledger.active_jobs()?;
         let (mut pending, mut placed) = (0, 0);
@@ -159,6 +163,10 @@ impl Engine {
             if self.needs_pass {
                 self.needs_pass = false;
                 self.placement_pass();
+            }
+            if let Some(e) = self.failed.take() {
+                error!(error = %e, "ledger write failed; stopping the engine");
+                return Err(e.into());
             }
             if self.dirty {
                 if let Err(e) = self.ledger.flush().await {
@@ -268,9 +276,8 @@ impl Engine {
             .map(|ls| ls.iter().filter(|l| touched.contains(&l.id)).collect())
             .unwrap_or_default();
         if let Err(e) = self.ledger.put_job(job, &leases) {
-            // A failed write leaves memory ahead of disk; the flush at the end of
-            // the turn fails the same way and stops the engine before any reply.
             error!(job = %id, error = %e, "ledger write failed");
+            self.failed.get_or_insert(e);
         }
         self.dirty = true;
         self.effects.push(Effect::Event(Box::new(job.clone())));
@@ -542,7 +549,11 @@ impl Engine {
             Some(r) => self.ledger.put_drain(&node, r),
             None => self.ledger.remove_drain(&node),
         };
-        result.map_err(|e| EngineError::Internal(e.to_string()))?;
+        if let Err(e) = result {
+            let msg = e.to_string();
+            self.failed.get_or_insert(e);
+            return Err(EngineError::Internal(msg));
+        }
         self.dirty = true;
         let status = match reason {
             Some(r) => {
