@@ -273,7 +273,9 @@ pub async fn run_dev(
     println!("export ALLOT_ADDR={url}");
     println!("export ALLOT_TOKEN={tenant_token}");
     println!();
-    println!("Admin token (tenants, tokens, draining nodes):");
+    println!(
+        "Admin token (tenants, tokens, draining nodes; use it as ALLOT_TOKEN=$ALLOT_ADMIN_TOKEN allot …):"
+    );
     println!();
     println!("export ALLOT_ADMIN_TOKEN={admin_token}");
     println!();

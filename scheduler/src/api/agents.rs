@@ -33,7 +33,10 @@ pub(crate) fn exit_from_pb(e: &pb::JobExited) -> Result<JobExit, ApiError> {
     let outcome = match pb::ExitKind::try_from(e.kind) {
         Ok(pb::ExitKind::Exited) => ExitOutcome::Exited(e.exit_code.unwrap_or(0)),
         Ok(pb::ExitKind::Signaled) => ExitOutcome::Signaled(e.signal.unwrap_or(0)),
-        Ok(pb::ExitKind::TimedOut) => ExitOutcome::TimedOut,
+        Ok(pb::ExitKind::TimedOut) => ExitOutcome::TimedOut {
+            exit_code: e.exit_code,
+            signal: e.signal,
+        },
         Ok(pb::ExitKind::Stopped) => ExitOutcome::Stopped {
             exit_code: e.exit_code,
             signal: e.signal,

@@ -180,12 +180,12 @@ impl pb::job_service_server::JobService for Api {
                 return;
             }
             loop {
-                let job = match events.recv().await {
-                    Ok(ev) if ev.job.id == id => ev.job,
+                let (job, at) = match events.recv().await {
+                    Ok(ev) if ev.job.id == id => (ev.job, ev.at),
                     Ok(_) => continue,
                     // Fell behind: re-read the job rather than miss its end.
                     Err(RecvError::Lagged(_)) => match api.engine.ledger().get_job(&id) {
-                        Ok(Some(j)) => j,
+                        Ok(Some(j)) => (j, now()),
                         _ => return,
                     },
                     Err(RecvError::Closed) => {
@@ -199,7 +199,7 @@ impl pb::job_service_server::JobService for Api {
                     continue;
                 }
                 last = job.clone();
-                if tx.send(send(&job, now())).await.is_err() || job.state.is_final() {
+                if tx.send(send(&job, at)).await.is_err() || job.state.is_final() {
                     return;
                 }
             }

@@ -32,11 +32,14 @@ fn holder(
 
 fn node_pb(caller: &Caller, view: &NodeView, visible: &dyn Fn(&JobId) -> bool) -> pb::Node {
     let n = &view.node;
-    let (state, drain_reason) = match &n.status {
-        NodeStatus::Ready => (pb::NodeState::Ready, String::new()),
-        NodeStatus::Drained { reason } => (pb::NodeState::Drained, reason.clone()),
-        NodeStatus::Down => (pb::NodeState::Down, String::new()),
+    // Down says more than drained: a drained node that is also down shows
+    // DOWN, with its drain reason kept.
+    let state = match (n.status, &n.drained) {
+        (NodeStatus::Down, _) => pb::NodeState::Down,
+        (NodeStatus::Ready, Some(_)) => pb::NodeState::Drained,
+        (NodeStatus::Ready, None) => pb::NodeState::Ready,
     };
+    let drain_reason = n.drained.clone().unwrap_or_default();
     let gpus = n
         .inventory
         .gpus

@@ -328,7 +328,10 @@ pub async fn logs(client: &Client, id: &str, follow: bool) -> anyhow::Result<i32
             // Not placed yet, or its node is away: with --follow, wait for it.
             Err(e)
                 if follow
-                    && matches!(e.code(), allot_sdk::Code::FailedPrecondition | allot_sdk::Code::Unavailable)
+                    && matches!(
+                        e.code(),
+                        allot_sdk::Code::FailedPrecondition | allot_sdk::Code::Unavailable
+                    )
                     && !is_final(client.get(id).await?.state()) =>
             {
                 tokio::time::sleep(Duration::from_millis(500)).await;

@@ -71,7 +71,11 @@ pub struct JobEvent {
 pub enum ExitOutcome {
     Exited(i32),
     Signaled(i32),
-    TimedOut,
+    /// Stopped at its time limit; with the exit code or signal seen.
+    TimedOut {
+        exit_code: Option<i32>,
+        signal: Option<i32>,
+    },
     /// Stopped on the controller's order; with the exit code or signal seen.
     Stopped {
         exit_code: Option<i32>,

@@ -544,7 +544,6 @@ impl Engine {
         if self.cluster.node(node.as_str()).is_none() {
             return Err(EngineError::NotFound(format!("node {node}")));
         }
-        let connected = self.agents.contains_key(&node);
         let result = match &reason {
             Some(r) => self.ledger.put_drain(&node, r),
             None => self.ledger.remove_drain(&node),
@@ -555,24 +554,18 @@ impl Engine {
             return Err(EngineError::Internal(msg));
         }
         self.dirty = true;
-        let status = match reason {
+        match &reason {
             Some(r) => {
                 self.drained.insert(node.clone(), r.clone());
                 info!(%node, reason = %r, "node drained");
-                NodeStatus::Drained { reason: r }
             }
             None => {
                 self.drained.remove(&node);
                 self.needs_pass = true;
                 info!(%node, "node undrained");
-                if connected {
-                    NodeStatus::Ready
-                } else {
-                    NodeStatus::Down
-                }
             }
-        };
-        self.cluster.set_status(node.as_str(), status);
+        }
+        self.cluster.set_drain(node.as_str(), reason);
         Ok(self.node_view(&node))
     }
 
@@ -593,11 +586,9 @@ impl Engine {
             self.job_exited(&name, exit.clone());
         }
         self.cluster.upsert_node(reg.inventory.clone());
-        let status = match self.drained.get(&name) {
-            Some(r) => NodeStatus::Drained { reason: r.clone() },
-            None => NodeStatus::Ready,
-        };
-        self.cluster.set_status(name.as_str(), status);
+        self.cluster.set_status(name.as_str(), NodeStatus::Ready);
+        self.cluster
+            .set_drain(name.as_str(), self.drained.get(&name).cloned());
         let meta = self.nodes.entry(name.clone()).or_default();
         meta.discovery = reg.discovery.clone();
         meta.agent_version = reg.agent_version.clone();
@@ -809,7 +800,7 @@ impl Engine {
                 job.signal = Some(*sig);
                 (JobState::Failed, format!("killed by signal {sig}"))
             }
-            (ExitOutcome::TimedOut, _) => {
+            (ExitOutcome::TimedOut { .. }, _) => {
                 let limit = job.spec.time_limit.unwrap_or_default();
                 (
                     JobState::TimedOut,
@@ -820,7 +811,7 @@ impl Engine {
         };
         match &exit.outcome {
             ExitOutcome::Exited(code) => job.exit_code = Some(*code),
-            ExitOutcome::Stopped { exit_code, signal } => {
+            ExitOutcome::Stopped { exit_code, signal } | ExitOutcome::TimedOut { exit_code, signal } => {
                 job.exit_code = *exit_code;
                 job.signal = *signal;
             }

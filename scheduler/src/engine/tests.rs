@@ -421,3 +421,26 @@ async fn cancelling_a_placed_job_orders_a_stop_with_its_grace() {
         EngineError::FailedPrecondition(format!("job {} has already ended (CANCELLED)", j.id))
     );
 }
+
+#[tokio::test]
+async fn a_drain_outlives_a_disconnect_and_shows_under_down() {
+    let h = harness().await;
+    let agent = FakeAgent::connect(&h, 1, "n1", vec![], vec![]).await;
+    let view = h
+        .engine
+        .drain("n1".parse().unwrap(), Some("fan".into()))
+        .await
+        .unwrap();
+    assert_eq!(view.node.drained.as_deref(), Some("fan"));
+    h.engine.agent_disconnected(agent.conn, agent.node.clone()).await;
+    let nodes = h.engine.list_nodes().await.unwrap();
+    assert_eq!(nodes[0].node.status, crate::placement::NodeStatus::Down);
+    assert_eq!(nodes[0].node.drained.as_deref(), Some("fan"));
+    // Back again, still drained: a job waits.
+    let _agent = FakeAgent::connect(&h, 2, "n1", vec![], vec![]).await;
+    let j = h.engine.submit(spec(1)).await.unwrap();
+    let pending = until(&h, j.id, |j| j.reason.contains("drained")).await;
+    assert_eq!(pending.state, JobState::Pending);
+    h.engine.drain("n1".parse().unwrap(), None).await.unwrap();
+    until(&h, j.id, |j| j.state == JobState::Starting).await;
+}

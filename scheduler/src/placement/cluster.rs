@@ -7,13 +7,10 @@ use std::collections::{BTreeMap, HashMap};
 
 use crate::domain::{DeviceGrant, JobId, MiB, MigProfile, MilliCpu, NodeName, Placement, Share};
 
-/// Whether a node takes new work.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Whether a node's agent is connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NodeStatus {
     Ready,
-    Drained {
-        reason: String,
-    },
     /// Its agent is not connected.
     Down,
 }
@@ -99,6 +96,8 @@ pub struct NodeInventory {
 pub struct Node {
     pub inventory: NodeInventory,
     pub status: NodeStatus,
+    /// An operator drained it (with this reason): it takes no new jobs.
+    pub drained: Option<String>,
     pub cpu_used: MilliCpu,
     pub memory_used: MiB,
     /// What each job placed here holds.
@@ -169,19 +168,15 @@ impl Cluster {
         let node = Node {
             inventory,
             status: NodeStatus::Ready,
+            drained: None,
             cpu_used: MilliCpu(0),
             memory_used: MiB(0),
             jobs: BTreeMap::new(),
         };
         match self.by_name.get(node.name()) {
             Some(&i) => {
-                let status = match &self.nodes[i].status {
-                    NodeStatus::Drained { reason } => NodeStatus::Drained {
-                        reason: reason.clone(),
-                    },
-                    _ => NodeStatus::Ready,
-                };
-                self.nodes[i] = Node { status, ..node };
+                let drained = self.nodes[i].drained.take();
+                self.nodes[i] = Node { drained, ..node };
             }
             None => {
                 self.by_name.insert(node.name().clone(), self.nodes.len());
@@ -194,6 +189,17 @@ impl Cluster {
         match self.by_name.get(name) {
             Some(&i) => {
                 self.nodes[i].status = status;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Drains a node (`Some(reason)`) or undrains it (`None`).
+    pub fn set_drain(&mut self, name: &str, reason: Option<String>) -> bool {
+        match self.by_name.get(name) {
+            Some(&i) => {
+                self.nodes[i].drained = reason;
                 true
             }
             None => false,

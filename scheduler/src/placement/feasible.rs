@@ -90,10 +90,11 @@ pub fn check(node: &Node, req: &Resources) -> Result<(), Rejection> {
         return Err(Rejection::MemoryCapacity);
     }
     check_gpu_capacity(node, &req.gpu)?;
-    match node.status {
-        NodeStatus::Ready => {}
-        NodeStatus::Drained { .. } => return Err(Rejection::NodeDrained),
-        NodeStatus::Down => return Err(Rejection::NodeDown),
+    if node.status == NodeStatus::Down {
+        return Err(Rejection::NodeDown);
+    }
+    if node.drained.is_some() {
+        return Err(Rejection::NodeDrained);
     }
     if req.cpu > node.free_cpu() {
         return Err(Rejection::CpuBusy);

@@ -183,12 +183,7 @@ fn mig_requests_land_only_on_a_free_slice_of_that_profile() {
 #[test]
 fn drained_and_down_nodes_take_nothing() {
     let mut c = dev_cluster();
-    c.set_status(
-        "a",
-        NodeStatus::Drained {
-            reason: "maintenance".into(),
-        },
-    );
+    c.set_drain("a", Some("maintenance".into()));
     c.set_status("b", NodeStatus::Down);
     let err = place(&c, &req(gpus(1))).unwrap_err();
     assert!(err.is_resolvable());
