@@ -181,6 +181,7 @@ pub fn dev_fleet() -> Vec<(&'static str, Fleet)> {
 pub struct DevOptions {
     pub listen: SocketAddr,
     pub data_dir: Option<PathBuf>,
+    pub policy: crate::placement::Policy,
 }
 
 /// `allot server --dev`: a controller, two in-process agents with a declared
@@ -203,6 +204,8 @@ pub async fn run_dev(
         heartbeat_timeout: Millis::from_secs(10),
         node_lost_grace: Millis::from_secs(30),
         tick: Millis(250),
+        policy: opts.policy,
+        ..EngineConfig::default()
     };
     let controller = Controller::start(ServerConfig {
         listen: opts.listen,

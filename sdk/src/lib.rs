@@ -229,6 +229,30 @@ impl JobSpec {
         self.0.tags.insert(key.into(), value.into());
         self
     }
+
+    /// Accept this GPU model (call again for more); by default any model.
+    pub fn gpu_model(mut self, model: impl Into<String>) -> Self {
+        self.0.gpu_models.push(model.into());
+        self
+    }
+
+    /// Run only on nodes carrying this label.
+    pub fn node_label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.0.node_labels.insert(key.into(), value.into());
+        self
+    }
+
+    /// Not preempted before it has run this long.
+    pub fn min_runtime_ms(mut self, ms: i64) -> Self {
+        self.0.min_runtime_ms = Some(ms);
+        self
+    }
+
+    /// How often the job checkpoints; preemption weighs the work lost since the last one.
+    pub fn checkpoint_interval_ms(mut self, ms: i64) -> Self {
+        self.0.checkpoint_interval_ms = Some(ms);
+        self
+    }
 }
 
 impl From<proto::JobSpec> for JobSpec {

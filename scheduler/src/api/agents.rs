@@ -17,7 +17,7 @@ use super::{Api, caller};
 use crate::domain::{JobId, MiB, MigProfile, MilliCpu, NodeName};
 use crate::engine::{AgentEvent, AgentOrder, ExitOutcome, JobExit, Registration, StopReason};
 use crate::ledger::Role;
-use crate::placement::{Gpu, GpuMode, MigSlice, NodeInventory};
+use crate::placement::{Gpu, MigSlice, NodeInventory};
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -62,6 +62,9 @@ fn registration(r: &pb::RegisterAgent) -> Result<Registration, ApiError> {
         .map_err(|_| ApiError::invalid("register.cpu_millis", "must not be negative"))?;
     let memory = u64::try_from(r.memory_mib)
         .map_err(|_| ApiError::invalid("register.memory_mib", "must not be negative"))?;
+    if r.gpus.len() > 256 {
+        return Err(ApiError::invalid("register.gpus", "at most 256 GPUs per node"));
+    }
     let mut seen = HashSet::new();
     let mut gpus = Vec::with_capacity(r.gpus.len());
     for g in &r.gpus {
@@ -71,7 +74,7 @@ fn registration(r: &pb::RegisterAgent) -> Result<Registration, ApiError> {
                 format!("missing or duplicate GPU UUID {:?}", g.uuid),
             ));
         }
-        let mode = if g.mig_enabled {
+        let gpu = if g.mig_enabled {
             let mut slices = Vec::new();
             for m in &g.mig_devices {
                 if m.uuid.is_empty() || !seen.insert(m.uuid.clone()) {
@@ -92,17 +95,17 @@ fn registration(r: &pb::RegisterAgent) -> Result<Registration, ApiError> {
                     Err(e) => warn!(node = %name, uuid = %m.uuid, "MIG slice skipped: {e}"),
                 }
             }
-            GpuMode::Mig { slices }
+            Gpu::mig(
+                g.index,
+                g.uuid.clone(),
+                g.model.clone(),
+                MiB(g.memory_mib),
+                slices,
+            )
         } else {
-            GpuMode::Whole { holders: Vec::new() }
+            Gpu::whole(g.index, g.uuid.clone(), g.model.clone(), MiB(g.memory_mib))
         };
-        gpus.push(Gpu {
-            index: g.index,
-            uuid: g.uuid.clone(),
-            model: g.model.clone(),
-            memory: MiB(g.memory_mib),
-            mode,
-        });
+        gpus.push(gpu);
     }
     let exited = r.exited.iter().map(exit_from_pb).collect::<Result<Vec<_>, _>>()?;
     Ok(Registration {

@@ -8,8 +8,8 @@ use allot_proto::v1 as pb;
 use super::error::{ApiError, ApiResult};
 use crate::auth::Caller;
 use crate::domain::{
-    DeviceGrant, EndReason, GpuRequest, Job, JobId, JobSpec, JobState, Lease, LeaseState, MiB, MigProfile,
-    MilliCpu, Millis, Placement, ProjectName, Resources, Share, TenantName,
+    Constraints, DeviceGrant, EndReason, GpuRequest, Job, JobId, JobSpec, JobState, Lease, LeaseState, MiB,
+    MigProfile, MilliCpu, Millis, Placement, ProjectName, Resources, Share, TenantName,
 };
 use crate::ledger::Role;
 
@@ -225,13 +225,55 @@ pub fn job_spec(caller: &Caller, spec: Option<&pb::JobSpec>) -> ApiResult<JobSpe
         }
         tags.insert(k.clone(), v.clone());
     }
+    let mut gpu_models = Vec::new();
+    for m in &spec.gpu_models {
+        let m = m.trim();
+        if m.is_empty() || m.len() > 64 || m.chars().any(|c| c.is_whitespace() || c.is_control() || c == '|')
+        {
+            return Err(ApiError::invalid(
+                "spec.gpu_models",
+                format!("{m:?} is not a GPU model name (e.g. H100-80GB, V100M32)"),
+            ));
+        }
+        if !gpu_models.iter().any(|x| x == m) {
+            gpu_models.push(m.to_string());
+        }
+    }
+    let mut node_labels = BTreeMap::new();
+    for (k, v) in &spec.node_labels {
+        check_key("spec.node_labels", k, "label")?;
+        node_labels.insert(k.clone(), v.clone());
+    }
+    let positive = |field: &str, v: Option<i64>| -> ApiResult<Option<Millis>> {
+        match v {
+            None => Ok(None),
+            Some(ms) if ms <= 0 => Err(ApiError::invalid(
+                field,
+                format!("must be greater than 0, got {ms}"),
+            )),
+            Some(ms) => Ok(Some(Millis(ms as u64))),
+        }
+    };
+    let min_runtime = positive("spec.min_runtime_ms", spec.min_runtime_ms)?;
+    let checkpoint_interval = positive("spec.checkpoint_interval_ms", spec.checkpoint_interval_ms)?;
+    let resources = resources(spec.resources.as_ref())?;
+    if !gpu_models.is_empty() && resources.gpu == GpuRequest::None {
+        return Err(ApiError::invalid(
+            "spec.gpu_models",
+            "applies only to a job that asks for a GPU",
+        ));
+    }
     Ok(JobSpec {
         name,
         command: command.to_string(),
         args: spec.args.clone(),
         env,
         working_dir,
-        resources: resources(spec.resources.as_ref())?,
+        resources,
+        constraints: Constraints {
+            gpu_models,
+            node_labels,
+        },
         priority: spec.priority,
         preemptible: spec.preemptible,
         time_limit,
@@ -239,6 +281,8 @@ pub fn job_spec(caller: &Caller, spec: Option<&pb::JobSpec>) -> ApiResult<JobSpe
         tenant,
         project,
         tags,
+        min_runtime,
+        checkpoint_interval,
     })
 }
 
@@ -365,6 +409,10 @@ pub fn spec_pb(s: &JobSpec) -> pb::JobSpec {
         tenant: s.tenant.to_string(),
         project: s.project.to_string(),
         tags: s.tags.clone().into_iter().collect(),
+        gpu_models: s.constraints.gpu_models.clone(),
+        node_labels: s.constraints.node_labels.clone().into_iter().collect(),
+        min_runtime_ms: s.min_runtime.map(|t| t.0 as i64),
+        checkpoint_interval_ms: s.checkpoint_interval.map(|t| t.0 as i64),
     }
 }
 

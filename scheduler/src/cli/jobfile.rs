@@ -29,6 +29,16 @@ pub struct JobFile {
     pub project: Option<String>,
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
+    /// Accepted GPU models, e.g. `["V100M16", "V100M32"]`.
+    #[serde(default)]
+    pub gpu_models: Vec<String>,
+    /// Labels a node must carry.
+    #[serde(default)]
+    pub node_labels: BTreeMap<String, String>,
+    /// Not preempted before it has run this long (`10m`).
+    pub min_runtime: Option<String>,
+    /// How often the job checkpoints (`30m`).
+    pub checkpoint_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -143,6 +153,18 @@ impl JobFile {
             tenant: self.tenant.unwrap_or_default(),
             project: self.project.unwrap_or_default(),
             tags: self.tags.into_iter().collect(),
+            gpu_models: self.gpu_models,
+            node_labels: self.node_labels.into_iter().collect(),
+            min_runtime_ms: self
+                .min_runtime
+                .as_deref()
+                .map(|t| duration_ms("min_runtime", t))
+                .transpose()?,
+            checkpoint_interval_ms: self
+                .checkpoint_interval
+                .as_deref()
+                .map(|t| duration_ms("checkpoint_interval", t))
+                .transpose()?,
         })
     }
 }

@@ -65,6 +65,23 @@ pub fn build_spec(a: &SubmitArgs) -> anyhow::Result<proto::JobSpec> {
         let (k, v) = key_value("--tag", t)?;
         spec.tags.insert(k, v);
     }
+    for m in &a.gpu_models {
+        for m in m.split('|').map(str::trim).filter(|m| !m.is_empty()) {
+            if !spec.gpu_models.iter().any(|x| x == m) {
+                spec.gpu_models.push(m.to_string());
+            }
+        }
+    }
+    for l in &a.node_labels {
+        let (k, v) = key_value("--node-label", l)?;
+        spec.node_labels.insert(k, v);
+    }
+    if let Some(t) = &a.min_runtime {
+        spec.min_runtime_ms = Some(duration_ms("--min-runtime", t)?);
+    }
+    if let Some(t) = &a.checkpoint_interval {
+        spec.checkpoint_interval_ms = Some(duration_ms("--checkpoint-interval", t)?);
+    }
     for e in &a.env {
         let (k, v) = key_value("--env", e)?;
         spec.env.insert(k, v);

@@ -56,7 +56,7 @@ pub enum Command {
     /// Run a node agent: discover GPUs, run jobs the controller places here.
     Agent(AgentArgs),
     /// Submit a job: `allot submit [OPTIONS] -- CMD ARGS…` or `allot submit job.toml`.
-    Submit(SubmitArgs),
+    Submit(Box<SubmitArgs>),
     /// List jobs.
     Jobs(JobsArgs),
     /// Show one job: state, placement, why it is pending, its leases.
@@ -124,6 +124,12 @@ pub struct ServerArgs {
     /// How long a node may stay away before its jobs are declared lost.
     #[arg(long, default_value = "2m")]
     pub node_lost_grace: String,
+    /// Placement policy: allot (fragmentation-aware, the default), fgd, best-fit, first-fit.
+    #[arg(long, default_value = "allot")]
+    pub policy: String,
+    /// Seed of placement's tie-break order among equally good nodes.
+    #[arg(long, default_value_t = 0)]
+    pub placement_seed: u64,
     /// Log format on stderr (RUST_LOG sets the level).
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -206,6 +212,18 @@ pub struct SubmitArgs {
     /// Tag `key=value` (repeatable).
     #[arg(long = "tag", value_name = "KEY=VALUE")]
     pub tags: Vec<String>,
+    /// Accepted GPU model (repeatable, or `A|B`), e.g. `--gpu-model 'V100M16|V100M32'`.
+    #[arg(long = "gpu-model", value_name = "MODEL")]
+    pub gpu_models: Vec<String>,
+    /// A label the node must carry, `key=value` (repeatable).
+    #[arg(long = "node-label", value_name = "KEY=VALUE")]
+    pub node_labels: Vec<String>,
+    /// Not preempted before it has run this long (`10m`).
+    #[arg(long)]
+    pub min_runtime: Option<String>,
+    /// How often the job checkpoints (`30m`): preemption weighs the work lost since the last one.
+    #[arg(long)]
+    pub checkpoint_interval: Option<String>,
     /// Environment variable `KEY=VALUE` (repeatable).
     #[arg(long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,

@@ -57,6 +57,7 @@ async fn server(a: &ServerArgs) -> anyhow::Result<i32> {
             DevOptions {
                 listen,
                 data_dir: a.data_dir.clone(),
+                policy: a.policy.parse().map_err(|e| anyhow::anyhow!("--policy: {e}"))?,
             },
             shutdown_signal(),
         )
@@ -80,6 +81,8 @@ async fn server(a: &ServerArgs) -> anyhow::Result<i32> {
             heartbeat_interval: heartbeat,
             heartbeat_timeout: Millis(heartbeat.0 * 6),
             node_lost_grace: millis("--node-lost-grace", &a.node_lost_grace)?,
+            policy: a.policy.parse().map_err(|e| anyhow::anyhow!("--policy: {e}"))?,
+            placement_seed: a.placement_seed,
             ..EngineConfig::default()
         },
     };

@@ -11,7 +11,7 @@ use super::mig::MigProfile;
 use super::units::{MiB, MilliCpu, Millis, Share, UnixMillis};
 
 /// The GPU part of a request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum GpuRequest {
     /// A CPU-only job: it sees no GPU.
@@ -41,7 +41,7 @@ impl fmt::Display for GpuRequest {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Resources {
     pub gpu: GpuRequest,
     pub cpu: MilliCpu,
@@ -51,6 +51,17 @@ pub struct Resources {
 impl Resources {
     pub const DEFAULT_CPU: MilliCpu = MilliCpu(1000);
     pub const DEFAULT_MEMORY: MiB = MiB(1024);
+}
+
+/// Where a job may run, beyond its resources.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub struct Constraints {
+    /// GPU models the job accepts (e.g. `V100M16`, `V100M32`); empty: any.
+    #[serde(default)]
+    pub gpu_models: Vec<String>,
+    /// Labels a node must carry, all of them.
+    #[serde(default)]
+    pub node_labels: BTreeMap<String, String>,
 }
 
 /// A validated job specification.
@@ -63,6 +74,8 @@ pub struct JobSpec {
     /// Working directory on the node; `None` means a per-job scratch directory.
     pub working_dir: Option<String>,
     pub resources: Resources,
+    #[serde(default)]
+    pub constraints: Constraints,
     pub priority: i32,
     pub preemptible: bool,
     pub time_limit: Option<Millis>,
@@ -70,6 +83,12 @@ pub struct JobSpec {
     pub tenant: TenantName,
     pub project: ProjectName,
     pub tags: BTreeMap<String, String>,
+    /// Not preempted before it has run this long.
+    #[serde(default)]
+    pub min_runtime: Option<Millis>,
+    /// How often it checkpoints (for the cost of preempting it).
+    #[serde(default)]
+    pub checkpoint_interval: Option<Millis>,
 }
 
 impl JobSpec {

@@ -16,7 +16,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use crate::clock::Clock;
 use crate::domain::{DeviceGrant, Job, JobId, JobSpec, Millis, NodeName, UnixMillis};
 use crate::ledger::Ledger;
-use crate::placement::{Node, NodeInventory};
+use crate::placement::{Node, NodeInventory, Policy};
 
 pub use state::Engine;
 
@@ -32,6 +32,10 @@ pub struct EngineConfig {
     pub node_lost_grace: Millis,
     /// How often the engine wakes up without a command.
     pub tick: Millis,
+    /// How placement ranks nodes.
+    pub policy: Policy,
+    /// Seeds placement's tie-break order.
+    pub placement_seed: u64,
 }
 
 impl Default for EngineConfig {
@@ -41,6 +45,8 @@ impl Default for EngineConfig {
             heartbeat_timeout: Millis::from_secs(30),
             node_lost_grace: Millis::from_secs(120),
             tick: Millis(500),
+            policy: Policy::Allot,
+            placement_seed: 0,
         }
     }
 }
@@ -183,7 +189,7 @@ pub struct NodeView {
 
 pub(crate) enum Command {
     Submit {
-        spec: JobSpec,
+        spec: Box<JobSpec>,
         reply: oneshot::Sender<EngineResult<Job>>,
     },
     Cancel {
@@ -243,7 +249,11 @@ impl EngineHandle {
 
     /// Queues a validated job. Returns it once durable.
     pub async fn submit(&self, spec: JobSpec) -> EngineResult<Job> {
-        self.ask(|reply| Command::Submit { spec, reply }).await?
+        self.ask(|reply| Command::Submit {
+            spec: Box::new(spec),
+            reply,
+        })
+        .await?
     }
 
     pub async fn cancel(&self, id: JobId, reason: String) -> EngineResult<Job> {

@@ -1,6 +1,6 @@
 //! The engine's state and how each command changes it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -15,7 +15,7 @@ use crate::domain::{
     EndReason, Job, JobId, JobSpec, JobState, Lease, LeaseId, LeaseState, Millis, NodeName, UnixMillis,
 };
 use crate::ledger::Ledger;
-use crate::placement::{self, Cluster, NodeStatus};
+use crate::placement::{Cluster, NodeStatus, Placer, Profile, Request, WorkloadMix};
 use crate::queue::Queue;
 
 /// Commands handled per turn before the ledger is flushed.
@@ -51,6 +51,11 @@ pub struct Engine {
     config: EngineConfig,
     events: broadcast::Sender<JobEvent>,
     cluster: Cluster,
+    placer: Placer,
+    /// Requests of recent submissions: the workload the fragmentation-aware
+    /// policy keeps room for.
+    recent: VecDeque<Request>,
+    since_mix: usize,
     /// Jobs not in a final state.
     jobs: HashMap<JobId, Job>,
     /// Open leases of active jobs (current attempt).
@@ -88,6 +93,7 @@ impl Engine {
         events: broadcast::Sender<JobEvent>,
     ) -> anyhow::Result<Self> {
         let now = clock.now();
+        let profile = Profile::new(config.policy, config.placement_seed);
         let mut engine = Engine {
             drained: ledger.drains()?.into_iter().collect(),
             ledger,
@@ -95,6 +101,9 @@ impl Engine {
             config,
             events,
             cluster: Cluster::new(),
+            placer: Placer::new(profile),
+            recent: VecDeque::new(),
+            since_mix: 0,
             jobs: HashMap::new(),
             leases: HashMap::new(),
             queue: Queue::default(),
@@ -131,6 +140,7 @@ impl Engine {
                 }
             }
             engine.leases.insert(job.id, open);
+            engine.remember(Request::of(&job.spec));
             engine.jobs.insert(job.id, job);
         }
         info!(pending, placed, "engine state loaded from the ledger");
@@ -207,7 +217,7 @@ impl Engine {
     fn handle(&mut self, cmd: Command) {
         match cmd {
             Command::Submit { spec, reply: tx } => {
-                let id = self.submit(spec);
+                let id = self.submit(*spec);
                 self.effects.push(Effect::JobReply(id, tx));
             }
             Command::Cancel {
@@ -310,6 +320,7 @@ impl Engine {
         };
         let id = job.id;
         info!(job = %id, tenant = %job.spec.tenant, name = %job.spec.name, "job submitted");
+        self.remember(Request::of(&job.spec));
         self.queue.push(&job);
         self.jobs.insert(id, job);
         self.leases.insert(id, Vec::new());
@@ -462,11 +473,34 @@ impl Engine {
 
     // --- placement ------------------------------------------------------------
 
+    /// Keeps a submitted request in the window the workload mix is built from.
+    fn remember(&mut self, req: Request) {
+        const WINDOW: usize = 2000;
+        if self.recent.len() == WINDOW {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(req);
+        self.since_mix += 1;
+    }
+
+    /// Rebuilds the workload mix from recent submissions now and then.
+    fn refresh_mix(&mut self) {
+        const EVERY: usize = 64;
+        let stale =
+            self.since_mix >= EVERY || (self.placer.profile().mix.is_empty() && !self.recent.is_empty());
+        if self.placer.profile().policy.uses_mix() && stale {
+            let mix = WorkloadMix::from_requests(self.recent.iter(), 95);
+            self.placer.set_mix(std::sync::Arc::new(mix));
+            self.since_mix = 0;
+        }
+    }
+
     fn placement_pass(&mut self) {
+        self.refresh_mix();
         let order: Vec<JobId> = self.queue.iter().collect();
         for id in order {
             let Some(job) = self.jobs.get(&id) else { continue };
-            match placement::place(&self.cluster, &job.spec.resources) {
+            match self.placer.place(&self.cluster, &Request::of(&job.spec)) {
                 Ok(p) => self.commit_placement(id, p),
                 Err(why) => {
                     let reason = why.explain(&job.spec.resources.gpu);

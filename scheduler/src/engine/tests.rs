@@ -14,7 +14,7 @@ use crate::domain::{
     EndReason, GpuRequest, JobState, LeaseId, LeaseState, MiB, MilliCpu, Millis, ProjectName, Resources,
     UnixMillis,
 };
-use crate::placement::{Gpu, GpuMode, NodeInventory};
+use crate::placement::{Gpu, NodeInventory};
 
 const GRACE: Millis = Millis::from_secs(60);
 
@@ -30,6 +30,7 @@ fn config() -> EngineConfig {
         heartbeat_timeout: Millis::from_secs(3600),
         node_lost_grace: GRACE,
         tick: Millis(5),
+        ..EngineConfig::default()
     }
 }
 
@@ -54,13 +55,7 @@ fn inventory(node: &str, gpus: u32) -> NodeInventory {
         cpu: MilliCpu(16_000),
         memory: MiB(64 * 1024),
         gpus: (0..gpus)
-            .map(|i| Gpu {
-                index: i,
-                uuid: format!("GPU-{node}-{i}"),
-                model: "H100-80GB".into(),
-                memory: MiB(80 * 1024),
-                mode: GpuMode::Whole { holders: vec![] },
-            })
+            .map(|i| Gpu::whole(i, format!("GPU-{node}-{i}"), "H100-80GB", MiB(80 * 1024)))
             .collect(),
     }
 }
@@ -133,6 +128,9 @@ fn spec(gpus: u32) -> JobSpec {
         tenant: "t1".parse().unwrap(),
         project: ProjectName::default_project(),
         tags: BTreeMap::new(),
+        constraints: Default::default(),
+        min_runtime: None,
+        checkpoint_interval: None,
     }
 }
 

@@ -1,7 +1,9 @@
 //! The cluster as placement sees it: nodes, their devices and who holds what.
 //!
-//! Plain data owned by the engine and read by `place`. Every change goes
-//! through `allocate` / `release`, which refuse to over-commit anything.
+//! Plain data owned by the engine (or the simulator) and read by placement.
+//! Every change goes through `allocate` / `release`, which refuse to
+//! over-commit anything and keep the derived figures placement reads on its
+//! hot path (free share per GPU, free whole GPUs, a version per node) exact.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -39,6 +41,12 @@ pub enum GpuMode {
     Mig { slices: Vec<MigSlice> },
 }
 
+/// Millionths of a GPU: the unit placement scores in. Exact for shares with
+/// a denominator dividing 10^6 (all decimal shares up to six places); other
+/// shares are rounded against the job (used up, free down). Feasibility is
+/// always decided on exact shares.
+pub const MICRO: u32 = 1_000_000;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Gpu {
     pub index: u32,
@@ -46,34 +54,89 @@ pub struct Gpu {
     pub model: String,
     pub memory: MiB,
     pub mode: GpuMode,
+    used: Share,
+    memory_used: MiB,
+}
+
+fn micro_ceil(s: Share) -> u32 {
+    let v = (s.numerator() as u128 * MICRO as u128).div_ceil(s.denominator() as u128);
+    v.min(MICRO as u128) as u32
 }
 
 impl Gpu {
-    /// The sum of the shares held on this GPU.
-    pub fn allocated(&self) -> Share {
-        match &self.mode {
-            GpuMode::Whole { holders } => holders
-                .iter()
-                .fold(Share::ZERO, |a, h| a.checked_add(h.share).unwrap_or(Share::ONE)),
-            GpuMode::Mig { slices } => slices
-                .iter()
-                .filter(|s| s.holder.is_some())
-                .fold(Share::ZERO, |a, s| {
-                    a.checked_add(s.profile.share()).unwrap_or(Share::ONE)
-                }),
+    /// A GPU allocatable whole or in shares.
+    pub fn whole(index: u32, uuid: impl Into<String>, model: impl Into<String>, memory: MiB) -> Gpu {
+        Gpu {
+            index,
+            uuid: uuid.into(),
+            model: model.into(),
+            memory,
+            mode: GpuMode::Whole { holders: Vec::new() },
+            used: Share::ZERO,
+            memory_used: MiB(0),
         }
     }
 
-    /// GPU memory held by fractional holders.
+    /// A GPU partitioned into MIG slices.
+    pub fn mig(
+        index: u32,
+        uuid: impl Into<String>,
+        model: impl Into<String>,
+        memory: MiB,
+        slices: Vec<MigSlice>,
+    ) -> Gpu {
+        let mut g = Gpu {
+            index,
+            uuid: uuid.into(),
+            model: model.into(),
+            memory,
+            mode: GpuMode::Mig { slices },
+            used: Share::ZERO,
+            memory_used: MiB(0),
+        };
+        g.recount();
+        g
+    }
+
+    /// Recomputes the derived figures from the holders.
+    fn recount(&mut self) {
+        let (used, mem) = match &self.mode {
+            GpuMode::Whole { holders } => holders.iter().fold((Share::ZERO, 0u64), |(s, m), h| {
+                (s.checked_add(h.share).unwrap_or(Share::ONE), m + h.memory.0)
+            }),
+            GpuMode::Mig { slices } => {
+                slices
+                    .iter()
+                    .filter(|s| s.holder.is_some())
+                    .fold((Share::ZERO, 0u64), |(s, m), sl| {
+                        (
+                            s.checked_add(sl.profile.share()).unwrap_or(Share::ONE),
+                            m + sl.memory.0,
+                        )
+                    })
+            }
+        };
+        self.used = used;
+        self.memory_used = MiB(mem);
+    }
+
+    /// The sum of the shares held on this GPU.
+    pub fn allocated(&self) -> Share {
+        self.used
+    }
+
+    /// GPU memory held.
     pub fn memory_allocated(&self) -> MiB {
-        match &self.mode {
-            GpuMode::Whole { holders } => MiB(holders.iter().map(|h| h.memory.0).sum()),
-            GpuMode::Mig { slices } => MiB(slices
-                .iter()
-                .filter(|s| s.holder.is_some())
-                .map(|s| s.memory.0)
-                .sum()),
-        }
+        self.memory_used
+    }
+
+    /// Free share in millionths (rounded down).
+    pub fn free_micro(&self) -> u32 {
+        MICRO - micro_ceil(self.used)
+    }
+
+    pub fn is_whole_mode(&self) -> bool {
+        matches!(self.mode, GpuMode::Whole { .. })
     }
 
     /// A whole-mode GPU nobody holds any part of.
@@ -102,6 +165,12 @@ pub struct Node {
     pub memory_used: MiB,
     /// What each job placed here holds.
     pub jobs: BTreeMap<JobId, Placement>,
+    /// Changes whenever anything placement reads changes; memo key.
+    pub version: u64,
+    /// A stable hash of the name, for seeded tie-breaks.
+    pub name_hash: u64,
+    /// Whole-mode GPUs nobody holds any part of.
+    pub free_whole: u32,
 }
 
 impl Node {
@@ -116,6 +185,25 @@ impl Node {
     pub fn free_memory(&self) -> MiB {
         MiB(self.inventory.memory.0.saturating_sub(self.memory_used.0))
     }
+
+    /// Ready and not drained.
+    pub fn takes_work(&self) -> bool {
+        self.status == NodeStatus::Ready && self.drained.is_none()
+    }
+
+    fn recount(&mut self) {
+        self.free_whole = self.inventory.gpus.iter().filter(|g| g.is_free_whole()).count() as u32;
+    }
+}
+
+/// FNV-1a: stable across runs and platforms, unlike std's hasher.
+pub fn stable_hash(s: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
 }
 
 /// Why an allocation was refused. Reaching this is a bug in the caller: the
@@ -143,15 +231,62 @@ pub enum Conflict {
 }
 
 /// Nodes by dense ordinal; names are mapped at the edge.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug)]
 pub struct Cluster {
+    /// Unique per instance (clones included), so memos keyed by node version
+    /// never mix two clusters up.
+    id: u64,
     nodes: Vec<Node>,
     by_name: HashMap<NodeName, usize>,
+    next_version: u64,
+}
+
+static NEXT_CLUSTER_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+fn new_cluster_id() -> u64 {
+    NEXT_CLUSTER_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Cluster {
+            id: new_cluster_id(),
+            nodes: Vec::new(),
+            by_name: HashMap::new(),
+            next_version: 0,
+        }
+    }
+}
+
+impl Clone for Cluster {
+    fn clone(&self) -> Self {
+        Cluster {
+            id: new_cluster_id(),
+            nodes: self.nodes.clone(),
+            by_name: self.by_name.clone(),
+            next_version: self.next_version,
+        }
+    }
 }
 
 impl Cluster {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A cluster of copies of these nodes, holders and all.
+    pub fn of_nodes(nodes: Vec<Node>) -> Self {
+        let mut c = Cluster::new();
+        for n in nodes {
+            c.by_name.insert(n.name().clone(), c.nodes.len());
+            c.next_version = c.next_version.max(n.version);
+            c.nodes.push(n);
+        }
+        c
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     pub fn nodes(&self) -> &[Node] {
@@ -162,33 +297,53 @@ impl Cluster {
         self.by_name.get(name).map(|&i| &self.nodes[i])
     }
 
+    pub fn ordinal(&self, name: &str) -> Option<usize> {
+        self.by_name.get(name).copied()
+    }
+
+    fn bump(&mut self, i: usize) {
+        self.next_version += 1;
+        self.nodes[i].version = self.next_version;
+    }
+
     /// Adds a node, or replaces its inventory. Replacing drops every holder on
     /// it: the caller re-applies the placements that survive.
-    pub fn upsert_node(&mut self, inventory: NodeInventory) {
-        let node = Node {
+    pub fn upsert_node(&mut self, mut inventory: NodeInventory) {
+        for g in &mut inventory.gpus {
+            g.recount();
+        }
+        let mut node = Node {
+            name_hash: stable_hash(inventory.name.as_str()),
             inventory,
             status: NodeStatus::Ready,
             drained: None,
             cpu_used: MilliCpu(0),
             memory_used: MiB(0),
             jobs: BTreeMap::new(),
+            version: 0,
+            free_whole: 0,
         };
-        match self.by_name.get(node.name()) {
+        node.recount();
+        let i = match self.by_name.get(node.name()) {
             Some(&i) => {
                 let drained = self.nodes[i].drained.take();
                 self.nodes[i] = Node { drained, ..node };
+                i
             }
             None => {
                 self.by_name.insert(node.name().clone(), self.nodes.len());
                 self.nodes.push(node);
+                self.nodes.len() - 1
             }
-        }
+        };
+        self.bump(i);
     }
 
     pub fn set_status(&mut self, name: &str, status: NodeStatus) -> bool {
-        match self.by_name.get(name) {
-            Some(&i) => {
+        match self.by_name.get(name).copied() {
+            Some(i) => {
                 self.nodes[i].status = status;
+                self.bump(i);
                 true
             }
             None => false,
@@ -197,9 +352,10 @@ impl Cluster {
 
     /// Drains a node (`Some(reason)`) or undrains it (`None`).
     pub fn set_drain(&mut self, name: &str, reason: Option<String>) -> bool {
-        match self.by_name.get(name) {
-            Some(&i) => {
+        match self.by_name.get(name).copied() {
+            Some(i) => {
                 self.nodes[i].drained = reason;
+                self.bump(i);
                 true
             }
             None => false,
@@ -255,26 +411,40 @@ impl Cluster {
             apply_grant(node, job, grant);
         }
         node.jobs.insert(job, placement.clone());
+        node.recount();
+        self.bump(i);
         Ok(())
     }
 
     /// Frees what `job` holds; returns its placement if it held anything.
     pub fn release(&mut self, job: JobId, node: &str) -> Option<Placement> {
-        let &i = self.by_name.get(node)?;
-        let node = &mut self.nodes[i];
-        let placement = node.jobs.remove(&job)?;
-        node.cpu_used.0 = node.cpu_used.0.saturating_sub(placement.cpu.0);
-        node.memory_used.0 = node.memory_used.0.saturating_sub(placement.memory.0);
-        for gpu in &mut node.inventory.gpus {
-            match &mut gpu.mode {
-                GpuMode::Whole { holders } => holders.retain(|h| h.job != job),
+        let i = self.by_name.get(node).copied()?;
+        let n = &mut self.nodes[i];
+        let placement = n.jobs.remove(&job)?;
+        n.cpu_used.0 = n.cpu_used.0.saturating_sub(placement.cpu.0);
+        n.memory_used.0 = n.memory_used.0.saturating_sub(placement.memory.0);
+        for gpu in &mut n.inventory.gpus {
+            let touched = match &mut gpu.mode {
+                GpuMode::Whole { holders } => {
+                    let before = holders.len();
+                    holders.retain(|h| h.job != job);
+                    holders.len() != before
+                }
                 GpuMode::Mig { slices } => {
+                    let mut t = false;
                     for s in slices.iter_mut().filter(|s| s.holder == Some(job)) {
                         s.holder = None;
+                        t = true;
                     }
+                    t
                 }
+            };
+            if touched {
+                gpu.recount();
             }
         }
+        n.recount();
+        self.bump(i);
         Some(placement)
     }
 }
@@ -324,4 +494,5 @@ fn apply_grant(node: &mut Node, job: JobId, grant: &DeviceGrant) {
             }
         }
     }
+    gpu.recount();
 }

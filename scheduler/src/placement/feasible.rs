@@ -5,8 +5,9 @@
 
 use std::fmt;
 
-use super::cluster::{GpuMode, Node, NodeStatus};
-use crate::domain::{GpuRequest, Resources, Share};
+use super::cluster::{Gpu, GpuMode, Node, NodeStatus};
+use super::request::Request;
+use crate::domain::{GpuRequest, MiB, Share};
 
 /// Why a node was filtered out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -16,6 +17,12 @@ pub enum Rejection {
     NodeDown,
     /// An operator drained the node.
     NodeDrained,
+    /// Held for a higher-priority job that is preempting work there.
+    NodeReserved,
+    /// The node lacks a required label.
+    LabelMismatch,
+    /// No GPU of an accepted model.
+    ModelMismatch,
     /// The node has less CPU in total than asked.
     CpuCapacity,
     /// Not enough CPU free now.
@@ -48,6 +55,20 @@ impl Rejection {
                 | Rejection::MigSliceBusy
                 | Rejection::NodeDown
                 | Rejection::NodeDrained
+                | Rejection::NodeReserved
+        )
+    }
+
+    /// Whether freeing resources held by jobs on this node could make room
+    /// (what a preemption search may try; down and drained nodes excluded).
+    pub fn is_resource_shortage(self) -> bool {
+        matches!(
+            self,
+            Rejection::CpuBusy
+                | Rejection::MemoryBusy
+                | Rejection::GpusBusy
+                | Rejection::ShareBusy
+                | Rejection::MigSliceBusy
         )
     }
 }
@@ -57,6 +78,9 @@ impl fmt::Display for Rejection {
         f.write_str(match self {
             Rejection::NodeDown => "node down",
             Rejection::NodeDrained => "node drained",
+            Rejection::NodeReserved => "reserved for a preempting job",
+            Rejection::LabelMismatch => "missing node labels",
+            Rejection::ModelMismatch => "GPU model mismatch",
             Rejection::CpuCapacity => "too little CPU in total",
             Rejection::CpuBusy => "insufficient free CPU",
             Rejection::MemoryCapacity => "too little memory in total",
@@ -72,24 +96,36 @@ impl fmt::Display for Rejection {
 }
 
 /// The GPU memory a fractional request holds on a GPU of `gpu_memory`.
-pub fn share_memory(
-    share: Share,
-    cap: Option<crate::domain::MiB>,
-    gpu_memory: crate::domain::MiB,
-) -> crate::domain::MiB {
-    cap.unwrap_or(crate::domain::MiB(share.mul_floor(gpu_memory.0)))
+pub fn share_memory(share: Share, cap: Option<MiB>, gpu_memory: MiB) -> MiB {
+    cap.unwrap_or(MiB(share.mul_floor(gpu_memory.0)))
 }
 
-/// Checks one node against one request.
-pub fn check(node: &Node, req: &Resources) -> Result<(), Rejection> {
-    // Capacity first: a node that can never fit reports that, not "busy".
+/// Whether a share with its memory cap fits on this GPU now (exact).
+pub fn share_fits(gpu: &Gpu, share: Share, cap: Option<MiB>) -> bool {
+    if !gpu.is_whole_mode() {
+        return false;
+    }
+    let memory = share_memory(share, cap, gpu.memory);
+    let share_ok = gpu
+        .allocated()
+        .checked_add(share)
+        .is_some_and(|total| total <= Share::ONE);
+    share_ok && gpu.memory_allocated().0 + memory.0 <= gpu.memory.0
+}
+
+/// Checks one node against one request: capacity and constraints first (can
+/// it ever fit?), then state (does it fit now?).
+pub fn check(node: &Node, req: &Request) -> Result<(), Rejection> {
+    if !req.accepts_labels(node) {
+        return Err(Rejection::LabelMismatch);
+    }
     if req.cpu > node.inventory.cpu {
         return Err(Rejection::CpuCapacity);
     }
     if req.memory > node.inventory.memory {
         return Err(Rejection::MemoryCapacity);
     }
-    check_gpu_capacity(node, &req.gpu)?;
+    check_gpu_capacity(node, req)?;
     if node.status == NodeStatus::Down {
         return Err(Rejection::NodeDown);
     }
@@ -102,28 +138,33 @@ pub fn check(node: &Node, req: &Resources) -> Result<(), Rejection> {
     if req.memory > node.free_memory() {
         return Err(Rejection::MemoryBusy);
     }
-    check_gpu_free(node, &req.gpu)
+    check_gpu_free(node, req)
 }
 
-fn check_gpu_capacity(node: &Node, gpu: &GpuRequest) -> Result<(), Rejection> {
+fn check_gpu_capacity(node: &Node, req: &Request) -> Result<(), Rejection> {
     let gpus = &node.inventory.gpus;
-    match gpu {
+    match &req.gpu {
         GpuRequest::None => Ok(()),
         GpuRequest::Whole(n) => {
-            let whole = gpus
-                .iter()
-                .filter(|g| matches!(g.mode, GpuMode::Whole { .. }))
-                .count();
-            if (whole as u64) < n.get() as u64 {
-                Err(Rejection::GpuCapacity)
-            } else {
-                Ok(())
+            let whole: Vec<&Gpu> = gpus.iter().filter(|g| g.is_whole_mode()).collect();
+            let usable = whole.iter().filter(|g| req.accepts_model(g)).count();
+            if usable == 0 && !whole.is_empty() && !req.gpu_models.is_empty() {
+                return Err(Rejection::ModelMismatch);
             }
+            if (usable as u64) < n.get() as u64 {
+                return Err(Rejection::GpuCapacity);
+            }
+            Ok(())
         }
         GpuRequest::Fraction { share, memory } => {
-            let any = gpus.iter().any(|g| {
-                matches!(g.mode, GpuMode::Whole { .. }) && share_memory(*share, *memory, g.memory) <= g.memory
-            });
+            let whole: Vec<&Gpu> = gpus.iter().filter(|g| g.is_whole_mode()).collect();
+            if !whole.is_empty() && !whole.iter().any(|g| req.accepts_model(g)) {
+                return Err(Rejection::ModelMismatch);
+            }
+            let any = whole
+                .iter()
+                .filter(|g| req.accepts_model(g))
+                .any(|g| share_memory(*share, *memory, g.memory) <= g.memory);
             if any {
                 Ok(())
             } else {
@@ -131,25 +172,36 @@ fn check_gpu_capacity(node: &Node, gpu: &GpuRequest) -> Result<(), Rejection> {
             }
         }
         GpuRequest::Mig(profile) => {
-            let any = gpus.iter().any(|g| match &g.mode {
-                GpuMode::Mig { slices } => slices.iter().any(|s| &s.profile == profile),
-                GpuMode::Whole { .. } => false,
-            });
-            if any {
-                Ok(())
-            } else {
-                Err(Rejection::MigProfileAbsent)
+            let with_profile: Vec<&Gpu> = gpus
+                .iter()
+                .filter(|g| match &g.mode {
+                    GpuMode::Mig { slices } => slices.iter().any(|s| &s.profile == profile),
+                    GpuMode::Whole { .. } => false,
+                })
+                .collect();
+            if with_profile.is_empty() {
+                return Err(Rejection::MigProfileAbsent);
             }
+            if !with_profile.iter().any(|g| req.accepts_model(g)) {
+                return Err(Rejection::ModelMismatch);
+            }
+            Ok(())
         }
     }
 }
 
-fn check_gpu_free(node: &Node, gpu: &GpuRequest) -> Result<(), Rejection> {
+fn check_gpu_free(node: &Node, req: &Request) -> Result<(), Rejection> {
     let gpus = &node.inventory.gpus;
-    match gpu {
+    match &req.gpu {
         GpuRequest::None => Ok(()),
         GpuRequest::Whole(n) => {
-            let free = gpus.iter().filter(|g| g.is_free_whole()).count();
+            let free = if req.gpu_models.is_empty() {
+                node.free_whole as usize
+            } else {
+                gpus.iter()
+                    .filter(|g| g.is_free_whole() && req.accepts_model(g))
+                    .count()
+            };
             if (free as u64) < n.get() as u64 {
                 Err(Rejection::GpusBusy)
             } else {
@@ -157,17 +209,25 @@ fn check_gpu_free(node: &Node, gpu: &GpuRequest) -> Result<(), Rejection> {
             }
         }
         GpuRequest::Fraction { share, memory } => {
-            if gpus.iter().any(|g| share_fits(g, *share, *memory)) {
+            if gpus
+                .iter()
+                .any(|g| req.accepts_model(g) && share_fits(g, *share, *memory))
+            {
                 Ok(())
             } else {
                 Err(Rejection::ShareBusy)
             }
         }
         GpuRequest::Mig(profile) => {
-            let free = gpus.iter().any(|g| match &g.mode {
-                GpuMode::Mig { slices } => slices.iter().any(|s| &s.profile == profile && s.holder.is_none()),
-                GpuMode::Whole { .. } => false,
-            });
+            let free = gpus
+                .iter()
+                .filter(|g| req.accepts_model(g))
+                .any(|g| match &g.mode {
+                    GpuMode::Mig { slices } => {
+                        slices.iter().any(|s| &s.profile == profile && s.holder.is_none())
+                    }
+                    GpuMode::Whole { .. } => false,
+                });
             if free {
                 Ok(())
             } else {
@@ -175,17 +235,4 @@ fn check_gpu_free(node: &Node, gpu: &GpuRequest) -> Result<(), Rejection> {
             }
         }
     }
-}
-
-/// Whether a share with its memory cap fits on this GPU now.
-pub fn share_fits(gpu: &super::cluster::Gpu, share: Share, cap: Option<crate::domain::MiB>) -> bool {
-    if !matches!(gpu.mode, GpuMode::Whole { .. }) {
-        return false;
-    }
-    let memory = share_memory(share, cap, gpu.memory);
-    let share_ok = gpu
-        .allocated()
-        .checked_add(share)
-        .is_some_and(|total| total <= Share::ONE);
-    share_ok && gpu.memory_allocated().0 + memory.0 <= gpu.memory.0
 }

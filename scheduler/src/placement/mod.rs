@@ -1,19 +1,74 @@
 //! The placement core: a pure function of the cluster and a request.
 //!
-//! No tokio, tonic or sled here. `place` reads the cluster, returns a
-//! placement or the reasons nothing fits, and the engine commits it.
+//! No tokio, tonic or sled here. The stages, each in its own file, run in
+//! this order:
+//!
+//! 1. **feasibility** (`feasible.rs`): every node is checked; a rejected node
+//!    records a named reason, so "why is my job pending?" has an answer.
+//!    Capacity and constraints come first, so a node that can never fit says
+//!    so instead of "busy" (only "busy" is worth waiting or preempting for).
+//! 2. **ranking** (`rank.rs`): each feasible node gets an integer score from
+//!    the profile's policy, and the devices the job would take there.
+//! 3. **selection** (`select.rs`): the best score wins; equal scores go to a
+//!    seeded, stable node order, so the same inputs give the same plan.
+//! 4. **preemption** (`preempt.rs`) is asked separately, when nothing fits.
+//!
+//! `Placer` memoises stages 1–2 per (request, node version): a node's answer
+//! for a request only changes when the node does, so a decision costs one
+//! pass over cached scores plus fresh work for the nodes that changed. The
+//! memo never changes a result (a property test checks this).
 
 pub mod cluster;
 pub mod feasible;
+pub mod frag;
+pub mod preempt;
+pub mod rank;
+pub mod request;
 pub mod select;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::sync::Arc;
 
-pub use cluster::{Cluster, Conflict, Gpu, GpuMode, Holder, MigSlice, Node, NodeInventory, NodeStatus};
+pub use cluster::{
+    Cluster, Conflict, Gpu, GpuMode, Holder, MICRO, MigSlice, Node, NodeInventory, NodeStatus,
+};
 pub use feasible::Rejection;
+pub use frag::{TaskShape, WorkloadMix};
+pub use rank::{Choice, Policy, Scored};
+pub use request::Request;
 
-use crate::domain::{Placement, Resources};
+use crate::domain::Placement;
+
+/// How placement decides.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    pub policy: Policy,
+    /// Seeds the tie-break order among equally scored nodes.
+    pub seed: u64,
+    /// The expected workload, for the fragmentation-aware policies.
+    pub mix: Arc<WorkloadMix>,
+}
+
+impl Default for Profile {
+    fn default() -> Self {
+        Profile {
+            policy: Policy::Allot,
+            seed: 0,
+            mix: Arc::new(WorkloadMix::default()),
+        }
+    }
+}
+
+impl Profile {
+    pub fn new(policy: Policy, seed: u64) -> Self {
+        Profile {
+            policy,
+            seed,
+            ..Profile::default()
+        }
+    }
+}
 
 /// No node can take the request; says why, node by node, in aggregate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,9 +84,12 @@ impl Unplaceable {
     pub fn is_resolvable(&self) -> bool {
         self.rejections.keys().any(|r| r.is_resolvable())
     }
-}
 
-impl Unplaceable {
+    /// Whether some node lacks only resources that running jobs hold.
+    pub fn has_shortage(&self) -> bool {
+        self.rejections.keys().any(|r| r.is_resource_shortage())
+    }
+
     /// Why nothing fits, naming what was asked for:
     /// `no node can take 2 GPUs now (2 nodes: insufficient free GPUs; 1 node: node down)`.
     pub fn explain(&self, what: &dyn fmt::Display) -> String {
@@ -55,24 +113,136 @@ impl fmt::Display for Unplaceable {
     }
 }
 
-/// Places one request: feasibility on every node (recording why each
-/// rejected node was rejected), then selection among the feasible ones.
-pub fn place(cluster: &Cluster, req: &Resources) -> Result<Placement, Unplaceable> {
-    let mut rejections: BTreeMap<Rejection, u32> = BTreeMap::new();
-    for node in cluster.nodes() {
-        match feasible::check(node, req) {
-            Ok(()) => {
-                if let Some(p) = select::placement_on(node, req) {
-                    return Ok(p);
-                }
-            }
-            Err(r) => *rejections.entry(r).or_default() += 1,
+#[derive(Debug, Clone)]
+struct Slot {
+    version: u64,
+    result: Result<Scored, Rejection>,
+}
+
+/// The memo is bounded: past this many distinct requests it starts over.
+const MEMO_REQUESTS: usize = 1024;
+
+/// Places requests under one profile, remembering per-node answers until
+/// the node changes.
+#[derive(Debug)]
+pub struct Placer {
+    profile: Profile,
+    cluster_id: u64,
+    memo: HashMap<Request, Vec<Option<Slot>>>,
+    /// A node's fragmentation under the mix, by node version.
+    frag: Vec<Option<(u64, f64)>>,
+}
+
+impl Placer {
+    pub fn new(profile: Profile) -> Self {
+        Placer {
+            profile,
+            cluster_id: 0,
+            memo: HashMap::new(),
+            frag: Vec::new(),
         }
     }
-    Err(Unplaceable {
-        rejections,
-        nodes: cluster.nodes().len() as u32,
-    })
+
+    pub fn profile(&self) -> &Profile {
+        &self.profile
+    }
+
+    /// Replaces the workload mix (and forgets what was scored against the old one).
+    pub fn set_mix(&mut self, mix: Arc<WorkloadMix>) {
+        self.profile.mix = mix;
+        self.forget();
+    }
+
+    pub fn forget(&mut self) {
+        self.memo.clear();
+        self.frag.clear();
+    }
+
+    /// Places `req` on the best node.
+    pub fn place(&mut self, cluster: &Cluster, req: &Request) -> Result<Placement, Unplaceable> {
+        self.place_where(cluster, req, |_, _| None)
+    }
+
+    /// Places `req`, with `veto` rejecting nodes for reasons of the caller's
+    /// (such as a reservation for a preempting job).
+    pub fn place_where(
+        &mut self,
+        cluster: &Cluster,
+        req: &Request,
+        veto: impl Fn(usize, &Node) -> Option<Rejection>,
+    ) -> Result<Placement, Unplaceable> {
+        if self.cluster_id != cluster.id() {
+            self.forget();
+            self.cluster_id = cluster.id();
+        }
+        if self.memo.len() >= MEMO_REQUESTS && !self.memo.contains_key(req) {
+            self.memo.clear();
+        }
+        let nodes = cluster.nodes();
+        let ctx = rank::Context {
+            policy: self.profile.policy,
+            mix: &self.profile.mix,
+            norms: rank::Norms::of(nodes),
+        };
+        let seed = self.profile.seed;
+        let memory_aware = self.profile.policy == Policy::Allot;
+        let frag = &mut self.frag;
+        frag.resize(nodes.len(), None);
+        let slots = self.memo.entry(req.clone()).or_default();
+        slots.resize(nodes.len(), None);
+
+        let mut rejections: BTreeMap<Rejection, u32> = BTreeMap::new();
+        let mut best: Option<(usize, Scored, u64)> = None;
+        for (i, node) in nodes.iter().enumerate() {
+            if let Some(r) = veto(i, node) {
+                *rejections.entry(r).or_default() += 1;
+                continue;
+            }
+            let fresh = matches!(&slots[i], Some(s) if s.version == node.version);
+            if !fresh {
+                let result = feasible::check(node, req).map(|()| {
+                    rank::score(&ctx, node, req, || match frag[i] {
+                        Some((v, f)) if v == node.version => f,
+                        _ => {
+                            let f = frag::FragState::of(node).frag(&self.profile.mix, memory_aware);
+                            frag[i] = Some((node.version, f));
+                            f
+                        }
+                    })
+                });
+                slots[i] = Some(Slot {
+                    version: node.version,
+                    result,
+                });
+            }
+            match &slots[i].as_ref().expect("filled above").result {
+                Err(r) => *rejections.entry(*r).or_default() += 1,
+                Ok(scored) => {
+                    let rank = select::tie_rank(self.profile.policy, seed, i, node);
+                    if best
+                        .as_ref()
+                        .is_none_or(|(_, b, br)| select::better((scored, rank), (b, *br)))
+                    {
+                        best = Some((i, scored.clone(), rank));
+                    }
+                }
+            }
+        }
+        if let Some((i, scored, _)) = best
+            && let Some(p) = select::plan(&nodes[i], req, &scored.choice)
+        {
+            return Ok(p);
+        }
+        Err(Unplaceable {
+            rejections,
+            nodes: nodes.len() as u32,
+        })
+    }
+}
+
+/// Places one request with a fresh placer: the pure form of [`Placer::place`].
+pub fn place(cluster: &Cluster, req: &Request, profile: &Profile) -> Result<Placement, Unplaceable> {
+    Placer::new(profile.clone()).place(cluster, req)
 }
 
 #[cfg(test)]

@@ -10,35 +10,22 @@ use super::*;
 use crate::domain::{GpuRequest, JobId, MiB, MigProfile, MilliCpu, Resources, Share};
 
 fn whole_gpu(node: &str, i: u32) -> Gpu {
-    Gpu {
-        index: i,
-        uuid: format!("GPU-{node}-{i}"),
-        model: "H100-80GB".into(),
-        memory: MiB(80 * 1024),
-        mode: GpuMode::Whole { holders: vec![] },
-    }
+    Gpu::whole(i, format!("GPU-{node}-{i}"), "H100-80GB", MiB(80 * 1024))
 }
 
 fn mig_gpu(node: &str, i: u32, profiles: &[(&str, u8)]) -> Gpu {
-    Gpu {
-        index: i,
-        uuid: format!("GPU-{node}-{i}"),
-        model: "H100-80GB".into(),
-        memory: MiB(80 * 1024),
-        mode: GpuMode::Mig {
-            slices: profiles
-                .iter()
-                .enumerate()
-                .map(|(k, (p, start))| MigSlice {
-                    uuid: format!("MIG-{node}-{i}-{k}"),
-                    profile: p.parse().unwrap(),
-                    start: *start,
-                    memory: MiB(10 * 1024),
-                    holder: None,
-                })
-                .collect(),
-        },
-    }
+    let slices = profiles
+        .iter()
+        .enumerate()
+        .map(|(k, (p, start))| MigSlice {
+            uuid: format!("MIG-{node}-{i}-{k}"),
+            profile: p.parse().unwrap(),
+            start: *start,
+            memory: MiB(10 * 1024),
+            holder: None,
+        })
+        .collect();
+    Gpu::mig(i, format!("GPU-{node}-{i}"), "H100-80GB", MiB(80 * 1024), slices)
 }
 
 fn node(name: &str, whole: u32, mig: Option<&[(&str, u8)]>) -> NodeInventory {
@@ -55,12 +42,17 @@ fn node(name: &str, whole: u32, mig: Option<&[(&str, u8)]>) -> NodeInventory {
     }
 }
 
-fn req(gpu: GpuRequest) -> Resources {
-    Resources {
+fn req(gpu: GpuRequest) -> Request {
+    Request::resources(&Resources {
         gpu,
         cpu: MilliCpu(1000),
         memory: MiB(1024),
-    }
+    })
+}
+
+/// First-fit: the policy these hand-built cases were written against.
+fn place(c: &Cluster, r: &Request) -> Result<Placement, Unplaceable> {
+    super::place(c, r, &Profile::new(Policy::FirstFit, 0))
 }
 
 fn gpus(n: u32) -> GpuRequest {
@@ -85,7 +77,7 @@ fn dev_cluster() -> Cluster {
     c
 }
 
-fn place_and_commit(c: &mut Cluster, r: &Resources) -> Result<(JobId, Placement), Unplaceable> {
+fn place_and_commit(c: &mut Cluster, r: &Request) -> Result<(JobId, Placement), Unplaceable> {
     let p = place(c, r)?;
     let job = JobId::new_v7();
     c.allocate(job, &p)
@@ -257,7 +249,7 @@ fn assert_no_overcommit(c: &Cluster) {
     }
 }
 
-fn arb_request() -> impl Strategy<Value = Resources> {
+fn arb_request() -> impl Strategy<Value = Request> {
     let gpu = prop_oneof![
         Just(GpuRequest::None),
         (1u32..=5).prop_map(gpus),
@@ -270,30 +262,167 @@ fn arb_request() -> impl Strategy<Value = Resources> {
         prop_oneof![Just("1g.10gb"), Just("2g.20gb"), Just("3g.40gb"), Just("7g.80gb")]
             .prop_map(|p| GpuRequest::Mig(p.parse().unwrap())),
     ];
-    (gpu, 0u64..8_000, 0u64..64 * 1024).prop_map(|(gpu, cpu, mem)| Resources {
-        gpu,
-        cpu: MilliCpu(cpu),
-        memory: MiB(mem),
+    let models = prop_oneof![
+        3 => Just(vec![]),
+        1 => Just(vec!["A100-80GB".to_string()]),
+        1 => Just(vec!["H100-80GB".to_string(), "A100-80GB".to_string()]),
+    ];
+    let labels = prop_oneof![3 => Just(None), 1 => Just(Some(("zone", "b")))];
+    (gpu, 0u64..8_000, 0u64..64 * 1024, models, labels).prop_map(|(gpu, cpu, mem, models, label)| {
+        let mut r = Request::resources(&Resources {
+            gpu,
+            cpu: MilliCpu(cpu),
+            memory: MiB(mem),
+        });
+        if !matches!(r.gpu, GpuRequest::None) {
+            r.gpu_models = models;
+        }
+        if let Some((k, v)) = label {
+            r.node_labels.insert(k.into(), v.into());
+        }
+        r
     })
 }
 
+/// The dev cluster plus a labelled A100 node, for constraints.
+fn mixed_cluster() -> Cluster {
+    let mut c = dev_cluster();
+    let mut inv = node("c", 0, None);
+    inv.gpus = (0..4)
+        .map(|i| Gpu::whole(i, format!("GPU-c-{i}"), "A100-80GB", MiB(80 * 1024)))
+        .collect();
+    inv.labels.insert("zone".into(), "b".into());
+    c.upsert_node(inv);
+    c
+}
+
+/// Checks a placement against its request's constraints.
+fn assert_respects(c: &Cluster, r: &Request, p: &Placement) {
+    let node = c.node(p.node.as_str()).unwrap();
+    assert!(r.accepts_labels(node), "labels ignored: {r:?} on {}", p.node);
+    for d in &p.devices {
+        let gpu = node.inventory.gpus.iter().find(|g| g.uuid == d.gpu_uuid).unwrap();
+        assert!(r.accepts_model(gpu), "model ignored: {r:?} on {}", gpu.model);
+        if let GpuRequest::Mig(profile) = &r.gpu {
+            let GpuMode::Mig { slices } = &gpu.mode else {
+                panic!("MIG request on a whole GPU")
+            };
+            let s = slices.iter().find(|s| s.uuid == d.device_uuid).unwrap();
+            assert_eq!(&s.profile, profile);
+        }
+    }
+}
+
 proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
     #[test]
-    fn random_streams_never_overcommit(ops in proptest::collection::vec((arb_request(), any::<bool>(), any::<prop::sample::Index>()), 1..120)) {
-        let mut c = dev_cluster();
+    fn random_streams_never_overcommit(
+        policy in prop::sample::select(Policy::ALL.to_vec()),
+        ops in proptest::collection::vec((arb_request(), any::<bool>(), any::<prop::sample::Index>()), 1..150),
+    ) {
+        let mut c = mixed_cluster();
+        let mut placer = Placer::new(Profile::new(policy, 7));
         let mut live: Vec<(JobId, Placement)> = Vec::new();
         for (r, release, pick) in ops {
             if release && !live.is_empty() {
                 let (job, p) = live.remove(pick.index(live.len()));
                 prop_assert_eq!(c.release(job, p.node.as_str()), Some(p));
-            } else if let Ok((job, p)) = place_and_commit(&mut c, &r) {
-                // A gang is placed whole or not at all.
-                if let GpuRequest::Whole(n) = r.gpu {
-                    prop_assert_eq!(p.devices.len(), n.get() as usize);
+            } else {
+                let memoised = placer.place(&c, &r);
+                // The memo never changes an answer.
+                prop_assert_eq!(&memoised, &super::place(&c, &r, placer.profile()));
+                if let Ok(p) = memoised {
+                    // A gang is placed whole or not at all.
+                    if let GpuRequest::Whole(n) = r.gpu {
+                        prop_assert_eq!(p.devices.len(), n.get() as usize);
+                    }
+                    assert_respects(&c, &r, &p);
+                    let job = JobId::new_v7();
+                    c.allocate(job, &p).expect("a plan made against the cluster applies");
+                    live.push((job, p));
                 }
-                live.push((job, p));
             }
             assert_no_overcommit(&c);
         }
+    }
+}
+
+#[test]
+fn model_and_label_constraints_name_their_rejections() {
+    let c = mixed_cluster();
+    let mut r = req(gpus(2));
+    r.gpu_models = vec!["V100M32".into()];
+    let err = place(&c, &r).unwrap_err();
+    assert_eq!(err.rejections.get(&Rejection::ModelMismatch), Some(&3));
+    assert!(!err.is_resolvable());
+    let mut r = req(gpus(1));
+    r.node_labels.insert("zone".into(), "b".into());
+    let p = place(&c, &r).unwrap();
+    assert_eq!(p.node.as_str(), "c");
+    let mut r = req(gpus(1));
+    r.gpu_models = vec!["A100-80GB".into()];
+    assert_eq!(place(&c, &r).unwrap().devices[0].gpu_model, "A100-80GB");
+}
+
+#[test]
+fn ties_follow_a_seeded_order_that_is_stable() {
+    let mut c = Cluster::new();
+    for i in 0..20 {
+        c.upsert_node(node(&format!("n{i}"), 4, None));
+    }
+    let pick = |seed| {
+        super::place(&c, &req(gpus(1)), &Profile::new(Policy::BestFit, seed))
+            .unwrap()
+            .node
+    };
+    // The same seed, the same node; some other seed, some other node.
+    assert_eq!(pick(1), pick(1));
+    assert!((2..40).any(|s| pick(s) != pick(1)));
+    // First-fit ignores the seed: registration order.
+    let ff = |seed| {
+        super::place(&c, &req(gpus(1)), &Profile::new(Policy::FirstFit, seed))
+            .unwrap()
+            .node
+    };
+    assert_eq!(ff(1).as_str(), "n0");
+    assert_eq!(ff(99).as_str(), "n0");
+}
+
+#[test]
+fn best_fit_packs_the_fuller_node_and_the_tighter_gpu() {
+    let mut c = Cluster::new();
+    c.upsert_node(node("a", 4, None));
+    c.upsert_node(node("b", 4, None));
+    let profile = Profile::new(Policy::BestFit, 3);
+    let p = super::place(&c, &req(frac("0.5")), &profile).unwrap();
+    c.allocate(JobId::new_v7(), &p).unwrap();
+    let first = p.node.clone();
+    // The next share goes to the same node and the same (now tighter) GPU.
+    let q = super::place(&c, &req(frac("0.25")), &profile).unwrap();
+    assert_eq!(q.node, first);
+    assert_eq!(q.devices[0].gpu_uuid, p.devices[0].gpu_uuid);
+}
+
+#[test]
+fn fragmentation_aware_policies_keep_whole_gpus_whole() {
+    // Mostly whole-GPU work expected: a small share should go where a GPU is
+    // already split, not break open a whole one.
+    let mut c = Cluster::new();
+    c.upsert_node(node("a", 2, None));
+    c.upsert_node(node("b", 2, None));
+    let split = super::place(&c, &req(frac("0.5")), &Profile::new(Policy::FirstFit, 0)).unwrap();
+    c.allocate(JobId::new_v7(), &split).unwrap();
+    let mut expected: Vec<Request> = (0..9).map(|_| req(gpus(1))).collect();
+    expected.push(req(frac("0.25")));
+    let mix = std::sync::Arc::new(WorkloadMix::from_requests(expected.iter(), 100));
+    for policy in [Policy::Fgd, Policy::Allot] {
+        let profile = Profile {
+            policy,
+            seed: 5,
+            mix: mix.clone(),
+        };
+        let p = super::place(&c, &req(frac("0.25")), &profile).unwrap();
+        assert_eq!(p.devices[0].gpu_uuid, split.devices[0].gpu_uuid, "{policy}");
     }
 }
