@@ -17,3 +17,4 @@ pub mod ledger;
 pub mod placement;
 pub mod queue;
 pub mod server;
+pub mod sim;

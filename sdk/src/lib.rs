@@ -290,11 +290,16 @@ pub struct LogChunk {
     pub node: String,
 }
 
-/// Whether a job state is final.
+/// Whether a job state is final. (`Preempted` is not: a preempted job is
+/// requeued.)
 pub fn is_final(state: JobState) -> bool {
     !matches!(
         state,
-        JobState::Pending | JobState::Starting | JobState::Running | JobState::Unspecified
+        JobState::Pending
+            | JobState::Starting
+            | JobState::Running
+            | JobState::Preempted
+            | JobState::Unspecified
     )
 }
 

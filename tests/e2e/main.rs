@@ -4,5 +4,6 @@
 mod bad_input;
 mod harness;
 mod jobs;
+mod preemption;
 mod standalone;
 mod tenants;

@@ -154,6 +154,7 @@ fn order_pb(order: AgentOrder) -> pb::ControllerMessage {
             grace_period_ms: grace.0 as i64,
             reason: match reason {
                 StopReason::Cancelled => pb::StopReason::Cancelled,
+                StopReason::Preempted => pb::StopReason::Preempted,
                 StopReason::UnknownJob => pb::StopReason::UnknownJob,
             } as i32,
         }),

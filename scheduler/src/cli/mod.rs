@@ -98,6 +98,30 @@ pub enum Command {
     Token(TokenCommand),
     /// Show who the current token is.
     Whoami,
+    /// Simulate placement on a trace (the Alibaba openb GPU trace format).
+    Sim(SimArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SimArgs {
+    /// Node list CSV (`sn,cpu_milli,memory_mib,gpu,model`).
+    #[arg(long)]
+    pub nodes: PathBuf,
+    /// Pod list CSV (`name,cpu_milli,memory_mib,num_gpu,gpu_milli[,gpu_spec,…,creation_time,deletion_time,scheduled_time]`).
+    #[arg(long)]
+    pub pods: PathBuf,
+    /// allot (default), fgd, best-fit or first-fit.
+    #[arg(long, default_value = "allot")]
+    pub policy: String,
+    /// Seeds: `42..51` (inclusive), `42,43` or `42`.
+    #[arg(long, default_value = "42..51")]
+    pub seeds: String,
+    /// Arrived GPU demand to reach, as a multiple of the cluster's GPUs.
+    #[arg(long, default_value_t = 1.3)]
+    pub tune_ratio: f64,
+    /// Replay creation and deletion times instead (reports queueing delay).
+    #[arg(long)]
+    pub timeline: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -150,6 +150,73 @@ async fn agent(a: &AgentArgs, token: Option<&str>) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+fn sim(a: &super::SimArgs, json: bool) -> anyhow::Result<i32> {
+    use crate::sim;
+    let policy: crate::placement::Policy = a.policy.parse().map_err(|e| anyhow::anyhow!("--policy: {e}"))?;
+    let seeds = sim::parse_seeds(&a.seeds).map_err(|e| anyhow::anyhow!("--seeds: {e}"))?;
+    if !(a.tune_ratio > 0.0 && a.tune_ratio <= 10.0) {
+        anyhow::bail!("--tune-ratio must be in (0, 10]");
+    }
+    let nodes = sim::read_nodes(&a.nodes)?;
+    let pods = sim::read_pods(&a.pods)?;
+    if a.timeline {
+        let r = sim::run_timeline(&nodes, &pods, policy, seeds[0])?;
+        if json {
+            println!("{}", serde_json::to_string(&r)?);
+        } else {
+            println!(
+                "policy {}: {} pods on {} nodes ({} GPUs), timeline replay",
+                r.policy, r.pods, r.nodes, r.gpus
+            );
+            println!(
+                "  placed {} ({} at once), never placed {}",
+                r.placed, r.placed_at_once, r.never_placed
+            );
+            println!(
+                "  queueing delay: mean {:.1} s, p50 {} s, p99 {} s, max {} s",
+                r.queue_delay_mean_s, r.queue_delay_p50_s, r.queue_delay_p99_s, r.queue_delay_max_s
+            );
+            println!(
+                "  GPU allocation (time-weighted mean): {:.2} %",
+                r.gpu_alloc_pct_mean
+            );
+            println!("  took {} ms", r.wall_ms);
+        }
+        return Ok(0);
+    }
+    let cfg = sim::SimConfig {
+        policy,
+        seeds,
+        tune_ratio: a.tune_ratio,
+        coverage_pct: 95,
+    };
+    let r = sim::run_arrivals(&nodes, &pods, &cfg);
+    if json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "policy {}: {} pods on {} nodes ({} GPUs), seeds {}",
+            r.policy, r.pods, r.nodes, r.gpus, a.seeds
+        );
+        println!("  GPU allocation at 100% arrived: {:.2} %", r.alloc_pct_at_100);
+        println!(
+            "  GPU allocation at {:.0}% arrived: {:.2} % (sd {:.2})",
+            a.tune_ratio * 100.0,
+            r.alloc_pct_at_130,
+            r.alloc_130_sd
+        );
+        println!("  fragmentation rate at 100%:     {:.2} %", r.frag_pct_at_100);
+        for s in &r.per_seed {
+            println!(
+                "    seed {:>3}: {:.2} / {:.2} %, frag {:.2} %, {} of {} pods failed, {} ms",
+                s.seed, s.alloc_pct_at_100, s.alloc_pct_at_130, s.frag_pct_at_100, s.failed, s.pods, s.ms
+            );
+        }
+        println!("  took {} ms", r.wall_ms);
+    }
+    Ok(0)
+}
+
 /// Client commands die quietly on a closed pipe (`allot jobs | head`), like
 /// other Unix tools, instead of failing to print. Servers keep Rust's default.
 fn restore_sigpipe() {
@@ -172,13 +239,14 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     match &cli.command {
         Command::Server(a) => return server(a).await,
         Command::Agent(a) => return agent(a, cli.token.as_deref()).await,
+        Command::Sim(a) => return sim(a, cli.json),
         _ => {}
     }
     restore_sigpipe();
     let client = connect(&cli).await?;
     let json = cli.json;
     match &cli.command {
-        Command::Server(_) | Command::Agent(_) => unreachable!("handled above"),
+        Command::Server(_) | Command::Agent(_) | Command::Sim(_) => unreachable!("handled above"),
         Command::Submit(a) => jobs::submit(&client, a, json).await,
         Command::Jobs(a) => jobs::list(&client, a, json).await,
         Command::Job { id } => jobs::show(&client, id, json).await,

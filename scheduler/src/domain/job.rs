@@ -113,8 +113,13 @@ pub enum JobState {
 }
 
 impl JobState {
+    /// Whether the job is over. `Preempted` is not: a preempted job goes
+    /// back to the queue (the state marks the end of one attempt).
     pub fn is_final(self) -> bool {
-        !matches!(self, JobState::Pending | JobState::Starting | JobState::Running)
+        !matches!(
+            self,
+            JobState::Pending | JobState::Starting | JobState::Running | JobState::Preempted
+        )
     }
 
     pub fn as_str(self) -> &'static str {

@@ -36,6 +36,9 @@ pub struct EngineConfig {
     pub policy: Policy,
     /// Seeds placement's tie-break order.
     pub placement_seed: u64,
+    /// Preemptible jobs are not preempted before they have run this long
+    /// (a job's own `min_runtime` applies when longer).
+    pub min_runtime: Millis,
 }
 
 impl Default for EngineConfig {
@@ -47,6 +50,7 @@ impl Default for EngineConfig {
             tick: Millis(500),
             policy: Policy::Allot,
             placement_seed: 0,
+            min_runtime: Millis::ZERO,
         }
     }
 }
@@ -142,6 +146,7 @@ pub enum AgentEvent {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopReason {
     Cancelled,
+    Preempted,
     UnknownJob,
 }
 

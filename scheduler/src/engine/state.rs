@@ -15,7 +15,8 @@ use crate::domain::{
     EndReason, Job, JobId, JobSpec, JobState, Lease, LeaseId, LeaseState, Millis, NodeName, UnixMillis,
 };
 use crate::ledger::Ledger;
-use crate::placement::{Cluster, NodeStatus, Placer, Profile, Request, WorkloadMix};
+use crate::placement::preempt::{self, Candidate};
+use crate::placement::{Cluster, MICRO, NodeStatus, Placer, Profile, Rejection, Request, WorkloadMix};
 use crate::queue::Queue;
 
 /// Commands handled per turn before the ledger is flushed.
@@ -35,6 +36,17 @@ struct NodeMeta {
     /// When the node's running jobs are declared lost if it has not come back.
     lost_deadline: Option<UnixMillis>,
 }
+
+/// A pending job making room for itself: the victims it is waiting for.
+#[derive(Debug)]
+struct Nomination {
+    node: NodeName,
+    priority: i32,
+    victims: Vec<JobId>,
+}
+
+/// Preemption searches per placement pass, at most: each scans the cluster.
+const PREEMPTION_SEARCHES_PER_PASS: usize = 4;
 
 /// Work that must wait until the batch is durable.
 enum Effect {
@@ -69,6 +81,10 @@ pub struct Engine {
     /// after which they are lost.
     orphaned: HashMap<JobId, UnixMillis>,
     pending_logs: HashMap<u64, (JobId, NodeName, oneshot::Sender<EngineResult<LogSlice>>)>,
+    /// Pending jobs whose victims are stopping, by preemptor.
+    nominations: HashMap<JobId, Nomination>,
+    /// Victims being stopped, with the job they make room for.
+    preempting: HashMap<JobId, JobId>,
     next_request: u64,
     effects: Vec<Effect>,
     dirty: bool,
@@ -111,6 +127,8 @@ impl Engine {
             nodes: HashMap::new(),
             orphaned: HashMap::new(),
             pending_logs: HashMap::new(),
+            nominations: HashMap::new(),
+            preempting: HashMap::new(),
             next_request: 1,
             effects: Vec::new(),
             dirty: false,
@@ -407,6 +425,14 @@ impl Engine {
         }
         self.queue.remove(&id);
         self.orphaned.remove(&id);
+        // A preemptor that ends releases its reservation; a victim that ends
+        // some other way is one fewer to wait for.
+        self.nominations.remove(&id);
+        if let Some(by) = self.preempting.remove(&id)
+            && let Some(n) = self.nominations.get_mut(&by)
+        {
+            n.victims.retain(|v| *v != id);
+        }
         let touched = self.all_lease_ids(&id);
         self.persist(id, &touched);
         self.jobs.remove(&id);
@@ -498,19 +524,186 @@ impl Engine {
     fn placement_pass(&mut self) {
         self.refresh_mix();
         let order: Vec<JobId> = self.queue.iter().collect();
+        let mut searches = 0;
         for id in order {
             let Some(job) = self.jobs.get(&id) else { continue };
-            match self.placer.place(&self.cluster, &Request::of(&job.spec)) {
-                Ok(p) => self.commit_placement(id, p),
+            let request = Request::of(&job.spec);
+            let priority = job.spec.priority;
+            // A node being emptied for a preemptor takes nothing of lower
+            // priority meanwhile, or the preemptor would find it full again.
+            let reserved: HashMap<&str, i32> = self
+                .nominations
+                .iter()
+                .filter(|(n, _)| **n != id)
+                .map(|(_, n)| (n.node.as_str(), n.priority))
+                .collect();
+            let placed = self.placer.place_where(&self.cluster, &request, |_, node| {
+                match reserved.get(node.name().as_str()) {
+                    Some(&p) if p >= priority => Some(Rejection::NodeReserved),
+                    _ => None,
+                }
+            });
+            match placed {
+                Ok(p) => {
+                    self.nominations.remove(&id);
+                    self.commit_placement(id, p)
+                }
                 Err(why) => {
-                    let reason = why.explain(&job.spec.resources.gpu);
+                    let mut reason = why.explain(&job.spec.resources.gpu);
+                    // Every victim gone and it still does not fit (the cluster
+                    // changed meanwhile): plan afresh.
+                    if self.nominations.get(&id).is_some_and(|n| n.victims.is_empty()) {
+                        self.nominations.remove(&id);
+                    }
+                    if let Some(n) = self.nominations.get(&id) {
+                        reason = format!(
+                            "waiting for {} preempted job{} to stop on {}",
+                            n.victims.len(),
+                            if n.victims.len() == 1 { "" } else { "s" },
+                            n.node
+                        );
+                    } else if why.has_shortage() && searches < PREEMPTION_SEARCHES_PER_PASS {
+                        searches += 1;
+                        if let Some(r) = self.try_preempt(id, &request, priority) {
+                            reason = r;
+                        }
+                    }
+                    let job = self.jobs.get_mut(&id).expect("present");
                     if job.reason != reason {
-                        self.jobs.get_mut(&id).expect("present").reason = reason;
+                        job.reason = reason;
                         self.persist(id, &[]);
                     }
                 }
             }
         }
+    }
+
+    /// The running jobs preemption may consider, with their cost.
+    fn preemption_candidates(&self, now: UnixMillis) -> Vec<Candidate> {
+        self.jobs
+            .values()
+            .filter(|j| j.state == JobState::Running && !self.preempting.contains_key(&j.id))
+            .map(|j| {
+                let ran = j.started_at.map(|s| now.since(s)).unwrap_or_default();
+                let guard = j
+                    .spec
+                    .min_runtime
+                    .unwrap_or_default()
+                    .max(self.config.min_runtime);
+                let lost = match j.spec.checkpoint_interval {
+                    Some(every) if every.0 > 0 => ran.0 % every.0,
+                    _ => ran.0,
+                };
+                let share: u64 = j
+                    .placement
+                    .as_ref()
+                    .map(|p| {
+                        p.devices
+                            .iter()
+                            .map(|d| (d.share.numerator() * MICRO as u64).div_ceil(d.share.denominator()))
+                            .sum()
+                    })
+                    .unwrap_or(0);
+                Candidate {
+                    job: j.id,
+                    priority: j.spec.priority,
+                    preemptible: j.spec.preemptible,
+                    protected: ran < guard,
+                    cost: lost.saturating_mul(share.max(1)),
+                }
+            })
+            .collect()
+    }
+
+    /// Plans a preemption for a pending job and orders the victims stopped.
+    /// Returns the job's new "why pending", if it preempts.
+    fn try_preempt(&mut self, id: JobId, request: &Request, priority: i32) -> Option<String> {
+        let now = self.clock.now();
+        let candidates = self.preemption_candidates(now);
+        if !candidates.iter().any(|c| c.preemptible && c.priority < priority) {
+            return None;
+        }
+        let plan = preempt::plan(
+            &self.cluster,
+            request,
+            priority,
+            &candidates,
+            self.placer.profile(),
+        )?;
+        info!(
+            job = %id,
+            node = %plan.node,
+            victims = plan.victims.len(),
+            cost_gpu_s = plan.cost / 1_000_000_000,
+            "preempting to make room"
+        );
+        for &victim in &plan.victims {
+            self.preempting.insert(victim, id);
+            let Some(v) = self.jobs.get_mut(&victim) else {
+                continue;
+            };
+            v.reason = format!("being preempted for job {id} (higher priority)");
+            let (attempt, grace) = (v.attempt, v.spec.grace_period);
+            self.persist(victim, &[]);
+            self.effects.push(Effect::Order(
+                plan.node.clone(),
+                AgentOrder::Stop {
+                    job: victim,
+                    attempt,
+                    grace,
+                    reason: StopReason::Preempted,
+                },
+            ));
+        }
+        let reason = format!(
+            "preempting {} job{} on {}",
+            plan.victims.len(),
+            if plan.victims.len() == 1 { "" } else { "s" },
+            plan.node
+        );
+        self.nominations.insert(
+            id,
+            Nomination {
+                node: plan.node,
+                priority,
+                victims: plan.victims,
+            },
+        );
+        Some(reason)
+    }
+
+    /// A victim stopped: its attempt ends `PREEMPTED` (leases closed as
+    /// preempted), and the job goes back to the queue at its old position.
+    fn preempted(&mut self, id: JobId, by: JobId) {
+        let now = self.clock.now();
+        if let Some(n) = self.nominations.get_mut(&by) {
+            n.victims.retain(|v| *v != id);
+        }
+        let Some(job) = self.jobs.get_mut(&id) else { return };
+        job.state = JobState::Preempted;
+        job.reason = format!("preempted for job {by}");
+        job.ended_at = Some(now);
+        let node = job.placement.as_ref().map(|p| p.node.clone());
+        self.close_leases(id, JobState::Preempted, now);
+        if let Some(node) = node {
+            self.cluster.release(id, node.as_str());
+        }
+        let touched = self.all_lease_ids(&id);
+        self.persist(id, &touched);
+        info!(job = %id, by = %by, "job preempted; requeued");
+        let job = self.jobs.get_mut(&id).expect("present");
+        job.state = JobState::Pending;
+        job.reason = format!("requeued after preemption for job {by}");
+        job.placement = None;
+        job.started_at = None;
+        job.ended_at = None;
+        job.exit_code = None;
+        job.signal = None;
+        job.attempt += 1;
+        self.queue.push(job);
+        self.persist(id, &[]);
+        self.leases.insert(id, Vec::new());
+        self.needs_pass = true;
     }
 
     fn commit_placement(&mut self, id: JobId, p: crate::domain::Placement) {
@@ -817,6 +1010,21 @@ impl Engine {
             return;
         };
         if job.attempt != exit.attempt || job.placement.as_ref().is_none_or(|p| &p.node != node) {
+            return;
+        }
+        if let Some(&by) = self.preempting.get(&exit.job)
+            && !job.cancel_requested
+            && matches!(
+                exit.outcome,
+                ExitOutcome::Stopped { .. } | ExitOutcome::Signaled(_)
+            )
+        {
+            self.preempting.remove(&exit.job);
+            if let ExitOutcome::Stopped { exit_code, signal } = exit.outcome {
+                job.exit_code = exit_code;
+                job.signal = signal;
+            }
+            self.preempted(exit.job, by);
             return;
         }
         let (state, reason) = match (&exit.outcome, job.cancel_requested) {

@@ -10,12 +10,14 @@
 //! lower priority, or inside their minimum-runtime guard are never touched.
 
 use super::Profile;
-use super::cluster::{Cluster, Node};
+use std::collections::{HashMap, HashSet};
+
+use super::cluster::{Cluster, GpuMode, Node};
 use super::feasible;
 use super::rank::{self, Policy};
 use super::request::Request;
 use super::select;
-use crate::domain::{JobId, Placement};
+use crate::domain::{GpuRequest, JobId, Placement, Share};
 
 /// A running job that might be stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +56,11 @@ pub fn plan(
     candidates: &[Candidate],
     profile: &Profile,
 ) -> Option<PreemptionPlan> {
+    let by_job: HashMap<JobId, &Candidate> = candidates
+        .iter()
+        .filter(|c| c.preemptible && !c.protected && c.priority < priority)
+        .map(|c| (c.job, c))
+        .collect();
     let mut best: Option<(PreemptionPlan, u64)> = None;
     for (i, node) in cluster.nodes().iter().enumerate() {
         match feasible::check(node, req) {
@@ -61,7 +68,11 @@ pub fn plan(
             Err(r) if !r.is_resource_shortage() => continue,
             Err(_) => {}
         }
-        let Some((victims, cost, placement)) = plan_node(node, req, priority, candidates, profile) else {
+        let eligible: Vec<&Candidate> = node.jobs.keys().filter_map(|j| by_job.get(j).copied()).collect();
+        if eligible.is_empty() || !could_fit(node, req, &eligible) {
+            continue;
+        }
+        let Some((victims, cost, placement)) = plan_node(node, req, eligible, profile) else {
             continue;
         };
         let rank = select::tie_rank(profile.policy, profile.seed, i, node);
@@ -84,20 +95,70 @@ pub fn plan(
     best.map(|(p, _)| p)
 }
 
+/// A quick upper bound: would the job fit if every eligible victim left?
+/// Most nodes of a full cluster fail it, and skip the exact search.
+fn could_fit(node: &Node, req: &Request, eligible: &[&Candidate]) -> bool {
+    let gone: HashSet<JobId> = eligible.iter().map(|c| c.job).collect();
+    let freed = |f: &dyn Fn(&Placement) -> u64| -> u64 {
+        node.jobs
+            .iter()
+            .filter(|(j, _)| gone.contains(*j))
+            .map(|(_, p)| f(p))
+            .sum()
+    };
+    if node.free_cpu().0 + freed(&|p| p.cpu.0) < req.cpu.0 {
+        return false;
+    }
+    if node.free_memory().0 + freed(&|p| p.memory.0) < req.memory.0 {
+        return false;
+    }
+    let held_by_others = |g: &super::cluster::Gpu| -> Vec<Share> {
+        match &g.mode {
+            GpuMode::Whole { holders } => holders
+                .iter()
+                .filter(|h| !gone.contains(&h.job))
+                .map(|h| h.share)
+                .collect(),
+            GpuMode::Mig { .. } => vec![Share::ONE],
+        }
+    };
+    match &req.gpu {
+        GpuRequest::None => true,
+        GpuRequest::Whole(n) => {
+            let free = node
+                .inventory
+                .gpus
+                .iter()
+                .filter(|g| g.is_whole_mode() && req.accepts_model(g) && held_by_others(g).is_empty())
+                .count();
+            free as u64 >= n.get() as u64
+        }
+        GpuRequest::Fraction { share, .. } => node.inventory.gpus.iter().any(|g| {
+            g.is_whole_mode()
+                && req.accepts_model(g)
+                && held_by_others(g)
+                    .into_iter()
+                    .try_fold(*share, |acc, s| acc.checked_add(s))
+                    .is_some_and(|t| t <= Share::ONE)
+        }),
+        GpuRequest::Mig(profile) => node.inventory.gpus.iter().any(|g| match &g.mode {
+            GpuMode::Mig { slices } => {
+                req.accepts_model(g)
+                    && slices
+                        .iter()
+                        .any(|s| &s.profile == profile && s.holder.is_none_or(|h| gone.contains(&h)))
+            }
+            GpuMode::Whole { .. } => false,
+        }),
+    }
+}
+
 fn plan_node(
     node: &Node,
     req: &Request,
-    priority: i32,
-    candidates: &[Candidate],
+    mut eligible: Vec<&Candidate>,
     profile: &Profile,
 ) -> Option<(Vec<JobId>, u64, Placement)> {
-    let mut eligible: Vec<&Candidate> = candidates
-        .iter()
-        .filter(|c| c.preemptible && !c.protected && c.priority < priority && node.jobs.contains_key(&c.job))
-        .collect();
-    if eligible.is_empty() {
-        return None;
-    }
     eligible.sort_by_key(|c| (c.priority, c.cost, c.job));
     let mut scratch = Cluster::of_nodes(vec![node.clone()]);
     let name = node.name().as_str();

@@ -7,6 +7,7 @@ use std::num::NonZeroU32;
 use proptest::prelude::*;
 
 use super::*;
+use super::{feasible, preempt};
 use crate::domain::{GpuRequest, JobId, MiB, MigProfile, MilliCpu, Resources, Share};
 
 fn whole_gpu(node: &str, i: u32) -> Gpu {
@@ -425,4 +426,92 @@ fn fragmentation_aware_policies_keep_whole_gpus_whole() {
         let p = super::place(&c, &req(frac("0.25")), &profile).unwrap();
         assert_eq!(p.devices[0].gpu_uuid, split.devices[0].gpu_uuid, "{policy}");
     }
+}
+
+fn arb_candidate_traits() -> impl Strategy<Value = (i32, bool, bool, u64)> {
+    (0i32..6, any::<bool>(), prop::bool::weighted(0.2), 0u64..1_000_000)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// Preemption never picks a job it may not touch, and what it picks
+    /// always makes room.
+    #[test]
+    fn preemption_picks_only_eligible_victims_and_frees_enough(
+        fill in proptest::collection::vec(arb_request(), 5..80),
+        traits in proptest::collection::vec(arb_candidate_traits(), 80),
+        want in arb_request(),
+        priority in 0i32..8,
+    ) {
+        let mut c = mixed_cluster();
+        let mut placer = Placer::new(Profile::new(Policy::Allot, 3));
+        let mut candidates = Vec::new();
+        for (k, r) in fill.iter().enumerate() {
+            if let Ok(p) = placer.place(&c, r) {
+                let job = JobId::new_v7();
+                c.allocate(job, &p).unwrap();
+                let (prio, preemptible, protected, cost) = traits[k];
+                candidates.push(preempt::Candidate { job, priority: prio, preemptible, protected, cost });
+            }
+        }
+        let profile = Profile::new(Policy::Allot, 3);
+        let Some(plan) = preempt::plan(&c, &want, priority, &candidates, &profile) else { return Ok(()) };
+        prop_assert!(!plan.victims.is_empty(), "a plan without victims: the job fitted already");
+        for v in &plan.victims {
+            let cand = candidates.iter().find(|c| c.job == *v).unwrap();
+            prop_assert!(cand.preemptible && !cand.protected && cand.priority < priority, "ineligible victim {cand:?}");
+            prop_assert!(c.node(plan.node.as_str()).unwrap().jobs.contains_key(v), "victim on another node");
+        }
+        let mut freed = c.clone();
+        for v in &plan.victims {
+            freed.release(*v, plan.node.as_str()).unwrap();
+        }
+        let node = freed.node(plan.node.as_str()).unwrap();
+        prop_assert!(feasible::check(node, &want).is_ok(), "the victims do not make room");
+        // And none of them was needed for nothing: putting any one back breaks it.
+        for v in &plan.victims {
+            let mut back = freed.clone();
+            let p = c.node(plan.node.as_str()).unwrap().jobs[v].clone();
+            back.allocate(*v, &p).unwrap();
+            prop_assert!(feasible::check(back.node(plan.node.as_str()).unwrap(), &want).is_err(), "victim {v} was unnecessary");
+        }
+    }
+}
+
+#[test]
+fn preemption_prefers_the_cheapest_victims_and_spares_the_protected() {
+    let mut c = Cluster::new();
+    c.upsert_node(node("a", 2, None));
+    c.upsert_node(node("b", 2, None));
+    let profile = Profile::new(Policy::FirstFit, 0);
+    let mut jobs = Vec::new();
+    for _ in 0..4 {
+        let p = super::place(&c, &req(gpus(1)), &profile).unwrap();
+        let j = JobId::new_v7();
+        c.allocate(j, &p).unwrap();
+        jobs.push((j, p.node));
+    }
+    // a: two cheap jobs, one protected; b: two dearer jobs.
+    let cand = |k: usize, cost: u64, protected: bool| preempt::Candidate {
+        job: jobs[k].0,
+        priority: 0,
+        preemptible: true,
+        protected,
+        cost,
+    };
+    let candidates = vec![
+        cand(0, 10, false),
+        cand(1, 20, true),
+        cand(2, 100, false),
+        cand(3, 200, false),
+    ];
+    let plan = preempt::plan(&c, &req(gpus(2)), 5, &candidates, &profile).unwrap();
+    assert_eq!(plan.node.as_str(), "b", "a's protected job blocks a");
+    assert_eq!(plan.cost, 300);
+    // One GPU: the cheapest single victim, on a.
+    let plan = preempt::plan(&c, &req(gpus(1)), 5, &candidates, &profile).unwrap();
+    assert_eq!(plan.victims, vec![jobs[0].0]);
+    // Equal or higher priority is never preempted.
+    assert!(preempt::plan(&c, &req(gpus(1)), 0, &candidates, &profile).is_none());
 }
