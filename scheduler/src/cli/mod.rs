@@ -122,6 +122,14 @@ pub struct SimArgs {
     /// Replay creation and deletion times instead (reports queueing delay).
     #[arg(long)]
     pub timeline: bool,
+    /// With --timeline: divide arrival times by this (run times unchanged),
+    /// to replay a sampled trace under contention.
+    #[arg(long, default_value_t = 1)]
+    pub speedup: u64,
+    /// With --timeline: keep this fraction of the nodes (a seeded sample), so a
+    /// sampled trace meets a cluster its size.
+    #[arg(long, default_value_t = 1.0)]
+    pub cluster_fraction: f64,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -160,13 +160,20 @@ fn sim(a: &super::SimArgs, json: bool) -> anyhow::Result<i32> {
     let nodes = sim::read_nodes(&a.nodes)?;
     let pods = sim::read_pods(&a.pods)?;
     if a.timeline {
-        let r = sim::run_timeline(&nodes, &pods, policy, seeds[0])?;
+        if a.speedup == 0 {
+            anyhow::bail!("--speedup must be at least 1");
+        }
+        if !(a.cluster_fraction > 0.0 && a.cluster_fraction <= 1.0) {
+            anyhow::bail!("--cluster-fraction must be in (0, 1]");
+        }
+        let nodes = sim::sample_nodes(nodes, a.cluster_fraction, seeds[0]);
+        let r = sim::run_timeline(&nodes, &pods, policy, seeds[0], a.speedup)?;
         if json {
             println!("{}", serde_json::to_string(&r)?);
         } else {
             println!(
-                "policy {}: {} pods on {} nodes ({} GPUs), timeline replay",
-                r.policy, r.pods, r.nodes, r.gpus
+                "policy {}: {} pods on {} nodes ({} GPUs), timeline replay, arrivals {}x faster",
+                r.policy, r.pods, r.nodes, r.gpus, r.speedup
             );
             println!(
                 "  placed {} ({} at once), never placed {}",

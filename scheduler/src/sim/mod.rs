@@ -307,6 +307,7 @@ pub struct TimelineReport {
     pub mode: &'static str,
     pub policy: String,
     pub seed: u64,
+    pub speedup: u64,
     pub nodes: usize,
     pub gpus: u64,
     pub pods: usize,
@@ -319,7 +320,8 @@ pub struct TimelineReport {
     pub queue_delay_p50_s: u64,
     pub queue_delay_p99_s: u64,
     pub queue_delay_max_s: u64,
-    /// Time-weighted mean of allocated GPU over capacity while pods ran.
+    /// Time-weighted mean of allocated GPU over capacity, from the first
+    /// arrival to the last.
     pub gpu_alloc_pct_mean: f64,
     pub wall_ms: u128,
 }
@@ -333,12 +335,17 @@ struct Event {
 }
 
 /// Replays creation and deletion times; pods that do not fit wait.
+/// `speedup` divides the arrival times (not the run times): the openb pod
+/// lists are samples that fill 1 % of the cluster at their peak, so a
+/// speed-up of about 100 makes the replay contend for GPUs.
 pub fn run_timeline(
     nodes: &[NodeInventory],
     pods: &[Pod],
     policy: Policy,
     seed: u64,
+    speedup: u64,
 ) -> anyhow::Result<TimelineReport> {
+    let speedup = speedup.max(1);
     let started = Instant::now();
     if pods.iter().any(|p| p.creation.is_none() || p.deletion.is_none()) {
         anyhow::bail!(
@@ -353,7 +360,7 @@ pub fn run_timeline(
     let mut events = BinaryHeap::new();
     for (i, p) in pods.iter().enumerate() {
         events.push(Event {
-            time: std::cmp::Reverse(p.creation.unwrap_or(0)),
+            time: std::cmp::Reverse(p.creation.unwrap_or(0) / speedup),
             arrival: true,
             pod: i,
         });
@@ -362,10 +369,15 @@ pub fn run_timeline(
     let mut placement: Vec<Option<crate::domain::Placement>> = vec![None; pods.len()];
     let mut delays: Vec<u64> = Vec::new();
     let (mut allocated, mut area, mut last_t, mut first_t) = (0u64, 0f64, None::<u64>, None::<u64>);
+    let last_arrival = pods.iter().filter_map(|p| p.creation).max().unwrap_or(0) / speedup;
     while let Some(ev) = events.pop() {
         let now = ev.time.0;
-        if let Some(t) = last_t {
-            area += allocated as f64 * (now - t) as f64;
+        // Allocation is averaged over the arrival window only: after the
+        // last arrival the cluster merely drains.
+        if let Some(t) = last_t
+            && t < last_arrival
+        {
+            area += allocated as f64 * (now.min(last_arrival) - t) as f64;
         }
         first_t.get_or_insert(now);
         last_t = Some(now);
@@ -392,11 +404,11 @@ pub fn run_timeline(
                         .expect("a fresh plan applies");
                     allocated += pod.gpu_milli;
                     placement[i] = Some(p);
-                    let created = pod.creation.unwrap_or(now);
-                    delays.push(now.saturating_sub(created));
+                    let created = pod.creation.unwrap_or(0);
+                    delays.push(now.saturating_sub(created / speedup));
                     let ran = pod
                         .deletion
-                        .unwrap_or(now)
+                        .unwrap_or(created)
                         .saturating_sub(pod.scheduled.unwrap_or(created));
                     events.push(Event {
                         time: std::cmp::Reverse(now + ran.max(1)),
@@ -412,7 +424,7 @@ pub fn run_timeline(
         }
         queue = still;
     }
-    let span = last_t.unwrap_or(0).saturating_sub(first_t.unwrap_or(0)).max(1);
+    let span = last_arrival.saturating_sub(first_t.unwrap_or(0)).max(1);
     let mut sorted = delays.clone();
     sorted.sort_unstable();
     let pct = |p: f64| -> u64 {
@@ -426,6 +438,7 @@ pub fn run_timeline(
         mode: "timeline",
         policy: policy.to_string(),
         seed,
+        speedup,
         nodes: nodes.len(),
         gpus: capacity / 1000,
         pods: pods.len(),
@@ -439,6 +452,27 @@ pub fn run_timeline(
         gpu_alloc_pct_mean: round2(100.0 * area / (span as f64 * capacity as f64)),
         wall_ms: started.elapsed().as_millis(),
     })
+}
+
+/// A seeded sample of about `fraction` of the nodes (at least one).
+pub fn sample_nodes(nodes: Vec<NodeInventory>, fraction: f64, seed: u64) -> Vec<NodeInventory> {
+    if fraction >= 1.0 {
+        return nodes;
+    }
+    let mut rng = Rng::new(seed ^ 0x5eed);
+    let mut picked: Vec<NodeInventory> = Vec::new();
+    let mut rest = Vec::new();
+    for n in nodes {
+        if (rng.below(1_000_000) as f64) < fraction * 1_000_000.0 {
+            picked.push(n);
+        } else {
+            rest.push(n);
+        }
+    }
+    if picked.is_empty() {
+        picked.extend(rest.into_iter().take(1));
+    }
+    picked
 }
 
 /// Parses `42..51` (inclusive), `42,43,50` or `42`.

@@ -128,7 +128,7 @@ fn the_timeline_queues_what_does_not_fit_and_reports_the_wait() {
     pods[3].creation = Some(10);
     pods[3].scheduled = Some(10);
     pods[3].deletion = Some(110);
-    let r = run_timeline(&ns, &pods, Policy::BestFit, 1).unwrap();
+    let r = run_timeline(&ns, &pods, Policy::BestFit, 1, 1).unwrap();
     assert_eq!(r.placed, 4);
     assert_eq!(r.placed_at_once, 2);
     assert_eq!(r.never_placed, 0);
@@ -136,7 +136,7 @@ fn the_timeline_queues_what_does_not_fit_and_reports_the_wait() {
     assert_eq!(r.queue_delay_max_s, 100);
     assert_eq!(r.queue_delay_mean_s, 47.5);
     let no_times = mixed_pods(3);
-    assert!(run_timeline(&ns, &no_times, Policy::BestFit, 1).is_err());
+    assert!(run_timeline(&ns, &no_times, Policy::BestFit, 1, 1).is_err());
 }
 
 #[test]
