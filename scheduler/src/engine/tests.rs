@@ -442,3 +442,137 @@ async fn a_drain_outlives_a_disconnect_and_shows_under_down() {
     h.engine.drain("n1".parse().unwrap(), None).await.unwrap();
     until(&h, j.id, |j| j.state == JobState::Starting).await;
 }
+
+fn preemptible(gpus: u32, priority: i32) -> JobSpec {
+    JobSpec {
+        preemptible: true,
+        priority,
+        ..spec(gpus)
+    }
+}
+
+async fn start_all(h: &Harness, agent: &mut FakeAgent, n: usize) -> Vec<JobId> {
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        let l = agent.expect_launch().await;
+        agent
+            .send(
+                h,
+                AgentEvent::Started {
+                    job: l.job,
+                    attempt: l.attempt,
+                    pid: 1,
+                },
+            )
+            .await;
+        until(h, l.job, |j| j.state == JobState::Running).await;
+        ids.push(l.job);
+    }
+    ids
+}
+
+#[tokio::test]
+async fn preemption_stops_victims_requeues_them_and_places_the_preemptor() {
+    let h = harness().await;
+    let mut agent = FakeAgent::connect(&h, 1, "n1", vec![], vec![]).await;
+    // Two preemptible jobs hold both GPUs; the older has run longer.
+    let a = h.engine.submit(preemptible(1, 0)).await.unwrap();
+    start_all(&h, &mut agent, 1).await;
+    h.clock.advance(Millis::from_secs(60));
+    let b = h.engine.submit(preemptible(1, 0)).await.unwrap();
+    start_all(&h, &mut agent, 1).await;
+    h.clock.advance(Millis::from_secs(60));
+    // A low-priority job waits behind them; then a high-priority one arrives.
+    let low = h.engine.submit(spec(1)).await.unwrap();
+    let high = h
+        .engine
+        .submit(JobSpec {
+            priority: 10,
+            ..spec(1)
+        })
+        .await
+        .unwrap();
+    // The cheaper victim (less work lost: started later) is stopped, only it.
+    let (victim, attempt) = match agent.next().await {
+        AgentOrder::Stop {
+            job,
+            attempt,
+            reason: StopReason::Preempted,
+            ..
+        } => (job, attempt),
+        other => panic!("expected a preemption stop, got {other:?}"),
+    };
+    assert_eq!(victim, b.id);
+    let waiting = until(&h, high.id, |j| j.reason.contains("preempting")).await;
+    assert_eq!(waiting.state, JobState::Pending);
+    agent
+        .send(
+            &h,
+            AgentEvent::Exited(JobExit {
+                job: victim,
+                attempt,
+                outcome: ExitOutcome::Stopped {
+                    exit_code: Some(0),
+                    signal: None,
+                },
+            }),
+        )
+        .await;
+    assert!(matches!(agent.next().await, AgentOrder::AckExit { .. }));
+    // The preemptor gets the GPU, not the low-priority job queued before it.
+    assert_eq!(agent.expect_launch().await.job, high.id);
+    let requeued = until(&h, victim, |j| j.state == JobState::Pending).await;
+    assert_eq!(requeued.attempt, 2);
+    let leases = h.engine.ledger().leases_of(&victim).unwrap();
+    assert_eq!(leases[0].end_reason, Some(EndReason::Preempted));
+    assert_eq!(job(&h, a.id).await.state, JobState::Running);
+    assert_eq!(job(&h, low.id).await.state, JobState::Pending);
+    // The victim keeps its place in the queue: ahead of the job submitted after it.
+    let order: Vec<JobId> = {
+        let state = h.engine.ledger().active_jobs().unwrap();
+        let mut pending: Vec<&Job> = state.iter().filter(|j| j.state == JobState::Pending).collect();
+        pending.sort_by_key(|j| (std::cmp::Reverse(j.spec.priority), j.submitted_at, j.id));
+        pending.iter().map(|j| j.id).collect()
+    };
+    assert_eq!(order, vec![victim, low.id]);
+}
+
+#[tokio::test]
+async fn jobs_inside_their_minimum_runtime_are_not_preempted() {
+    let h = harness().await;
+    let mut agent = FakeAgent::connect(&h, 1, "n1", vec![], vec![]).await;
+    for _ in 0..2 {
+        h.engine
+            .submit(JobSpec {
+                min_runtime: Some(Millis::from_secs(600)),
+                ..preemptible(1, 0)
+            })
+            .await
+            .unwrap();
+    }
+    start_all(&h, &mut agent, 2).await;
+    let high = h
+        .engine
+        .submit(JobSpec {
+            priority: 10,
+            ..spec(1)
+        })
+        .await
+        .unwrap();
+    let pending = until(&h, high.id, |j| j.reason.contains("no node")).await;
+    assert!(!pending.reason.contains("preempting"));
+    // Not a single stop order went out.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(agent.orders.try_recv().is_err());
+    // Once the guard has passed, preemption proceeds.
+    h.clock.advance(Millis::from_secs(601));
+    let other = h.engine.submit(spec(1)).await.unwrap(); // any command: a new pass
+    assert!(matches!(
+        agent.next().await,
+        AgentOrder::Stop {
+            reason: StopReason::Preempted,
+            ..
+        }
+    ));
+    assert_eq!(job(&h, other.id).await.state, JobState::Pending);
+}
