@@ -5,5 +5,6 @@ mod bad_input;
 mod harness;
 mod jobs;
 mod preemption;
+mod sim;
 mod standalone;
 mod tenants;

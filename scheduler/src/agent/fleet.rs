@@ -384,3 +384,42 @@ mod tests {
         assert_eq!(l.iter().map(|(_, s, _)| *s).collect::<Vec<_>>(), vec![4, 0]);
     }
 }
+
+#[cfg(test)]
+mod layout_props {
+    use proptest::prelude::*;
+
+    use super::mig_layout;
+    use crate::domain::MigFamily;
+
+    fn family() -> impl Strategy<Value = (&'static str, MigFamily)> {
+        prop::sample::select(vec![
+            ("A100-40GB", MigFamily::A100_40GB),
+            ("A100-80GB", MigFamily::A100_80GB),
+            ("H100-80GB", MigFamily::H100_80GB),
+            ("H200-141GB", MigFamily::H200_141GB),
+        ])
+    }
+
+    proptest! {
+        /// Every layout accepted obeys NVIDIA's rules: each slice starts at an
+        /// allowed slot, slices never share a memory slot, and compute adds up to at most 7.
+        #[test]
+        fn accepted_layouts_respect_start_slots((model, fam) in family(), picks in proptest::collection::vec(0usize..7, 1..8)) {
+            let names: Vec<String> = picks.iter().map(|&i| fam.profiles()[i % fam.profiles().len()].name.to_string()).collect();
+            let Ok(layout) = mig_layout(model, &names) else { return Ok(()) };
+            let mut used = [false; 8];
+            let mut compute = 0;
+            for (profile, start, _) in &layout {
+                let info = fam.profile(profile.as_str()).unwrap();
+                prop_assert!(info.starts.contains(start), "{} may not start at {start}", profile);
+                for k in *start..*start + info.memory_slices {
+                    prop_assert!(!used[k as usize], "slot {k} used twice in {names:?}");
+                    used[k as usize] = true;
+                }
+                compute += info.compute_slices as u32;
+            }
+            prop_assert!(compute <= 7);
+        }
+    }
+}

@@ -187,3 +187,17 @@ fn the_openb_trace_reproduces_the_published_method() {
     assert!(allot.alloc_pct_at_130 > 95.39, "{allot:?}");
     assert!(allot.alloc_pct_at_100 > best_fit.alloc_pct_at_100);
 }
+
+/// Regression: on a small cluster arrivals jump by more than a percent, so no
+/// event rounded to 130 %, and the report said NaN. It now falls back to the
+/// nearest percent below.
+#[test]
+fn regression_a_percent_without_events_falls_back_below() {
+    let mut b = Buckets::new(132);
+    b.add(120, 90.0);
+    b.add(127, 95.0);
+    assert_eq!(b.at(127), 95.0);
+    assert_eq!(b.at(128), 95.0); // x - 1
+    assert_eq!(b.at(130), 95.0); // nothing within 1: the nearest below
+    assert_eq!(b.at(5), 0.0);
+}

@@ -1,0 +1,63 @@
+//! `allot sim` from the command line: the JSON report and its errors.
+
+use tokio::process::Command;
+
+use crate::harness::BIN;
+
+const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/openb");
+
+async fn sim(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .arg("sim")
+        .args(args)
+        .output()
+        .await
+        .expect("allot runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sim_prints_one_json_report() {
+    let nodes = format!("{DATA}/openb_node_list_gpu_node.csv");
+    let pods = format!("{DATA}/openb_pod_list_multigpu50.csv");
+    let (code, out, err) = sim(&[
+        "--nodes", &nodes, "--pods", &pods, "--policy", "best-fit", "--seeds", "42,43", "--json",
+    ])
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let r: serde_json::Value = serde_json::from_str(&out).expect("one JSON object");
+    assert_eq!(r["policy"], "best-fit");
+    assert_eq!(r["seeds"], serde_json::json!([42, 43]));
+    assert_eq!(r["nodes"], 1213);
+    assert_eq!(r["gpus"], 6212);
+    for key in ["alloc_pct_at_100", "alloc_pct_at_130", "frag_pct_at_100"] {
+        let v = r[key].as_f64().unwrap_or_else(|| panic!("{key} missing: {r}"));
+        assert!((0.0..=100.0).contains(&v), "{key} = {v}");
+    }
+    assert!(r["alloc_pct_at_130"].as_f64() > Some(95.0), "{r}");
+    assert_eq!(r["per_seed"].as_array().map(Vec::len), Some(2));
+
+    // Bad input: a clear message, exit 1, nothing printed on stdout.
+    for (args, says) in [
+        (vec!["--policy", "greedy"], "unknown policy"),
+        (vec!["--seeds", "9..1"], "invalid seeds"),
+        (vec!["--tune-ratio", "0"], "tune-ratio"),
+    ] {
+        let mut all = vec!["--nodes", nodes.as_str(), "--pods", pods.as_str()];
+        all.extend(args);
+        let (code, out, err) = sim(&all).await;
+        assert_eq!(code, 1, "{all:?}");
+        assert!(out.is_empty());
+        assert!(err.contains(says), "{err}");
+    }
+    let (code, _, err) = sim(&["--nodes", "/no/such.csv", "--pods", &pods]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot read /no/such.csv"), "{err}");
+    let (code, _, err) = sim(&["--nodes", &nodes, "--pods", &pods, "--timeline"]).await;
+    assert_eq!(code, 1, "multigpu50 has no times");
+    assert!(err.contains("creation_time"), "{err}");
+}
