@@ -132,7 +132,7 @@ fn preemption(c: &mut Criterion) {
             memory: allot_scheduler::domain::MiB(32 * 1024),
         });
         g.bench_function(name, |b| {
-            b.iter(|| preempt::plan(&s.cluster, black_box(&req), 100, &candidates, &profile))
+            b.iter(|| preempt::plan(&s.cluster, black_box(&req), 100, &candidates, &profile, |_| false))
         });
     }
     g.finish();

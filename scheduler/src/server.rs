@@ -182,6 +182,7 @@ pub struct DevOptions {
     pub listen: SocketAddr,
     pub data_dir: Option<PathBuf>,
     pub policy: crate::placement::Policy,
+    pub placement_seed: u64,
 }
 
 /// `allot server --dev`: a controller, two in-process agents with a declared
@@ -205,6 +206,7 @@ pub async fn run_dev(
         node_lost_grace: Millis::from_secs(30),
         tick: Millis(250),
         policy: opts.policy,
+        placement_seed: opts.placement_seed,
         ..EngineConfig::default()
     };
     let controller = Controller::start(ServerConfig {

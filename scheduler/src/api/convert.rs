@@ -242,6 +242,12 @@ pub fn job_spec(caller: &Caller, spec: Option<&pb::JobSpec>) -> ApiResult<JobSpe
     let mut node_labels = BTreeMap::new();
     for (k, v) in &spec.node_labels {
         check_key("spec.node_labels", k, "label")?;
+        if v.len() > 256 || v.chars().any(char::is_control) {
+            return Err(ApiError::invalid(
+                "spec.node_labels",
+                format!("value of label {k} must be at most 256 printable characters"),
+            ));
+        }
         node_labels.insert(k.clone(), v.clone());
     }
     let positive = |field: &str, v: Option<i64>| -> ApiResult<Option<Millis>> {

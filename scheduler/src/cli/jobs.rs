@@ -233,6 +233,20 @@ pub async fn show(client: &Client, id: &str, json: bool) -> anyhow::Result<i32> 
     if let Some(t) = spec.time_limit_ms {
         println!("  time limit:   {}", output::duration(t));
     }
+    if !spec.gpu_models.is_empty() {
+        println!("  GPU models:   {}", spec.gpu_models.join(" | "));
+    }
+    if !spec.node_labels.is_empty() {
+        let mut labels: Vec<String> = spec.node_labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        labels.sort();
+        println!("  node labels:  {}", labels.join(", "));
+    }
+    if let Some(t) = spec.min_runtime_ms {
+        println!("  min runtime:  {} (not preempted before)", output::duration(t));
+    }
+    if let Some(t) = spec.checkpoint_interval_ms {
+        println!("  checkpoints:  every {}", output::duration(t));
+    }
     if !spec.tags.is_empty() {
         let mut tags: Vec<String> = spec.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
         tags.sort();

@@ -58,6 +58,7 @@ async fn server(a: &ServerArgs) -> anyhow::Result<i32> {
                 listen,
                 data_dir: a.data_dir.clone(),
                 policy: a.policy.parse().map_err(|e| anyhow::anyhow!("--policy: {e}"))?,
+                placement_seed: a.placement_seed,
             },
             shutdown_signal(),
         )

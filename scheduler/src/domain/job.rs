@@ -28,7 +28,7 @@ pub enum GpuRequest {
 impl fmt::Display for GpuRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            GpuRequest::None => f.write_str("no GPU"),
+            GpuRequest::None => f.write_str("a CPU-only job"),
             GpuRequest::Whole(n) if n.get() == 1 => f.write_str("1 GPU"),
             GpuRequest::Whole(n) => write!(f, "{n} GPUs"),
             GpuRequest::Fraction { share, memory: None } => write!(f, "{share} of a GPU"),
@@ -184,4 +184,7 @@ pub struct Job {
     /// 1 for the first run; grows on requeue.
     pub attempt: u32,
     pub cancel_requested: bool,
+    /// Being stopped to make room for this (higher-priority) job.
+    #[serde(default)]
+    pub preempted_by: Option<JobId>,
 }

@@ -45,6 +45,9 @@ struct Nomination {
     victims: Vec<JobId>,
 }
 
+/// A placement pass runs at least this often while jobs are pending.
+const PASS_EVERY: Millis = Millis::from_secs(5);
+
 /// Preemption searches per placement pass, at most: each scans the cluster.
 const PREEMPTION_SEARCHES_PER_PASS: usize = 4;
 
@@ -83,8 +86,8 @@ pub struct Engine {
     pending_logs: HashMap<u64, (JobId, NodeName, oneshot::Sender<EngineResult<LogSlice>>)>,
     /// Pending jobs whose victims are stopping, by preemptor.
     nominations: HashMap<JobId, Nomination>,
-    /// Victims being stopped, with the job they make room for.
-    preempting: HashMap<JobId, JobId>,
+    /// When the last placement pass ran.
+    last_pass: UnixMillis,
     next_request: u64,
     effects: Vec<Effect>,
     dirty: bool,
@@ -128,7 +131,7 @@ impl Engine {
             orphaned: HashMap::new(),
             pending_logs: HashMap::new(),
             nominations: HashMap::new(),
-            preempting: HashMap::new(),
+            last_pass: UnixMillis(0),
             next_request: 1,
             effects: Vec::new(),
             dirty: false,
@@ -161,6 +164,37 @@ impl Engine {
             engine.remember(Request::of(&job.spec));
             engine.jobs.insert(job.id, job);
         }
+        // Preemptions in flight survive a restart: the victims remember who
+        // they make room for, and the preemptors get their nominations back.
+        let victims: Vec<(JobId, JobId, Option<NodeName>)> = engine
+            .jobs
+            .values()
+            .filter_map(|j| {
+                j.preempted_by
+                    .map(|by| (j.id, by, j.placement.as_ref().map(|p| p.node.clone())))
+            })
+            .collect();
+        for (victim, by, node) in victims {
+            let preemptor = engine.jobs.get(&by).filter(|p| p.state == JobState::Pending);
+            match (preemptor, node) {
+                (Some(p), Some(node)) => {
+                    let priority = p.spec.priority;
+                    engine
+                        .nominations
+                        .entry(by)
+                        .or_insert(Nomination {
+                            node,
+                            priority,
+                            victims: Vec::new(),
+                        })
+                        .victims
+                        .push(victim);
+                }
+                // The preemptor is gone; the victim is still told to stop and
+                // will be requeued when it does.
+                _ => {}
+            }
+        }
         info!(pending, placed, "engine state loaded from the ledger");
         Ok(engine)
     }
@@ -188,8 +222,15 @@ impl Engine {
                 self.handle(cmd);
             }
             self.on_tick();
+            // Time alone can change answers (a minimum-runtime guard runs
+            // out), so pending work gets a pass now and then without events.
+            let now = self.clock.now();
+            if !self.queue.is_empty() && now.since(self.last_pass) >= PASS_EVERY {
+                self.needs_pass = true;
+            }
             if self.needs_pass {
                 self.needs_pass = false;
+                self.last_pass = now;
                 self.placement_pass();
             }
             if let Some(e) = self.failed.take() {
@@ -335,6 +376,7 @@ impl Engine {
             lease_ids: Vec::new(),
             attempt: 1,
             cancel_requested: false,
+            preempted_by: None,
         };
         let id = job.id;
         info!(job = %id, tenant = %job.spec.tenant, name = %job.spec.name, "job submitted");
@@ -428,7 +470,7 @@ impl Engine {
         // A preemptor that ends releases its reservation; a victim that ends
         // some other way is one fewer to wait for.
         self.nominations.remove(&id);
-        if let Some(by) = self.preempting.remove(&id)
+        if let Some(by) = self.jobs.get(&id).and_then(|j| j.preempted_by)
             && let Some(n) = self.nominations.get_mut(&by)
         {
             n.victims.retain(|v| *v != id);
@@ -490,6 +532,7 @@ impl Engine {
         job.placement = None;
         job.reason = why.to_string();
         job.attempt += 1;
+        job.preempted_by = None;
         self.queue.push(job);
         self.orphaned.remove(&id);
         self.persist(id, &touched);
@@ -582,7 +625,7 @@ impl Engine {
     fn preemption_candidates(&self, now: UnixMillis) -> Vec<Candidate> {
         self.jobs
             .values()
-            .filter(|j| j.state == JobState::Running && !self.preempting.contains_key(&j.id))
+            .filter(|j| j.state == JobState::Running && j.preempted_by.is_none())
             .map(|j| {
                 let ran = j.started_at.map(|s| now.since(s)).unwrap_or_default();
                 let guard = j
@@ -623,12 +666,20 @@ impl Engine {
         if !candidates.iter().any(|c| c.preemptible && c.priority < priority) {
             return None;
         }
+        // A node another preemptor is emptying is not ours to take.
+        let reserved: std::collections::HashSet<&NodeName> = self
+            .nominations
+            .iter()
+            .filter(|(n, _)| **n != id)
+            .map(|(_, n)| &n.node)
+            .collect();
         let plan = preempt::plan(
             &self.cluster,
             request,
             priority,
             &candidates,
             self.placer.profile(),
+            |node| reserved.contains(node.name()),
         )?;
         info!(
             job = %id,
@@ -638,10 +689,10 @@ impl Engine {
             "preempting to make room"
         );
         for &victim in &plan.victims {
-            self.preempting.insert(victim, id);
             let Some(v) = self.jobs.get_mut(&victim) else {
                 continue;
             };
+            v.preempted_by = Some(id);
             v.reason = format!("being preempted for job {id} (higher priority)");
             let (attempt, grace) = (v.attempt, v.spec.grace_period);
             self.persist(victim, &[]);
@@ -700,6 +751,7 @@ impl Engine {
         job.exit_code = None;
         job.signal = None;
         job.attempt += 1;
+        job.preempted_by = None;
         self.queue.push(job);
         self.persist(id, &[]);
         self.leases.insert(id, Vec::new());
@@ -842,15 +894,24 @@ impl Engine {
                 if job.state == JobState::Starting {
                     self.mark_running(id);
                 }
+                // Stop orders sent while the node was away may never have
+                // arrived: send them again.
                 let job = &self.jobs[&id];
-                if job.cancel_requested {
+                let stop = if job.cancel_requested {
+                    Some(StopReason::Cancelled)
+                } else if job.preempted_by.is_some() {
+                    Some(StopReason::Preempted)
+                } else {
+                    None
+                };
+                if let Some(reason) = stop {
                     self.effects.push(Effect::Order(
                         name.clone(),
                         AgentOrder::Stop {
                             job: id,
                             attempt: job.attempt,
                             grace: job.spec.grace_period,
-                            reason: StopReason::Cancelled,
+                            reason,
                         },
                     ));
                 }
@@ -1012,14 +1073,13 @@ impl Engine {
         if job.attempt != exit.attempt || job.placement.as_ref().is_none_or(|p| &p.node != node) {
             return;
         }
-        if let Some(&by) = self.preempting.get(&exit.job)
+        if let Some(by) = job.preempted_by
             && !job.cancel_requested
             && matches!(
                 exit.outcome,
                 ExitOutcome::Stopped { .. } | ExitOutcome::Signaled(_)
             )
         {
-            self.preempting.remove(&exit.job);
             if let ExitOutcome::Stopped { exit_code, signal } = exit.outcome {
                 job.exit_code = exit_code;
                 job.signal = signal;

@@ -564,9 +564,9 @@ async fn jobs_inside_their_minimum_runtime_are_not_preempted() {
     // Not a single stop order went out.
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(agent.orders.try_recv().is_err());
-    // Once the guard has passed, preemption proceeds.
+    // Once the guard has passed, preemption proceeds on its own: time alone
+    // triggers a placement pass.
     h.clock.advance(Millis::from_secs(601));
-    let other = h.engine.submit(spec(1)).await.unwrap(); // any command: a new pass
     assert!(matches!(
         agent.next().await,
         AgentOrder::Stop {
@@ -574,5 +574,58 @@ async fn jobs_inside_their_minimum_runtime_are_not_preempted() {
             ..
         }
     ));
-    assert_eq!(job(&h, other.id).await.state, JobState::Pending);
+}
+
+#[tokio::test]
+async fn a_preemption_in_flight_survives_a_controller_restart() {
+    let h = harness().await;
+    let mut agent = FakeAgent::connect(&h, 1, "n1", vec![], vec![]).await;
+    h.engine.submit(preemptible(2, 0)).await.unwrap();
+    let victim = start_all(&h, &mut agent, 1).await[0];
+    let high = h
+        .engine
+        .submit(JobSpec {
+            priority: 10,
+            ..spec(1)
+        })
+        .await
+        .unwrap();
+    assert!(matches!(
+        agent.next().await,
+        AgentOrder::Stop {
+            reason: StopReason::Preempted,
+            ..
+        }
+    ));
+    assert_eq!(job(&h, victim).await.preempted_by, Some(high.id));
+    // The controller restarts before the victim has stopped.
+    let Harness { engine, clock, dir } = h;
+    let ledger = engine.ledger().clone();
+    drop(engine);
+    let (engine, _task) = start(ledger, Arc::new(clock.clone()), config()).unwrap();
+    let h = Harness { engine, clock, dir };
+    // The agent comes back with the victim still running: the stop is sent again.
+    let mut agent = FakeAgent::connect(&h, 2, "n1", vec![(victim, 1)], vec![]).await;
+    assert!(
+        matches!(agent.next().await, AgentOrder::Stop { reason: StopReason::Preempted, job, .. } if job == victim)
+    );
+    agent
+        .send(
+            &h,
+            AgentEvent::Exited(JobExit {
+                job: victim,
+                attempt: 1,
+                outcome: ExitOutcome::Stopped {
+                    exit_code: None,
+                    signal: Some(15),
+                },
+            }),
+        )
+        .await;
+    // It is requeued, not failed, and the preemptor runs.
+    let requeued = until(&h, victim, |j| j.state == JobState::Pending).await;
+    assert_eq!(requeued.attempt, 2);
+    assert_eq!(requeued.preempted_by, None);
+    assert!(matches!(agent.next().await, AgentOrder::AckExit { .. }));
+    assert_eq!(agent.expect_launch().await.job, high.id);
 }

@@ -43,6 +43,7 @@ fn job(tenant: &str, state: JobState) -> Job {
         lease_ids: vec![],
         attempt: 1,
         cancel_requested: false,
+        preempted_by: None,
     }
 }
 

@@ -55,6 +55,7 @@ pub fn plan(
     priority: i32,
     candidates: &[Candidate],
     profile: &Profile,
+    exclude: impl Fn(&Node) -> bool,
 ) -> Option<PreemptionPlan> {
     let by_job: HashMap<JobId, &Candidate> = candidates
         .iter()
@@ -63,6 +64,9 @@ pub fn plan(
         .collect();
     let mut best: Option<(PreemptionPlan, u64)> = None;
     for (i, node) in cluster.nodes().iter().enumerate() {
+        if exclude(node) {
+            continue;
+        }
         match feasible::check(node, req) {
             Ok(()) => continue, // it fits already: nothing to preempt
             Err(r) if !r.is_resource_shortage() => continue,

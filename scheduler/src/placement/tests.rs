@@ -456,7 +456,7 @@ proptest! {
             }
         }
         let profile = Profile::new(Policy::Allot, 3);
-        let Some(plan) = preempt::plan(&c, &want, priority, &candidates, &profile) else { return Ok(()) };
+        let Some(plan) = preempt::plan(&c, &want, priority, &candidates, &profile, |_| false) else { return Ok(()) };
         prop_assert!(!plan.victims.is_empty(), "a plan without victims: the job fitted already");
         for v in &plan.victims {
             let cand = candidates.iter().find(|c| c.job == *v).unwrap();
@@ -506,12 +506,12 @@ fn preemption_prefers_the_cheapest_victims_and_spares_the_protected() {
         cand(2, 100, false),
         cand(3, 200, false),
     ];
-    let plan = preempt::plan(&c, &req(gpus(2)), 5, &candidates, &profile).unwrap();
+    let plan = preempt::plan(&c, &req(gpus(2)), 5, &candidates, &profile, |_| false).unwrap();
     assert_eq!(plan.node.as_str(), "b", "a's protected job blocks a");
     assert_eq!(plan.cost, 300);
     // One GPU: the cheapest single victim, on a.
-    let plan = preempt::plan(&c, &req(gpus(1)), 5, &candidates, &profile).unwrap();
+    let plan = preempt::plan(&c, &req(gpus(1)), 5, &candidates, &profile, |_| false).unwrap();
     assert_eq!(plan.victims, vec![jobs[0].0]);
     // Equal or higher priority is never preempted.
-    assert!(preempt::plan(&c, &req(gpus(1)), 0, &candidates, &profile).is_none());
+    assert!(preempt::plan(&c, &req(gpus(1)), 0, &candidates, &profile, |_| false).is_none());
 }
