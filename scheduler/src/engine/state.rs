@@ -175,24 +175,21 @@ impl Engine {
             })
             .collect();
         for (victim, by, node) in victims {
+            // Without a pending preemptor the victim is still told to stop
+            // (on reconnect) and is requeued when it does.
             let preemptor = engine.jobs.get(&by).filter(|p| p.state == JobState::Pending);
-            match (preemptor, node) {
-                (Some(p), Some(node)) => {
-                    let priority = p.spec.priority;
-                    engine
-                        .nominations
-                        .entry(by)
-                        .or_insert(Nomination {
-                            node,
-                            priority,
-                            victims: Vec::new(),
-                        })
-                        .victims
-                        .push(victim);
-                }
-                // The preemptor is gone; the victim is still told to stop and
-                // will be requeued when it does.
-                _ => {}
+            if let (Some(p), Some(node)) = (preemptor, node) {
+                let priority = p.spec.priority;
+                engine
+                    .nominations
+                    .entry(by)
+                    .or_insert(Nomination {
+                        node,
+                        priority,
+                        victims: Vec::new(),
+                    })
+                    .victims
+                    .push(victim);
             }
         }
         info!(pending, placed, "engine state loaded from the ledger");
