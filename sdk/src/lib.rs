@@ -236,6 +236,12 @@ impl JobSpec {
         self
     }
 
+    /// Let a whole-GPU gang span nodes when no single node has room for it.
+    pub fn spread(mut self, yes: bool) -> Self {
+        self.0.spread = yes;
+        self
+    }
+
     /// Run only on nodes carrying this label.
     pub fn node_label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.0.node_labels.insert(key.into(), value.into());
@@ -453,8 +459,14 @@ impl Client {
         }
     }
 
-    /// Reads part of a job's output file (stdout and stderr).
+    /// Reads part of a job's output file (stdout and stderr), from its first node.
     pub async fn logs(&self, id: &str, offset: u64, limit: u32) -> Result<LogChunk> {
+        self.logs_from(id, "", offset, limit).await
+    }
+
+    /// Reads part of a job's output on one of its nodes (a spread gang runs
+    /// on several; empty `node`: the first).
+    pub async fn logs_from(&self, id: &str, node: &str, offset: u64, limit: u32) -> Result<LogChunk> {
         let r = self
             .jobs
             .clone()
@@ -462,6 +474,7 @@ impl Client {
                 id: id.into(),
                 offset,
                 limit,
+                node: node.into(),
             })
             .await?
             .into_inner();

@@ -363,3 +363,41 @@ async fn a_killed_server_restarts_with_every_job_and_lease() {
     let next = client.submit(JobSpec::new("true").gpus(4)).await.unwrap();
     assert_eq!(wait_final(&client, &next.id).await.state(), JobState::Succeeded);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gang_allowed_to_spread_runs_once_per_node() {
+    let dir = tempdir();
+    let server = DevServer::start(dir.path()).await;
+    let client = server.client().await;
+    let script = "echo \"rank $ALLOT_NODE_RANK of $ALLOT_NUM_NODES ($ALLOT_NODES) on $CUDA_VISIBLE_DEVICES\"";
+    // Six GPUs: no dev node has more than four whole ones.
+    let err = client
+        .submit(JobSpec::new("sh").args(["-c", script]).gpus(6))
+        .await
+        .unwrap();
+    let pending = wait_for(&client, &err.id, "explained", |j| j.reason.contains("no node")).await;
+    assert_eq!(pending.state(), JobState::Pending);
+    client.cancel(&err.id, "").await.unwrap();
+
+    let job = client
+        .submit(JobSpec::new("sh").args(["-c", script]).gpus(6).spread(true))
+        .await
+        .unwrap();
+    let done = wait_final(&client, &job.id).await;
+    assert_eq!(done.state(), JobState::Succeeded, "{}", done.reason);
+    assert_eq!(done.placements.len(), 2);
+    assert_eq!(done.placements.iter().map(|p| p.devices.len()).sum::<usize>(), 6);
+    assert_eq!(done.leases.len(), 6);
+    let nodes: Vec<String> = done.placements.iter().map(|p| p.node.clone()).collect();
+    for (rank, p) in done.placements.iter().enumerate() {
+        let out = String::from_utf8(client.logs_from(&job.id, &p.node, 0, 0).await.unwrap().data).unwrap();
+        let devices: Vec<&str> = p.devices.iter().map(|d| d.device_uuid.as_str()).collect();
+        assert_eq!(
+            out.trim(),
+            format!("rank {rank} of 2 ({}) on {}", nodes.join(","), devices.join(","))
+        );
+    }
+    // A node the job does not run on is refused.
+    let err = client.logs_from(&job.id, "nowhere", 0, 0).await.unwrap_err();
+    assert_eq!(err.code(), allot_sdk::Code::FailedPrecondition);
+}

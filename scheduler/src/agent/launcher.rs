@@ -266,6 +266,15 @@ fn job_env(order: &pb::LaunchJob, ctx: &JobContext) -> Vec<(String, String)> {
     if let Some(t) = order.time_limit_ms {
         allot.push(("ALLOT_TIME_LIMIT_MS", t.to_string()));
     }
+    // A gang spread over nodes runs once per node; each part knows its rank.
+    let nodes = if order.nodes.is_empty() {
+        vec![ctx.node.clone()]
+    } else {
+        order.nodes.clone()
+    };
+    allot.push(("ALLOT_NUM_NODES", nodes.len().to_string()));
+    allot.push(("ALLOT_NODES", nodes.join(",")));
+    allot.push(("ALLOT_NODE_RANK", order.node_rank.to_string()));
     env.extend(allot.into_iter().map(|(k, v)| (k.to_string(), v)));
     env
 }

@@ -142,6 +142,8 @@ fn order_pb(order: AgentOrder) -> pb::ControllerMessage {
             lease_ids: o.lease_ids,
             cpu_millis: o.spec.resources.cpu.0 as i64,
             memory_mib: o.spec.resources.memory.0 as i64,
+            nodes: o.nodes.clone(),
+            node_rank: o.rank,
         }),
         AgentOrder::Stop {
             job,
@@ -155,6 +157,7 @@ fn order_pb(order: AgentOrder) -> pb::ControllerMessage {
             reason: match reason {
                 StopReason::Cancelled => pb::StopReason::Cancelled,
                 StopReason::Preempted => pb::StopReason::Preempted,
+                StopReason::Gang => pb::StopReason::Gang,
                 StopReason::UnknownJob => pb::StopReason::UnknownJob,
             } as i32,
         }),

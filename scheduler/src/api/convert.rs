@@ -263,6 +263,12 @@ pub fn job_spec(caller: &Caller, spec: Option<&pb::JobSpec>) -> ApiResult<JobSpe
     let min_runtime = positive("spec.min_runtime_ms", spec.min_runtime_ms)?;
     let checkpoint_interval = positive("spec.checkpoint_interval_ms", spec.checkpoint_interval_ms)?;
     let resources = resources(spec.resources.as_ref())?;
+    if spec.spread && !matches!(resources.gpu, GpuRequest::Whole(_)) {
+        return Err(ApiError::invalid(
+            "spec.spread",
+            "applies only to a job that asks for whole GPUs",
+        ));
+    }
     if !gpu_models.is_empty() && resources.gpu == GpuRequest::None {
         return Err(ApiError::invalid(
             "spec.gpu_models",
@@ -279,6 +285,7 @@ pub fn job_spec(caller: &Caller, spec: Option<&pb::JobSpec>) -> ApiResult<JobSpe
         constraints: Constraints {
             gpu_models,
             node_labels,
+            spread: spec.spread,
         },
         priority: spec.priority,
         preemptible: spec.preemptible,
@@ -419,6 +426,7 @@ pub fn spec_pb(s: &JobSpec) -> pb::JobSpec {
         node_labels: s.constraints.node_labels.clone().into_iter().collect(),
         min_runtime_ms: s.min_runtime.map(|t| t.0 as i64),
         checkpoint_interval_ms: s.checkpoint_interval.map(|t| t.0 as i64),
+        spread: s.constraints.spread,
     }
 }
 
@@ -436,7 +444,8 @@ pub fn job_pb(j: &Job, leases: &[Lease]) -> pb::Job {
         ended_at_unix_ms: ms(j.ended_at),
         exit_code: j.exit_code,
         signal: j.signal,
-        placement: j.placement.as_ref().map(placement_pb),
+        placement: j.placements.first().map(placement_pb),
+        placements: j.placements.iter().map(placement_pb).collect(),
         leases: leases.iter().map(lease_pb).collect(),
         attempt: j.attempt,
         cancel_requested: j.cancel_requested,

@@ -220,7 +220,11 @@ impl pb::job_service_server::JobService for Api {
             0 => MAX_LOG_CHUNK,
             n => n.min(MAX_LOG_CHUNK),
         };
-        let slice = tokio::time::timeout(LOG_TIMEOUT, self.engine.read_logs(id, req.offset, limit))
+        let node = match req.node.trim() {
+            "" => None,
+            n => Some(n.parse().map_err(|e| ApiError::invalid("node", e))?),
+        };
+        let slice = tokio::time::timeout(LOG_TIMEOUT, self.engine.read_logs(id, node, req.offset, limit))
             .await
             .map_err(|_| ApiError::Unavailable("the node holding the output did not answer in time".into()))?
             .map_err(ApiError::from)?;

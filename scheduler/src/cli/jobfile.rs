@@ -37,6 +37,8 @@ pub struct JobFile {
     pub node_labels: BTreeMap<String, String>,
     /// Not preempted before it has run this long (`10m`).
     pub min_runtime: Option<String>,
+    /// A whole-GPU gang may span nodes.
+    pub spread: Option<bool>,
     /// How often the job checkpoints (`30m`).
     pub checkpoint_interval: Option<String>,
 }
@@ -153,6 +155,7 @@ impl JobFile {
             tenant: self.tenant.unwrap_or_default(),
             project: self.project.unwrap_or_default(),
             tags: self.tags.into_iter().collect(),
+            spread: self.spread.unwrap_or(false),
             gpu_models: self.gpu_models,
             node_labels: self.node_labels.into_iter().collect(),
             min_runtime_ms: self

@@ -55,6 +55,9 @@ pub fn build_spec(a: &SubmitArgs) -> anyhow::Result<proto::JobSpec> {
     if a.preemptible {
         spec.preemptible = true;
     }
+    if a.spread {
+        spec.spread = true;
+    }
     if let Some(t) = &a.time {
         spec.time_limit_ms = Some(duration_ms("--time", t)?);
     }
@@ -274,8 +277,12 @@ pub async fn show(client: &Client, id: &str, json: bool) -> anyhow::Result<i32> 
     if let Some(s) = j.signal {
         println!("  signal:       {s}");
     }
-    if let Some(p) = &j.placement {
-        println!("  node:         {}", p.node);
+    for (rank, p) in j.placements.iter().enumerate() {
+        if j.placements.len() > 1 {
+            println!("  node {rank}:       {}", p.node);
+        } else {
+            println!("  node:         {}", p.node);
+        }
         for d in &p.devices {
             let what = if d.mig_profile.is_empty() {
                 format!("share {}", output::fraction(d.share.as_ref()))
@@ -350,11 +357,11 @@ fn allot_now() -> i64 {
     crate::domain::UnixMillis::now().0 as i64
 }
 
-pub async fn logs(client: &Client, id: &str, follow: bool) -> anyhow::Result<i32> {
+pub async fn logs(client: &Client, id: &str, node: Option<&str>, follow: bool) -> anyhow::Result<i32> {
     let mut offset = 0;
     let mut stdout = std::io::stdout();
     loop {
-        let chunk = match client.logs(id, offset, 0).await {
+        let chunk = match client.logs_from(id, node.unwrap_or(""), offset, 0).await {
             Ok(c) => c,
             // Not placed yet, or its node is away: with --follow, wait for it.
             Err(e)

@@ -79,6 +79,9 @@ pub enum Command {
         /// Keep printing new output until the job ends.
         #[arg(long, short)]
         follow: bool,
+        /// For a job on several nodes: whose output [default: its first node].
+        #[arg(long)]
+        node: Option<String>,
     },
     /// List nodes, their GPUs and MIG slices, and what is allocated.
     Nodes,
@@ -211,9 +214,13 @@ pub struct SubmitArgs {
     pub command: Vec<String>,
     #[arg(long)]
     pub name: Option<String>,
-    /// Whole GPUs on one node.
+    /// Whole GPUs, on one node (see --spread).
     #[arg(long, allow_negative_numbers = true)]
     pub gpus: Option<i32>,
+    /// With --gpus: let the gang span nodes when no single node has room
+    /// (the command then runs once per node; see ALLOT_NODE_RANK).
+    #[arg(long)]
+    pub spread: bool,
     /// A share of one GPU: `0.25` or `1/4`.
     #[arg(long)]
     pub gpu_fraction: Option<String>,

@@ -187,6 +187,15 @@ pub fn lease_json(l: &proto::Lease) -> Value {
     })
 }
 
+fn placement_json(p: &proto::Placement) -> Value {
+    json!({
+        "node": p.node,
+        "devices": p.devices.iter().map(device_json).collect::<Vec<_>>(),
+        "cpu_millis": p.cpu_millis,
+        "memory_mib": p.memory_mib,
+    })
+}
+
 pub fn job_json(j: &proto::Job) -> Value {
     let spec = j.spec.as_ref();
     json!({
@@ -214,12 +223,8 @@ pub fn job_json(j: &proto::Job) -> Value {
         "submitted_at": opt_ms(j.submitted_at_unix_ms),
         "started_at": opt_ms(j.started_at_unix_ms),
         "ended_at": opt_ms(j.ended_at_unix_ms),
-        "placement": j.placement.as_ref().map(|p| json!({
-            "node": p.node,
-            "devices": p.devices.iter().map(device_json).collect::<Vec<_>>(),
-            "cpu_millis": p.cpu_millis,
-            "memory_mib": p.memory_mib,
-        })),
+        "placement": j.placement.as_ref().map(placement_json),
+        "placements": j.placements.iter().map(placement_json).collect::<Vec<_>>(),
         "leases": j.leases.iter().map(lease_json).collect::<Vec<_>>(),
     })
 }

@@ -260,7 +260,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Job { id } => jobs::show(&client, id, json).await,
         Command::Cancel { id, reason } => jobs::cancel(&client, id, reason, json).await,
         Command::Watch { id } => jobs::watch(&client, id, json).await,
-        Command::Logs { id, follow } => jobs::logs(&client, id, *follow).await,
+        Command::Logs { id, follow, node } => jobs::logs(&client, id, node.as_deref(), *follow).await,
         Command::Nodes => nodes::list(&client, json).await,
         Command::Drain { node, reason } => nodes::drain(&client, node, Some(reason), json).await,
         Command::Undrain { node } => nodes::drain(&client, node, None, json).await,

@@ -62,6 +62,9 @@ pub struct Constraints {
     /// Labels a node must carry, all of them.
     #[serde(default)]
     pub node_labels: BTreeMap<String, String>,
+    /// A whole-GPU gang may span nodes when no one node has room for it.
+    #[serde(default)]
+    pub spread: bool,
 }
 
 /// A validated job specification.
@@ -89,6 +92,33 @@ pub struct JobSpec {
     /// How often it checkpoints (for the cost of preempting it).
     #[serde(default)]
     pub checkpoint_interval: Option<Millis>,
+}
+
+impl Job {
+    /// Whether a part of the job is placed on `node`.
+    pub fn runs_on(&self, node: &NodeName) -> bool {
+        self.placements.iter().any(|p| &p.node == node)
+    }
+
+    /// The nodes the job is placed on, in rank order.
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeName> {
+        self.placements.iter().map(|p| &p.node)
+    }
+
+    /// Nodes whose part has not ended yet.
+    pub fn live_nodes(&self) -> Vec<NodeName> {
+        self.nodes()
+            .filter(|n| !self.parts_exited.iter().any(|e| &e.node == *n))
+            .cloned()
+            .collect()
+    }
+
+    /// Forgets where the job ran (for a requeue).
+    pub fn unplace(&mut self) {
+        self.placements.clear();
+        self.parts_started.clear();
+        self.parts_exited.clear();
+    }
 }
 
 impl JobSpec {
@@ -165,6 +195,41 @@ pub struct Placement {
     pub memory: MiB,
 }
 
+/// What an agent reports about one job's end (on one node).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitOutcome {
+    Exited(i32),
+    Signaled(i32),
+    /// Stopped at its time limit; with the exit code or signal seen.
+    TimedOut {
+        exit_code: Option<i32>,
+        signal: Option<i32>,
+    },
+    /// Stopped on the controller's order; with the exit code or signal seen.
+    Stopped {
+        exit_code: Option<i32>,
+        signal: Option<i32>,
+    },
+    LaunchFailed(String),
+    /// Its node went away with it (the controller's verdict, not a report).
+    Lost(String),
+}
+
+impl ExitOutcome {
+    /// Whether this part ended well (exit code 0).
+    pub fn is_success(&self) -> bool {
+        matches!(self, ExitOutcome::Exited(0))
+    }
+}
+
+/// How one part of a job (its share on one node) ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartExit {
+    pub node: NodeName,
+    pub outcome: ExitOutcome,
+}
+
 /// A job and its current state, as stored in the ledger.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Job {
@@ -178,7 +243,15 @@ pub struct Job {
     pub ended_at: Option<UnixMillis>,
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
-    pub placement: Option<Placement>,
+    /// Where the job runs: one part per node (several only for a gang
+    /// allowed to spread). Empty while pending.
+    #[serde(default)]
+    pub placements: Vec<Placement>,
+    /// Nodes whose part has started, and parts that have ended, this attempt.
+    #[serde(default)]
+    pub parts_started: Vec<NodeName>,
+    #[serde(default)]
+    pub parts_exited: Vec<PartExit>,
     /// Leases of all attempts, oldest first.
     pub lease_ids: Vec<LeaseId>,
     /// 1 for the first run; grows on requeue.

@@ -7,7 +7,9 @@ pub mod mig;
 pub mod units;
 
 pub use ids::{JobId, LeaseId, NodeName, ProjectName, TenantName};
-pub use job::{Constraints, DeviceGrant, GpuRequest, Job, JobSpec, JobState, Placement, Resources};
+pub use job::{
+    Constraints, DeviceGrant, ExitOutcome, GpuRequest, Job, JobSpec, JobState, PartExit, Placement, Resources,
+};
 pub use lease::{EndReason, Lease, LeaseState};
 pub use mig::{MigFamily, MigProfile};
 pub use units::{MiB, MilliCpu, Millis, Share, UnixMillis};

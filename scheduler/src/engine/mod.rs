@@ -14,6 +14,7 @@ use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::clock::Clock;
+pub use crate::domain::ExitOutcome;
 use crate::domain::{DeviceGrant, Job, JobId, JobSpec, Millis, NodeName, UnixMillis};
 use crate::ledger::Ledger;
 use crate::placement::{Node, NodeInventory, Policy};
@@ -76,24 +77,6 @@ pub struct JobEvent {
     pub at: UnixMillis,
 }
 
-/// What an agent reports about one job's end.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ExitOutcome {
-    Exited(i32),
-    Signaled(i32),
-    /// Stopped at its time limit; with the exit code or signal seen.
-    TimedOut {
-        exit_code: Option<i32>,
-        signal: Option<i32>,
-    },
-    /// Stopped on the controller's order; with the exit code or signal seen.
-    Stopped {
-        exit_code: Option<i32>,
-        signal: Option<i32>,
-    },
-    LaunchFailed(String),
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobExit {
     pub job: JobId,
@@ -147,6 +130,8 @@ pub enum AgentEvent {
 pub enum StopReason {
     Cancelled,
     Preempted,
+    /// Another part of the same gang ended badly.
+    Gang,
     UnknownJob,
 }
 
@@ -158,6 +143,9 @@ pub struct LaunchOrder {
     pub spec: JobSpec,
     pub devices: Vec<DeviceGrant>,
     pub lease_ids: Vec<String>,
+    /// Every node of the job, in rank order, and this part's rank.
+    pub nodes: Vec<String>,
+    pub rank: u32,
 }
 
 /// What the controller tells an agent.
@@ -227,6 +215,7 @@ pub(crate) enum Command {
     },
     ReadLogs {
         id: JobId,
+        node: Option<NodeName>,
         offset: u64,
         limit: u32,
         reply: oneshot::Sender<EngineResult<LogSlice>>,
@@ -274,9 +263,16 @@ impl EngineHandle {
         self.ask(|reply| Command::Drain { node, reason, reply }).await?
     }
 
-    pub async fn read_logs(&self, id: JobId, offset: u64, limit: u32) -> EngineResult<LogSlice> {
+    pub async fn read_logs(
+        &self,
+        id: JobId,
+        node: Option<NodeName>,
+        offset: u64,
+        limit: u32,
+    ) -> EngineResult<LogSlice> {
         self.ask(|reply| Command::ReadLogs {
             id,
+            node,
             offset,
             limit,
             reply,

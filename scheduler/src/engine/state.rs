@@ -82,7 +82,7 @@ pub struct Engine {
     drained: HashMap<NodeName, String>,
     /// Active jobs placed on nodes that are not connected, with the deadline
     /// after which they are lost.
-    orphaned: HashMap<JobId, UnixMillis>,
+    orphaned: HashMap<(JobId, NodeName), UnixMillis>,
     pending_logs: HashMap<u64, (JobId, NodeName, oneshot::Sender<EngineResult<LogSlice>>)>,
     /// Pending jobs whose victims are stopping, by preemptor.
     nominations: HashMap<JobId, Nomination>,
@@ -153,10 +153,12 @@ impl Engine {
                     pending += 1;
                 }
                 _ => {
-                    // Its node has to come back and say whether it still runs it.
-                    engine
-                        .orphaned
-                        .insert(job.id, now.plus(engine.config.node_lost_grace));
+                    // Its nodes have to come back and say whether they still run it.
+                    for node in job.live_nodes() {
+                        engine
+                            .orphaned
+                            .insert((job.id, node), now.plus(engine.config.node_lost_grace));
+                    }
                     placed += 1;
                 }
             }
@@ -171,7 +173,7 @@ impl Engine {
             .values()
             .filter_map(|j| {
                 j.preempted_by
-                    .map(|by| (j.id, by, j.placement.as_ref().map(|p| p.node.clone())))
+                    .map(|by| (j.id, by, j.placements.first().map(|p| p.node.clone())))
             })
             .collect();
         for (victim, by, node) in victims {
@@ -324,10 +326,11 @@ impl Engine {
             }
             Command::ReadLogs {
                 id,
+                node,
                 offset,
                 limit,
                 reply: tx,
-            } => self.read_logs(id, offset, limit, tx),
+            } => self.read_logs(id, node, offset, limit, tx),
         }
     }
 
@@ -369,7 +372,9 @@ impl Engine {
             ended_at: None,
             exit_code: None,
             signal: None,
-            placement: None,
+            placements: Vec::new(),
+            parts_started: Vec::new(),
+            parts_exited: Vec::new(),
             lease_ids: Vec::new(),
             attempt: 1,
             cancel_requested: false,
@@ -415,23 +420,8 @@ impl Engine {
                 if !job.cancel_requested {
                     job.cancel_requested = true;
                     job.reason = format!("{why}; stopping");
-                    let (node, attempt, grace) = (
-                        job.placement.as_ref().map(|p| p.node.clone()),
-                        job.attempt,
-                        job.spec.grace_period,
-                    );
                     self.persist(id, &[]);
-                    if let Some(node) = node {
-                        self.effects.push(Effect::Order(
-                            node,
-                            AgentOrder::Stop {
-                                job: id,
-                                attempt,
-                                grace,
-                                reason: StopReason::Cancelled,
-                            },
-                        ));
-                    }
+                    self.stop_parts(id, StopReason::Cancelled);
                     info!(job = %id, "cancel requested; stopping the job");
                 }
             }
@@ -456,14 +446,10 @@ impl Engine {
         let now = self.clock.now();
         let Some(job) = self.jobs.get(&id) else { return };
         let state = job.state;
-        let node = job.placement.as_ref().map(|p| p.node.clone());
-        let end = self.lease_end(id, now);
-        self.close_leases(id, state, end);
-        if let Some(node) = node {
-            self.cluster.release(id, node.as_str());
-        }
+        self.close_leases(id, state, now);
+        self.release_all(id);
         self.queue.remove(&id);
-        self.orphaned.remove(&id);
+        self.orphaned.retain(|(j, _), _| *j != id);
         // A preemptor that ends releases its reservation; a victim that ends
         // some other way is one fewer to wait for.
         self.nominations.remove(&id);
@@ -479,25 +465,34 @@ impl Engine {
         self.needs_pass = true;
     }
 
-    /// When leases of a job ending now end: now, or for a lost node, its last heartbeat.
-    fn lease_end(&self, id: JobId, now: UnixMillis) -> UnixMillis {
-        let job = &self.jobs[&id];
-        if job.state != JobState::NodeLost {
+    /// When the leases on `node` of a job ending now end: now, or if its part
+    /// there was lost with the node, the node's last heartbeat.
+    fn part_end(&self, job: &Job, node: &NodeName, now: UnixMillis) -> UnixMillis {
+        let lost = job
+            .parts_exited
+            .iter()
+            .any(|e| &e.node == node && matches!(e.outcome, ExitOutcome::Lost(_)));
+        if !lost {
             return now;
         }
-        job.placement
-            .as_ref()
-            .and_then(|p| self.nodes.get(&p.node))
+        self.nodes
+            .get(node)
             .and_then(|m| m.last_heartbeat)
             .unwrap_or(now)
             .min(now)
     }
 
-    fn close_leases(&mut self, id: JobId, state: JobState, end: UnixMillis) {
+    fn close_leases(&mut self, id: JobId, state: JobState, now: UnixMillis) {
+        let Some(job) = self.jobs.get(&id) else { return };
+        let ends: HashMap<NodeName, UnixMillis> = job
+            .nodes()
+            .map(|n| (n.clone(), self.part_end(job, n, now)))
+            .collect();
         let Some(leases) = self.leases.get_mut(&id) else {
             return;
         };
         for lease in leases.iter_mut().filter(|l| l.state != LeaseState::Closed) {
+            let end = ends.get(&lease.node).copied().unwrap_or(now);
             let reason = match (lease.state, EndReason::for_final_state(state)) {
                 (LeaseState::Reserved, _) | (_, None) => EndReason::ReleasedUnstarted,
                 (_, Some(r)) => r,
@@ -510,8 +505,9 @@ impl Engine {
 
     /// Puts a placed job that never started back in the queue.
     fn requeue_unstarted(&mut self, id: JobId, why: &str) {
-        let Some(job) = self.jobs.get(&id) else { return };
-        let node = job.placement.as_ref().map(|p| p.node.clone());
+        if !self.jobs.contains_key(&id) {
+            return;
+        }
         let now = self.clock.now();
         if let Some(leases) = self.leases.get_mut(&id) {
             for lease in leases.iter_mut().filter(|l| l.state != LeaseState::Closed) {
@@ -520,18 +516,16 @@ impl Engine {
                 lease.end_reason = Some(EndReason::ReleasedUnstarted);
             }
         }
-        if let Some(node) = node {
-            self.cluster.release(id, node.as_str());
-        }
+        self.release_all(id);
         let touched = self.all_lease_ids(&id);
         let job = self.jobs.get_mut(&id).expect("checked above");
         job.state = JobState::Pending;
-        job.placement = None;
+        job.unplace();
         job.reason = why.to_string();
         job.attempt += 1;
         job.preempted_by = None;
         self.queue.push(job);
-        self.orphaned.remove(&id);
+        self.orphaned.retain(|(j, _), _| *j != id);
         self.persist(id, &touched);
         self.leases.insert(id, Vec::new());
         self.needs_pass = true;
@@ -577,16 +571,16 @@ impl Engine {
                 .filter(|(n, _)| **n != id)
                 .map(|(_, n)| (n.node.as_str(), n.priority))
                 .collect();
-            let placed = self.placer.place_where(&self.cluster, &request, |_, node| {
+            let placed = self.placer.place_job(&self.cluster, &request, |_, node| {
                 match reserved.get(node.name().as_str()) {
                     Some(&p) if p >= priority => Some(Rejection::NodeReserved),
                     _ => None,
                 }
             });
             match placed {
-                Ok(p) => {
+                Ok(parts) => {
                     self.nominations.remove(&id);
-                    self.commit_placement(id, p)
+                    self.commit_placement(id, parts)
                 }
                 Err(why) => {
                     let mut reason = why.explain(&job.spec.resources.gpu);
@@ -635,15 +629,11 @@ impl Engine {
                     _ => ran.0,
                 };
                 let share: u64 = j
-                    .placement
-                    .as_ref()
-                    .map(|p| {
-                        p.devices
-                            .iter()
-                            .map(|d| (d.share.numerator() * MICRO as u64).div_ceil(d.share.denominator()))
-                            .sum()
-                    })
-                    .unwrap_or(0);
+                    .placements
+                    .iter()
+                    .flat_map(|p| p.devices.iter())
+                    .map(|d| (d.share.numerator() * MICRO as u64).div_ceil(d.share.denominator()))
+                    .sum();
                 Candidate {
                     job: j.id,
                     priority: j.spec.priority,
@@ -691,17 +681,8 @@ impl Engine {
             };
             v.preempted_by = Some(id);
             v.reason = format!("being preempted for job {id} (higher priority)");
-            let (attempt, grace) = (v.attempt, v.spec.grace_period);
             self.persist(victim, &[]);
-            self.effects.push(Effect::Order(
-                plan.node.clone(),
-                AgentOrder::Stop {
-                    job: victim,
-                    attempt,
-                    grace,
-                    reason: StopReason::Preempted,
-                },
-            ));
+            self.stop_parts(victim, StopReason::Preempted);
         }
         let reason = format!(
             "preempting {} job{} on {}",
@@ -731,18 +712,15 @@ impl Engine {
         job.state = JobState::Preempted;
         job.reason = format!("preempted for job {by}");
         job.ended_at = Some(now);
-        let node = job.placement.as_ref().map(|p| p.node.clone());
         self.close_leases(id, JobState::Preempted, now);
-        if let Some(node) = node {
-            self.cluster.release(id, node.as_str());
-        }
+        self.release_all(id);
         let touched = self.all_lease_ids(&id);
         self.persist(id, &touched);
         info!(job = %id, by = %by, "job preempted; requeued");
         let job = self.jobs.get_mut(&id).expect("present");
         job.state = JobState::Pending;
         job.reason = format!("requeued after preemption for job {by}");
-        job.placement = None;
+        job.unplace();
         job.started_at = None;
         job.ended_at = None;
         job.exit_code = None;
@@ -755,18 +733,25 @@ impl Engine {
         self.needs_pass = true;
     }
 
-    fn commit_placement(&mut self, id: JobId, p: crate::domain::Placement) {
-        if let Err(e) = self.cluster.allocate(id, &p) {
-            // The plan was made against this very cluster; refusing it means a bug.
-            error!(job = %id, error = %e, "placement refused by the cluster model");
-            return;
+    /// Makes a placement real: allocates every part, writes the leases and
+    /// the job (durable at this turn's flush), then orders each node to launch.
+    fn commit_placement(&mut self, id: JobId, parts: Vec<crate::domain::Placement>) {
+        for (k, p) in parts.iter().enumerate() {
+            if let Err(e) = self.cluster.allocate(id, p) {
+                // The plan was made against this very cluster; refusing it means a bug.
+                error!(job = %id, error = %e, "placement refused by the cluster model");
+                for done in &parts[..k] {
+                    self.cluster.release(id, done.node.as_str());
+                }
+                return;
+            }
         }
         let now = self.clock.now();
         let job = self.jobs.get_mut(&id).expect("queued jobs are active");
-        let leases: Vec<Lease> = p
-            .devices
+        let leases: Vec<Lease> = parts
             .iter()
-            .map(|d| Lease {
+            .flat_map(|p| p.devices.iter().map(move |d| (p, d)))
+            .map(|(p, d)| Lease {
                 id: LeaseId::new_v7(),
                 job_id: id,
                 attempt: job.attempt,
@@ -781,25 +766,74 @@ impl Engine {
                 end_reason: None,
             })
             .collect();
+        let nodes: Vec<String> = parts.iter().map(|p| p.node.to_string()).collect();
         job.state = JobState::Starting;
-        job.reason = format!("starting on {}", p.node);
+        job.reason = format!("starting on {}", nodes.join(", "));
         job.lease_ids.extend(leases.iter().map(|l| l.id));
-        job.placement = Some(p.clone());
-        let order = LaunchOrder {
-            job: id,
-            attempt: job.attempt,
-            spec: job.spec.clone(),
-            devices: p.devices.clone(),
-            lease_ids: leases.iter().map(|l| l.id.to_string()).collect(),
-        };
+        job.unplace();
+        job.placements = parts.clone();
+        let orders: Vec<(NodeName, LaunchOrder)> = parts
+            .iter()
+            .enumerate()
+            .map(|(rank, p)| {
+                let lease_ids = leases
+                    .iter()
+                    .filter(|l| l.node == p.node)
+                    .map(|l| l.id.to_string())
+                    .collect();
+                (
+                    p.node.clone(),
+                    LaunchOrder {
+                        job: id,
+                        attempt: job.attempt,
+                        spec: job.spec.clone(),
+                        devices: p.devices.clone(),
+                        lease_ids,
+                        nodes: nodes.clone(),
+                        rank: rank as u32,
+                    },
+                )
+            })
+            .collect();
         let touched: Vec<LeaseId> = leases.iter().map(|l| l.id).collect();
         self.leases.insert(id, leases);
         self.queue.remove(&id);
-        // Lease durable first (this turn's flush), then the agent hears of it.
+        // Leases durable first (this turn's flush), then the agents hear of it.
         self.persist(id, &touched);
-        info!(job = %id, node = %p.node, devices = p.devices.len(), "job placed");
-        self.effects
-            .push(Effect::Order(p.node.clone(), AgentOrder::Launch(Box::new(order))));
+        info!(job = %id, nodes = %nodes.join(","), "job placed");
+        for (node, order) in orders {
+            self.effects
+                .push(Effect::Order(node, AgentOrder::Launch(Box::new(order))));
+        }
+    }
+
+    /// Frees what the job holds on every node.
+    fn release_all(&mut self, id: JobId) {
+        let nodes: Vec<NodeName> = self
+            .jobs
+            .get(&id)
+            .map(|j| j.nodes().cloned().collect())
+            .unwrap_or_default();
+        for n in nodes {
+            self.cluster.release(id, n.as_str());
+        }
+    }
+
+    /// Orders every part of the job that has not ended to stop.
+    fn stop_parts(&mut self, id: JobId, reason: StopReason) {
+        let Some(job) = self.jobs.get(&id) else { return };
+        let (attempt, grace) = (job.attempt, job.spec.grace_period);
+        for node in job.live_nodes() {
+            self.effects.push(Effect::Order(
+                node,
+                AgentOrder::Stop {
+                    job: id,
+                    attempt,
+                    grace,
+                    reason,
+                },
+            ));
+        }
     }
 
     // --- nodes and agents -----------------------------------------------------
@@ -876,21 +910,28 @@ impl Engine {
         let here: Vec<JobId> = self
             .jobs
             .values()
-            .filter(|j| j.placement.as_ref().is_some_and(|p| p.node == name))
+            .filter(|j| j.runs_on(&name))
             .map(|j| j.id)
             .collect();
         for id in here {
             let job = &self.jobs[&id];
-            let placement = job.placement.clone().expect("filtered on placement");
-            let still_running = running.get(&id) == Some(&job.attempt);
-            self.orphaned.remove(&id);
-            if still_running {
-                if let Err(e) = self.cluster.allocate(id, &placement) {
+            let part = job
+                .placements
+                .iter()
+                .find(|p| p.node == name)
+                .cloned()
+                .expect("filtered on runs_on");
+            let reported = running.get(&id) == Some(&job.attempt);
+            let ended_here = job.parts_exited.iter().any(|e| e.node == name);
+            self.orphaned.remove(&(id, name.clone()));
+            if reported || ended_here {
+                // The node's inventory was replaced: the part holds its devices again.
+                if let Err(e) = self.cluster.allocate(id, &part) {
                     error!(job = %id, error = %e, "a running job no longer fits its node's inventory");
                 }
-                if job.state == JobState::Starting {
-                    self.mark_running(id);
-                }
+            }
+            if reported {
+                self.part_started(id, &name);
                 // Stop orders sent while the node was away may never have
                 // arrived: send them again.
                 let job = &self.jobs[&id];
@@ -912,19 +953,15 @@ impl Engine {
                         },
                     ));
                 }
-            } else if job.state == JobState::Starting && !job.cancel_requested {
+            } else if ended_here {
+                // Its part here is over; the job waits for its other parts.
+            } else if job.state == JobState::Starting && job.parts_started.is_empty() && !job.cancel_requested
+            {
                 self.requeue_unstarted(id, "requeued: its node restarted before the job started");
             } else {
-                let job = self.jobs.get_mut(&id).expect("present");
-                job.state = if job.cancel_requested {
-                    JobState::Cancelled
-                } else {
-                    JobState::NodeLost
-                };
-                job.reason = format!("node {name} no longer runs this job (agent restarted)");
-                job.ended_at = Some(now);
-                warn!(job = %id, node = %name, "job lost: its agent does not run it");
-                self.finish(id);
+                warn!(job = %id, node = %name, "job part lost: its agent does not run it");
+                let message = format!("node {name} no longer runs this job (agent restarted)");
+                self.part_ended(id, name.clone(), ExitOutcome::Lost(message));
             }
         }
         // Lost jobs above closed their leases at the previous heartbeat; from
@@ -959,8 +996,8 @@ impl Engine {
         }
         self.cluster.set_status(node.as_str(), NodeStatus::Down);
         for job in self.jobs.values() {
-            if job.placement.as_ref().is_some_and(|p| &p.node == node) {
-                self.orphaned.insert(job.id, deadline);
+            if job.live_nodes().contains(node) {
+                self.orphaned.insert((job.id, node.clone()), deadline);
             }
         }
         // Log reads waiting on this node will not be answered.
@@ -991,11 +1028,9 @@ impl Engine {
             }
             AgentEvent::Started { job, attempt, pid } => {
                 match self.jobs.get(&job) {
-                    Some(j) if j.attempt == attempt => {
-                        if j.state == JobState::Starting {
-                            debug!(%job, pid, "job started");
-                            self.mark_running(job);
-                        }
+                    Some(j) if j.attempt == attempt && j.runs_on(node) => {
+                        debug!(%job, %node, pid, "job part started");
+                        self.part_started(job, node);
                     }
                     _ => {
                         // Not ours (any more): make sure it does not run.
@@ -1035,10 +1070,8 @@ impl Engine {
         let Some(job) = self.jobs.get_mut(&id) else { return };
         job.state = JobState::Running;
         job.started_at = Some(now);
-        job.reason = match &job.placement {
-            Some(p) => format!("running on {}", p.node),
-            None => "running".into(),
-        };
+        let nodes: Vec<String> = job.nodes().map(|n| n.to_string()).collect();
+        job.reason = format!("running on {}", nodes.join(", "));
         if job.cancel_requested {
             job.reason.push_str("; stopping (cancel requested)");
         }
@@ -1063,78 +1096,129 @@ impl Engine {
                 attempt: exit.attempt,
             },
         ));
-        let now = self.clock.now();
-        let Some(job) = self.jobs.get_mut(&exit.job) else {
+        let Some(job) = self.jobs.get(&exit.job) else {
             return;
         };
-        if job.attempt != exit.attempt || job.placement.as_ref().is_none_or(|p| &p.node != node) {
+        if job.attempt != exit.attempt || !job.runs_on(node) {
             return;
         }
+        self.part_ended(exit.job, node.clone(), exit.outcome);
+    }
+
+    /// A part reported it started; the job runs once every part has.
+    fn part_started(&mut self, id: JobId, node: &NodeName) {
+        let now = self.clock.now();
+        let Some(job) = self.jobs.get_mut(&id) else { return };
+        if job.parts_started.contains(node) {
+            return;
+        }
+        job.parts_started.push(node.clone());
+        let all = job.nodes().all(|n| job.parts_started.contains(n));
+        // The leases on this node start with this part.
+        let mut touched = Vec::new();
+        if let Some(leases) = self.leases.get_mut(&id) {
+            for lease in leases
+                .iter_mut()
+                .filter(|l| &l.node == node && l.state == LeaseState::Reserved)
+            {
+                lease.state = LeaseState::Active;
+                lease.started_at = Some(now);
+                touched.push(lease.id);
+            }
+        }
+        if all && self.jobs[&id].state == JobState::Starting {
+            self.persist(id, &touched);
+            self.mark_running(id);
+        } else {
+            self.persist(id, &touched);
+        }
+    }
+
+    /// One part of the job ended. While others still run, a bad ending stops
+    /// them (a gang lives and dies together); the last ending decides the job.
+    fn part_ended(&mut self, id: JobId, node: NodeName, outcome: ExitOutcome) {
+        let Some(job) = self.jobs.get_mut(&id) else { return };
+        if job.parts_exited.iter().any(|e| e.node == node) {
+            return;
+        }
+        let bad = !outcome.is_success();
+        job.parts_exited.push(crate::domain::PartExit {
+            node: node.clone(),
+            outcome,
+        });
+        let live = job.live_nodes();
+        if !live.is_empty() {
+            let first_bad = bad
+                && job
+                    .parts_exited
+                    .iter()
+                    .filter(|e| !e.outcome.is_success())
+                    .count()
+                    == 1;
+            if first_bad && !job.cancel_requested && job.preempted_by.is_none() {
+                job.reason = format!("its part on {node} ended badly; stopping the others");
+                self.persist(id, &[]);
+                self.stop_parts(id, StopReason::Gang);
+            } else {
+                self.persist(id, &[]);
+            }
+            return;
+        }
+        let now = self.clock.now();
+        let job = self.jobs.get_mut(&id).expect("present");
         if let Some(by) = job.preempted_by
             && !job.cancel_requested
-            && matches!(
-                exit.outcome,
-                ExitOutcome::Stopped { .. } | ExitOutcome::Signaled(_)
-            )
+            && job
+                .parts_exited
+                .iter()
+                .all(|e| matches!(e.outcome, ExitOutcome::Stopped { .. } | ExitOutcome::Signaled(_)))
         {
-            if let ExitOutcome::Stopped { exit_code, signal } = exit.outcome {
-                job.exit_code = exit_code;
-                job.signal = signal;
-            }
-            self.preempted(exit.job, by);
-            return;
-        }
-        let (state, reason) = match (&exit.outcome, job.cancel_requested) {
-            (ExitOutcome::LaunchFailed(msg), _) => (JobState::Failed, format!("could not start: {msg}")),
-            (_, true) => (
-                JobState::Cancelled,
-                job.reason.trim_end_matches("; stopping").to_string(),
-            ),
-            (ExitOutcome::Exited(0), _) => (JobState::Succeeded, "exited with code 0".to_string()),
-            (ExitOutcome::Exited(code), _) => {
-                job.exit_code = Some(*code);
-                (JobState::Failed, format!("exited with code {code}"))
-            }
-            (ExitOutcome::Signaled(sig), _) => {
-                job.signal = Some(*sig);
-                (JobState::Failed, format!("killed by signal {sig}"))
-            }
-            (ExitOutcome::TimedOut { .. }, _) => {
-                let limit = job.spec.time_limit.unwrap_or_default();
-                (
-                    JobState::TimedOut,
-                    format!("stopped at its time limit of {limit}"),
-                )
-            }
-            (ExitOutcome::Stopped { .. }, false) => (JobState::Failed, "stopped by its node".to_string()),
-        };
-        match &exit.outcome {
-            ExitOutcome::Exited(code) => job.exit_code = Some(*code),
-            ExitOutcome::Stopped { exit_code, signal } | ExitOutcome::TimedOut { exit_code, signal } => {
+            if let Some(ExitOutcome::Stopped { exit_code, signal }) =
+                job.parts_exited.last().map(|e| &e.outcome)
+            {
                 job.exit_code = *exit_code;
                 job.signal = *signal;
             }
-            _ => {}
+            self.preempted(id, by);
+            return;
         }
+        let (state, reason, code, signal) = verdict(job);
         job.state = state;
         job.reason = reason;
+        job.exit_code = code;
+        job.signal = signal;
         job.ended_at = Some(now);
         if job.started_at.is_none() && state != JobState::Failed {
             job.started_at = Some(now);
         }
-        info!(job = %exit.job, state = %state, "job ended");
-        self.finish(exit.job);
+        info!(job = %id, state = %state, "job ended");
+        self.finish(id);
     }
 
-    fn read_logs(&mut self, id: JobId, offset: u64, limit: u32, tx: oneshot::Sender<EngineResult<LogSlice>>) {
-        let placement = match self.job_snapshot(id) {
-            Ok(j) => j.placement,
+    fn read_logs(
+        &mut self,
+        id: JobId,
+        node: Option<NodeName>,
+        offset: u64,
+        limit: u32,
+        tx: oneshot::Sender<EngineResult<LogSlice>>,
+    ) {
+        let job = match self.job_snapshot(id) {
+            Ok(j) => j,
             Err(e) => {
                 let _ = tx.send(Err(e));
                 return;
             }
         };
-        let Some(node) = placement.map(|p| p.node) else {
+        if let Some(n) = &node
+            && !job.runs_on(n)
+        {
+            let _ = tx.send(Err(EngineError::FailedPrecondition(format!(
+                "job {id} does not run on node {n}"
+            ))));
+            return;
+        }
+        let Some(node) = node.or_else(|| job.nodes().next().cloned()) else {
             let _ = tx.send(Err(EngineError::FailedPrecondition(format!(
                 "job {id} has not been placed on a node yet: no output"
             ))));
@@ -1176,35 +1260,123 @@ impl Engine {
         for node in silent {
             self.agent_gone(&node, "no heartbeat");
         }
-        // Jobs whose node stayed away past the grace period.
-        let lost: Vec<JobId> = self
+        // Parts whose node stayed away past the grace period.
+        let lost: Vec<(JobId, NodeName)> = self
             .orphaned
             .iter()
             .filter(|(_, deadline)| **deadline <= now)
-            .map(|(id, _)| *id)
+            .map(|(k, _)| k.clone())
             .collect();
-        for id in lost {
-            self.orphaned.remove(&id);
-            let Some(job) = self.jobs.get_mut(&id) else {
-                continue;
-            };
-            let node = job
-                .placement
-                .as_ref()
-                .map(|p| p.node.to_string())
-                .unwrap_or_default();
-            if job.cancel_requested {
-                job.state = JobState::Cancelled;
-            } else {
-                job.state = JobState::NodeLost;
-            }
-            job.reason = format!(
+        for (id, node) in lost {
+            self.orphaned.remove(&(id, node.clone()));
+            warn!(job = %id, %node, "job part lost with its node");
+            let message = format!(
                 "node {node} did not come back within {}",
                 self.config.node_lost_grace
             );
-            job.ended_at = Some(now);
-            warn!(job = %id, %node, "job lost with its node");
-            self.finish(id);
+            self.part_ended(id, node, ExitOutcome::Lost(message));
         }
     }
+}
+
+/// How a job ended, from how its parts did: a cancel wins, then a lost node,
+/// a part that could not start, a time limit, the first part that failed;
+/// parts stopped because another failed do not count against the job.
+fn verdict(job: &Job) -> (JobState, String, Option<i32>, Option<i32>) {
+    let parts = &job.parts_exited;
+    let several = job.placements.len() > 1;
+    let on = |n: &NodeName| {
+        if several {
+            format!(" on {n}")
+        } else {
+            String::new()
+        }
+    };
+    if job.cancel_requested {
+        let reason = job
+            .reason
+            .trim_end_matches("; stopping")
+            .trim_end_matches("; stopping (cancel requested)")
+            .to_string();
+        let (code, signal) = parts
+            .iter()
+            .find_map(|e| match &e.outcome {
+                ExitOutcome::Stopped { exit_code, signal } => Some((*exit_code, *signal)),
+                ExitOutcome::Exited(c) => Some((Some(*c), None)),
+                ExitOutcome::Signaled(s) => Some((None, Some(*s))),
+                _ => None,
+            })
+            .unwrap_or((None, None));
+        return (JobState::Cancelled, reason, code, signal);
+    }
+    if let Some((e, msg)) = parts.iter().find_map(|e| match &e.outcome {
+        ExitOutcome::Lost(m) => Some((e, m)),
+        _ => None,
+    }) {
+        let _ = e;
+        return (JobState::NodeLost, msg.clone(), None, None);
+    }
+    if let Some((e, msg)) = parts.iter().find_map(|e| match &e.outcome {
+        ExitOutcome::LaunchFailed(m) => Some((e, m)),
+        _ => None,
+    }) {
+        return (
+            JobState::Failed,
+            format!("could not start{}: {msg}", on(&e.node)),
+            None,
+            None,
+        );
+    }
+    if let Some((e, code, signal)) = parts.iter().find_map(|e| match &e.outcome {
+        ExitOutcome::TimedOut { exit_code, signal } => Some((e, *exit_code, *signal)),
+        _ => None,
+    }) {
+        let limit = job.spec.time_limit.unwrap_or_default();
+        let _ = e;
+        return (
+            JobState::TimedOut,
+            format!("stopped at its time limit of {limit}"),
+            code,
+            signal,
+        );
+    }
+    for e in parts {
+        match &e.outcome {
+            ExitOutcome::Exited(0) => {}
+            ExitOutcome::Exited(code) => {
+                return (
+                    JobState::Failed,
+                    format!("exited with code {code}{}", on(&e.node)),
+                    Some(*code),
+                    None,
+                );
+            }
+            ExitOutcome::Signaled(sig) => {
+                return (
+                    JobState::Failed,
+                    format!("killed by signal {sig}{}", on(&e.node)),
+                    None,
+                    Some(*sig),
+                );
+            }
+            ExitOutcome::Stopped { exit_code, signal } if !several => {
+                return (
+                    JobState::Failed,
+                    "stopped by its node".to_string(),
+                    *exit_code,
+                    *signal,
+                );
+            }
+            _ => {}
+        }
+    }
+    if parts.iter().any(|e| !e.outcome.is_success()) {
+        return (JobState::Failed, "stopped by its node".to_string(), None, None);
+    }
+    (
+        JobState::Succeeded,
+        "exited with code 0".to_string(),
+        Some(0),
+        None,
+    )
 }

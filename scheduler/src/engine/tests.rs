@@ -629,3 +629,130 @@ async fn a_preemption_in_flight_survives_a_controller_restart() {
     assert!(matches!(agent.next().await, AgentOrder::AckExit { .. }));
     assert_eq!(agent.expect_launch().await.job, high.id);
 }
+
+#[tokio::test]
+async fn a_spread_gang_runs_on_two_nodes_and_fails_together() {
+    let h = harness().await;
+    let mut a = FakeAgent::connect(&h, 1, "n1", vec![], vec![]).await;
+    let mut b = FakeAgent::connect(&h, 2, "n2", vec![], vec![]).await;
+    let mut gang = spec(3);
+    gang.constraints.spread = true;
+    let j = h.engine.submit(gang).await.unwrap();
+    let la = a.expect_launch().await;
+    let lb = b.expect_launch().await;
+    assert_eq!((la.job, lb.job), (j.id, j.id));
+    assert_eq!(la.nodes, lb.nodes);
+    assert_eq!(la.devices.len() + lb.devices.len(), 3);
+    assert_ne!(la.rank, lb.rank);
+    // Running only once both parts have started.
+    a.send(
+        &h,
+        AgentEvent::Started {
+            job: j.id,
+            attempt: 1,
+            pid: 1,
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    assert_eq!(job(&h, j.id).await.state, JobState::Starting);
+    b.send(
+        &h,
+        AgentEvent::Started {
+            job: j.id,
+            attempt: 1,
+            pid: 2,
+        },
+    )
+    .await;
+    until(&h, j.id, |j| j.state == JobState::Running).await;
+    // The part on n1 fails: n2's part is stopped, and the job fails with n1's code.
+    a.send(&h, AgentEvent::Exited(exit(j.id, 1, 3))).await;
+    assert!(matches!(a.next().await, AgentOrder::AckExit { .. }));
+    assert!(matches!(
+        b.next().await,
+        AgentOrder::Stop {
+            reason: StopReason::Gang,
+            ..
+        }
+    ));
+    assert_eq!(job(&h, j.id).await.state, JobState::Running);
+    b.send(
+        &h,
+        AgentEvent::Exited(JobExit {
+            job: j.id,
+            attempt: 1,
+            outcome: ExitOutcome::Stopped {
+                exit_code: None,
+                signal: Some(15),
+            },
+        }),
+    )
+    .await;
+    let done = until(&h, j.id, |j| j.state.is_final()).await;
+    assert_eq!(done.state, JobState::Failed);
+    assert_eq!(done.exit_code, Some(3));
+    assert!(done.reason.contains("on n1"), "{}", done.reason);
+    let leases = h.engine.ledger().leases_of(&j.id).unwrap();
+    assert_eq!(leases.len(), 3);
+    assert!(leases.iter().all(|l| l.end_reason == Some(EndReason::Failed)));
+    let nodes: std::collections::BTreeSet<&str> = leases.iter().map(|l| l.node.as_str()).collect();
+    assert_eq!(nodes.len(), 2);
+}
+
+#[tokio::test]
+async fn a_gang_loses_all_of_itself_with_one_node() {
+    let h = harness().await;
+    let mut a = FakeAgent::connect(&h, 1, "n1", vec![], vec![]).await;
+    let mut b = FakeAgent::connect(&h, 2, "n2", vec![], vec![]).await;
+    let mut gang = spec(4);
+    gang.constraints.spread = true;
+    let j = h.engine.submit(gang).await.unwrap();
+    a.expect_launch().await;
+    b.expect_launch().await;
+    a.send(
+        &h,
+        AgentEvent::Started {
+            job: j.id,
+            attempt: 1,
+            pid: 1,
+        },
+    )
+    .await;
+    b.send(
+        &h,
+        AgentEvent::Started {
+            job: j.id,
+            attempt: 1,
+            pid: 2,
+        },
+    )
+    .await;
+    until(&h, j.id, |j| j.state == JobState::Running).await;
+    h.engine.agent_disconnected(a.conn, a.node.clone()).await;
+    h.engine.list_nodes().await.unwrap();
+    h.clock.advance(Millis(GRACE.0 + 1000));
+    // n1's part is lost: n2's part is stopped, then the job is NODE_LOST.
+    assert!(matches!(
+        b.next().await,
+        AgentOrder::Stop {
+            reason: StopReason::Gang,
+            ..
+        }
+    ));
+    b.send(
+        &h,
+        AgentEvent::Exited(JobExit {
+            job: j.id,
+            attempt: 1,
+            outcome: ExitOutcome::Stopped {
+                exit_code: Some(0),
+                signal: None,
+            },
+        }),
+    )
+    .await;
+    let done = until(&h, j.id, |j| j.state.is_final()).await;
+    assert_eq!(done.state, JobState::NodeLost);
+    assert!(done.reason.contains("did not come back"), "{}", done.reason);
+}

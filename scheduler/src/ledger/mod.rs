@@ -79,6 +79,31 @@ pub struct Ledger {
     drains: sled::Tree,
 }
 
+/// How long `open` waits for the file lock of a ledger being closed.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Opens sled, waiting a little for the file lock: sled's background
+/// flusher keeps the lock for a moment after the last handle is dropped, so
+/// a reopen right after a close (a restart in the same process) would fail.
+fn open_db(dir: &Path) -> Result<sled::Db> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        let opened = sled::Config::new()
+            .path(dir.join("ledger"))
+            .mode(sled::Mode::HighThroughput)
+            .open();
+        match opened {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).expect("ledger records always serialize")
 }
@@ -105,10 +130,7 @@ fn job_lease_key(job: &JobId, lease: &LeaseId) -> [u8; 32] {
 impl Ledger {
     /// Opens (or creates) the ledger in `dir`.
     pub fn open(dir: &Path) -> Result<Self> {
-        let db = sled::Config::new()
-            .path(dir.join("ledger"))
-            .mode(sled::Mode::HighThroughput)
-            .open()?;
+        let db = open_db(dir)?;
         let meta = db.open_tree("meta")?;
         match meta.get("schema")? {
             None => {

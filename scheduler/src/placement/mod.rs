@@ -38,7 +38,7 @@ pub use frag::{TaskShape, WorkloadMix};
 pub use rank::{Choice, Policy, Scored};
 pub use request::Request;
 
-use crate::domain::Placement;
+use crate::domain::{GpuRequest, Placement};
 
 /// How placement decides.
 #[derive(Debug, Clone)]
@@ -237,6 +237,97 @@ impl Placer {
             rejections,
             nodes: nodes.len() as u32,
         })
+    }
+}
+
+impl Placer {
+    /// Places a job: on one node if any has room; a whole-GPU gang that may
+    /// spread and fits on no single node goes on as few nodes as possible
+    /// (the ones with the most free GPUs, ties in the seeded order), each
+    /// part taking the node's CPU and memory request. Returns the parts in
+    /// rank order.
+    pub fn place_job(
+        &mut self,
+        cluster: &Cluster,
+        req: &Request,
+        veto: impl Fn(usize, &Node) -> Option<Rejection>,
+    ) -> Result<Vec<Placement>, Unplaceable> {
+        let single = self.place_where(cluster, req, &veto);
+        let err = match single {
+            Ok(p) => return Ok(vec![p]),
+            Err(e) => e,
+        };
+        let GpuRequest::Whole(n) = req.gpu else {
+            return Err(err);
+        };
+        if !req.spread {
+            return Err(err);
+        }
+        // Each part is the same request with fewer GPUs: check nodes as for one GPU.
+        let mut one = req.clone();
+        one.gpu = GpuRequest::Whole(std::num::NonZeroU32::MIN);
+        one.spread = false;
+        let mut candidates: Vec<(u32, u64, usize)> = Vec::new();
+        for (i, node) in cluster.nodes().iter().enumerate() {
+            if veto(i, node).is_some() || feasible::check(node, &one).is_err() {
+                continue;
+            }
+            let free = node
+                .inventory
+                .gpus
+                .iter()
+                .filter(|g| g.is_free_whole() && one.accepts_model(g))
+                .count() as u32;
+            candidates.push((
+                free,
+                select::tie_rank(self.profile.policy, self.profile.seed, i, node),
+                i,
+            ));
+        }
+        candidates.sort_by_key(|&(free, rank, _)| (std::cmp::Reverse(free), rank));
+        let total: u32 = candidates.iter().map(|c| c.0).sum();
+        if total < n.get() {
+            // Across nodes the gang could fit once GPUs free up: say "busy",
+            // not "too few in total", when the cluster has the GPUs at all.
+            let capacity: u64 = cluster
+                .nodes()
+                .iter()
+                .filter(|node| req.accepts_labels(node))
+                .flat_map(|node| node.inventory.gpus.iter())
+                .filter(|g| g.is_whole_mode() && req.accepts_model(g))
+                .count() as u64;
+            let mut err = err;
+            if capacity >= n.get() as u64
+                && let Some(k) = err.rejections.remove(&Rejection::GpuCapacity)
+            {
+                *err.rejections.entry(Rejection::GpusBusy).or_default() += k;
+            }
+            return Err(err);
+        }
+        let mut parts = Vec::new();
+        let mut left = n.get();
+        for (free, _, i) in candidates {
+            if left == 0 {
+                break;
+            }
+            let take = free.min(left);
+            let mut part = one.clone();
+            part.gpu = GpuRequest::Whole(std::num::NonZeroU32::new(take).expect("free >= 1"));
+            let node = &cluster.nodes()[i];
+            let choice = rank::Choice::Whole(
+                node.inventory
+                    .gpus
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, g)| g.is_free_whole() && part.accepts_model(g))
+                    .take(take as usize)
+                    .map(|(k, _)| k as u16)
+                    .collect(),
+            );
+            parts.push(select::plan(node, &part, &choice).ok_or_else(|| err.clone())?);
+            left -= take;
+        }
+        Ok(parts)
     }
 }
 

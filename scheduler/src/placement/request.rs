@@ -15,6 +15,8 @@ pub struct Request {
     pub gpu_models: Vec<String>,
     /// Labels a node must carry.
     pub node_labels: BTreeMap<String, String>,
+    /// A whole-GPU gang may span nodes.
+    pub spread: bool,
 }
 
 impl Request {
@@ -25,6 +27,7 @@ impl Request {
             memory: spec.resources.memory,
             gpu_models: spec.constraints.gpu_models.clone(),
             node_labels: spec.constraints.node_labels.clone(),
+            spread: spec.constraints.spread,
         }
     }
 
@@ -36,6 +39,7 @@ impl Request {
             memory: r.memory,
             gpu_models: Vec::new(),
             node_labels: BTreeMap::new(),
+            spread: false,
         }
     }
 

@@ -515,3 +515,39 @@ fn preemption_prefers_the_cheapest_victims_and_spares_the_protected() {
     // Equal or higher priority is never preempted.
     assert!(preempt::plan(&c, &req(gpus(1)), 0, &candidates, &profile, |_| false).is_none());
 }
+
+#[test]
+fn a_gang_allowed_to_spread_goes_on_as_few_nodes_as_possible() {
+    let mut c = Cluster::new();
+    c.upsert_node(node("a", 4, None));
+    c.upsert_node(node("b", 2, None));
+    c.upsert_node(node("c", 4, None));
+    let mut placer = Placer::new(Profile::new(Policy::Allot, 1));
+    let mut r = req(gpus(6));
+    // Not allowed to spread: no single node has six.
+    let err = placer.place_job(&c, &r, |_, _| None).unwrap_err();
+    assert!(!err.is_resolvable(), "{err}");
+    r.spread = true;
+    let parts = placer.place_job(&c, &r, |_, _| None).unwrap();
+    let mut shape: Vec<(String, usize)> = parts
+        .iter()
+        .map(|p| (p.node.to_string(), p.devices.len()))
+        .collect();
+    shape.sort();
+    assert_eq!(shape.iter().map(|s| s.1).sum::<usize>(), 6);
+    assert_eq!(parts.len(), 2, "two 4-GPU nodes suffice: {shape:?}");
+    assert!(parts.iter().all(|p| p.node.as_str() != "b"));
+    for p in &parts {
+        c.allocate(JobId::new_v7(), p).unwrap();
+    }
+    // With 4 GPUs left in all, a spread gang of 5 waits (busy, not impossible).
+    let mut five = req(gpus(5));
+    five.spread = true;
+    let err = placer.place_job(&c, &five, |_, _| None).unwrap_err();
+    assert!(err.is_resolvable(), "{err}");
+    assert!(err.rejections.contains_key(&Rejection::GpusBusy), "{err:?}");
+    // One that fits on one node stays on one node.
+    let mut two = req(gpus(2));
+    two.spread = true;
+    assert_eq!(placer.place_job(&c, &two, |_, _| None).unwrap().len(), 1);
+}
