@@ -52,6 +52,22 @@ async fn malformed_submissions_are_refused_naming_the_field() {
     expect_invalid(&client, ok().env("", "x"), "spec.env").await;
     expect_invalid(&client, ok().project("Not A Name"), "spec.project").await;
     expect_invalid(&client, ok().tag("", "x"), "spec.tags").await;
+    expect_invalid(&client, ok().gpu_fraction(1, 4).spread(true), "spec.spread").await;
+    expect_invalid(&client, ok().spread(true), "spec.spread").await;
+    expect_invalid(&client, ok().gpu_model("H100 80GB"), "spec.gpu_models").await;
+    expect_invalid(
+        &client,
+        ok().gpus(1).node_label("zone", "a\u{7}"),
+        "spec.node_labels",
+    )
+    .await;
+    expect_invalid(&client, ok().gpus(1).min_runtime_ms(0), "spec.min_runtime_ms").await;
+    expect_invalid(
+        &client,
+        ok().gpus(1).checkpoint_interval_ms(-1),
+        "spec.checkpoint_interval_ms",
+    )
+    .await;
 
     // Another tenant's name in the spec is not a tenant token's to use.
     let err = client.submit(ok().tenant("someone-else")).await.unwrap_err();
