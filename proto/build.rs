@@ -11,6 +11,7 @@ const PROTOS: &[&str] = &[
     "allot/v1/nodes.proto",
     "allot/v1/admin.proto",
     "allot/v1/agent.proto",
+    "allot/v1/usage.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -6,6 +6,7 @@
 //!   decision durable in the [`ledger`] before anyone hears of it.
 //! - [`api`] adapts gRPC to engine commands; [`agent`] runs jobs on a node.
 
+pub mod accounting;
 pub mod agent;
 pub mod api;
 pub mod auth;

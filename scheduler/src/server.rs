@@ -10,6 +10,7 @@ use anyhow::Context;
 use tokio::sync::watch;
 use tracing::{error, info};
 
+use crate::accounting::pricing::{PricingConfig, RateCard};
 use crate::agent::fleet::Fleet;
 use crate::agent::{self, AgentConfig};
 use crate::api::{self, Api};
@@ -19,6 +20,46 @@ use crate::domain::{MiB, MilliCpu, Millis, TenantName};
 use crate::engine::{self, EngineConfig, EngineHandle};
 use crate::ledger::{Ledger, Role};
 use crate::placement::NodeStatus;
+
+/// The server's configuration file (`--config`), checked strictly.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// The rate card: prices per GPU-hour.
+    #[serde(default)]
+    pub pricing: Option<PricingConfig>,
+}
+
+impl ConfigFile {
+    pub fn read(path: &Path) -> anyhow::Result<ConfigFile> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("config file {}", path.display()))
+    }
+
+    /// The rate card it describes (no prices when it has none).
+    pub fn rate_card(&self) -> anyhow::Result<RateCard> {
+        match &self.pricing {
+            Some(p) => RateCard::from_config(p).map_err(anyhow::Error::msg),
+            None => Ok(RateCard::default()),
+        }
+    }
+}
+
+/// Dev mode's rate card, so `allot usage` shows money from the first job.
+pub fn demo_rate_card() -> RateCard {
+    let raw: PricingConfig = toml::from_str(
+        r#"
+        currency = "USD"
+        gpu_hour = "2.00"
+        preemptible_discount_pct = 30
+        [models]
+        "H100-80GB" = "4.00"
+        "#,
+    )
+    .expect("the demo rate card parses");
+    RateCard::from_config(&raw).expect("the demo rate card is valid")
+}
 
 /// How long a shutting-down server waits for open streams to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
@@ -181,6 +222,8 @@ pub fn dev_fleet() -> Vec<(&'static str, Fleet)> {
 pub struct DevOptions {
     pub listen: SocketAddr,
     pub data_dir: Option<PathBuf>,
+    /// Prices; dev mode uses a demo rate card when none is configured.
+    pub rate_card: Option<RateCard>,
     pub policy: crate::placement::Policy,
     pub placement_seed: u64,
 }
@@ -207,6 +250,7 @@ pub async fn run_dev(
         tick: Millis(250),
         policy: opts.policy,
         placement_seed: opts.placement_seed,
+        rate_card: Arc::new(opts.rate_card.clone().unwrap_or_else(demo_rate_card)),
         ..EngineConfig::default()
     };
     let controller = Controller::start(ServerConfig {

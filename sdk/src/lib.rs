@@ -25,6 +25,7 @@ use futures::{Stream, StreamExt};
 use proto::admin_service_client::AdminServiceClient;
 use proto::job_service_client::JobServiceClient;
 use proto::node_service_client::NodeServiceClient;
+use proto::usage_service_client::UsageServiceClient;
 pub use proto::{Job, JobState, Lease, Node};
 pub use tonic::Code;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -112,6 +113,7 @@ pub struct Client {
     jobs: JobServiceClient<Authed>,
     nodes: NodeServiceClient<Authed>,
     admin: AdminServiceClient<Authed>,
+    usage: UsageServiceClient<Authed>,
 }
 
 /// A job to submit: a builder over [`proto::JobSpec`].
@@ -345,7 +347,8 @@ impl Client {
         Ok(Client {
             jobs: JobServiceClient::with_interceptor(channel.clone(), bearer.clone()),
             nodes: NodeServiceClient::with_interceptor(channel.clone(), bearer.clone()),
-            admin: AdminServiceClient::with_interceptor(channel, bearer),
+            admin: AdminServiceClient::with_interceptor(channel.clone(), bearer.clone()),
+            usage: UsageServiceClient::with_interceptor(channel, bearer),
         })
     }
 
@@ -521,6 +524,43 @@ impl Client {
         r.into_inner()
             .node
             .ok_or_else(|| Error::local(Code::Internal, "empty response"))
+    }
+
+    /// GPU-hours and cost over `[from, to)` (UTC ms; `to` 0 = now), grouped by
+    /// any of tenant, project, job, model, mig, node, hour, day, tag:NAME.
+    pub async fn usage(
+        &self,
+        from_unix_ms: i64,
+        to_unix_ms: i64,
+        group_by: &[&str],
+        tenant: Option<&str>,
+    ) -> Result<proto::GetUsageResponse> {
+        Ok(self
+            .usage
+            .clone()
+            .get_usage(proto::GetUsageRequest {
+                from_unix_ms,
+                to_unix_ms,
+                group_by: group_by.iter().map(|s| s.to_string()).collect(),
+                tenant: tenant.unwrap_or_default().into(),
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// One page of leases, oldest first.
+    pub async fn leases(&self, q: proto::ListLeasesRequest) -> Result<proto::ListLeasesResponse> {
+        Ok(self.usage.clone().list_leases(q).await?.into_inner())
+    }
+
+    /// Admins: checks the ledger's invariants on the server.
+    pub async fn check_ledger(&self) -> Result<proto::CheckLedgerResponse> {
+        Ok(self
+            .usage
+            .clone()
+            .check_ledger(proto::CheckLedgerRequest {})
+            .await?
+            .into_inner())
     }
 
     /// Tenants and tokens (admin token needed, except `who_am_i`).

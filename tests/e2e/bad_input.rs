@@ -33,6 +33,7 @@ async fn malformed_submissions_are_refused_naming_the_field() {
     expect_invalid(&client, ok().gpu_fraction(0, 4), "spec.resources.gpu_fraction").await;
     expect_invalid(&client, ok().gpu_fraction(5, 4), "spec.resources.gpu_fraction").await;
     expect_invalid(&client, ok().gpu_fraction(1, 0), "spec.resources.gpu_fraction").await;
+    expect_invalid(&client, ok().gpu_fraction(1, 11), "spec.resources.gpu_fraction").await;
     expect_invalid(&client, JobSpec::new(""), "spec.command").await;
     expect_invalid(&client, JobSpec::new("   "), "spec.command").await;
     expect_invalid(&client, ok().time_limit_ms(0), "spec.time_limit_ms").await;

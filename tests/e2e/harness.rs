@@ -24,6 +24,11 @@ pub struct DevServer {
 
 impl DevServer {
     pub async fn start(data_dir: &Path) -> DevServer {
+        Self::start_with(data_dir, &[]).await
+    }
+
+    /// Dev mode with extra `allot server` arguments.
+    pub async fn start_with(data_dir: &Path, extra: &[&str]) -> DevServer {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -32,6 +37,7 @@ impl DevServer {
         let mut child = Command::new(BIN)
             .args(["server", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))

@@ -364,6 +364,10 @@ async fn a_killed_server_restarts_with_every_job_and_lease() {
     // And the cluster is usable again.
     let next = client.submit(JobSpec::new("true").gpus(4)).await.unwrap();
     assert_eq!(wait_final(&client, &next.id).await.state(), JobState::Succeeded);
+    // The ledger's invariants held through the crash.
+    let report = server.admin().await.check_ledger().await.unwrap();
+    assert!(report.clean, "{:?}", report.problems);
+    assert_eq!(report.leases, 7);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

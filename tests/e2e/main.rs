@@ -8,3 +8,4 @@ mod preemption;
 mod sim;
 mod standalone;
 mod tenants;
+mod usage;

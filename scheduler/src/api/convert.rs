@@ -6,10 +6,11 @@ use std::num::NonZeroU32;
 use allot_proto::v1 as pb;
 
 use super::error::{ApiError, ApiResult};
+use crate::accounting::{self, GpuTime};
 use crate::auth::Caller;
 use crate::domain::{
     Constraints, DeviceGrant, EndReason, GpuRequest, Job, JobId, JobSpec, JobState, Lease, LeaseState, MiB,
-    MigProfile, MilliCpu, Millis, Placement, ProjectName, Resources, Share, TenantName,
+    MigProfile, MilliCpu, Millis, Placement, ProjectName, Resources, Share, TenantName, UnixMillis,
 };
 use crate::ledger::Role;
 
@@ -35,10 +36,12 @@ fn fraction(field: &str, f: &pb::Fraction) -> ApiResult<Share> {
             format!("must be in (0, 1], got {}/{}", f.numerator, f.denominator),
         ));
     }
-    if share.denominator() > 1_000_000 {
+    if !crate::accounting::exact_share(share) {
         return Err(ApiError::invalid(
             field,
-            "denominator must be at most 1000000 after reduction",
+            format!(
+                "{share} cannot be accounted exactly: use a decimal share (up to six places) or a fraction whose denominator divides 63000000, such as 1/3 or 1/7"
+            ),
         ));
     }
     Ok(share)
@@ -360,7 +363,8 @@ pub fn placement_pb(p: &Placement) -> pb::Placement {
     }
 }
 
-pub fn lease_pb(l: &Lease) -> pb::Lease {
+/// The wire form of a lease, with its GPU-time and cost up to `now`.
+pub fn lease_pb(l: &Lease, now: UnixMillis) -> pb::Lease {
     let state = match l.state {
         LeaseState::Reserved => pb::LeaseState::Reserved,
         LeaseState::Active => pb::LeaseState::Active,
@@ -376,6 +380,17 @@ pub fn lease_pb(l: &Lease) -> pb::Lease {
         Some(EndReason::NodeLost) => pb::LeaseEndReason::NodeLost,
         Some(EndReason::ReleasedUnstarted) => pb::LeaseEndReason::ReleasedUnstarted,
     };
+    let parts = accounting::hour_parts(l, now, UnixMillis(0), UnixMillis(u64::MAX));
+    let gpu_time = parts.iter().fold(GpuTime::ZERO, |a, p| a + p.gpu_time);
+    let cost_minor: i128 = l
+        .rate
+        .map(|r| {
+            parts
+                .iter()
+                .map(|p| accounting::pricing::cost(p.gpu_time, r.per_gpu_hour))
+                .sum()
+        })
+        .unwrap_or(0);
     pb::Lease {
         id: l.id.to_string(),
         job_id: l.job_id.to_string(),
@@ -389,6 +404,15 @@ pub fn lease_pb(l: &Lease) -> pb::Lease {
         ended_at_unix_ms: ms(l.ended_at),
         end_reason: end_reason as i32,
         attempt: l.attempt,
+        gpu_time_units: gpu_time.0.to_string(),
+        gpu_hours: gpu_time.to_string(),
+        currency: l.rate.map(|r| r.currency.to_string()).unwrap_or_default(),
+        cost_minor: cost_minor as i64,
+        rate_per_gpu_hour: l
+            .rate
+            .map(|r| r.per_gpu_hour.display(r.currency))
+            .unwrap_or_default(),
+        tags: l.tags.clone().into_iter().collect(),
     }
 }
 
@@ -430,8 +454,8 @@ pub fn spec_pb(s: &JobSpec) -> pb::JobSpec {
     }
 }
 
-/// The wire form of a job, with its leases.
-pub fn job_pb(j: &Job, leases: &[Lease]) -> pb::Job {
+/// The wire form of a job, with its leases (costed up to `now`).
+pub fn job_pb(j: &Job, leases: &[Lease], now: UnixMillis) -> pb::Job {
     pb::Job {
         id: j.id.to_string(),
         spec: Some(spec_pb(&j.spec)),
@@ -446,7 +470,7 @@ pub fn job_pb(j: &Job, leases: &[Lease]) -> pb::Job {
         signal: j.signal,
         placement: j.placements.first().map(placement_pb),
         placements: j.placements.iter().map(placement_pb).collect(),
-        leases: leases.iter().map(lease_pb).collect(),
+        leases: leases.iter().map(|l| lease_pb(l, now)).collect(),
         attempt: j.attempt,
         cancel_requested: j.cancel_requested,
     }

@@ -39,7 +39,7 @@ impl Api {
 
     pub(super) fn job_with_leases(&self, job: &Job) -> ApiResult<pb::Job> {
         let leases = self.engine.ledger().leases_of(&job.id)?;
-        Ok(job_pb(job, &leases))
+        Ok(job_pb(job, &leases, self.clock.now()))
     }
 }
 

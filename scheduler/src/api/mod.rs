@@ -7,6 +7,7 @@ pub mod convert;
 pub mod error;
 mod jobs;
 mod nodes;
+pub mod usage;
 
 use std::sync::Arc;
 
@@ -108,6 +109,10 @@ pub async fn router(api: Api) -> anyhow::Result<tonic::transport::server::Router
             auth.clone(),
         ))
         .add_service(pb::admin_service_server::AdminServiceServer::with_interceptor(
+            api.clone(),
+            auth.clone(),
+        ))
+        .add_service(pb::usage_service_server::UsageServiceServer::with_interceptor(
             api.clone(),
             auth.clone(),
         ))

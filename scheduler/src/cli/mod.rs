@@ -6,6 +6,7 @@ mod jobs;
 mod nodes;
 mod output;
 mod run;
+mod usage;
 
 use std::path::PathBuf;
 
@@ -103,6 +104,63 @@ pub enum Command {
     Whoami,
     /// Simulate placement on a trace (the Alibaba openb GPU trace format).
     Sim(SimArgs),
+    /// GPU-hours and cost over a window, grouped as you like.
+    Usage(UsageArgs),
+    /// Leases, like `sacct`: who held which device when, and what it cost.
+    Leases(LeasesArgs),
+    /// The ledger.
+    #[command(subcommand)]
+    Ledger(LedgerCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct UsageArgs {
+    /// Start of the window (UTC: `2026-11-01`, `2026-11-01T08:00Z`) [default: start of this month].
+    #[arg(long)]
+    pub from: Option<String>,
+    /// End of the window [default: now].
+    #[arg(long)]
+    pub to: Option<String>,
+    /// The window is the last DURATION (`24h`, `7d`) instead of --from.
+    #[arg(long, conflicts_with = "from")]
+    pub last: Option<String>,
+    /// Group by, comma-separated: tenant, project, job, model, mig, node, hour, day, tag:NAME.
+    #[arg(long, default_value = "tenant,project")]
+    pub by: String,
+    /// Only this tenant (admins).
+    #[arg(long)]
+    pub tenant: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LeasesArgs {
+    #[arg(long)]
+    pub job: Option<String>,
+    /// Only this tenant (admins).
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Only leases in this state (repeatable): reserved, active, closed.
+    #[arg(long = "state")]
+    pub states: Vec<String>,
+    /// Only leases that overlap the window from here (UTC).
+    #[arg(long)]
+    pub from: Option<String>,
+    #[arg(long)]
+    pub to: Option<String>,
+    /// At most this many leases.
+    #[arg(long, default_value_t = 100)]
+    pub limit: usize,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LedgerCommand {
+    /// Check the ledger's invariants: no device ever over-committed, leases
+    /// well formed, totals that agree. Through the server (admin token), or
+    /// with --data-dir on a stopped server's data dir.
+    Check {
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -153,6 +211,9 @@ pub struct ServerArgs {
     /// Where the ledger lives (required without --dev; with --dev, a temp dir by default).
     #[arg(long, env = "ALLOT_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Configuration file (TOML): the rate card under [pricing]; see examples/allot.toml.
+    #[arg(long, env = "ALLOT_CONFIG")]
+    pub config: Option<PathBuf>,
     /// How often agents send heartbeats.
     #[arg(long, default_value = "5s")]
     pub heartbeat: String,

@@ -184,6 +184,12 @@ pub fn lease_json(l: &proto::Lease) -> Value {
         "started_at_unix_ms": l.started_at_unix_ms,
         "ended_at_unix_ms": l.ended_at_unix_ms,
         "end_reason": match end_reason_name(l.end_reason) { "" => Value::Null, r => json!(r) },
+        "gpu_hours": l.gpu_hours,
+        "gpu_time_units": l.gpu_time_units,
+        "currency": l.currency,
+        "cost_minor": l.cost_minor,
+        "rate_per_gpu_hour": l.rate_per_gpu_hour,
+        "tags": l.tags,
     })
 }
 

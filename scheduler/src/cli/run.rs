@@ -7,12 +7,12 @@ use allot_sdk::Client;
 use anyhow::Context;
 use tracing_subscriber::EnvFilter;
 
-use super::{AgentArgs, Cli, Command, LogFormat, ServerArgs, jobs, nodes};
+use super::{AgentArgs, Cli, Command, LedgerCommand, LogFormat, ServerArgs, jobs, nodes, usage};
 use crate::agent::fleet::Fleet;
 use crate::agent::{self, AgentConfig};
 use crate::domain::{MiB, MilliCpu, Millis};
 use crate::engine::EngineConfig;
-use crate::server::{self, Controller, DevOptions, ServerConfig};
+use crate::server::{self, ConfigFile, Controller, DevOptions, ServerConfig};
 
 /// Logs to stderr; `RUST_LOG` sets the filter (default: `info` for servers and
 /// agents, `warn` for client commands).
@@ -49,6 +49,11 @@ fn millis(flag: &str, s: &str) -> anyhow::Result<Millis> {
 }
 
 async fn server(a: &ServerArgs) -> anyhow::Result<i32> {
+    let config = match &a.config {
+        Some(path) => Some(ConfigFile::read(path)?),
+        None => None,
+    };
+    let rate_card = config.as_ref().map(ConfigFile::rate_card).transpose()?;
     if a.dev {
         let listen = a
             .listen
@@ -59,6 +64,7 @@ async fn server(a: &ServerArgs) -> anyhow::Result<i32> {
                 data_dir: a.data_dir.clone(),
                 policy: a.policy.parse().map_err(|e| anyhow::anyhow!("--policy: {e}"))?,
                 placement_seed: a.placement_seed,
+                rate_card,
             },
             shutdown_signal(),
         )
@@ -84,6 +90,7 @@ async fn server(a: &ServerArgs) -> anyhow::Result<i32> {
             node_lost_grace: millis("--node-lost-grace", &a.node_lost_grace)?,
             policy: a.policy.parse().map_err(|e| anyhow::anyhow!("--policy: {e}"))?,
             placement_seed: a.placement_seed,
+            rate_card: std::sync::Arc::new(rate_card.unwrap_or_default()),
             ..EngineConfig::default()
         },
     };
@@ -149,6 +156,23 @@ async fn agent(a: &AgentArgs, token: Option<&str>) -> anyhow::Result<i32> {
     }
     task.await??;
     Ok(0)
+}
+
+/// `allot ledger check --data-dir`: opens the ledger itself (the server must
+/// be stopped: sled allows one process at a time).
+fn ledger_check_offline(dir: &std::path::Path, json: bool) -> anyhow::Result<i32> {
+    let ledger = crate::ledger::Ledger::open(dir).with_context(|| {
+        format!(
+            "cannot open the ledger in {} (a running server holds it: run `allot ledger check` without --data-dir against the server instead)",
+            dir.display()
+        )
+    })?;
+    let report = crate::accounting::check::check(
+        &ledger.all_jobs()?,
+        &ledger.all_leases()?,
+        crate::domain::UnixMillis::now(),
+    );
+    Ok(usage::print_check(&crate::api::usage::report_pb(&report), json))
 }
 
 fn sim(a: &super::SimArgs, json: bool) -> anyhow::Result<i32> {
@@ -248,6 +272,9 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Server(a) => return server(a).await,
         Command::Agent(a) => return agent(a, cli.token.as_deref()).await,
         Command::Sim(a) => return sim(a, cli.json),
+        Command::Ledger(LedgerCommand::Check { data_dir: Some(dir) }) => {
+            return ledger_check_offline(dir, cli.json);
+        }
         _ => {}
     }
     restore_sigpipe();
@@ -255,6 +282,12 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     let json = cli.json;
     match &cli.command {
         Command::Server(_) | Command::Agent(_) | Command::Sim(_) => unreachable!("handled above"),
+        Command::Usage(a) => usage::usage(&client, a, json).await,
+        Command::Leases(a) => usage::leases(&client, a, json).await,
+        Command::Ledger(LedgerCommand::Check { data_dir: None }) => {
+            Ok(usage::print_check(&client.check_ledger().await?, json))
+        }
+        Command::Ledger(LedgerCommand::Check { data_dir: Some(_) }) => unreachable!("handled above"),
         Command::Submit(a) => jobs::submit(&client, a, json).await,
         Command::Jobs(a) => jobs::list(&client, a, json).await,
         Command::Job { id } => jobs::show(&client, id, json).await,

@@ -1,11 +1,13 @@
 //! Leases: one job's hold on one device for an interval.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
 use super::ids::{JobId, LeaseId, NodeName, ProjectName, TenantName};
 use super::job::{DeviceGrant, JobState};
+use super::money::LeaseRate;
 use super::units::{Millis, UnixMillis};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -81,6 +83,12 @@ pub struct Lease {
     pub started_at: Option<UnixMillis>,
     pub ended_at: Option<UnixMillis>,
     pub end_reason: Option<EndReason>,
+    /// The price of a GPU-hour on this device, fixed when it was reserved.
+    #[serde(default)]
+    pub rate: Option<LeaseRate>,
+    /// The job's tags, for usage by tag and the FOCUS export.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
 }
 
 impl Lease {

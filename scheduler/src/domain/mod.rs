@@ -4,6 +4,7 @@ pub mod ids;
 pub mod job;
 pub mod lease;
 pub mod mig;
+pub mod money;
 pub mod units;
 
 pub use ids::{JobId, LeaseId, NodeName, ProjectName, TenantName};

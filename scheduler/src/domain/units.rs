@@ -158,6 +158,92 @@ impl fmt::Display for UnixMillis {
     }
 }
 
+/// (year, month, day) to days since 1970-01-01; Howard Hinnant's algorithm.
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (m as i64 + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+impl FromStr for UnixMillis {
+    type Err = ParseError;
+
+    /// `2026-11-01`, `2026-11-01T12:00Z`, `2026-11-01T12:00:30Z`,
+    /// `2026-11-01T12:00:30.250Z` (UTC; a trailing `Z` is optional).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = s.trim();
+        let bad = || {
+            ParseError(format!(
+                "invalid time {t:?}: use e.g. 2026-11-01 or 2026-11-01T12:00:00Z (UTC)"
+            ))
+        };
+        let t2 = t.strip_suffix('Z').unwrap_or(t);
+        let (date, clock) = t2.split_once('T').unwrap_or((t2, ""));
+        let mut dp = date.split('-');
+        let (y, m, d) = (
+            dp.next().ok_or_else(bad)?,
+            dp.next().ok_or_else(bad)?,
+            dp.next().ok_or_else(bad)?,
+        );
+        if dp.next().is_some() || y.len() != 4 || m.len() != 2 || d.len() != 2 {
+            return Err(bad());
+        }
+        let (y, m, d): (i64, u32, u32) = (
+            y.parse().map_err(|_| bad())?,
+            m.parse().map_err(|_| bad())?,
+            d.parse().map_err(|_| bad())?,
+        );
+        let days_in_month = match m {
+            1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+            4 | 6 | 9 | 11 => 30,
+            2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
+            2 => 28,
+            _ => return Err(bad()),
+        };
+        if y < 1970 || d == 0 || d > days_in_month {
+            return Err(bad());
+        }
+        let mut ms: u64 = 0;
+        if !clock.is_empty() {
+            let (hms, frac) = clock.split_once('.').unwrap_or((clock, ""));
+            let parts: Vec<&str> = hms.split(':').collect();
+            if !(2..=3).contains(&parts.len()) || parts.iter().any(|p| p.len() != 2) {
+                return Err(bad());
+            }
+            let h: u64 = parts[0].parse().map_err(|_| bad())?;
+            let mi: u64 = parts[1].parse().map_err(|_| bad())?;
+            let sec: u64 = if parts.len() == 3 {
+                parts[2].parse().map_err(|_| bad())?
+            } else {
+                0
+            };
+            if h > 23 || mi > 59 || sec > 59 || frac.len() > 3 || !frac.chars().all(|c| c.is_ascii_digit()) {
+                return Err(bad());
+            }
+            let frac_ms: u64 = if frac.is_empty() {
+                0
+            } else {
+                frac.parse::<u64>().map_err(|_| bad())? * 10u64.pow(3 - frac.len() as u32)
+            };
+            ms = ((h * 60 + mi) * 60 + sec) * 1000 + frac_ms;
+        }
+        let days = days_from_civil(y, m, d) as u64;
+        Ok(UnixMillis(days * 86_400_000 + ms))
+    }
+}
+
+impl UnixMillis {
+    /// The first instant of this instant's UTC month.
+    pub fn month_start(self) -> UnixMillis {
+        let (y, m, _) = civil_from_days((self.0 / 86_400_000) as i64);
+        UnixMillis(days_from_civil(y, m, 1) as u64 * 86_400_000)
+    }
+}
+
 /// Days since 1970-01-01 to (year, month, day); Howard Hinnant's algorithm.
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
@@ -431,6 +517,37 @@ mod tests {
             UnixMillis(951_782_400_000).to_string(),
             "2000-02-29T00:00:00.000Z"
         );
+    }
+
+    #[test]
+    fn timestamps_parse_back() {
+        for s in [
+            "2026-11-23T15:04:05.123Z",
+            "1970-01-01T00:00:00.000Z",
+            "2000-02-29T23:59:59.999Z",
+        ] {
+            assert_eq!(s.parse::<UnixMillis>().unwrap().to_string(), s);
+        }
+        assert_eq!(
+            "2026-11-23".parse::<UnixMillis>().unwrap().to_string(),
+            "2026-11-23T00:00:00.000Z"
+        );
+        assert_eq!(
+            "2026-11-23T15:04".parse::<UnixMillis>().unwrap().to_string(),
+            "2026-11-23T15:04:00.000Z"
+        );
+        for bad in [
+            "2026-13-01",
+            "2026-02-30",
+            "2026-1-1",
+            "yesterday",
+            "2026-11-23T25:00Z",
+            "1969-12-31",
+        ] {
+            assert!(bad.parse::<UnixMillis>().is_err(), "{bad}");
+        }
+        let t: UnixMillis = "2026-11-23T15:04:05Z".parse().unwrap();
+        assert_eq!(t.month_start().to_string(), "2026-11-01T00:00:00.000Z");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use crate::accounting::pricing::RateCard;
 use crate::clock::Clock;
 pub use crate::domain::ExitOutcome;
 use crate::domain::{DeviceGrant, Job, JobId, JobSpec, Millis, NodeName, UnixMillis};
@@ -40,6 +41,8 @@ pub struct EngineConfig {
     /// Preemptible jobs are not preempted before they have run this long
     /// (a job's own `min_runtime` applies when longer).
     pub min_runtime: Millis,
+    /// Prices a lease gets when it is reserved.
+    pub rate_card: Arc<RateCard>,
 }
 
 impl Default for EngineConfig {
@@ -52,6 +55,7 @@ impl Default for EngineConfig {
             policy: Policy::Allot,
             placement_seed: 0,
             min_runtime: Millis::ZERO,
+            rate_card: Arc::new(RateCard::default()),
         }
     }
 }

@@ -752,6 +752,8 @@ impl Engine {
             .iter()
             .flat_map(|p| p.devices.iter().map(move |d| (p, d)))
             .map(|(p, d)| Lease {
+                rate: Some(self.config.rate_card.rate_for(&d.gpu_model, job.spec.preemptible)),
+                tags: job.spec.tags.clone(),
                 id: LeaseId::new_v7(),
                 job_id: id,
                 attempt: job.attempt,

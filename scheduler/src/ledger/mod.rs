@@ -310,6 +310,44 @@ impl Ledger {
             .collect()
     }
 
+    /// Every job, oldest first.
+    pub fn all_jobs(&self) -> Result<Vec<Job>> {
+        self.jobs.iter().values().map(|b| decode("jobs", &b?)).collect()
+    }
+
+    /// One page of the leases `keep` accepts, oldest first, after `after`;
+    /// with the id to continue after if there may be more.
+    pub fn leases_page(
+        &self,
+        after: Option<LeaseId>,
+        limit: usize,
+        keep: impl Fn(&Lease) -> bool,
+    ) -> Result<(Vec<Lease>, Option<LeaseId>)> {
+        let iter = match after {
+            Some(a) => {
+                let mut k = a.as_bytes().to_vec();
+                k.push(0);
+                self.leases.range(k..)
+            }
+            None => self.leases.iter(),
+        };
+        let mut out = Vec::new();
+        let mut last = None;
+        for kv in iter {
+            if out.len() >= limit {
+                break;
+            }
+            let (_, b) = kv?;
+            let lease: Lease = decode("leases", &b)?;
+            last = Some(lease.id);
+            if keep(&lease) {
+                out.push(lease);
+            }
+        }
+        let more = out.len() >= limit;
+        Ok((out, if more { last } else { None }))
+    }
+
     pub fn job_count(&self) -> usize {
         self.jobs.len()
     }

@@ -71,6 +71,8 @@ fn lease(j: &Job) -> Lease {
         started_at: None,
         ended_at: None,
         end_reason: None,
+        rate: None,
+        tags: BTreeMap::new(),
     }
 }
 

@@ -1,0 +1,123 @@
+//! Exact GPU-time and money: how leases become GPU-hours and cost.
+//!
+//! Everything here is integer. GPU-time is counted in [`GpuTime`] units of
+//! 1/63,000,000 of a GPU-millisecond, so that every share allot hands out
+//! (decimal shares to six places, thirds, ninths, MIG sevenths) times whole
+//! milliseconds is an exact integer. Money is integer minor units of one
+//! currency. A lease is cut at UTC hour boundaries into parts; each part is
+//! priced and rounded once (half to even), and every total — per lease, job,
+//! tenant, cluster, hour — is a sum of those parts, so all of them agree to
+//! the millisecond and to the minor unit.
+
+pub mod check;
+pub mod pricing;
+pub mod usage;
+
+use std::fmt;
+use std::ops::{Add, AddAssign};
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{Lease, Share, UnixMillis};
+
+/// The denominator of GPU-time: 2^6 · 3^2 · 5^6 · 7. Every share whose
+/// reduced denominator divides it is exact (see `exact_share`).
+pub const GPU_TIME_DENOMINATOR: u128 = 63_000_000;
+
+/// Milliseconds in an hour.
+pub const HOUR_MS: u64 = 3_600_000;
+
+/// GPU-time units in one GPU-hour.
+pub const UNITS_PER_GPU_HOUR: u128 = GPU_TIME_DENOMINATOR * HOUR_MS as u128;
+
+/// Whether `share` × whole milliseconds is exact in [`GpuTime`] units.
+pub fn exact_share(share: Share) -> bool {
+    GPU_TIME_DENOMINATOR.is_multiple_of(share.denominator() as u128)
+}
+
+/// GPU-time, exactly: share × milliseconds, in 1/63,000,000 GPU-ms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct GpuTime(pub u128);
+
+impl GpuTime {
+    pub const ZERO: GpuTime = GpuTime(0);
+
+    /// `share` of a GPU held for `ms` milliseconds.
+    pub fn of(share: Share, ms: u64) -> GpuTime {
+        let per_ms = GPU_TIME_DENOMINATOR * share.numerator() as u128 / share.denominator() as u128;
+        GpuTime(per_ms * ms as u128)
+    }
+
+    /// GPU-hours, for display only (never summed or billed).
+    pub fn hours_f64(self) -> f64 {
+        self.0 as f64 / UNITS_PER_GPU_HOUR as f64
+    }
+
+    /// Whole GPU-milliseconds, rounded down.
+    pub fn gpu_ms_floor(self) -> u128 {
+        self.0 / GPU_TIME_DENOMINATOR
+    }
+}
+
+impl Add for GpuTime {
+    type Output = GpuTime;
+    fn add(self, o: GpuTime) -> GpuTime {
+        GpuTime(self.0 + o.0)
+    }
+}
+
+impl AddAssign for GpuTime {
+    fn add_assign(&mut self, o: GpuTime) {
+        self.0 += o.0;
+    }
+}
+
+impl fmt::Display for GpuTime {
+    /// GPU-hours with six decimals, e.g. `1.500000`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let micro = self.0 * 1_000_000 / UNITS_PER_GPU_HOUR;
+        write!(f, "{}.{:06}", micro / 1_000_000, micro % 1_000_000)
+    }
+}
+
+/// One hour-bounded piece of a lease: `[start, end)` within one UTC hour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HourPart {
+    /// The UTC hour the part falls in (its start, a multiple of an hour).
+    pub hour: UnixMillis,
+    pub start: UnixMillis,
+    pub end: UnixMillis,
+    pub gpu_time: GpuTime,
+}
+
+/// When a lease holds its device: from reservation to its end, or to `now`
+/// while open. The device is the job's (and nobody else's) from the moment
+/// it is reserved.
+pub fn held(lease: &Lease, now: UnixMillis) -> (UnixMillis, UnixMillis) {
+    let end = lease.ended_at.unwrap_or(now).max(lease.reserved_at);
+    (lease.reserved_at, end)
+}
+
+/// The lease cut at UTC hour boundaries, clipped to `[from, to)`.
+pub fn hour_parts(lease: &Lease, now: UnixMillis, from: UnixMillis, to: UnixMillis) -> Vec<HourPart> {
+    let (start, end) = held(lease, now);
+    let (start, end) = (start.max(from), end.min(to));
+    let mut parts = Vec::new();
+    let mut t = start;
+    while t < end {
+        let hour = UnixMillis(t.0 - t.0 % HOUR_MS);
+        let stop = UnixMillis(hour.0 + HOUR_MS).min(end);
+        parts.push(HourPart {
+            hour,
+            start: t,
+            end: stop,
+            gpu_time: GpuTime::of(lease.device.share, stop.0 - t.0),
+        });
+        t = stop;
+    }
+    parts
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,225 @@
+//! `allot usage | leases | ledger check`.
+
+use allot_sdk::{Client, proto};
+use serde_json::{Value, json};
+
+use super::output::{self, table};
+use super::{LeasesArgs, UsageArgs};
+use crate::domain::{Millis, UnixMillis};
+
+fn when(flag: &str, s: &str) -> anyhow::Result<UnixMillis> {
+    s.parse().map_err(|e| anyhow::anyhow!("{flag}: {e}"))
+}
+
+fn row_json(group_by: &[String], r: &proto::UsageRow) -> Value {
+    let keys: serde_json::Map<String, Value> = group_by
+        .iter()
+        .zip(&r.keys)
+        .map(|(g, k)| (g.clone(), json!(k)))
+        .collect();
+    json!({
+        "group": keys,
+        "gpu_hours": r.gpu_hours,
+        "gpu_time_units": r.gpu_time_units,
+        "cost_minor": r.cost_minor,
+        "currency": r.currency,
+        "cost": r.cost,
+        "leases": r.leases,
+    })
+}
+
+pub async fn usage(client: &Client, a: &UsageArgs, json: bool) -> anyhow::Result<i32> {
+    let now = UnixMillis::now();
+    let to =
+        a.to.as_deref()
+            .map(|t| when("--to", t))
+            .transpose()?
+            .unwrap_or(now);
+    let from = match (&a.last, &a.from) {
+        (Some(d), _) => {
+            let d: Millis = d.parse().map_err(|e| anyhow::anyhow!("--last: {e}"))?;
+            UnixMillis(to.0.saturating_sub(d.0))
+        }
+        (None, Some(f)) => when("--from", f)?,
+        (None, None) => now.month_start(),
+    };
+    let by: Vec<&str> = a.by.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    let r = client
+        .usage(from.0 as i64, to.0 as i64, &by, a.tenant.as_deref())
+        .await?;
+    if json {
+        output::print_json(&json!({
+            "from": UnixMillis(r.from_unix_ms as u64).to_string(),
+            "to": UnixMillis(r.to_unix_ms as u64).to_string(),
+            "group_by": r.group_by,
+            "rows": r.rows.iter().map(|x| row_json(&r.group_by, x)).collect::<Vec<_>>(),
+            "totals": r.totals.iter().map(|x| row_json(&[], x)).collect::<Vec<_>>(),
+        }));
+        return Ok(0);
+    }
+    println!(
+        "usage from {} to {}",
+        UnixMillis(r.from_unix_ms as u64),
+        UnixMillis(r.to_unix_ms as u64)
+    );
+    let mut header: Vec<String> = r.group_by.iter().map(|g| g.to_uppercase()).collect();
+    header.extend(["GPU-HOURS", "COST", "LEASES"].map(String::from));
+    let mut rows: Vec<Vec<String>> = r
+        .rows
+        .iter()
+        .map(|x| {
+            let mut row: Vec<String> = x
+                .keys
+                .iter()
+                .map(|k| if k.is_empty() { "-".into() } else { k.clone() })
+                .collect();
+            row.extend([x.gpu_hours.clone(), x.cost.clone(), x.leases.to_string()]);
+            row
+        })
+        .collect();
+    for t in &r.totals {
+        let mut row: Vec<String> = vec![String::new(); r.group_by.len()];
+        if let Some(first) = row.first_mut() {
+            *first = "TOTAL".into();
+        }
+        row.extend([t.gpu_hours.clone(), t.cost.clone(), t.leases.to_string()]);
+        rows.push(row);
+    }
+    let header: Vec<&str> = header.iter().map(String::as_str).collect();
+    if r.rows.is_empty() {
+        println!("no GPU time in this window");
+    } else {
+        table(&header, &rows);
+    }
+    Ok(0)
+}
+
+fn lease_state(s: &str) -> anyhow::Result<proto::LeaseState> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "reserved" => Ok(proto::LeaseState::Reserved),
+        "active" => Ok(proto::LeaseState::Active),
+        "closed" => Ok(proto::LeaseState::Closed),
+        _ => anyhow::bail!("unknown lease state {s:?}: use reserved, active or closed"),
+    }
+}
+
+pub async fn leases(client: &Client, a: &LeasesArgs, json: bool) -> anyhow::Result<i32> {
+    let states = a
+        .states
+        .iter()
+        .map(|s| lease_state(s).map(|s| s as i32))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut q = proto::ListLeasesRequest {
+        tenant: a.tenant.clone().unwrap_or_default(),
+        states,
+        job_id: a.job.clone().unwrap_or_default(),
+        from_unix_ms: a
+            .from
+            .as_deref()
+            .map(|t| when("--from", t))
+            .transpose()?
+            .map(|t| t.0 as i64)
+            .unwrap_or(0),
+        to_unix_ms: a
+            .to
+            .as_deref()
+            .map(|t| when("--to", t))
+            .transpose()?
+            .map(|t| t.0 as i64)
+            .unwrap_or(0),
+        page_size: a.limit.min(1000) as u32,
+        page_token: String::new(),
+    };
+    let mut out = Vec::new();
+    while out.len() < a.limit {
+        let page = client.leases(q.clone()).await?;
+        out.extend(page.leases);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        q.page_token = page.next_page_token;
+    }
+    out.truncate(a.limit);
+    if json {
+        output::print_json(&Value::Array(out.iter().map(output::lease_json).collect()));
+        return Ok(0);
+    }
+    if out.is_empty() {
+        eprintln!("no leases");
+        return Ok(0);
+    }
+    let rows: Vec<Vec<String>> = out
+        .iter()
+        .map(|l| {
+            let d = l.device.clone().unwrap_or_default();
+            let end = if l.ended_at_unix_ms > 0 {
+                l.ended_at_unix_ms
+            } else {
+                UnixMillis::now().0 as i64
+            };
+            vec![
+                l.id.clone(),
+                l.job_id.clone(),
+                l.node.clone(),
+                if d.mig_profile.is_empty() {
+                    d.gpu_model.clone()
+                } else {
+                    format!("{} {}", d.gpu_model, d.mig_profile)
+                },
+                output::fraction(d.share.as_ref()),
+                output::time(l.reserved_at_unix_ms),
+                output::duration(end - l.reserved_at_unix_ms),
+                match output::end_reason_name(l.end_reason) {
+                    "" => output::lease_state_name(l.state).to_string(),
+                    r => r.to_string(),
+                },
+                l.gpu_hours.clone(),
+                crate::domain::money::Money {
+                    minor: l.cost_minor as i128,
+                    currency: l.currency.parse().unwrap_or(crate::domain::money::Currency::USD),
+                }
+                .to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "LEASE",
+            "JOB",
+            "NODE",
+            "DEVICE",
+            "SHARE",
+            "START",
+            "HELD",
+            "END",
+            "GPU-HOURS",
+            "COST",
+        ],
+        &rows,
+    );
+    Ok(0)
+}
+
+pub fn print_check(r: &proto::CheckLedgerResponse, json: bool) -> i32 {
+    if json {
+        output::print_json(&json!({
+            "clean": r.clean,
+            "problems": r.problems,
+            "jobs": r.jobs,
+            "leases": r.leases,
+            "devices": r.devices,
+            "gpu_hours": r.gpu_hours,
+        }));
+    } else if r.clean {
+        println!(
+            "ledger clean: {} jobs, {} leases on {} devices, {} GPU-hours",
+            r.jobs, r.leases, r.devices, r.gpu_hours
+        );
+    } else {
+        println!("ledger has {} problem(s):", r.problems.len());
+        for p in &r.problems {
+            println!("  {p}");
+        }
+    }
+    if r.clean { 0 } else { 2 }
+}
