@@ -203,6 +203,7 @@ fn exited(
     code: Option<i32>,
     signal: Option<i32>,
     message: String,
+    runtime: Option<Duration>,
 ) -> LaunchEvent {
     LaunchEvent::Exited(pb::JobExited {
         job_id: order.job_id.clone(),
@@ -212,6 +213,7 @@ fn exited(
         signal,
         message,
         agent_time_unix_ms: now_ms(),
+        runtime_ms: runtime.map(|d| d.as_millis() as i64),
     })
 }
 
@@ -301,7 +303,7 @@ async fn run_job(
             use std::io::Write;
             let _ = writeln!(f, "allot: {msg}");
         }
-        let _ = events.send(exited(&order, pb::ExitKind::LaunchFailed, None, None, msg));
+        let _ = events.send(exited(&order, pb::ExitKind::LaunchFailed, None, None, msg, None));
     };
     let workdir = if order.working_dir.is_empty() {
         if let Err(e) = std::fs::create_dir_all(&ctx.scratch) {
@@ -348,6 +350,8 @@ async fn run_job(
         Ok(c) => c,
         Err(e) => return fail(format!("cannot run {:?}: {e}", order.command)),
     };
+    // The agent's own measure of the run, from spawn to exit (monotonic).
+    let spawned = std::time::Instant::now();
     let pid = child.id().map(|p| p as i32).unwrap_or(0);
     let _ = std::fs::write(&ctx.pid_file, format!("{pid} {}\n", order.attempt));
     info!(job = %order.job_id, pid, "job process started");
@@ -399,7 +403,14 @@ async fn run_job(
         Err(e) => format!("could not wait for the process: {e}"),
     };
     info!(job = %order.job_id, ?code, ?signal, ?kind, "job process ended");
-    let _ = events.send(exited(&order, kind, code, signal, message));
+    let _ = events.send(exited(
+        &order,
+        kind,
+        code,
+        signal,
+        message,
+        Some(spawned.elapsed()),
+    ));
 }
 
 /// SIGTERM to the group, SIGKILL after `grace` if the leader still runs.

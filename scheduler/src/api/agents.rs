@@ -14,7 +14,7 @@ use tracing::{debug, info, instrument, warn};
 use super::convert::{device_pb, parse_job_id};
 use super::error::ApiError;
 use super::{Api, caller};
-use crate::domain::{JobId, MiB, MigProfile, MilliCpu, NodeName};
+use crate::domain::{JobId, MiB, MigProfile, MilliCpu, Millis, NodeName};
 use crate::engine::{AgentEvent, AgentOrder, ExitOutcome, JobExit, Registration, StopReason};
 use crate::ledger::Role;
 use crate::placement::{Gpu, MigSlice, NodeInventory};
@@ -48,6 +48,7 @@ pub(crate) fn exit_from_pb(e: &pb::JobExited) -> Result<JobExit, ApiError> {
         job,
         attempt: e.attempt,
         outcome,
+        runtime: e.runtime_ms.filter(|ms| *ms >= 0).map(|ms| Millis(ms as u64)),
     })
 }
 

@@ -228,6 +228,10 @@ impl ExitOutcome {
 pub struct PartExit {
     pub node: NodeName,
     pub outcome: ExitOutcome,
+    /// When the part ended, by the controller's clock (bounded by what the
+    /// agent measured): its leases end then.
+    #[serde(default)]
+    pub at: Option<UnixMillis>,
 }
 
 /// A job and its current state, as stored in the ledger.

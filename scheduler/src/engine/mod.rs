@@ -86,6 +86,8 @@ pub struct JobExit {
     pub job: JobId,
     pub attempt: u32,
     pub outcome: ExitOutcome,
+    /// How long the process ran, by the agent's monotonic clock.
+    pub runtime: Option<Millis>,
 }
 
 /// A node agent's registration.

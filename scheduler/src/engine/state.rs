@@ -88,6 +88,8 @@ pub struct Engine {
     nominations: HashMap<JobId, Nomination>,
     /// When the last placement pass ran.
     last_pass: UnixMillis,
+    /// When each running part was last reported running (heartbeats).
+    last_seen: HashMap<(JobId, NodeName), UnixMillis>,
     next_request: u64,
     effects: Vec<Effect>,
     dirty: bool,
@@ -132,6 +134,7 @@ impl Engine {
             pending_logs: HashMap::new(),
             nominations: HashMap::new(),
             last_pass: UnixMillis(0),
+            last_seen: HashMap::new(),
             next_request: 1,
             effects: Vec::new(),
             dirty: false,
@@ -450,6 +453,7 @@ impl Engine {
         self.release_all(id);
         self.queue.remove(&id);
         self.orphaned.retain(|(j, _), _| *j != id);
+        self.last_seen.retain(|(j, _), _| *j != id);
         // A preemptor that ends releases its reservation; a victim that ends
         // some other way is one fewer to wait for.
         self.nominations.remove(&id);
@@ -465,19 +469,52 @@ impl Engine {
         self.needs_pass = true;
     }
 
-    /// When the leases on `node` of a job ending now end: now, or if its part
-    /// there was lost with the node, the node's last heartbeat.
+    /// When the leases on `node` of a job ending now end: when its part there
+    /// ended (see `exit_time`), or now.
     fn part_end(&self, job: &Job, node: &NodeName, now: UnixMillis) -> UnixMillis {
-        let lost = job
-            .parts_exited
+        job.parts_exited
             .iter()
-            .any(|e| &e.node == node && matches!(e.outcome, ExitOutcome::Lost(_)));
-        if !lost {
+            .find(|e| &e.node == node)
+            .and_then(|e| e.at)
+            .unwrap_or(now)
+            .min(now)
+    }
+
+    /// When a part that exited on `node` ended, by the controller's clock: its
+    /// start plus the runtime the agent measured, but never before the last
+    /// time the controller saw it running, nor after now. (Agent times bound;
+    /// they never bill.) Without a measured runtime: now.
+    fn exit_time(&self, id: JobId, node: &NodeName, runtime: Option<Millis>, now: UnixMillis) -> UnixMillis {
+        let started = self
+            .leases
+            .get(&id)
+            .and_then(|ls| {
+                ls.iter()
+                    .filter(|l| &l.node == node)
+                    .filter_map(|l| l.started_at)
+                    .min()
+            })
+            .or_else(|| self.jobs.get(&id).and_then(|j| j.started_at));
+        let (Some(started), Some(runtime)) = (started, runtime) else {
             return now;
-        }
-        self.nodes
-            .get(node)
-            .and_then(|m| m.last_heartbeat)
+        };
+        let lower = self
+            .last_seen
+            .get(&(id, node.clone()))
+            .copied()
+            .unwrap_or(started)
+            .max(started)
+            .min(now);
+        started.plus(runtime).clamp(lower, now)
+    }
+
+    /// When a part lost with its node ended: the last time it was seen
+    /// running there (or the node's last heartbeat), never after now.
+    fn lost_time(&self, id: JobId, node: &NodeName, now: UnixMillis) -> UnixMillis {
+        self.last_seen
+            .get(&(id, node.clone()))
+            .copied()
+            .or_else(|| self.nodes.get(node).and_then(|m| m.last_heartbeat))
             .unwrap_or(now)
             .min(now)
     }
@@ -963,7 +1000,8 @@ impl Engine {
             } else {
                 warn!(job = %id, node = %name, "job part lost: its agent does not run it");
                 let message = format!("node {name} no longer runs this job (agent restarted)");
-                self.part_ended(id, name.clone(), ExitOutcome::Lost(message));
+                let at = self.lost_time(id, &name, now);
+                self.part_ended(id, name.clone(), ExitOutcome::Lost(message), at);
             }
         }
         // Lost jobs above closed their leases at the previous heartbeat; from
@@ -1023,9 +1061,18 @@ impl Engine {
             meta.last_heartbeat = Some(now);
         }
         match event {
-            AgentEvent::Heartbeat { utilization, .. } => {
+            AgentEvent::Heartbeat { utilization, running } => {
                 if let Some(meta) = self.nodes.get_mut(node) {
                     meta.utilization = utilization;
+                }
+                for (job, attempt) in running {
+                    if self
+                        .jobs
+                        .get(&job)
+                        .is_some_and(|j| j.attempt == attempt && j.runs_on(node))
+                    {
+                        self.last_seen.insert((job, node.clone()), now);
+                    }
                 }
             }
             AgentEvent::Started { job, attempt, pid } => {
@@ -1104,7 +1151,8 @@ impl Engine {
         if job.attempt != exit.attempt || !job.runs_on(node) {
             return;
         }
-        self.part_ended(exit.job, node.clone(), exit.outcome);
+        let at = self.exit_time(exit.job, node, exit.runtime, self.clock.now());
+        self.part_ended(exit.job, node.clone(), exit.outcome, at);
     }
 
     /// A part reported it started; the job runs once every part has.
@@ -1138,7 +1186,7 @@ impl Engine {
 
     /// One part of the job ended. While others still run, a bad ending stops
     /// them (a gang lives and dies together); the last ending decides the job.
-    fn part_ended(&mut self, id: JobId, node: NodeName, outcome: ExitOutcome) {
+    fn part_ended(&mut self, id: JobId, node: NodeName, outcome: ExitOutcome, at: UnixMillis) {
         let Some(job) = self.jobs.get_mut(&id) else { return };
         if job.parts_exited.iter().any(|e| e.node == node) {
             return;
@@ -1147,6 +1195,7 @@ impl Engine {
         job.parts_exited.push(crate::domain::PartExit {
             node: node.clone(),
             outcome,
+            at: Some(at),
         });
         let live = job.live_nodes();
         if !live.is_empty() {
@@ -1276,7 +1325,8 @@ impl Engine {
                 "node {node} did not come back within {}",
                 self.config.node_lost_grace
             );
-            self.part_ended(id, node, ExitOutcome::Lost(message));
+            let at = self.lost_time(id, &node, now);
+            self.part_ended(id, node, ExitOutcome::Lost(message), at);
         }
     }
 }

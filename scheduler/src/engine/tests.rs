@@ -157,6 +157,7 @@ fn exit(job: JobId, attempt: u32, code: i32) -> JobExit {
         job,
         attempt,
         outcome: ExitOutcome::Exited(code),
+        runtime: None,
     }
 }
 
@@ -405,6 +406,7 @@ async fn cancelling_a_placed_job_orders_a_stop_with_its_grace() {
                     exit_code: None,
                     signal: Some(15),
                 },
+                runtime: None,
             }),
         )
         .await;
@@ -515,6 +517,7 @@ async fn preemption_stops_victims_requeues_them_and_places_the_preemptor() {
                     exit_code: Some(0),
                     signal: None,
                 },
+                runtime: None,
             }),
         )
         .await;
@@ -619,6 +622,7 @@ async fn a_preemption_in_flight_survives_a_controller_restart() {
                     exit_code: None,
                     signal: Some(15),
                 },
+                runtime: None,
             }),
         )
         .await;
@@ -686,6 +690,7 @@ async fn a_spread_gang_runs_on_two_nodes_and_fails_together() {
                 exit_code: None,
                 signal: Some(15),
             },
+            runtime: None,
         }),
     )
     .await;
@@ -749,10 +754,78 @@ async fn a_gang_loses_all_of_itself_with_one_node() {
                 exit_code: Some(0),
                 signal: None,
             },
+            runtime: None,
         }),
     )
     .await;
     let done = until(&h, j.id, |j| j.state.is_final()).await;
     assert_eq!(done.state, JobState::NodeLost);
     assert!(done.reason.contains("did not come back"), "{}", done.reason);
+}
+
+#[tokio::test]
+async fn an_exit_reported_after_an_outage_ends_the_lease_when_it_happened() {
+    let h = harness().await;
+    let mut agent = FakeAgent::connect(&h, 1, "n1", vec![], vec![]).await;
+    let a = h.engine.submit(spec(1)).await.unwrap();
+    let b = h.engine.submit(spec(1)).await.unwrap();
+    for _ in 0..2 {
+        agent.expect_launch().await;
+    }
+    h.clock.advance(Millis(100));
+    let started = h.clock.now();
+    for id in [a.id, b.id] {
+        agent
+            .send(
+                &h,
+                AgentEvent::Started {
+                    job: id,
+                    attempt: 1,
+                    pid: 1,
+                },
+            )
+            .await;
+        until(&h, id, |j| j.state == JobState::Running).await;
+    }
+    h.clock.advance(Millis(2000));
+    agent
+        .send(
+            &h,
+            AgentEvent::Heartbeat {
+                utilization: BTreeMap::new(),
+                running: vec![(a.id, 1), (b.id, 1)],
+            },
+        )
+        .await;
+    h.engine.list_nodes().await.unwrap();
+    // The agent drops off; both jobs end while it is away; it comes back 40 s
+    // later with the exits and the runtimes it measured.
+    h.clock.advance(Millis(1000));
+    h.engine.agent_disconnected(agent.conn, agent.node.clone()).await;
+    h.engine.list_nodes().await.unwrap();
+    h.clock.advance(Millis(37_000));
+    let exit_after = |id, ms| JobExit {
+        job: id,
+        attempt: 1,
+        outcome: ExitOutcome::Exited(0),
+        runtime: Some(Millis(ms)),
+    };
+    let _agent = FakeAgent::connect(
+        &h,
+        2,
+        "n1",
+        vec![],
+        vec![exit_after(a.id, 5000), exit_after(b.id, 500)],
+    )
+    .await;
+    for (id, end) in [
+        (a.id, started.plus(Millis(5000))),
+        (b.id, started.plus(Millis(2000))),
+    ] {
+        let done = until(&h, id, |j| j.state.is_final()).await;
+        assert_eq!(done.state, JobState::Succeeded);
+        let lease = &h.engine.ledger().leases_of(&id).unwrap()[0];
+        // a: its measured 5 s. b: it claimed 0.5 s, but was seen running at 2 s.
+        assert_eq!(lease.ended_at, Some(end), "job {id}");
+    }
 }
