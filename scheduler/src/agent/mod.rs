@@ -160,12 +160,13 @@ pub async fn run(config: AgentConfig, mut shutdown: watch::Receiver<bool>) -> an
         controller = %config.controller,
         "agent starting"
     );
+    let config_state_dir = config.state_dir.clone();
     let mut state = AgentState {
         config,
         inventory,
         launcher,
         events: ev_rx,
-        unacked: BTreeMap::new(),
+        unacked: load_exits(&exits_dir(&config_state_dir))?,
     };
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -188,13 +189,68 @@ pub async fn run(config: AgentConfig, mut shutdown: watch::Receiver<bool>) -> an
     Ok(())
 }
 
+/// Exits not yet acknowledged live on disk too, so an agent restart does
+/// not lose them: `<state dir>/exits/<job>.<attempt>.pb`.
+fn exits_dir(state_dir: &std::path::Path) -> PathBuf {
+    state_dir.join("exits")
+}
+
+fn exit_file(dir: &std::path::Path, job: &str, attempt: u32) -> PathBuf {
+    dir.join(format!("{job}.{attempt}.pb"))
+}
+
+/// Reads the exits a previous agent left unacknowledged.
+fn load_exits(dir: &std::path::Path) -> anyhow::Result<BTreeMap<(String, u32), pb::JobExited>> {
+    use prost::Message;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut out = BTreeMap::new();
+    for entry in std::fs::read_dir(dir)?.flatten() {
+        let path = entry.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("pb") {
+            continue;
+        }
+        match std::fs::read(&path).map(|b| pb::JobExited::decode(b.as_slice())) {
+            Ok(Ok(e)) => {
+                info!(job = %e.job_id, "exit report from before a restart, to send again");
+                out.insert((e.job_id.clone(), e.attempt), e);
+            }
+            _ => {
+                warn!(path = %path.display(), "unreadable exit report removed");
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Writes one exit report durably (temp file, fsync, rename).
+fn write_exit(dir: &std::path::Path, e: &pb::JobExited) -> std::io::Result<()> {
+    use prost::Message;
+    use std::io::Write;
+    let path = exit_file(dir, &e.job_id, e.attempt);
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&e.encode_to_vec())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path)
+}
+
 impl AgentState {
+    /// Keeps an exit until the controller acknowledges it: in memory and on
+    /// disk (written and synced before it is first sent).
+    fn keep_exit(&mut self, e: pb::JobExited) {
+        if let Err(err) = write_exit(&exits_dir(&self.config.state_dir), &e) {
+            warn!(job = %e.job_id, "cannot keep the exit report on disk: {err}");
+        }
+        self.unacked.insert((e.job_id.clone(), e.attempt), e);
+    }
+
     /// Takes in launcher events that arrived while no session was open.
     fn absorb_offline_events(&mut self) {
         while let Ok(ev) = self.events.try_recv() {
             if let LaunchEvent::Exited(e) = ev {
                 self.launcher.forget(&e.job_id, e.attempt);
-                self.unacked.insert((e.job_id.clone(), e.attempt), e);
+                self.keep_exit(e);
             }
         }
     }
@@ -257,7 +313,7 @@ impl AgentState {
                         LaunchEvent::Started(s) => pb::agent_message::Msg::JobStarted(s),
                         LaunchEvent::Exited(e) => {
                             self.launcher.forget(&e.job_id, e.attempt);
-                            self.unacked.insert((e.job_id.clone(), e.attempt), e.clone());
+                            self.keep_exit(e.clone());
                             pb::agent_message::Msg::JobExited(e)
                         }
                     };
@@ -299,7 +355,13 @@ impl AgentState {
                 }
             }
             Msg::AckExit(a) => {
-                self.unacked.remove(&(a.job_id, a.attempt));
+                if self.unacked.remove(&(a.job_id.clone(), a.attempt)).is_some() {
+                    let _ = std::fs::remove_file(exit_file(
+                        &exits_dir(&self.config.state_dir),
+                        &a.job_id,
+                        a.attempt,
+                    ));
+                }
             }
             Msg::ReadLog(r) => {
                 let chunk = match self.launcher.read_output(&r.job_id, r.offset, r.limit).await {
@@ -351,5 +413,35 @@ impl AgentState {
     async fn shutdown(&mut self) {
         self.drain_jobs(None).await;
         info!(node = %self.config.node, "agent stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unacknowledged_exits_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let exits = exits_dir(dir.path());
+        std::fs::create_dir_all(&exits).unwrap();
+        let e = |job: &str, code| pb::JobExited {
+            job_id: job.into(),
+            attempt: 2,
+            kind: pb::ExitKind::Exited as i32,
+            exit_code: Some(code),
+            runtime_ms: Some(1234),
+            ..Default::default()
+        };
+        write_exit(&exits, &e("j1", 0)).unwrap();
+        write_exit(&exits, &e("j2", 3)).unwrap();
+        std::fs::write(exits.join("garbage.pb"), b"\xff\xff\xff").unwrap();
+        let loaded = load_exits(&exits).unwrap();
+        assert_eq!(loaded.len(), 2);
+        assert_eq!(loaded[&("j2".to_string(), 2)], e("j2", 3));
+        assert!(
+            !exits.join("garbage.pb").exists(),
+            "unreadable reports are removed"
+        );
     }
 }
