@@ -40,7 +40,7 @@ impl ConfigFile {
     /// The rate card it describes (no prices when it has none).
     pub fn rate_card(&self) -> anyhow::Result<RateCard> {
         match &self.pricing {
-            Some(p) => RateCard::from_config(p).map_err(anyhow::Error::msg),
+            Some(p) => RateCard::from_config(p).map_err(|e| anyhow::anyhow!("config file: {e}")),
             None => Ok(RateCard::default()),
         }
     }

@@ -1,6 +1,6 @@
 //! Usage over a window, grouped by any of tenant, project, job, GPU model,
 //! MIG profile, node, tag, hour or day: GPU-time and cost per group, summed
-//! from the same hour parts the export writes.
+//! from the lease hour parts (the unit every total is made of).
 
 use std::collections::BTreeMap;
 use std::fmt;

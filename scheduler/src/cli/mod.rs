@@ -115,7 +115,7 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct UsageArgs {
-    /// Start of the window (UTC: `2026-11-01`, `2026-11-01T08:00Z`) [default: start of this month].
+    /// Start of the window (UTC: `2026-11-01`, `2026-11-01T08:00Z`) [default: start of the month of --to].
     #[arg(long)]
     pub from: Option<String>,
     /// End of the window [default: now].

@@ -161,6 +161,13 @@ async fn agent(a: &AgentArgs, token: Option<&str>) -> anyhow::Result<i32> {
 /// `allot ledger check --data-dir`: opens the ledger itself (the server must
 /// be stopped: sled allows one process at a time).
 fn ledger_check_offline(dir: &std::path::Path, json: bool) -> anyhow::Result<i32> {
+    if !dir.join("ledger").is_dir() {
+        anyhow::bail!(
+            "there is no ledger in {} (expected {}/ledger)",
+            dir.display(),
+            dir.display()
+        );
+    }
     let ledger = crate::ledger::Ledger::open(dir).with_context(|| {
         format!(
             "cannot open the ledger in {} (a running server holds it: run `allot ledger check` without --data-dir against the server instead)",

@@ -41,7 +41,7 @@ pub async fn usage(client: &Client, a: &UsageArgs, json: bool) -> anyhow::Result
             UnixMillis(to.0.saturating_sub(d.0))
         }
         (None, Some(f)) => when("--from", f)?,
-        (None, None) => now.month_start(),
+        (None, None) => to.month_start(),
     };
     let by: Vec<&str> = a.by.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
     let r = client

@@ -86,7 +86,7 @@ pub struct Lease {
     /// The price of a GPU-hour on this device, fixed when it was reserved.
     #[serde(default)]
     pub rate: Option<LeaseRate>,
-    /// The job's tags, for usage by tag and the FOCUS export.
+    /// The job's tags, for usage by tag.
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
 }

@@ -122,12 +122,13 @@ impl Rate {
             .ok_or_else(bad)
     }
 
-    /// This rate less `pct` percent (exact to the millionth of a minor unit).
+    /// This rate less `pct` percent, rounded down to the millionth of a minor unit.
     pub fn discounted(self, pct: u8) -> Rate {
         Rate(self.0 * (100 - pct.min(100) as u128) / 100)
     }
 
-    /// The price in major units, for display: `4.500000`.
+    /// The price in major units with the minor digits plus six, for display:
+    /// `4.50000000` for USD.
     pub fn display(self, currency: Currency) -> String {
         let digits = currency.minor_digits() + 6;
         let p = 10u128.pow(digits);
