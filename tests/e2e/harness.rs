@@ -113,6 +113,25 @@ impl Drop for DevServer {
     }
 }
 
+/// Runs `allot ARGS…` with `ALLOT_ADDR`/`ALLOT_TOKEN` set when given;
+/// returns (exit code, stdout, stderr).
+pub async fn run_allot(args: &[&str], addr: Option<&str>, token: Option<&str>) -> (i32, String, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).env_remove("ALLOT_ADDR").env_remove("ALLOT_TOKEN");
+    if let Some(a) = addr {
+        cmd.env("ALLOT_ADDR", a);
+    }
+    if let Some(t) = token {
+        cmd.env("ALLOT_TOKEN", t);
+    }
+    let out = cmd.output().await.expect("allot runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Polls until `f` holds for the job, or panics with its last state.
 pub async fn wait_for(client: &Client, id: &str, what: &str, f: impl Fn(&Job) -> bool) -> Job {
     let deadline = tokio::time::Instant::now() + PATIENCE;

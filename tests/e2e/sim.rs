@@ -1,23 +1,12 @@
 //! `allot sim` from the command line: the JSON report and its errors.
 
-use tokio::process::Command;
-
-use crate::harness::BIN;
+use crate::harness::run_allot;
 
 const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/openb");
 
 async fn sim(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(BIN)
-        .arg("sim")
-        .args(args)
-        .output()
-        .await
-        .expect("allot runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let all: Vec<&str> = std::iter::once("sim").chain(args.iter().copied()).collect();
+    run_allot(&all, None, None).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

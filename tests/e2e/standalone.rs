@@ -13,18 +13,7 @@ const FLEET: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/fleet.toml
 const JOB_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/jobs/hello.toml");
 
 async fn cli(addr: &str, token: &str, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(BIN)
-        .args(args)
-        .env("ALLOT_ADDR", addr)
-        .env("ALLOT_TOKEN", token)
-        .output()
-        .await
-        .expect("allot runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    run_allot(args, Some(addr), Some(token)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

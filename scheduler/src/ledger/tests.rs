@@ -3,50 +3,13 @@
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::domain::{
-    DeviceGrant, GpuRequest, JobSpec, LeaseState, MiB, MilliCpu, Millis, ProjectName, Resources, Share,
-};
+use crate::domain::{DeviceGrant, LeaseState, MiB, Share};
 
 fn job(tenant: &str, state: JobState) -> Job {
-    Job {
-        id: JobId::new_v7(),
-        spec: JobSpec {
-            name: "n".into(),
-            command: "true".into(),
-            args: vec![],
-            env: BTreeMap::new(),
-            working_dir: None,
-            resources: Resources {
-                gpu: GpuRequest::None,
-                cpu: MilliCpu(1000),
-                memory: MiB(1024),
-            },
-            priority: 0,
-            preemptible: false,
-            time_limit: None,
-            grace_period: Millis::from_secs(30),
-            tenant: tenant.parse().unwrap(),
-            project: ProjectName::default_project(),
-            tags: BTreeMap::new(),
-            constraints: Default::default(),
-            min_runtime: None,
-            checkpoint_interval: None,
-        },
-        state,
-        reason: String::new(),
-        submitted_at: UnixMillis(1),
-        started_at: None,
-        ended_at: None,
-        exit_code: None,
-        signal: None,
-        placements: Vec::new(),
-        parts_started: Vec::new(),
-        parts_exited: Vec::new(),
-        lease_ids: vec![],
-        attempt: 1,
-        cancel_requested: false,
-        preempted_by: None,
-    }
+    let mut j = Job::for_tests(JobId::new_v7());
+    j.spec.tenant = tenant.parse().unwrap();
+    j.state = state;
+    j
 }
 
 fn lease(j: &Job) -> Lease {
