@@ -11,13 +11,11 @@ use tracing::instrument;
 
 use super::convert::{job_pb, job_spec, parse_job_id, state_from_pb};
 use super::error::{ApiError, ApiResult};
-use super::{Api, caller};
+use super::{Api, caller, page_size, tenant_scope};
 use crate::auth::Caller;
-use crate::domain::{Job, JobId, TenantName};
-use crate::ledger::{JobFilter, Role};
+use crate::domain::{Job, JobId};
+use crate::ledger::JobFilter;
 
-const DEFAULT_PAGE: usize = 100;
-const MAX_PAGE: usize = 1000;
 const MAX_LOG_CHUNK: u32 = 1 << 20;
 const LOG_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -88,30 +86,8 @@ impl pb::job_service_server::JobService for Api {
             .iter()
             .map(|s| state_from_pb("states", *s))
             .collect::<ApiResult<Vec<_>>>()?;
-        let asked = match req.tenant.trim() {
-            "" => None,
-            t => Some(
-                t.parse::<TenantName>()
-                    .map_err(|e| ApiError::invalid("tenant", e))?,
-            ),
-        };
-        let tenant = match (&caller.role, asked) {
-            (Role::Admin, t) => t,
-            (Role::Tenant(own), None) => Some(own.clone()),
-            (Role::Tenant(own), Some(t)) if &t == own => Some(t),
-            (Role::Tenant(_), Some(_)) => {
-                return Err(
-                    ApiError::PermissionDenied("a tenant token may list only its own jobs".into()).into(),
-                );
-            }
-            (Role::Agent, _) => {
-                return Err(ApiError::PermissionDenied("an agent token cannot list jobs".into()).into());
-            }
-        };
-        let limit = match req.page_size as usize {
-            0 => DEFAULT_PAGE,
-            n => n.min(MAX_PAGE),
-        };
+        let tenant = tenant_scope(&caller, &req.tenant, "jobs")?;
+        let limit = page_size(req.page_size);
         let after = match req.page_token.trim() {
             "" => None,
             t => Some(parse_job_id("page_token", t)?),

@@ -15,10 +15,13 @@ use allot_proto::v1 as pb;
 use tonic::service::Interceptor;
 use tonic::{Request, Status};
 
+use self::error::ApiError;
 use crate::auth::{Auth, Caller};
 use crate::clock::Clock;
 use crate::domain::Millis;
+use crate::domain::TenantName;
 use crate::engine::EngineHandle;
+use crate::ledger::Role;
 
 /// The state every service shares.
 #[derive(Clone)]
@@ -47,6 +50,37 @@ fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
         .get::<Caller>()
         .cloned()
         .ok_or_else(|| Status::unauthenticated("missing bearer token"))
+}
+
+/// The tenant a caller may look at (`what`: jobs, usage, leases): its own,
+/// or, for an admin, the one asked for (none: all tenants).
+fn tenant_scope(caller: &Caller, asked: &str, what: &str) -> Result<Option<TenantName>, ApiError> {
+    let asked = match asked.trim() {
+        "" => None,
+        t => Some(
+            t.parse::<TenantName>()
+                .map_err(|e| ApiError::invalid("tenant", e))?,
+        ),
+    };
+    match (&caller.role, asked) {
+        (Role::Admin, t) => Ok(t),
+        (Role::Tenant(own), None) => Ok(Some(own.clone())),
+        (Role::Tenant(own), Some(t)) if &t == own => Ok(Some(t)),
+        (Role::Tenant(_), Some(_)) => Err(ApiError::PermissionDenied(format!(
+            "a tenant token may see only its own tenant's {what}"
+        ))),
+        (Role::Agent, _) => Err(ApiError::PermissionDenied(format!(
+            "an agent token cannot see {what}"
+        ))),
+    }
+}
+
+/// A list call's page size: 0 means 100, and at most 1000.
+fn page_size(asked: u32) -> usize {
+    match asked as usize {
+        0 => 100,
+        n => n.min(1000),
+    }
 }
 
 /// Resolves `authorization: Bearer <token>` to a caller, or refuses the call.

@@ -6,39 +6,12 @@ use tracing::instrument;
 
 use super::convert::{lease_pb, parse_job_id};
 use super::error::{ApiError, ApiResult};
-use super::{Api, caller};
+use super::{Api, caller, page_size, tenant_scope};
 use crate::accounting::check::check;
 use crate::accounting::pricing::Money;
 use crate::accounting::usage::{Dimension, UsageQuery, UsageRow, aggregate};
 use crate::accounting::{GpuTime, held};
-use crate::auth::Caller;
-use crate::domain::{LeaseId, LeaseState, TenantName, UnixMillis};
-use crate::ledger::Role;
-
-const DEFAULT_PAGE: usize = 100;
-const MAX_PAGE: usize = 1000;
-
-/// The tenant a caller may look at: its own, or (admins) the one asked for.
-fn tenant_scope(caller: &Caller, asked: &str) -> ApiResult<Option<TenantName>> {
-    let asked = match asked.trim() {
-        "" => None,
-        t => Some(
-            t.parse::<TenantName>()
-                .map_err(|e| ApiError::invalid("tenant", e))?,
-        ),
-    };
-    match (&caller.role, asked) {
-        (Role::Admin, t) => Ok(t),
-        (Role::Tenant(own), None) => Ok(Some(own.clone())),
-        (Role::Tenant(own), Some(t)) if &t == own => Ok(Some(t)),
-        (Role::Tenant(_), Some(_)) => Err(ApiError::PermissionDenied(
-            "a tenant token sees only its own tenant's usage".into(),
-        )),
-        (Role::Agent, _) => Err(ApiError::PermissionDenied(
-            "an agent token has no usage to see".into(),
-        )),
-    }
-}
+use crate::domain::{LeaseId, LeaseState, UnixMillis};
 
 fn time(field: &str, v: i64) -> ApiResult<Option<UnixMillis>> {
     match v {
@@ -73,7 +46,7 @@ impl pb::usage_service_server::UsageService for Api {
     ) -> Result<Response<pb::GetUsageResponse>, Status> {
         let caller = caller(&request)?;
         let req = request.get_ref();
-        let tenant = tenant_scope(&caller, &req.tenant)?;
+        let tenant = tenant_scope(&caller, &req.tenant, "usage")?;
         let now = self.clock.now();
         let from = time("from_unix_ms", req.from_unix_ms)?
             .ok_or_else(|| ApiError::invalid("from_unix_ms", "is required"))?;
@@ -121,7 +94,7 @@ impl pb::usage_service_server::UsageService for Api {
     ) -> Result<Response<pb::ListLeasesResponse>, Status> {
         let caller = caller(&request)?;
         let req = request.get_ref();
-        let tenant = tenant_scope(&caller, &req.tenant)?;
+        let tenant = tenant_scope(&caller, &req.tenant, "leases")?;
         let states = req
             .states
             .iter()
@@ -138,10 +111,7 @@ impl pb::usage_service_server::UsageService for Api {
         };
         let from = time("from_unix_ms", req.from_unix_ms)?;
         let to = time("to_unix_ms", req.to_unix_ms)?;
-        let limit = match req.page_size as usize {
-            0 => DEFAULT_PAGE,
-            n => n.min(MAX_PAGE),
-        };
+        let limit = page_size(req.page_size);
         let after = match req.page_token.trim() {
             "" => None,
             t => Some(
