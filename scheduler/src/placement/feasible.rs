@@ -44,19 +44,14 @@ pub enum Rejection {
 }
 
 impl Rejection {
-    /// Whether the node could take the request once others release resources.
+    /// Whether the node could take the request once others release resources
+    /// (or it comes back, is undrained, or its reservation ends).
     pub fn is_resolvable(self) -> bool {
-        matches!(
-            self,
-            Rejection::CpuBusy
-                | Rejection::MemoryBusy
-                | Rejection::GpusBusy
-                | Rejection::ShareBusy
-                | Rejection::MigSliceBusy
-                | Rejection::NodeDown
-                | Rejection::NodeDrained
-                | Rejection::NodeReserved
-        )
+        self.is_resource_shortage()
+            || matches!(
+                self,
+                Rejection::NodeDown | Rejection::NodeDrained | Rejection::NodeReserved
+            )
     }
 
     /// Whether freeing resources held by jobs on this node could make room
