@@ -1114,6 +1114,8 @@ impl Engine {
         }
     }
 
+    /// Every part has started: the job runs. (Each part's leases became
+    /// active when it started; the caller writes the job.)
     fn mark_running(&mut self, id: JobId) {
         let now = self.clock.now();
         let Some(job) = self.jobs.get_mut(&id) else { return };
@@ -1124,15 +1126,6 @@ impl Engine {
         if job.cancel_requested {
             job.reason.push_str("; stopping (cancel requested)");
         }
-        let mut touched = Vec::new();
-        if let Some(leases) = self.leases.get_mut(&id) {
-            for lease in leases.iter_mut().filter(|l| l.state == LeaseState::Reserved) {
-                lease.state = LeaseState::Active;
-                lease.started_at = Some(now);
-                touched.push(lease.id);
-            }
-        }
-        self.persist(id, &touched);
     }
 
     fn job_exited(&mut self, node: &NodeName, exit: JobExit) {
@@ -1177,11 +1170,9 @@ impl Engine {
             }
         }
         if all && self.jobs[&id].state == JobState::Starting {
-            self.persist(id, &touched);
             self.mark_running(id);
-        } else {
-            self.persist(id, &touched);
         }
+        self.persist(id, &touched);
     }
 
     /// One part of the job ended. While others still run, a bad ending stops
