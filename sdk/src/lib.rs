@@ -261,6 +261,13 @@ impl JobSpec {
         self.0.checkpoint_interval_ms = Some(ms);
         self
     }
+
+    /// Times the job goes back to the queue when a node it runs on is lost
+    /// (default 2; 0: it ends `NODE_LOST` the first time).
+    pub fn node_lost_retries(mut self, n: u32) -> Self {
+        self.0.node_lost_retries = Some(n);
+        self
+    }
 }
 
 impl From<proto::JobSpec> for JobSpec {

@@ -29,6 +29,8 @@ pub enum LaunchEvent {
 
 struct Running {
     attempt: u32,
+    /// When the launch began (monotonic).
+    launched: std::time::Instant,
     stop: mpsc::UnboundedSender<Duration>,
 }
 
@@ -70,6 +72,7 @@ impl Launcher {
             .map(|(id, r)| pb::RunningJob {
                 job_id: id.clone(),
                 attempt: r.attempt,
+                running_ms: Some(r.launched.elapsed().as_millis() as u64),
             })
             .collect();
         v.sort_by(|a, b| a.job_id.cmp(&b.job_id));
@@ -100,6 +103,7 @@ impl Launcher {
             order.job_id.clone(),
             Running {
                 attempt: order.attempt,
+                launched: std::time::Instant::now(),
                 stop: stop_tx,
             },
         );
@@ -214,6 +218,7 @@ fn exited(
         message,
         agent_time_unix_ms: now_ms(),
         runtime_ms: runtime.map(|d| d.as_millis() as i64),
+        ended_ms_ago: None,
     })
 }
 

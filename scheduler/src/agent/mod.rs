@@ -134,6 +134,14 @@ enum SessionEnd {
     Shutdown,
 }
 
+/// An exit report as sent now: with how long ago the process ended, by this
+/// host's clock (the report carries the time it ended).
+fn aged(mut e: pb::JobExited) -> pb::JobExited {
+    let now = crate::domain::UnixMillis::now().0 as i64;
+    e.ended_ms_ago = Some(now.saturating_sub(e.agent_time_unix_ms).max(0) as u64);
+    e
+}
+
 fn msg(m: pb::agent_message::Msg) -> pb::AgentMessage {
     pb::AgentMessage { msg: Some(m) }
 }
@@ -282,7 +290,7 @@ impl AgentState {
         let (out, out_rx) = mpsc::channel::<pb::AgentMessage>(1024);
         let mut register = self.inventory.register.clone();
         register.running = self.launcher.running();
-        register.exited = self.unacked.values().cloned().collect();
+        register.exited = self.unacked.values().cloned().map(aged).collect();
         out.send(msg(pb::agent_message::Msg::Register(register))).await?;
         let mut inbound = client
             .session(tokio_stream::wrappers::ReceiverStream::new(out_rx))
@@ -314,7 +322,7 @@ impl AgentState {
                         LaunchEvent::Exited(e) => {
                             self.launcher.forget(&e.job_id, e.attempt);
                             self.keep_exit(e.clone());
-                            pb::agent_message::Msg::JobExited(e)
+                            pb::agent_message::Msg::JobExited(aged(e))
                         }
                     };
                     out.send(msg(m)).await?;
@@ -401,7 +409,7 @@ impl AgentState {
                 Ok(Some(LaunchEvent::Exited(e))) => {
                     self.launcher.forget(&e.job_id, e.attempt);
                     if let Some(out) = out {
-                        let _ = out.send(msg(pb::agent_message::Msg::JobExited(e))).await;
+                        let _ = out.send(msg(pb::agent_message::Msg::JobExited(aged(e)))).await;
                     }
                 }
                 Ok(Some(_)) => {}

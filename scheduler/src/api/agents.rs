@@ -15,7 +15,7 @@ use super::convert::{device_pb, parse_job_id};
 use super::error::ApiError;
 use super::{Api, caller};
 use crate::domain::{JobId, MiB, MigProfile, MilliCpu, Millis, NodeName};
-use crate::engine::{AgentEvent, AgentOrder, ExitOutcome, JobExit, Registration, StopReason};
+use crate::engine::{AgentEvent, AgentOrder, ExitOutcome, JobExit, Registration, RunningPart, StopReason};
 use crate::ledger::Role;
 use crate::placement::{Gpu, MigSlice, NodeInventory};
 
@@ -49,6 +49,7 @@ pub(crate) fn exit_from_pb(e: &pb::JobExited) -> Result<JobExit, ApiError> {
         attempt: e.attempt,
         outcome,
         runtime: e.runtime_ms.filter(|ms| *ms >= 0).map(|ms| Millis(ms as u64)),
+        ended_ago: e.ended_ms_ago.map(Millis),
     })
 }
 
@@ -117,7 +118,17 @@ fn registration(r: &pb::RegisterAgent) -> Result<Registration, ApiError> {
             memory: MiB(memory),
             gpus,
         },
-        running: running(&r.running),
+        running: r
+            .running
+            .iter()
+            .filter_map(|p| {
+                Some(RunningPart {
+                    job: p.job_id.parse().ok()?,
+                    attempt: p.attempt,
+                    running_for: p.running_ms.map(Millis),
+                })
+            })
+            .collect(),
         exited,
         discovery: r.discovery.clone(),
         agent_version: r.agent_version.clone(),

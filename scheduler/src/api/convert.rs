@@ -265,6 +265,16 @@ pub fn job_spec(caller: &Caller, spec: Option<&pb::JobSpec>) -> ApiResult<JobSpe
     };
     let min_runtime = positive("spec.min_runtime_ms", spec.min_runtime_ms)?;
     let checkpoint_interval = positive("spec.checkpoint_interval_ms", spec.checkpoint_interval_ms)?;
+    let node_lost_retries = match spec.node_lost_retries {
+        None => JobSpec::DEFAULT_NODE_LOST_RETRIES,
+        Some(n) if n > JobSpec::MAX_NODE_LOST_RETRIES => {
+            return Err(ApiError::invalid(
+                "spec.node_lost_retries",
+                format!("at most {}, got {n}", JobSpec::MAX_NODE_LOST_RETRIES),
+            ));
+        }
+        Some(n) => n,
+    };
     let resources = resources(spec.resources.as_ref())?;
     if spec.spread && !matches!(resources.gpu, GpuRequest::Whole(_)) {
         return Err(ApiError::invalid(
@@ -299,6 +309,7 @@ pub fn job_spec(caller: &Caller, spec: Option<&pb::JobSpec>) -> ApiResult<JobSpe
         tags,
         min_runtime,
         checkpoint_interval,
+        node_lost_retries,
     })
 }
 
@@ -451,6 +462,7 @@ pub fn spec_pb(s: &JobSpec) -> pb::JobSpec {
         min_runtime_ms: s.min_runtime.map(|t| t.0 as i64),
         checkpoint_interval_ms: s.checkpoint_interval.map(|t| t.0 as i64),
         spread: s.constraints.spread,
+        node_lost_retries: Some(s.node_lost_retries),
     }
 }
 
@@ -473,5 +485,6 @@ pub fn job_pb(j: &Job, leases: &[Lease], now: UnixMillis) -> pb::Job {
         leases: leases.iter().map(|l| lease_pb(l, now)).collect(),
         attempt: j.attempt,
         cancel_requested: j.cancel_requested,
+        node_lost_requeues: j.node_lost_requeues,
     }
 }

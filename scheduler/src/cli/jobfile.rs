@@ -41,6 +41,8 @@ pub struct JobFile {
     pub spread: Option<bool>,
     /// How often the job checkpoints (`30m`).
     pub checkpoint_interval: Option<String>,
+    /// Times the job is requeued when a node it runs on is lost (default 2).
+    pub node_lost_retries: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -168,6 +170,7 @@ impl JobFile {
                 .as_deref()
                 .map(|t| duration_ms("checkpoint_interval", t))
                 .transpose()?,
+            node_lost_retries: self.node_lost_retries,
         })
     }
 }

@@ -85,6 +85,9 @@ pub fn build_spec(a: &SubmitArgs) -> anyhow::Result<proto::JobSpec> {
     if let Some(t) = &a.checkpoint_interval {
         spec.checkpoint_interval_ms = Some(duration_ms("--checkpoint-interval", t)?);
     }
+    if let Some(n) = a.node_lost_retries {
+        spec.node_lost_retries = Some(n);
+    }
     for e in &a.env {
         let (k, v) = key_value("--env", e)?;
         spec.env.insert(k, v);

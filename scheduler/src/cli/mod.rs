@@ -324,6 +324,9 @@ pub struct SubmitArgs {
     /// How often the job checkpoints (`30m`): preemption weighs the work lost since the last one.
     #[arg(long)]
     pub checkpoint_interval: Option<String>,
+    /// Times the job is requeued when a node it runs on is lost [default: 2; 0: never].
+    #[arg(long)]
+    pub node_lost_retries: Option<u32>,
     /// Environment variable `KEY=VALUE` (repeatable).
     #[arg(long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,

@@ -221,6 +221,8 @@ pub fn job_json(j: &proto::Job) -> Value {
         "node_labels": spec.map(|s| s.node_labels.clone()),
         "min_runtime_ms": spec.and_then(|s| s.min_runtime_ms),
         "checkpoint_interval_ms": spec.and_then(|s| s.checkpoint_interval_ms),
+        "node_lost_retries": spec.and_then(|s| s.node_lost_retries),
+        "node_lost_requeues": j.node_lost_requeues,
         "tags": spec.map(|s| s.tags.clone()),
         "attempt": j.attempt,
         "cancel_requested": j.cancel_requested,

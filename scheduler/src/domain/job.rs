@@ -92,6 +92,9 @@ pub struct JobSpec {
     /// How often it checkpoints (for the cost of preempting it).
     #[serde(default)]
     pub checkpoint_interval: Option<Millis>,
+    /// Times it goes back to the queue when a node it runs on is lost.
+    #[serde(default = "JobSpec::default_node_lost_retries")]
+    pub node_lost_retries: u32,
 }
 
 impl Job {
@@ -123,6 +126,13 @@ impl Job {
 
 impl JobSpec {
     pub const DEFAULT_GRACE: Millis = Millis::from_secs(30);
+    pub const DEFAULT_NODE_LOST_RETRIES: u32 = 2;
+    /// The most a job may ask for.
+    pub const MAX_NODE_LOST_RETRIES: u32 = 100;
+
+    fn default_node_lost_retries() -> u32 {
+        Self::DEFAULT_NODE_LOST_RETRIES
+    }
 }
 
 /// The life of a job: `Pending → Starting → Running → one final state`.
@@ -264,6 +274,9 @@ pub struct Job {
     /// Being stopped to make room for this (higher-priority) job.
     #[serde(default)]
     pub preempted_by: Option<JobId>,
+    /// Times it went back to the queue after losing a node.
+    #[serde(default)]
+    pub node_lost_requeues: u32,
 }
 
 #[cfg(test)]
@@ -293,6 +306,7 @@ impl Job {
                 tags: BTreeMap::new(),
                 min_runtime: None,
                 checkpoint_interval: None,
+                node_lost_retries: JobSpec::DEFAULT_NODE_LOST_RETRIES,
             },
             state: JobState::Succeeded,
             reason: String::new(),
@@ -308,6 +322,7 @@ impl Job {
             attempt: 1,
             cancel_requested: false,
             preempted_by: None,
+            node_lost_requeues: 0,
         }
     }
 }

@@ -88,14 +88,25 @@ pub struct JobExit {
     pub outcome: ExitOutcome,
     /// How long the process ran, by the agent's monotonic clock.
     pub runtime: Option<Millis>,
+    /// How long before the report was sent the process ended (agent clock).
+    pub ended_ago: Option<Millis>,
+}
+
+/// A job part an agent runs, as it says when it registers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunningPart {
+    pub job: JobId,
+    pub attempt: u32,
+    /// How long ago the agent launched it (its monotonic clock).
+    pub running_for: Option<Millis>,
 }
 
 /// A node agent's registration.
 #[derive(Debug, Clone)]
 pub struct Registration {
     pub inventory: NodeInventory,
-    /// (job, attempt) the agent runs now.
-    pub running: Vec<(JobId, u32)>,
+    /// The parts the agent runs now.
+    pub running: Vec<RunningPart>,
     /// Exits the agent reported but the controller has not acknowledged.
     pub exited: Vec<JobExit>,
     pub discovery: String,

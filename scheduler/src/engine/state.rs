@@ -8,7 +8,7 @@ use tracing::{debug, error, info, warn};
 
 use super::{
     AgentEvent, AgentOrder, Command, EngineConfig, EngineError, EngineResult, ExitOutcome, JobEvent, JobExit,
-    LaunchOrder, LogSlice, NodeView, Registration, StopReason,
+    LaunchOrder, LogSlice, NodeView, Registration, RunningPart, StopReason,
 };
 use crate::clock::Clock;
 use crate::domain::{
@@ -197,6 +197,10 @@ impl Engine {
                     .push(victim);
             }
         }
+        // When each node was last heard from, for jobs lost with it.
+        for (node, seen) in engine.ledger.nodes_seen()? {
+            engine.nodes.entry(node).or_default().last_heartbeat = Some(seen);
+        }
         info!(pending, placed, "engine state loaded from the ledger");
         Ok(engine)
     }
@@ -382,6 +386,7 @@ impl Engine {
             attempt: 1,
             cancel_requested: false,
             preempted_by: None,
+            node_lost_requeues: 0,
         };
         let id = job.id;
         info!(job = %id, tenant = %job.spec.tenant, name = %job.spec.name, "job submitted");
@@ -480,11 +485,12 @@ impl Engine {
             .min(now)
     }
 
-    /// When a part that exited on `node` ended, by the controller's clock: its
-    /// start plus the runtime the agent measured, but never before the last
-    /// time the controller saw it running, nor after now. (Agent times bound;
-    /// they never bill.) Without a measured runtime: now.
-    fn exit_time(&self, id: JobId, node: &NodeName, runtime: Option<Millis>, now: UnixMillis) -> UnixMillis {
+    /// When a part that exited on `node` ended, by the controller's clock: when
+    /// the agent says it ended (so long ago), else its start plus the runtime
+    /// the agent measured; but never before the last time the controller saw
+    /// it running, nor after now. (Agent times bound; they never bill.)
+    /// Without either: now.
+    fn exit_time(&self, id: JobId, node: &NodeName, exit: &JobExit, now: UnixMillis) -> UnixMillis {
         let started = self
             .leases
             .get(&id)
@@ -495,17 +501,20 @@ impl Engine {
                     .min()
             })
             .or_else(|| self.jobs.get(&id).and_then(|j| j.started_at));
-        let (Some(started), Some(runtime)) = (started, runtime) else {
-            return now;
+        let estimate = match (exit.ended_ago, started, exit.runtime) {
+            (Some(ago), _, _) => UnixMillis(now.0.saturating_sub(ago.0)),
+            (None, Some(started), Some(runtime)) => started.plus(runtime),
+            _ => return now,
         };
-        let lower = self
-            .last_seen
-            .get(&(id, node.clone()))
-            .copied()
-            .unwrap_or(started)
-            .max(started)
-            .min(now);
-        started.plus(runtime).clamp(lower, now)
+        let lower = started.map(|s| {
+            self.last_seen
+                .get(&(id, node.clone()))
+                .copied()
+                .unwrap_or(s)
+                .max(s)
+                .min(now)
+        });
+        estimate.clamp(lower.unwrap_or(UnixMillis(0)), now)
     }
 
     /// When a part lost with its node ended: the last time it was seen
@@ -770,6 +779,35 @@ impl Engine {
         self.needs_pass = true;
     }
 
+    /// A job that lost a node and has retries left: its leases close as
+    /// node-lost and it goes back to the queue at its old position.
+    fn requeue_lost(&mut self, id: JobId, why: String) {
+        let now = self.clock.now();
+        self.close_leases(id, JobState::NodeLost, now);
+        self.release_all(id);
+        let touched = self.all_lease_ids(&id);
+        let Some(job) = self.jobs.get_mut(&id) else { return };
+        job.node_lost_requeues += 1;
+        job.reason = format!(
+            "requeued after {why} (retry {} of {})",
+            job.node_lost_requeues, job.spec.node_lost_retries
+        );
+        warn!(job = %id, retry = job.node_lost_requeues, "job lost a node; requeued");
+        job.state = JobState::Pending;
+        job.unplace();
+        job.started_at = None;
+        job.ended_at = None;
+        job.exit_code = None;
+        job.signal = None;
+        job.attempt += 1;
+        self.queue.push(job);
+        self.persist(id, &touched);
+        self.leases.insert(id, Vec::new());
+        self.orphaned.retain(|(j, _), _| *j != id);
+        self.last_seen.retain(|(j, _), _| *j != id);
+        self.needs_pass = true;
+    }
+
     /// Makes a placement real: allocates every part, writes the leases and
     /// the job (durable at this turn's flush), then orders each node to launch.
     fn commit_placement(&mut self, id: JobId, parts: Vec<crate::domain::Placement>) {
@@ -945,7 +983,11 @@ impl Engine {
         info!(node = %name, gpus = reg.inventory.gpus.len(), discovery = %reg.discovery, "agent registered");
 
         // Reconcile the jobs placed on this node with what the agent runs.
-        let running: HashMap<JobId, u32> = reg.running.iter().copied().collect();
+        let running: HashMap<JobId, (u32, Option<Millis>)> = reg
+            .running
+            .iter()
+            .map(|p| (p.job, (p.attempt, p.running_for)))
+            .collect();
         let here: Vec<JobId> = self
             .jobs
             .values()
@@ -960,7 +1002,7 @@ impl Engine {
                 .find(|p| p.node == name)
                 .cloned()
                 .expect("filtered on runs_on");
-            let reported = running.get(&id) == Some(&job.attempt);
+            let reported = running.get(&id).is_some_and(|(a, _)| *a == job.attempt);
             let ended_here = job.parts_exited.iter().any(|e| e.node == name);
             self.orphaned.remove(&(id, name.clone()));
             if reported || ended_here {
@@ -970,7 +1012,13 @@ impl Engine {
                 }
             }
             if reported {
-                self.part_started(id, &name);
+                // Started no earlier than the agent says it launched it.
+                let since = running
+                    .get(&id)
+                    .and_then(|(_, ms)| *ms)
+                    .map(|ms| UnixMillis(now.0.saturating_sub(ms.0)))
+                    .unwrap_or(now);
+                self.part_started(id, &name, since);
                 // Stop orders sent while the node was away may never have
                 // arrived: send them again.
                 let job = &self.jobs[&id];
@@ -1010,7 +1058,7 @@ impl Engine {
             meta.last_heartbeat = Some(now);
         }
         // Processes the agent runs that the controller does not know: stop them.
-        for (id, attempt) in reg.running {
+        for RunningPart { job: id, attempt, .. } in reg.running {
             let known = self.jobs.get(&id).is_some_and(|j| j.attempt == attempt);
             if !known {
                 self.effects.push(Effect::Order(
@@ -1065,6 +1113,12 @@ impl Engine {
                 if let Some(meta) = self.nodes.get_mut(node) {
                     meta.utilization = utilization;
                 }
+                // Kept so that a controller restarted later still knows when
+                // the node's jobs were last seen running. Not flushed on its
+                // own: sled writes it out within its flush interval.
+                if let Err(e) = self.ledger.put_node_seen(node, now) {
+                    warn!(%node, error = %e, "cannot record the heartbeat");
+                }
                 for (job, attempt) in running {
                     if self
                         .jobs
@@ -1079,7 +1133,7 @@ impl Engine {
                 match self.jobs.get(&job) {
                     Some(j) if j.attempt == attempt && j.runs_on(node) => {
                         debug!(%job, %node, pid, "job part started");
-                        self.part_started(job, node);
+                        self.part_started(job, node, now);
                     }
                     _ => {
                         // Not ours (any more): make sure it does not run.
@@ -1144,13 +1198,27 @@ impl Engine {
         if job.attempt != exit.attempt || !job.runs_on(node) {
             return;
         }
-        let at = self.exit_time(exit.job, node, exit.runtime, self.clock.now());
+        let now = self.clock.now();
+        // A part whose start report was lost (the controller restarted
+        // before it was written) ran all the same: it started `runtime`
+        // before it ended.
+        let unstarted = !job.parts_started.contains(node);
+        if unstarted && exit.runtime.is_some() && !matches!(exit.outcome, ExitOutcome::LaunchFailed(_)) {
+            let ended = exit
+                .ended_ago
+                .map(|ago| UnixMillis(now.0.saturating_sub(ago.0)))
+                .unwrap_or(now);
+            let began = UnixMillis(ended.0.saturating_sub(exit.runtime.unwrap_or_default().0));
+            self.part_started(exit.job, node, began);
+        }
+        let at = self.exit_time(exit.job, node, &exit, now);
         self.part_ended(exit.job, node.clone(), exit.outcome, at);
     }
 
     /// A part reported it started; the job runs once every part has.
-    fn part_started(&mut self, id: JobId, node: &NodeName) {
-        let now = self.clock.now();
+    /// `at` is when it started by the controller's clock (now, or earlier
+    /// when the report comes late), never before the lease was reserved.
+    fn part_started(&mut self, id: JobId, node: &NodeName, at: UnixMillis) {
         let Some(job) = self.jobs.get_mut(&id) else { return };
         if job.parts_started.contains(node) {
             return;
@@ -1165,7 +1233,7 @@ impl Engine {
                 .filter(|l| &l.node == node && l.state == LeaseState::Reserved)
             {
                 lease.state = LeaseState::Active;
-                lease.started_at = Some(now);
+                lease.started_at = Some(at.max(lease.reserved_at));
                 touched.push(lease.id);
             }
         }
@@ -1225,6 +1293,13 @@ impl Engine {
             return;
         }
         let (state, reason, code, signal) = verdict(job);
+        if state == JobState::NodeLost
+            && !job.cancel_requested
+            && job.node_lost_requeues < job.spec.node_lost_retries
+        {
+            self.requeue_lost(id, reason);
+            return;
+        }
         job.state = state;
         job.reason = reason;
         job.exit_code = code;

@@ -74,6 +74,24 @@ impl FakeAgent {
         running: Vec<(JobId, u32)>,
         exited: Vec<JobExit>,
     ) -> Self {
+        let running = running
+            .into_iter()
+            .map(|(job, attempt)| RunningPart {
+                job,
+                attempt,
+                running_for: None,
+            })
+            .collect();
+        Self::register(h, conn, node, running, exited).await
+    }
+
+    async fn register(
+        h: &Harness,
+        conn: u64,
+        node: &str,
+        running: Vec<RunningPart>,
+        exited: Vec<JobExit>,
+    ) -> Self {
         let (tx, orders) = mpsc::unbounded_channel();
         let reg = Registration {
             inventory: inventory(node, 2),
@@ -131,6 +149,7 @@ fn spec(gpus: u32) -> JobSpec {
         constraints: Default::default(),
         min_runtime: None,
         checkpoint_interval: None,
+        node_lost_retries: 0,
     }
 }
 
@@ -158,6 +177,7 @@ fn exit(job: JobId, attempt: u32, code: i32) -> JobExit {
         attempt,
         outcome: ExitOutcome::Exited(code),
         runtime: None,
+        ended_ago: None,
     }
 }
 
@@ -407,6 +427,7 @@ async fn cancelling_a_placed_job_orders_a_stop_with_its_grace() {
                     signal: Some(15),
                 },
                 runtime: None,
+                ended_ago: None,
             }),
         )
         .await;
@@ -518,6 +539,7 @@ async fn preemption_stops_victims_requeues_them_and_places_the_preemptor() {
                     signal: None,
                 },
                 runtime: None,
+                ended_ago: None,
             }),
         )
         .await;
@@ -623,6 +645,7 @@ async fn a_preemption_in_flight_survives_a_controller_restart() {
                     signal: Some(15),
                 },
                 runtime: None,
+                ended_ago: None,
             }),
         )
         .await;
@@ -691,6 +714,7 @@ async fn a_spread_gang_runs_on_two_nodes_and_fails_together() {
                 signal: Some(15),
             },
             runtime: None,
+            ended_ago: None,
         }),
     )
     .await;
@@ -755,6 +779,7 @@ async fn a_gang_loses_all_of_itself_with_one_node() {
                 signal: None,
             },
             runtime: None,
+            ended_ago: None,
         }),
     )
     .await;
@@ -809,6 +834,7 @@ async fn an_exit_reported_after_an_outage_ends_the_lease_when_it_happened() {
         attempt: 1,
         outcome: ExitOutcome::Exited(0),
         runtime: Some(Millis(ms)),
+        ended_ago: None,
     };
     let _agent = FakeAgent::connect(
         &h,
@@ -828,4 +854,178 @@ async fn an_exit_reported_after_an_outage_ends_the_lease_when_it_happened() {
         // a: its measured 5 s. b: it claimed 0.5 s, but was seen running at 2 s.
         assert_eq!(lease.ended_at, Some(end), "job {id}");
     }
+}
+
+/// Submits a job and brings it to RUNNING on `agent`.
+async fn run_one(h: &Harness, agent: &mut FakeAgent, spec: JobSpec) -> JobId {
+    let j = h.engine.submit(spec).await.unwrap();
+    let launch = agent.expect_launch().await;
+    agent
+        .send(
+            h,
+            AgentEvent::Started {
+                job: j.id,
+                attempt: launch.attempt,
+                pid: 1,
+            },
+        )
+        .await;
+    until(h, j.id, |j| j.state == JobState::Running).await;
+    j.id
+}
+
+/// A new engine on the same ledger and clock (the old one is dropped).
+fn restart(h: Harness) -> Harness {
+    let Harness { engine, clock, dir } = h;
+    let ledger = engine.ledger().clone();
+    drop(engine);
+    let (engine, _task) = start(ledger, Arc::new(clock.clone()), config()).unwrap();
+    Harness { engine, clock, dir }
+}
+
+#[tokio::test]
+async fn a_job_lost_with_its_node_is_requeued_while_it_has_retries() {
+    let h = harness().await;
+    let mut agent = FakeAgent::connect(&h, 1, "n1", vec![], vec![]).await;
+    let id = run_one(
+        &h,
+        &mut agent,
+        JobSpec {
+            node_lost_retries: 1,
+            ..spec(1)
+        },
+    )
+    .await;
+    h.clock.advance(Millis(1000));
+    agent
+        .send(
+            &h,
+            AgentEvent::Heartbeat {
+                utilization: BTreeMap::new(),
+                running: vec![(id, 1)],
+            },
+        )
+        .await;
+    h.engine.list_nodes().await.unwrap();
+    let seen = h.clock.now();
+    h.clock.advance(Millis(500));
+    h.engine.agent_disconnected(agent.conn, agent.node.clone()).await;
+    h.engine.list_nodes().await.unwrap();
+    h.clock.advance(Millis(GRACE.0 + 1000));
+    let requeued = until(&h, id, |j| j.state == JobState::Pending).await;
+    assert_eq!((requeued.attempt, requeued.node_lost_requeues), (2, 1));
+    let leases = h.engine.ledger().leases_of(&id).unwrap();
+    assert_eq!(leases[0].end_reason, Some(EndReason::NodeLost));
+    assert_eq!(leases[0].ended_at, Some(seen));
+
+    // It runs again elsewhere; lost a second time, it has no retry left.
+    let mut other = FakeAgent::connect(&h, 2, "n2", vec![], vec![]).await;
+    let launch = other.expect_launch().await;
+    assert_eq!((launch.job, launch.attempt), (id, 2));
+    other
+        .send(
+            &h,
+            AgentEvent::Started {
+                job: id,
+                attempt: 2,
+                pid: 1,
+            },
+        )
+        .await;
+    until(&h, id, |j| j.state == JobState::Running).await;
+    h.engine.agent_disconnected(other.conn, other.node.clone()).await;
+    h.engine.list_nodes().await.unwrap();
+    h.clock.advance(Millis(GRACE.0 + 1000));
+    let lost = until(&h, id, |j| j.state.is_final()).await;
+    assert_eq!(lost.state, JobState::NodeLost);
+    let leases = h.engine.ledger().leases_of(&id).unwrap();
+    assert_eq!(leases.len(), 2);
+    assert!(leases.iter().all(|l| l.end_reason == Some(EndReason::NodeLost)));
+}
+
+#[tokio::test]
+async fn a_restarted_controller_ends_lost_leases_at_the_last_heartbeat_it_recorded() {
+    let h = harness().await;
+    let mut agent = FakeAgent::connect(&h, 1, "n1", vec![], vec![]).await;
+    let id = run_one(&h, &mut agent, spec(1)).await;
+    h.clock.advance(Millis(1000));
+    agent
+        .send(
+            &h,
+            AgentEvent::Heartbeat {
+                utilization: BTreeMap::new(),
+                running: vec![(id, 1)],
+            },
+        )
+        .await;
+    h.engine.list_nodes().await.unwrap();
+    let seen = h.clock.now();
+    h.clock.advance(Millis(4000));
+    // The controller restarts; the node never comes back.
+    let h = restart(h);
+    h.clock.advance(Millis(GRACE.0 + 1000));
+    let lost = until(&h, id, |j| j.state.is_final()).await;
+    assert_eq!(lost.state, JobState::NodeLost);
+    let lease = &h.engine.ledger().leases_of(&id).unwrap()[0];
+    assert_eq!(lease.ended_at, Some(seen));
+}
+
+#[tokio::test]
+async fn late_reports_date_starts_and_ends_by_what_the_agent_measured() {
+    let h = harness().await;
+    let mut agent = FakeAgent::connect(&h, 1, "n1", vec![], vec![]).await;
+    let a = h.engine.submit(spec(1)).await.unwrap();
+    let b = h.engine.submit(spec(1)).await.unwrap();
+    agent.expect_launch().await;
+    agent.expect_launch().await;
+    let reserved = h.clock.now();
+    // Both start, but the controller dies before it hears of it.
+    h.clock.advance(Millis(3000));
+    let h = restart(h);
+    h.clock.advance(Millis(2000));
+    let now = h.clock.now();
+    // The agent comes back: `a` runs (launched 4 s ago), `b` ran 1.5 s and
+    // ended 0.2 s ago.
+    let agent = FakeAgent::register(
+        &h,
+        2,
+        "n1",
+        vec![RunningPart {
+            job: a.id,
+            attempt: 1,
+            running_for: Some(Millis(4000)),
+        }],
+        vec![JobExit {
+            job: b.id,
+            attempt: 1,
+            outcome: ExitOutcome::Exited(0),
+            runtime: Some(Millis(1500)),
+            ended_ago: Some(Millis(200)),
+        }],
+    )
+    .await;
+    until(&h, a.id, |j| j.state == JobState::Running).await;
+    let la = &h.engine.ledger().leases_of(&a.id).unwrap()[0];
+    assert_eq!(la.reserved_at, reserved);
+    assert_eq!(la.started_at, Some(UnixMillis(now.0 - 4000)));
+    let done = until(&h, b.id, |j| j.state.is_final()).await;
+    assert_eq!(done.state, JobState::Succeeded);
+    let lb = &h.engine.ledger().leases_of(&b.id).unwrap()[0];
+    assert_eq!(lb.end_reason, Some(EndReason::Succeeded));
+    assert_eq!(lb.ended_at, Some(UnixMillis(now.0 - 200)));
+    assert_eq!(lb.started_at, Some(UnixMillis(now.0 - 1700)));
+    // `a` ends later; its exit arrives 300 ms after it happened.
+    h.clock.advance(Millis(1000));
+    agent
+        .send(
+            &h,
+            AgentEvent::Exited(JobExit {
+                ended_ago: Some(Millis(300)),
+                ..exit(a.id, 1, 0)
+            }),
+        )
+        .await;
+    until(&h, a.id, |j| j.state.is_final()).await;
+    let la = &h.engine.ledger().leases_of(&a.id).unwrap()[0];
+    assert_eq!(la.ended_at, Some(UnixMillis(now.0 + 700)));
 }

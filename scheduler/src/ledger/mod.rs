@@ -77,6 +77,7 @@ pub struct Ledger {
     tenants: sled::Tree,
     tokens: sled::Tree,
     drains: sled::Tree,
+    nodes_seen: sled::Tree,
 }
 
 /// How long `open` waits for the file lock of a ledger being closed.
@@ -155,6 +156,7 @@ impl Ledger {
             tenants: db.open_tree("tenants")?,
             tokens: db.open_tree("tokens")?,
             drains: db.open_tree("drains")?,
+            nodes_seen: db.open_tree("nodes_seen")?,
             db,
         })
     }
@@ -408,6 +410,28 @@ impl Ledger {
             if let Ok(name) = String::from_utf8_lossy(&k).parse::<NodeName>() {
                 out.push((name, String::from_utf8_lossy(&v).into_owned()));
             }
+        }
+        Ok(out)
+    }
+
+    /// Records when a node was last heard from.
+    pub fn put_node_seen(&self, node: &NodeName, at: UnixMillis) -> Result<()> {
+        self.nodes_seen.insert(node.as_str(), &at.0.to_be_bytes())?;
+        Ok(())
+    }
+
+    /// When each node was last heard from.
+    pub fn nodes_seen(&self) -> Result<Vec<(NodeName, UnixMillis)>> {
+        let mut out = Vec::new();
+        for kv in self.nodes_seen.iter() {
+            let (k, v) = kv?;
+            let (Ok(name), Ok(ms)) = (
+                String::from_utf8_lossy(&k).parse::<NodeName>(),
+                <[u8; 8]>::try_from(v.as_ref()),
+            ) else {
+                continue;
+            };
+            out.push((name, UnixMillis(u64::from_be_bytes(ms))));
         }
         Ok(out)
     }
