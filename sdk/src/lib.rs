@@ -570,6 +570,59 @@ impl Client {
             .into_inner())
     }
 
+    /// Exports usage over `[from, to)` (whole UTC hours; `to` 0: the end of
+    /// the current hour) in `format`, writing the bytes to `out` as they
+    /// arrive. Returns the number of rows.
+    pub async fn export_usage(
+        &self,
+        req: proto::ExportUsageRequest,
+        out: &mut (impl std::io::Write + Send),
+    ) -> Result<u64> {
+        let mut stream = self.usage.clone().export_usage(req).await?.into_inner();
+        let mut rows = 0;
+        while let Some(chunk) = stream.message().await? {
+            out.write_all(&chunk.data)
+                .map_err(|e| Error::local(Code::Internal, format!("cannot write the export: {e}")))?;
+            rows = chunk.rows;
+        }
+        out.flush()
+            .map_err(|e| Error::local(Code::Internal, format!("cannot write the export: {e}")))?;
+        Ok(rows)
+    }
+
+    /// Admins: sets a tenant's monthly budget (decimal amounts; empty for
+    /// none; both empty clears it).
+    pub async fn set_budget(
+        &self,
+        tenant: &str,
+        spend_limit: &str,
+        gpu_hours_limit: &str,
+    ) -> Result<proto::BudgetStatus> {
+        Ok(self
+            .usage
+            .clone()
+            .set_budget(proto::SetBudgetRequest {
+                tenant: tenant.into(),
+                spend_limit: spend_limit.into(),
+                gpu_hours_limit: gpu_hours_limit.into(),
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// Budgets and where their tenants stand this month (a tenant token: its own).
+    pub async fn budgets(&self, tenant: Option<&str>) -> Result<Vec<proto::BudgetStatus>> {
+        Ok(self
+            .usage
+            .clone()
+            .get_budgets(proto::GetBudgetsRequest {
+                tenant: tenant.unwrap_or_default().into(),
+            })
+            .await?
+            .into_inner()
+            .budgets)
+    }
+
     /// Tenants and tokens (admin token needed, except `who_am_i`).
     pub fn admin(&self) -> Admin {
         Admin(self.admin.clone())

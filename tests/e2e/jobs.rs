@@ -326,7 +326,12 @@ async fn a_killed_server_restarts_with_every_job_and_lease() {
     let finished = client.submit(JobSpec::new("true").gpus(2)).await.unwrap();
     let finished = wait_final(&client, &finished.id).await;
     let running = client
-        .submit(JobSpec::new("sh").args(["-c", "echo $$; exec sleep 600"]).gpus(1))
+        .submit(
+            JobSpec::new("sh")
+                .args(["-c", "echo $$; exec sleep 600"])
+                .gpus(1)
+                .node_lost_retries(0),
+        )
         .await
         .unwrap();
     let running = wait_state(&client, &running.id, JobState::Running).await;

@@ -8,10 +8,13 @@
 //!   no open lease.
 //! - A lease's hour parts add up exactly to the lease, and the per-job,
 //!   per-tenant and whole-cluster totals agree to the unit.
+//! - The roll-ups hold exactly what the closed leases add up to; the open
+//!   set and the hour index match the leases.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use super::usage::{Dimension, UsageQuery, aggregate};
+use super::rollup::{Closing, decode_key};
+use super::usage::{Dimension, Tally, UsageQuery, aggregate};
 use super::{GpuTime, held, hour_parts};
 use crate::domain::{Job, JobId, Lease, LeaseId, LeaseState, Share, UnixMillis};
 
@@ -180,4 +183,67 @@ pub fn check(jobs: &[Job], leases: &[Lease], now: UnixMillis) -> CheckReport {
         gpu_time: cluster.0,
         problems,
     }
+}
+
+/// The ledger's derived data, as stored, to check against the leases.
+pub struct Derived {
+    /// Roll-up cells by key.
+    pub rollups: HashMap<Vec<u8>, Tally>,
+    /// Leases in the open set.
+    pub open: HashSet<LeaseId>,
+    /// Hour-index entries: (hour, lease).
+    pub hours: HashSet<(UnixMillis, LeaseId)>,
+}
+
+/// Checks the roll-ups, the open-lease set and the hour index against the
+/// leases they are made from: every closed lease counted once in each
+/// roll-up, exactly.
+pub fn check_derived(leases: &[Lease], derived: &Derived) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut want: HashMap<Vec<u8>, Tally> = HashMap::new();
+    for l in leases {
+        let open = l.state != LeaseState::Closed;
+        if open != derived.open.contains(&l.id) {
+            problems.push(format!(
+                "lease {}: {} but {} the open set",
+                l.id,
+                if open { "open" } else { "closed" },
+                if open { "missing from" } else { "still in" }
+            ));
+        }
+        if open {
+            continue;
+        }
+        let closing = Closing::of(l);
+        for (part, tally) in &closing.parts {
+            if !derived.hours.contains(&(part.hour, l.id)) {
+                problems.push(format!(
+                    "lease {}: missing from the hour index at {}",
+                    l.id, part.hour
+                ));
+            }
+            for (r, cell) in &closing.cells {
+                want.entry(r.key(part.hour, cell)).or_default().add(tally);
+            }
+        }
+    }
+    let mut keys: Vec<&Vec<u8>> = want.keys().chain(derived.rollups.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    for k in keys {
+        let (w, s) = (
+            want.get(k).copied().unwrap_or_default(),
+            derived.rollups.get(k).copied().unwrap_or_default(),
+        );
+        if w != s {
+            let at = decode_key(k)
+                .map(|(h, c)| format!("{h} {}/{}/{}", c.tenant, c.project, c.model))
+                .unwrap_or_else(|| "an unreadable key".into());
+            problems.push(format!(
+                "roll-up at {at}: holds {} GPU-h, {} minor units, {} leases; the leases say {}, {}, {}",
+                s.gpu_time, s.cost, s.parts, w.gpu_time, w.cost, w.parts
+            ));
+        }
+    }
+    problems
 }

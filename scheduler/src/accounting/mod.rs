@@ -9,8 +9,11 @@
 //! tenant, cluster, hour — is a sum of those parts, so all of them agree to
 //! the millisecond and to the minor unit.
 
+pub mod budget;
 pub mod check;
+pub mod export;
 pub mod pricing;
+pub mod rollup;
 pub mod usage;
 
 use std::fmt;
@@ -52,6 +55,22 @@ impl GpuTime {
     /// GPU-hours, for display only (never summed or billed).
     pub fn hours_f64(self) -> f64 {
         self.0 as f64 / UNITS_PER_GPU_HOUR as f64
+    }
+
+    /// GPU-hours as a decimal with `places` digits, rounded half to even.
+    pub fn hours_decimal(self, places: u32) -> String {
+        let scale = 10u128.pow(places);
+        let (n, d) = (self.0 * scale, UNITS_PER_GPU_HOUR);
+        let (q, r) = (n / d, n % d);
+        let q = match (2 * r).cmp(&d) {
+            std::cmp::Ordering::Less => q,
+            std::cmp::Ordering::Greater => q + 1,
+            std::cmp::Ordering::Equal => q + (q % 2),
+        };
+        if places == 0 {
+            return q.to_string();
+        }
+        format!("{}.{:0w$}", q / scale, q % scale, w = places as usize)
     }
 
     /// Whole GPU-milliseconds, rounded down.

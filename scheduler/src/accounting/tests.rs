@@ -44,6 +44,7 @@ fn lease(share: Share, start: u64, end: Option<u64>, gpu: &str) -> Lease {
             per_gpu_hour: Rate::parse("3.50", Currency::USD).unwrap(),
         }),
         tags: BTreeMap::from([("team".to_string(), "nlp".to_string())]),
+        agent_runtime: None,
     }
 }
 

@@ -6,8 +6,10 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
+use serde::{Deserialize, Serialize};
+
 use super::pricing::{Currency, cost};
-use super::{GpuTime, hour_parts};
+use super::{GpuTime, HOUR_MS, hour_parts};
 use crate::domain::{Lease, TenantName, UnixMillis};
 
 /// What usage can be grouped by.
@@ -93,35 +95,163 @@ pub struct UsageRow {
     pub leases: u64,
 }
 
-/// A row being summed.
-#[derive(Default)]
-struct Acc {
-    gpu_time: GpuTime,
-    cost: i128,
-    leases: u64,
-    last: Option<crate::domain::LeaseId>,
+/// The attributes of a lease that usage groups by. A roll-up keeps some of
+/// them (the rest are empty there); a lease read whole has them all.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Cell {
+    pub tenant: String,
+    pub project: String,
+    pub model: String,
+    pub mig: String,
+    pub currency: Currency,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub job: String,
+}
+
+impl Cell {
+    /// Every attribute of the lease.
+    pub fn of(lease: &Lease) -> Cell {
+        Cell {
+            tenant: lease.tenant.to_string(),
+            project: lease.project.to_string(),
+            model: lease.device.gpu_model.clone(),
+            mig: lease
+                .device
+                .mig_profile
+                .as_ref()
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
+            currency: lease.rate.map(|r| r.currency).unwrap_or(Currency::USD),
+            node: lease.node.to_string(),
+            tags: lease.tags.clone(),
+            job: lease.job_id.to_string(),
+        }
+    }
+
+    fn key(&self, d: &Dimension, hour: UnixMillis) -> String {
+        match d {
+            Dimension::Tenant => self.tenant.clone(),
+            Dimension::Project => self.project.clone(),
+            Dimension::Job => self.job.clone(),
+            Dimension::GpuModel => self.model.clone(),
+            Dimension::MigProfile => self.mig.clone(),
+            Dimension::Node => self.node.clone(),
+            Dimension::Tag(t) => self.tags.get(t).cloned().unwrap_or_default(),
+            Dimension::Hour => hour.to_string(),
+            Dimension::Day => day_of(hour),
+        }
+    }
+}
+
+/// What one lease-hour part (or a roll-up of many) adds to a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Tally {
+    pub gpu_time: GpuTime,
+    pub cost: i128,
+    /// Leases with a part in the hour.
+    pub parts: u64,
+    /// Leases whose first part is in the hour (they started in it).
+    pub starts: u64,
+}
+
+impl Tally {
+    pub fn add(&mut self, o: &Tally) {
+        self.gpu_time += o.gpu_time;
+        self.cost += o.cost;
+        self.parts += o.parts;
+        self.starts += o.starts;
+    }
+
+    /// The tally of one lease's part `[start, end)` of `hour`.
+    pub fn of_part(lease: &Lease, part: &super::HourPart) -> Tally {
+        let held_start = lease.reserved_at;
+        Tally {
+            gpu_time: part.gpu_time,
+            cost: lease
+                .rate
+                .map(|r| cost(part.gpu_time, r.per_gpu_hour))
+                .unwrap_or(0),
+            parts: 1,
+            starts: u64::from(held_start >= part.hour && held_start.0 < part.hour.0 + HOUR_MS),
+        }
+    }
 }
 
 fn day_of(t: UnixMillis) -> String {
     t.to_string()[..10].to_string()
 }
 
-fn key(d: &Dimension, lease: &Lease, hour: UnixMillis) -> String {
-    match d {
-        Dimension::Tenant => lease.tenant.to_string(),
-        Dimension::Project => lease.project.to_string(),
-        Dimension::Job => lease.job_id.to_string(),
-        Dimension::GpuModel => lease.device.gpu_model.clone(),
-        Dimension::MigProfile => lease
-            .device
-            .mig_profile
-            .as_ref()
-            .map(|p| p.to_string())
-            .unwrap_or_default(),
-        Dimension::Node => lease.node.to_string(),
-        Dimension::Tag(t) => lease.tags.get(t).cloned().unwrap_or_default(),
-        Dimension::Hour => hour.to_string(),
-        Dimension::Day => day_of(hour),
+/// Sums tallies into rows. A lease is counted once per row: at the first
+/// hour of the row inside the window every lease with a part there counts;
+/// at later hours only leases that start in them (a lease is one unbroken
+/// interval, so nothing is counted twice or missed).
+pub struct Rows<'q> {
+    q: &'q UsageQuery,
+    rows: BTreeMap<(Vec<String>, Currency), Tally>,
+}
+
+impl<'q> Rows<'q> {
+    pub fn new(q: &'q UsageQuery) -> Self {
+        Rows {
+            q,
+            rows: BTreeMap::new(),
+        }
+    }
+
+    /// Whether `hour` is the first hour of its row's stretch of the window.
+    fn opens_row(&self, hour: UnixMillis) -> bool {
+        let window_start = UnixMillis(self.q.from.0 - self.q.from.0 % HOUR_MS);
+        let bucket_start = if self.q.group_by.contains(&Dimension::Hour) {
+            hour
+        } else if self.q.group_by.contains(&Dimension::Day) {
+            UnixMillis(hour.0 - hour.0 % (24 * HOUR_MS))
+        } else {
+            window_start
+        };
+        hour == bucket_start.max(window_start)
+    }
+
+    pub fn add(&mut self, hour: UnixMillis, cell: &Cell, t: &Tally) {
+        let keys = self.q.group_by.iter().map(|d| cell.key(d, hour)).collect();
+        let leases = if self.opens_row(hour) { t.parts } else { t.starts };
+        let e = self.rows.entry((keys, cell.currency)).or_default();
+        e.gpu_time += t.gpu_time;
+        e.cost += t.cost;
+        e.parts += leases;
+    }
+
+    /// The lease's parts inside the window (up to `now` while it is open).
+    pub fn add_lease(&mut self, lease: &Lease, now: UnixMillis) {
+        self.add_lease_within(lease, now, self.q.from, self.q.to);
+    }
+
+    /// The lease's parts inside both the window and `[from, to)`.
+    pub fn add_lease_within(&mut self, lease: &Lease, now: UnixMillis, from: UnixMillis, to: UnixMillis) {
+        if self.q.tenant.as_ref().is_some_and(|t| t != &lease.tenant) {
+            return;
+        }
+        let cell = Cell::of(lease);
+        for part in hour_parts(lease, now, from.max(self.q.from), to.min(self.q.to)) {
+            self.add(part.hour, &cell, &Tally::of_part(lease, &part));
+        }
+    }
+
+    /// The rows, sorted by keys.
+    pub fn finish(self) -> Vec<UsageRow> {
+        self.rows
+            .into_iter()
+            .map(|((keys, currency), t)| UsageRow {
+                keys,
+                currency,
+                gpu_time: t.gpu_time,
+                cost_minor: t.cost,
+                leases: t.parts,
+            })
+            .collect()
     }
 }
 
@@ -132,34 +262,9 @@ pub fn aggregate<'a>(
     q: &UsageQuery,
     now: UnixMillis,
 ) -> Vec<UsageRow> {
-    let mut rows: BTreeMap<(Vec<String>, Currency), Acc> = BTreeMap::new();
+    let mut rows = Rows::new(q);
     for lease in leases {
-        if q.tenant.as_ref().is_some_and(|t| t != &lease.tenant) {
-            continue;
-        }
-        let currency = lease.rate.map(|r| r.currency).unwrap_or(Currency::USD);
-        for part in hour_parts(lease, now, q.from, q.to) {
-            let keys = q.group_by.iter().map(|d| key(d, lease, part.hour)).collect();
-            let e = rows.entry((keys, currency)).or_default();
-            e.gpu_time += part.gpu_time;
-            e.cost += lease
-                .rate
-                .map(|r| cost(part.gpu_time, r.per_gpu_hour))
-                .unwrap_or(0);
-            // A lease's parts come one after another: count it once per row.
-            if e.last != Some(lease.id) {
-                e.leases += 1;
-                e.last = Some(lease.id);
-            }
-        }
+        rows.add_lease(lease, now);
     }
-    rows.into_iter()
-        .map(|((keys, currency), acc)| UsageRow {
-            keys,
-            currency,
-            gpu_time: acc.gpu_time,
-            cost_minor: acc.cost,
-            leases: acc.leases,
-        })
-        .collect()
+    rows.finish()
 }

@@ -424,6 +424,7 @@ pub fn lease_pb(l: &Lease, now: UnixMillis) -> pb::Lease {
             .map(|r| r.per_gpu_hour.display(r.currency))
             .unwrap_or_default(),
         tags: l.tags.clone().into_iter().collect(),
+        agent_runtime_ms: l.agent_runtime.map(|r| r.0 as i64),
     }
 }
 

@@ -72,7 +72,10 @@ impl From<EngineError> for ApiError {
 
 impl From<LedgerError> for ApiError {
     fn from(e: LedgerError) -> Self {
-        ApiError::Internal(e.to_string())
+        match e {
+            LedgerError::Busy => ApiError::Unavailable(e.to_string()),
+            e => ApiError::Internal(e.to_string()),
+        }
     }
 }
 

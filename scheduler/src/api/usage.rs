@@ -7,11 +7,14 @@ use tracing::instrument;
 use super::convert::{lease_pb, parse_job_id};
 use super::error::{ApiError, ApiResult};
 use super::{Api, caller, page_size, tenant_scope};
-use crate::accounting::check::check;
-use crate::accounting::pricing::Money;
-use crate::accounting::usage::{Dimension, UsageQuery, UsageRow, aggregate};
-use crate::accounting::{GpuTime, held};
-use crate::domain::{LeaseId, LeaseState, UnixMillis};
+use std::ops::Not;
+
+use crate::accounting::budget::{Budget, Standing, parse_gpu_hours};
+use crate::accounting::export::{self, Format, Issuer, Writer};
+use crate::accounting::pricing::{Currency, Money};
+use crate::accounting::usage::{Dimension, UsageQuery, UsageRow};
+use crate::accounting::{GpuTime, HOUR_MS, held};
+use crate::domain::{Lease, LeaseId, LeaseState, TenantName, UnixMillis};
 
 fn time(field: &str, v: i64) -> ApiResult<Option<UnixMillis>> {
     match v {
@@ -37,8 +40,242 @@ fn row_pb(r: &UsageRow) -> pb::UsageRow {
     }
 }
 
+type ExportStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::ExportChunk, Status>> + Send>>;
+
+/// Bytes per export chunk (well under gRPC's default 4 MiB message limit).
+const EXPORT_CHUNK: usize = 256 * 1024;
+
+fn whole_hour(field: &str, t: UnixMillis) -> ApiResult<UnixMillis> {
+    if t.0.is_multiple_of(HOUR_MS) {
+        Ok(t)
+    } else {
+        Err(ApiError::invalid(
+            field,
+            format!("must be on a whole UTC hour (exports are per hour), got {t}"),
+        ))
+    }
+}
+
+/// A tenant's standing against its budget (or, without one, its usage).
+fn standing(
+    ledger: &crate::ledger::Ledger,
+    tenant: &TenantName,
+    budget: Option<&Budget>,
+    currency: Currency,
+    now: UnixMillis,
+) -> ApiResult<pb::BudgetStatus> {
+    let q = |from: UnixMillis| UsageQuery {
+        from,
+        to: now.max(UnixMillis(from.0 + 1)),
+        group_by: vec![],
+        tenant: Some(tenant.clone()),
+    };
+    let month = ledger.usage(&q(now.month_start()), now)?;
+    let day = ledger.usage(&q(UnixMillis(now.0.saturating_sub(24 * HOUR_MS))), now)?;
+    let s = Standing::assess(budget, currency, &month, &day, now);
+    let money = |minor: i128| {
+        Money {
+            minor,
+            currency: s.currency,
+        }
+        .to_string()
+    };
+    let summary = match (&s.exhausted, budget) {
+        (Some(why), _) => format!("exhausted: {why}; pending jobs are held"),
+        (None, Some(b)) => {
+            let mut parts = Vec::new();
+            if let Some(l) = b.spend_limit_minor {
+                parts.push(format!("{} of {}", money(s.spent_minor), money(l)));
+            }
+            if let Some(l) = b.gpu_time_limit {
+                parts.push(format!("{} of {l} GPU-h", s.gpu_time));
+            }
+            parts.join(", ")
+        }
+        (None, None) => "no budget".to_string(),
+    };
+    Ok(pb::BudgetStatus {
+        tenant: tenant.to_string(),
+        has_budget: budget.is_some(),
+        currency: s.currency.to_string(),
+        spend_limit_minor: budget.and_then(|b| b.spend_limit_minor).map(|m| m as i64),
+        gpu_time_limit_units: budget
+            .and_then(|b| b.gpu_time_limit)
+            .map(|g| g.0.to_string())
+            .unwrap_or_default(),
+        gpu_hours_limit: budget
+            .and_then(|b| b.gpu_time_limit)
+            .map(|g| g.to_string())
+            .unwrap_or_default(),
+        period_start_unix_ms: s.period_start.0 as i64,
+        period_end_unix_ms: s.period_end.0 as i64,
+        spent_minor: s.spent_minor as i64,
+        spent: money(s.spent_minor),
+        gpu_time_units: s.gpu_time.0.to_string(),
+        gpu_hours: s.gpu_time.to_string(),
+        burn_minor_per_day: s.burn_minor as i64,
+        burn_gpu_hours_per_day: s.burn_gpu_time.to_string(),
+        projected_minor: s.projected_minor as i64,
+        projected_gpu_hours: s.projected_gpu_time.to_string(),
+        exhausted: s.exhausted.is_some(),
+        summary,
+    })
+}
+
 #[tonic::async_trait]
 impl pb::usage_service_server::UsageService for Api {
+    type ExportUsageStream = ExportStream;
+
+    #[instrument(skip(self, request))]
+    async fn export_usage(
+        &self,
+        request: Request<pb::ExportUsageRequest>,
+    ) -> Result<Response<Self::ExportUsageStream>, Status> {
+        let caller = caller(&request)?;
+        let req = request.get_ref();
+        let tenant = tenant_scope(&caller, &req.tenant, "usage")?;
+        let format = match pb::ExportFormat::try_from(req.format) {
+            Ok(pb::ExportFormat::Focus) => Format::Focus,
+            Ok(pb::ExportFormat::Csv) => Format::Csv,
+            Ok(pb::ExportFormat::Json) => Format::Json,
+            _ => return Err(ApiError::invalid("format", "use FOCUS, CSV or JSON").into()),
+        };
+        let now = self.clock.now();
+        let from = time("from_unix_ms", req.from_unix_ms)?
+            .ok_or_else(|| ApiError::invalid("from_unix_ms", "is required"))?;
+        let from = whole_hour("from_unix_ms", from)?;
+        let to = match time("to_unix_ms", req.to_unix_ms)? {
+            Some(t) => whole_hour("to_unix_ms", t)?,
+            None => UnixMillis(now.0 - now.0 % HOUR_MS + HOUR_MS),
+        };
+        if to <= from {
+            return Err(ApiError::invalid("to_unix_ms", "must be after from_unix_ms").into());
+        }
+        let ledger = self.engine.ledger().clone();
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::ExportChunk, Status>>(4);
+        // Hour by hour off the runtime: the leases of one hour at a time, in
+        // lease-id order, so memory stays small whatever the window.
+        tokio::task::spawn_blocking(move || {
+            let mut w = Writer::new(format, Issuer::default());
+            let mut buf = String::new();
+            w.header(&mut buf);
+            let send = |buf: &mut String, rows: u64| {
+                let data = std::mem::take(buf).into_bytes();
+                tx.blocking_send(Ok(pb::ExportChunk { data, rows })).is_ok()
+            };
+            let mut hour = from;
+            while hour < to {
+                let leases = match ledger.closed_leases_in_hours(hour, hour) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(ApiError::from(e).into()));
+                        return;
+                    }
+                };
+                let mine: Vec<Lease> = leases
+                    .into_iter()
+                    .filter(|l| tenant.as_ref().is_none_or(|t| &l.tenant == t))
+                    .collect();
+                for row in export::rows(&mine, hour, UnixMillis(hour.0 + HOUR_MS)) {
+                    w.row(&mut buf, &row);
+                }
+                if buf.len() >= EXPORT_CHUNK && !send(&mut buf, w.rows()) {
+                    return; // the client went away
+                }
+                hour = UnixMillis(hour.0 + HOUR_MS);
+            }
+            w.footer(&mut buf);
+            send(&mut buf, w.rows());
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn set_budget(
+        &self,
+        request: Request<pb::SetBudgetRequest>,
+    ) -> Result<Response<pb::BudgetStatus>, Status> {
+        let caller = caller(&request)?;
+        Self::admin_only(&caller, "setting a budget")?;
+        let req = request.get_ref();
+        let tenant: TenantName = req
+            .tenant
+            .trim()
+            .parse()
+            .map_err(|e| ApiError::invalid("tenant", e))?;
+        if self.auth.tenant_exists(&tenant).map_err(ApiError::from)?.not() {
+            return Err(ApiError::NotFound(format!("tenant {tenant}")).into());
+        }
+        let currency = self.engine.rate_card().currency;
+        let spend = match req.spend_limit.trim() {
+            "" => None,
+            s => {
+                let minor = Money::parse(s, currency).map_err(|e| ApiError::invalid("spend_limit", e))?;
+                if minor <= 0 {
+                    return Err(ApiError::invalid("spend_limit", "must be greater than 0").into());
+                }
+                Some(minor)
+            }
+        };
+        let gpu = match req.gpu_hours_limit.trim() {
+            "" => None,
+            s => {
+                let g = parse_gpu_hours(s).map_err(|e| ApiError::invalid("gpu_hours_limit", e))?;
+                if g == GpuTime::ZERO {
+                    return Err(ApiError::invalid("gpu_hours_limit", "must be greater than 0").into());
+                }
+                Some(g)
+            }
+        };
+        let budget = (spend.is_some() || gpu.is_some()).then(|| Budget {
+            tenant: tenant.clone(),
+            currency,
+            spend_limit_minor: spend,
+            gpu_time_limit: gpu,
+        });
+        self.engine
+            .set_budget(tenant.clone(), budget.clone())
+            .await
+            .map_err(ApiError::from)?;
+        let status = standing(
+            self.engine.ledger(),
+            &tenant,
+            budget.as_ref(),
+            currency,
+            self.clock.now(),
+        )?;
+        Ok(Response::new(status))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn get_budgets(
+        &self,
+        request: Request<pb::GetBudgetsRequest>,
+    ) -> Result<Response<pb::GetBudgetsResponse>, Status> {
+        let caller = caller(&request)?;
+        let tenant = tenant_scope(&caller, &request.get_ref().tenant, "budgets")?;
+        let ledger = self.engine.ledger();
+        let currency = self.engine.rate_card().currency;
+        let now = self.clock.now();
+        let budgets = ledger.budgets().map_err(ApiError::from)?;
+        let mut out = Vec::new();
+        match tenant {
+            // One tenant: its standing, budget or not.
+            Some(t) => {
+                let b = budgets.iter().find(|b| b.tenant == t);
+                out.push(standing(ledger, &t, b, currency, now)?);
+            }
+            None => {
+                for b in &budgets {
+                    out.push(standing(ledger, &b.tenant, Some(b), currency, now)?);
+                }
+            }
+        }
+        Ok(Response::new(pb::GetBudgetsResponse { budgets: out }))
+    }
+
     #[instrument(skip(self, request))]
     async fn get_usage(
         &self,
@@ -62,22 +299,23 @@ impl pb::usage_service_server::UsageService for Api {
                     .map_err(|e| ApiError::invalid("group_by", e))
             })
             .collect::<ApiResult<Vec<_>>>()?;
-        let leases = self.engine.ledger().all_leases().map_err(ApiError::from)?;
+        let ledger = self.engine.ledger();
         let q = UsageQuery {
             from,
             to,
             group_by: group_by.clone(),
             tenant,
         };
-        let rows = aggregate(&leases, &q, now);
-        let totals = aggregate(
-            &leases,
-            &UsageQuery {
-                group_by: vec![],
-                ..q
-            },
-            now,
-        );
+        let rows = ledger.usage(&q, now).map_err(ApiError::from)?;
+        let totals = ledger
+            .usage(
+                &UsageQuery {
+                    group_by: vec![],
+                    ..q
+                },
+                now,
+            )
+            .map_err(ApiError::from)?;
         Ok(Response::new(pb::GetUsageResponse {
             group_by: group_by.iter().map(|d| d.to_string()).collect(),
             rows: rows.iter().map(row_pb).collect(),
@@ -145,10 +383,11 @@ impl pb::usage_service_server::UsageService for Api {
     ) -> Result<Response<pb::CheckLedgerResponse>, Status> {
         let caller = caller(&request)?;
         Self::admin_only(&caller, "checking the ledger")?;
-        let ledger = self.engine.ledger();
-        let jobs = ledger.all_jobs().map_err(ApiError::from)?;
-        let leases = ledger.all_leases().map_err(ApiError::from)?;
-        let report = check(&jobs, &leases, self.clock.now());
+        let report = self
+            .engine
+            .ledger()
+            .check(self.clock.now())
+            .map_err(ApiError::from)?;
         Ok(Response::new(report_pb(&report)))
     }
 }

@@ -104,8 +104,12 @@ pub enum Command {
     Whoami,
     /// Simulate placement on a trace (the Alibaba openb GPU trace format).
     Sim(SimArgs),
-    /// GPU-hours and cost over a window, grouped as you like.
+    /// GPU-hours and cost over a window, grouped as you like; budgets below.
+    /// `allot usage export` writes FOCUS 1.2 CSV, plain CSV or JSON.
     Usage(UsageArgs),
+    /// Tenants' monthly budgets: spend and GPU-hour limits.
+    #[command(subcommand)]
+    Budget(BudgetCommand),
     /// Leases, like `sacct`: who held which device when, and what it cost.
     Leases(LeasesArgs),
     /// The ledger.
@@ -113,8 +117,61 @@ pub enum Command {
     Ledger(LedgerCommand),
 }
 
+#[derive(Debug, Subcommand)]
+pub enum UsageCommand {
+    /// One row per closed lease and UTC hour, to a file or stdout. The same
+    /// period always exports to the same bytes; open leases appear once they
+    /// close.
+    Export(ExportArgs),
+}
+
 #[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// focus (FinOps FOCUS 1.2 CSV), csv or json.
+    #[arg(long, default_value = "focus")]
+    pub format: String,
+    /// A calendar month, `2026-11` [default: this month, up to the current hour].
+    #[arg(long, conflicts_with_all = ["from", "to"])]
+    pub month: Option<String>,
+    /// Start of the window, on a whole UTC hour (`2026-11-01`, `2026-11-03T08:00Z`).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// End of the window (exclusive), on a whole UTC hour [default: the end of the current hour].
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Only this tenant (admins).
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Write here instead of stdout.
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BudgetCommand {
+    /// Set a tenant's monthly limits (admin). A tenant at a limit gets no new
+    /// placements: its pending jobs are held; running ones run on.
+    Set {
+        tenant: String,
+        /// Spend limit per month in the rate card's currency, e.g. `5000.00`.
+        #[arg(long)]
+        spend: Option<String>,
+        /// GPU-hour limit per month, e.g. `1000` or `12.5`.
+        #[arg(long)]
+        gpu_hours: Option<String>,
+    },
+    /// Remove a tenant's budget (admin).
+    Clear { tenant: String },
+    /// Budgets and where their tenants stand this month: spend, GPU-hours,
+    /// burn rate over the last 24 hours, projection to the month's end.
+    Show { tenant: Option<String> },
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct UsageArgs {
+    #[command(subcommand)]
+    pub command: Option<UsageCommand>,
     /// Start of the window (UTC: `2026-11-01`, `2026-11-01T08:00Z`) [default: start of the month of --to].
     #[arg(long)]
     pub from: Option<String>,

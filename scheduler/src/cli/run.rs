@@ -174,11 +174,7 @@ fn ledger_check_offline(dir: &std::path::Path, json: bool) -> anyhow::Result<i32
             dir.display()
         )
     })?;
-    let report = crate::accounting::check::check(
-        &ledger.all_jobs()?,
-        &ledger.all_leases()?,
-        crate::domain::UnixMillis::now(),
-    );
+    let report = ledger.check(crate::domain::UnixMillis::now())?;
     Ok(usage::print_check(&crate::api::usage::report_pb(&report), json))
 }
 
@@ -289,7 +285,11 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     let json = cli.json;
     match &cli.command {
         Command::Server(_) | Command::Agent(_) | Command::Sim(_) => unreachable!("handled above"),
-        Command::Usage(a) => usage::usage(&client, a, json).await,
+        Command::Usage(a) => match &a.command {
+            Some(super::UsageCommand::Export(e)) => usage::export(&client, e).await,
+            None => usage::usage(&client, a, json).await,
+        },
+        Command::Budget(b) => usage::budget(&client, b, json).await,
         Command::Leases(a) => usage::leases(&client, a, json).await,
         Command::Ledger(LedgerCommand::Check { data_dir: None }) => {
             Ok(usage::print_check(&client.check_ledger().await?, json))

@@ -4,7 +4,9 @@ use allot_sdk::{Client, proto};
 use serde_json::{Value, json};
 
 use super::output::{self, table};
-use super::{LeasesArgs, UsageArgs};
+use anyhow::Context;
+
+use super::{BudgetCommand, ExportArgs, LeasesArgs, UsageArgs};
 use crate::domain::{Millis, UnixMillis};
 
 fn when(flag: &str, s: &str) -> anyhow::Result<UnixMillis> {
@@ -90,6 +92,12 @@ pub async fn usage(client: &Client, a: &UsageArgs, json: bool) -> anyhow::Result
         println!("no GPU time in this window");
     } else {
         table(&header, &rows);
+    }
+    // Budgets of the tenants in view (a tenant token: its own).
+    let budgets = client.budgets(a.tenant.as_deref()).await?;
+    if budgets.iter().any(|b| b.has_budget) {
+        println!();
+        print_budgets(&budgets);
     }
     Ok(0)
 }
@@ -222,4 +230,162 @@ pub fn print_check(r: &proto::CheckLedgerResponse, json: bool) -> i32 {
         }
     }
     if r.clean { 0 } else { 2 }
+}
+
+/// `allot usage export`.
+pub async fn export(client: &Client, a: &ExportArgs) -> anyhow::Result<i32> {
+    let format = match a.format.trim().to_ascii_lowercase().as_str() {
+        "focus" => proto::ExportFormat::Focus,
+        "csv" => proto::ExportFormat::Csv,
+        "json" => proto::ExportFormat::Json,
+        other => anyhow::bail!("--format: unknown format {other:?}: use focus, csv or json"),
+    };
+    let (from, to) = match (&a.month, &a.from) {
+        (Some(m), _) => {
+            let start = when("--month", &format!("{}-01", m.trim()))?;
+            if start.month_start() != start {
+                anyhow::bail!("--month: use YYYY-MM, e.g. 2026-11");
+            }
+            (start, Some(start.next_month_start()))
+        }
+        (None, Some(f)) => (
+            when("--from", f)?,
+            a.to.as_deref().map(|t| when("--to", t)).transpose()?,
+        ),
+        (None, None) => (UnixMillis::now().month_start(), None),
+    };
+    let req = proto::ExportUsageRequest {
+        from_unix_ms: from.0 as i64,
+        to_unix_ms: to.map(|t| t.0 as i64).unwrap_or(0),
+        tenant: a.tenant.clone().unwrap_or_default(),
+        format: format as i32,
+    };
+    match &a.output {
+        Some(path) => {
+            // Written beside the target and renamed into place: never half a file.
+            let tmp = path.with_extension("partial");
+            let mut f = std::io::BufWriter::new(
+                std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?,
+            );
+            let rows = client.export_usage(req, &mut f).await;
+            drop(f);
+            let rows = match rows {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(e.into());
+                }
+            };
+            std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+            eprintln!("wrote {rows} rows to {}", path.display());
+        }
+        None => {
+            client.export_usage(req, &mut std::io::stdout()).await?;
+        }
+    }
+    Ok(0)
+}
+
+fn budget_json(b: &proto::BudgetStatus) -> Value {
+    json!({
+        "tenant": b.tenant,
+        "has_budget": b.has_budget,
+        "currency": b.currency,
+        "spend_limit_minor": b.spend_limit_minor,
+        "gpu_hours_limit": (!b.gpu_hours_limit.is_empty()).then_some(&b.gpu_hours_limit),
+        "period_start": UnixMillis(b.period_start_unix_ms as u64).to_string(),
+        "period_end": UnixMillis(b.period_end_unix_ms as u64).to_string(),
+        "spent_minor": b.spent_minor,
+        "spent": b.spent,
+        "gpu_hours": b.gpu_hours,
+        "burn_minor_per_day": b.burn_minor_per_day,
+        "burn_gpu_hours_per_day": b.burn_gpu_hours_per_day,
+        "projected_minor": b.projected_minor,
+        "projected_gpu_hours": b.projected_gpu_hours,
+        "exhausted": b.exhausted,
+        "summary": b.summary,
+    })
+}
+
+fn money(minor: i64, currency: &str) -> String {
+    crate::domain::money::Money {
+        minor: minor as i128,
+        currency: currency.parse().unwrap_or_default(),
+    }
+    .to_string()
+}
+
+/// The budget lines under `allot usage` and in `allot budget show`.
+fn print_budgets(budgets: &[proto::BudgetStatus]) {
+    for b in budgets.iter().filter(|b| b.has_budget) {
+        let mut limits = Vec::new();
+        if let Some(l) = b.spend_limit_minor {
+            limits.push(format!("{} of {}", b.spent, money(l, &b.currency)));
+        }
+        if !b.gpu_hours_limit.is_empty() {
+            limits.push(format!("{} of {} GPU-h", b.gpu_hours, b.gpu_hours_limit));
+        }
+        println!(
+            "budget {}: {}{}",
+            b.tenant,
+            limits.join(", "),
+            if b.exhausted {
+                " — EXHAUSTED: pending jobs are held"
+            } else {
+                ""
+            }
+        );
+        println!(
+            "  burn {}/day, {} GPU-h/day (last 24 h) → {} and {} GPU-h by {}",
+            money(b.burn_minor_per_day, &b.currency),
+            b.burn_gpu_hours_per_day,
+            money(b.projected_minor, &b.currency),
+            b.projected_gpu_hours,
+            &UnixMillis(b.period_end_unix_ms as u64).to_string()[..10],
+        );
+    }
+}
+
+/// `allot budget set|clear|show`.
+pub async fn budget(client: &Client, c: &BudgetCommand, json: bool) -> anyhow::Result<i32> {
+    let shown = match c {
+        BudgetCommand::Set {
+            tenant,
+            spend,
+            gpu_hours,
+        } => {
+            if spend.is_none() && gpu_hours.is_none() {
+                anyhow::bail!("give --spend, --gpu-hours or both (allot budget clear removes a budget)");
+            }
+            vec![
+                client
+                    .set_budget(
+                        tenant,
+                        spend.as_deref().unwrap_or_default(),
+                        gpu_hours.as_deref().unwrap_or_default(),
+                    )
+                    .await?,
+            ]
+        }
+        BudgetCommand::Clear { tenant } => vec![client.set_budget(tenant, "", "").await?],
+        BudgetCommand::Show { tenant } => client.budgets(tenant.as_deref()).await?,
+    };
+    if json {
+        output::print_json(&json!(shown.iter().map(budget_json).collect::<Vec<_>>()));
+        return Ok(0);
+    }
+    if shown.iter().all(|b| !b.has_budget) {
+        for b in &shown {
+            println!(
+                "tenant {} has no budget; this month: {}, {} GPU-h",
+                b.tenant, b.spent, b.gpu_hours
+            );
+        }
+        if shown.is_empty() {
+            println!("no budgets set");
+        }
+        return Ok(0);
+    }
+    print_budgets(&shown);
+    Ok(0)
 }

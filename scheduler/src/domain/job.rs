@@ -242,6 +242,9 @@ pub struct PartExit {
     /// agent measured): its leases end then.
     #[serde(default)]
     pub at: Option<UnixMillis>,
+    /// How long the process ran by the agent's monotonic clock, as reported.
+    #[serde(default)]
+    pub runtime: Option<Millis>,
 }
 
 /// A job and its current state, as stored in the ledger.

@@ -89,6 +89,10 @@ pub struct Lease {
     /// The job's tags, for usage by tag.
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
+    /// How long the job's process ran on this node, as its agent measured it
+    /// (informational: leases are billed by the controller's clock).
+    #[serde(default)]
+    pub agent_runtime: Option<Millis>,
 }
 
 impl Lease {

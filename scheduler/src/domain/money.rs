@@ -27,6 +27,13 @@ impl Currency {
     }
 }
 
+impl Default for Currency {
+    /// USD, the currency of a ledger without a rate card.
+    fn default() -> Self {
+        Currency::USD
+    }
+}
+
 impl FromStr for Currency {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -65,6 +72,28 @@ impl fmt::Display for Currency {
 pub struct Money {
     pub minor: i128,
     pub currency: Currency,
+}
+
+impl Money {
+    /// Parses a decimal amount in major units (`"5000.00"`) into minor units,
+    /// exactly: more decimals than the currency has are refused.
+    pub fn parse(s: &str, currency: Currency) -> Result<i128, String> {
+        let r = Rate::parse(s, currency)?;
+        if r.0 % 1_000_000 != 0 {
+            return Err(format!(
+                "invalid amount {:?}: {currency} has {} decimal places",
+                s.trim(),
+                currency.minor_digits()
+            ));
+        }
+        Ok((r.0 / 1_000_000) as i128)
+    }
+
+    /// The amount as a plain decimal in major units: `12.34`, `-0.05`, `1200`.
+    pub fn decimal(&self) -> String {
+        let s = self.to_string();
+        s.rsplit_once(' ').map(|(n, _)| n.to_string()).unwrap_or(s)
+    }
 }
 
 impl fmt::Display for Money {
@@ -137,7 +166,7 @@ impl Rate {
 }
 
 /// The rate a lease was priced at, fixed when it was reserved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 pub struct LeaseRate {
     pub currency: Currency,
     pub per_gpu_hour: Rate,

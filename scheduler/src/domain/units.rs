@@ -242,6 +242,18 @@ impl UnixMillis {
         let (y, m, _) = civil_from_days((self.0 / 86_400_000) as i64);
         UnixMillis(days_from_civil(y, m, 1) as u64 * 86_400_000)
     }
+
+    /// The first instant of the next UTC month.
+    pub fn next_month_start(self) -> UnixMillis {
+        UnixMillis(self.month_start().0 + 32 * 86_400_000).month_start()
+    }
+
+    /// RFC 3339 in UTC to the second (`2026-11-23T15:00:00Z`): the form
+    /// FOCUS date-times take.
+    pub fn to_rfc3339_secs(self) -> String {
+        let s = self.to_string();
+        format!("{}Z", &s[..19])
+    }
 }
 
 /// Days since 1970-01-01 to (year, month, day); Howard Hinnant's algorithm.

@@ -13,10 +13,11 @@ use std::sync::Arc;
 
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use crate::accounting::budget::Budget;
 use crate::accounting::pricing::RateCard;
 use crate::clock::Clock;
 pub use crate::domain::ExitOutcome;
-use crate::domain::{DeviceGrant, Job, JobId, JobSpec, Millis, NodeName, UnixMillis};
+use crate::domain::{DeviceGrant, Job, JobId, JobSpec, Millis, NodeName, TenantName, UnixMillis};
 use crate::ledger::Ledger;
 use crate::placement::{Node, NodeInventory, Policy};
 
@@ -215,6 +216,12 @@ pub(crate) enum Command {
         reason: Option<String>,
         reply: oneshot::Sender<EngineResult<NodeView>>,
     },
+    /// Sets a tenant's budget, or clears it (`budget: None`).
+    SetBudget {
+        tenant: TenantName,
+        budget: Option<Budget>,
+        reply: oneshot::Sender<EngineResult<()>>,
+    },
     AgentConnected {
         conn: u64,
         registration: Box<Registration>,
@@ -245,6 +252,7 @@ pub struct EngineHandle {
     tx: mpsc::Sender<Command>,
     events: broadcast::Sender<JobEvent>,
     ledger: Ledger,
+    rate_card: Arc<RateCard>,
 }
 
 fn gone() -> EngineError {
@@ -273,6 +281,17 @@ impl EngineHandle {
 
     pub async fn list_nodes(&self) -> EngineResult<Vec<NodeView>> {
         self.ask(|reply| Command::ListNodes { reply }).await
+    }
+
+    /// Sets (`Some`) or clears (`None`) a tenant's monthly budget; durable
+    /// when this returns, and in force from the next placement pass.
+    pub async fn set_budget(&self, tenant: TenantName, budget: Option<Budget>) -> EngineResult<()> {
+        self.ask(|reply| Command::SetBudget {
+            tenant,
+            budget,
+            reply,
+        })
+        .await?
     }
 
     /// Drains a node (`Some(reason)`) or undrains it (`None`).
@@ -325,6 +344,11 @@ impl EngineHandle {
         self.events.subscribe()
     }
 
+    /// The rate card leases are priced by.
+    pub fn rate_card(&self) -> &RateCard {
+        &self.rate_card
+    }
+
     /// The ledger, for reads.
     pub fn ledger(&self) -> &Ledger {
         &self.ledger
@@ -341,9 +365,18 @@ pub fn start(
 ) -> anyhow::Result<(EngineHandle, tokio::task::JoinHandle<anyhow::Result<()>>)> {
     let (tx, rx) = mpsc::channel(4096);
     let (events, _) = broadcast::channel(4096);
+    let rate_card = config.rate_card.clone();
     let engine = Engine::load(ledger.clone(), clock, config, events.clone())?;
     let task = tokio::spawn(engine.run(rx));
-    Ok((EngineHandle { tx, events, ledger }, task))
+    Ok((
+        EngineHandle {
+            tx,
+            events,
+            ledger,
+            rate_card,
+        },
+        task,
+    ))
 }
 
 #[cfg(test)]

@@ -10,9 +10,12 @@ use super::{
     AgentEvent, AgentOrder, Command, EngineConfig, EngineError, EngineResult, ExitOutcome, JobEvent, JobExit,
     LaunchOrder, LogSlice, NodeView, Registration, RunningPart, StopReason,
 };
+use crate::accounting::budget::{Budget, Standing};
+use crate::accounting::usage::UsageQuery;
 use crate::clock::Clock;
 use crate::domain::{
-    EndReason, Job, JobId, JobSpec, JobState, Lease, LeaseId, LeaseState, Millis, NodeName, UnixMillis,
+    EndReason, Job, JobId, JobSpec, JobState, Lease, LeaseId, LeaseState, Millis, NodeName, TenantName,
+    UnixMillis,
 };
 use crate::ledger::Ledger;
 use crate::placement::preempt::{self, Candidate};
@@ -50,6 +53,8 @@ const PASS_EVERY: Millis = Millis::from_secs(5);
 
 /// Preemption searches per placement pass, at most: each scans the cluster.
 const PREEMPTION_SEARCHES_PER_PASS: usize = 4;
+/// How long a tenant's budget standing is trusted before it is read again.
+const BUDGET_RECHECK: Millis = Millis::from_secs(2);
 
 /// Work that must wait until the batch is durable.
 enum Effect {
@@ -94,6 +99,11 @@ pub struct Engine {
     effects: Vec<Effect>,
     dirty: bool,
     needs_pass: bool,
+    /// Tenants' monthly budgets.
+    budgets: HashMap<TenantName, Budget>,
+    /// Whether a tenant with a budget has exhausted it, and when that was
+    /// last worked out.
+    budget_holds: HashMap<TenantName, (UnixMillis, Option<String>)>,
     /// A ledger write failed this turn: memory is ahead of disk, so the engine
     /// stops before acknowledging anything.
     failed: Option<crate::ledger::LedgerError>,
@@ -135,6 +145,8 @@ impl Engine {
             nominations: HashMap::new(),
             last_pass: UnixMillis(0),
             last_seen: HashMap::new(),
+            budgets: HashMap::new(),
+            budget_holds: HashMap::new(),
             next_request: 1,
             effects: Vec::new(),
             dirty: false,
@@ -197,6 +209,12 @@ impl Engine {
                     .push(victim);
             }
         }
+        engine.budgets = engine
+            .ledger
+            .budgets()?
+            .into_iter()
+            .map(|b| (b.tenant.clone(), b))
+            .collect();
         // When each node was last heard from, for jobs lost with it.
         for (node, seen) in engine.ledger.nodes_seen()? {
             engine.nodes.entry(node).or_default().last_heartbeat = Some(seen);
@@ -301,6 +319,30 @@ impl Engine {
                     .map(|n| self.node_view(n.name()))
                     .collect();
                 self.effects.push(reply(tx, views));
+            }
+            Command::SetBudget {
+                tenant,
+                budget,
+                reply: tx,
+            } => {
+                let r = match &budget {
+                    Some(b) => self.ledger.put_budget(b),
+                    None => self.ledger.remove_budget(&tenant),
+                };
+                let r = match r {
+                    Ok(()) => {
+                        self.dirty = true;
+                        self.needs_pass = true;
+                        self.budget_holds.remove(&tenant);
+                        match budget {
+                            Some(b) => self.budgets.insert(tenant, b),
+                            None => self.budgets.remove(&tenant),
+                        };
+                        Ok(())
+                    }
+                    Err(e) => Err(EngineError::Internal(e.to_string())),
+                };
+                self.effects.push(reply(tx, r));
             }
             Command::Drain {
                 node,
@@ -530,9 +572,16 @@ impl Engine {
 
     fn close_leases(&mut self, id: JobId, state: JobState, now: UnixMillis) {
         let Some(job) = self.jobs.get(&id) else { return };
+        // Its tenant's budget standing changes with what it has spent.
+        self.budget_holds.remove(&job.spec.tenant);
         let ends: HashMap<NodeName, UnixMillis> = job
             .nodes()
             .map(|n| (n.clone(), self.part_end(job, n, now)))
+            .collect();
+        let runtimes: HashMap<&NodeName, Millis> = job
+            .parts_exited
+            .iter()
+            .filter_map(|e| e.runtime.map(|r| (&e.node, r)))
             .collect();
         let Some(leases) = self.leases.get_mut(&id) else {
             return;
@@ -546,6 +595,7 @@ impl Engine {
             lease.state = LeaseState::Closed;
             lease.ended_at = Some(end.max(lease.reserved_at));
             lease.end_reason = Some(reason);
+            lease.agent_runtime = runtimes.get(&lease.node).copied();
         }
     }
 
@@ -607,6 +657,16 @@ impl Engine {
         let mut searches = 0;
         for id in order {
             let Some(job) = self.jobs.get(&id) else { continue };
+            if let Some(why) = self.budget_hold(&job.spec.tenant.clone()) {
+                let job = self.jobs.get_mut(&id).expect("present");
+                let reason = format!("held: tenant {} {why}", job.spec.tenant);
+                if job.reason != reason {
+                    job.reason = reason;
+                    self.persist(id, &[]);
+                }
+                continue;
+            }
+            let Some(job) = self.jobs.get(&id) else { continue };
             let request = Request::of(&job.spec);
             let priority = job.spec.priority;
             // A node being emptied for a preemptor takes nothing of lower
@@ -656,6 +716,37 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Why a tenant gets no new placements: its monthly budget is spent.
+    /// Worked out from the ledger's roll-ups at most every
+    /// `BUDGET_RECHECK`; a budget only stops new jobs, so a little
+    /// staleness lets at most a few more start.
+    fn budget_hold(&mut self, tenant: &TenantName) -> Option<String> {
+        let budget = self.budgets.get(tenant)?;
+        let now = self.clock.now();
+        if let Some((at, why)) = self.budget_holds.get(tenant)
+            && now.since(*at) < BUDGET_RECHECK
+            && *at <= now
+        {
+            return why.clone();
+        }
+        let month = UsageQuery {
+            from: now.month_start(),
+            to: now.max(UnixMillis(now.month_start().0 + 1)),
+            group_by: vec![],
+            tenant: Some(tenant.clone()),
+        };
+        let why = match self.ledger.usage(&month, now) {
+            Ok(rows) => Standing::assess(Some(budget), budget.currency, &rows, &[], now).exhausted,
+            Err(e) => {
+                // Fail closed: a budget that cannot be read holds the jobs.
+                error!(%tenant, error = %e, "cannot read the tenant's usage for its budget");
+                Some("cannot be checked against its budget (ledger error)".to_string())
+            }
+        };
+        self.budget_holds.insert(tenant.clone(), (now, why.clone()));
+        why
     }
 
     /// The running jobs preemption may consider, with their cost.
@@ -841,6 +932,7 @@ impl Engine {
                 started_at: None,
                 ended_at: None,
                 end_reason: None,
+                agent_runtime: None,
             })
             .collect();
         let nodes: Vec<String> = parts.iter().map(|p| p.node.to_string()).collect();
@@ -1049,7 +1141,7 @@ impl Engine {
                 warn!(job = %id, node = %name, "job part lost: its agent does not run it");
                 let message = format!("node {name} no longer runs this job (agent restarted)");
                 let at = self.lost_time(id, &name, now);
-                self.part_ended(id, name.clone(), ExitOutcome::Lost(message), at);
+                self.part_ended(id, name.clone(), ExitOutcome::Lost(message), at, None);
             }
         }
         // Lost jobs above closed their leases at the previous heartbeat; from
@@ -1212,7 +1304,7 @@ impl Engine {
             self.part_started(exit.job, node, began);
         }
         let at = self.exit_time(exit.job, node, &exit, now);
-        self.part_ended(exit.job, node.clone(), exit.outcome, at);
+        self.part_ended(exit.job, node.clone(), exit.outcome, at, exit.runtime);
     }
 
     /// A part reported it started; the job runs once every part has.
@@ -1245,7 +1337,14 @@ impl Engine {
 
     /// One part of the job ended. While others still run, a bad ending stops
     /// them (a gang lives and dies together); the last ending decides the job.
-    fn part_ended(&mut self, id: JobId, node: NodeName, outcome: ExitOutcome, at: UnixMillis) {
+    fn part_ended(
+        &mut self,
+        id: JobId,
+        node: NodeName,
+        outcome: ExitOutcome,
+        at: UnixMillis,
+        runtime: Option<Millis>,
+    ) {
         let Some(job) = self.jobs.get_mut(&id) else { return };
         if job.parts_exited.iter().any(|e| e.node == node) {
             return;
@@ -1255,6 +1354,7 @@ impl Engine {
             node: node.clone(),
             outcome,
             at: Some(at),
+            runtime,
         });
         let live = job.live_nodes();
         if !live.is_empty() {
@@ -1392,7 +1492,7 @@ impl Engine {
                 self.config.node_lost_grace
             );
             let at = self.lost_time(id, &node, now);
-            self.part_ended(id, node, ExitOutcome::Lost(message), at);
+            self.part_ended(id, node, ExitOutcome::Lost(message), at, None);
         }
     }
 }

@@ -9,7 +9,14 @@ use std::path::Path;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
-use crate::domain::{Job, JobId, JobState, Lease, LeaseId, NodeName, TenantName, UnixMillis};
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use crate::accounting::HOUR_MS;
+use crate::accounting::budget::Budget;
+use crate::accounting::check::{CheckReport, Derived, check, check_derived};
+use crate::accounting::rollup::{Closing, Rollup, decode_key, decode_tally, encode_tally};
+use crate::accounting::usage::{Rows, Tally, UsageQuery, UsageRow};
+use crate::domain::{Job, JobId, JobState, Lease, LeaseId, LeaseState, NodeName, TenantName, UnixMillis};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
@@ -20,6 +27,10 @@ pub enum LedgerError {
         tree: &'static str,
         source: serde_json::Error,
     },
+    #[error("corrupt key or value in tree {tree}")]
+    CorruptKey { tree: &'static str },
+    #[error("the ledger kept changing while usage was read; try again")]
+    Busy,
     #[error("data dir {path} was written by schema version {found}; this allot reads version {expected}")]
     Schema {
         path: String,
@@ -31,6 +42,9 @@ pub enum LedgerError {
 pub type Result<T, E = LedgerError> = std::result::Result<T, E>;
 
 const SCHEMA_VERSION: &str = "1";
+/// The layout of the roll-ups; a data dir without this is rebuilt on open.
+const ROLLUPS_KEY: &str = "rollups";
+const ROLLUPS_VERSION: &str = "1";
 
 /// A tenant record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,6 +92,14 @@ pub struct Ledger {
     tokens: sled::Tree,
     drains: sled::Tree,
     nodes_seen: sled::Tree,
+    /// Leases not closed yet (key: lease id).
+    leases_open: sled::Tree,
+    /// Closed leases by the UTC hours they overlap (key: hour ++ lease id).
+    lease_hours: sled::Tree,
+    /// Usage per hour and cell (see `accounting::rollup`).
+    rollups: sled::Tree,
+    budgets: sled::Tree,
+    meta: sled::Tree,
 }
 
 /// How long `open` waits for the file lock of a ledger being closed.
@@ -121,6 +143,13 @@ fn tenant_key(tenant: &TenantName, job: &JobId) -> Vec<u8> {
     k
 }
 
+fn hour_lease_key(hour: UnixMillis, lease: &LeaseId) -> [u8; 24] {
+    let mut k = [0u8; 24];
+    k[..8].copy_from_slice(&hour.0.to_be_bytes());
+    k[8..].copy_from_slice(lease.as_bytes());
+    k
+}
+
 fn job_lease_key(job: &JobId, lease: &LeaseId) -> [u8; 32] {
     let mut k = [0u8; 32];
     k[..16].copy_from_slice(job.as_bytes());
@@ -147,7 +176,7 @@ impl Ledger {
                 });
             }
         }
-        Ok(Ledger {
+        let ledger = Ledger {
             jobs: db.open_tree("jobs")?,
             jobs_active: db.open_tree("jobs_active")?,
             jobs_by_tenant: db.open_tree("jobs_by_tenant")?,
@@ -157,8 +186,57 @@ impl Ledger {
             tokens: db.open_tree("tokens")?,
             drains: db.open_tree("drains")?,
             nodes_seen: db.open_tree("nodes_seen")?,
+            leases_open: db.open_tree("leases_open")?,
+            lease_hours: db.open_tree("lease_hours")?,
+            rollups: db.open_tree("rollups")?,
+            budgets: db.open_tree("budgets")?,
+            meta,
             db,
-        })
+        };
+        if ledger.meta.get(ROLLUPS_KEY)?.as_deref() != Some(ROLLUPS_VERSION.as_bytes()) {
+            ledger.rebuild_rollups()?;
+        }
+        Ok(ledger)
+    }
+
+    /// Rebuilds the open-lease set, the hour index and the roll-ups from the
+    /// leases (a data dir from before they existed, or a changed layout).
+    pub fn rebuild_rollups(&self) -> Result<()> {
+        let started = std::time::Instant::now();
+        self.meta.remove(ROLLUPS_KEY)?;
+        for tree in [&self.leases_open, &self.lease_hours, &self.rollups] {
+            tree.clear()?;
+        }
+        let mut sums: BTreeMap<Vec<u8>, Tally> = BTreeMap::new();
+        let mut n = 0usize;
+        for v in self.leases.iter().values() {
+            let lease: Lease = decode("leases", &v?)?;
+            n += 1;
+            if lease.state != LeaseState::Closed {
+                self.leases_open.insert(lease.id.as_bytes(), &[])?;
+                continue;
+            }
+            let closing = Closing::of(&lease);
+            for (part, tally) in &closing.parts {
+                self.lease_hours
+                    .insert(hour_lease_key(part.hour, &lease.id), &[])?;
+                for (r, cell) in &closing.cells {
+                    sums.entry(r.key(part.hour, cell)).or_default().add(tally);
+                }
+            }
+        }
+        for (k, t) in &sums {
+            self.rollups.insert(k.as_slice(), encode_tally(t).as_slice())?;
+        }
+        self.meta.insert(ROLLUPS_KEY, ROLLUPS_VERSION)?;
+        self.db.flush()?;
+        tracing::info!(
+            leases = n,
+            cells = sums.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "usage roll-ups rebuilt"
+        );
+        Ok(())
     }
 
     /// Makes every write so far durable.
@@ -167,31 +245,98 @@ impl Ledger {
         Ok(())
     }
 
-    /// Writes a job and the given leases (new or changed) in one transaction.
+    /// Writes a job and the given leases (new or changed) in one transaction;
+    /// a lease closing adds its hour parts to the roll-ups in it too (once:
+    /// writing a closed lease again adds nothing).
     pub fn put_job(&self, job: &Job, leases: &[&Lease]) -> Result<()> {
+        /// What closing a lease adds: roll-up keys with their additions, and
+        /// hour-index keys.
+        struct Close {
+            adds: Vec<(Vec<u8>, Tally)>,
+            hours: Vec<[u8; 24]>,
+        }
+        struct Write {
+            id: LeaseId,
+            bytes: Vec<u8>,
+            closing: Option<Close>,
+        }
         let job_bytes = encode(job);
-        let lease_bytes: Vec<(LeaseId, Vec<u8>)> = leases.iter().map(|l| (l.id, encode(*l))).collect();
+        let writes: Vec<Write> = leases
+            .iter()
+            .map(|l| Write {
+                id: l.id,
+                bytes: encode(*l),
+                closing: (l.state == LeaseState::Closed).then(|| {
+                    let c = Closing::of(l);
+                    let adds = c
+                        .parts
+                        .iter()
+                        .flat_map(|(part, tally)| {
+                            c.cells.iter().map(|(r, cell)| (r.key(part.hour, cell), *tally))
+                        })
+                        .collect();
+                    let hours = c
+                        .parts
+                        .iter()
+                        .map(|(p, _)| hour_lease_key(p.hour, &l.id))
+                        .collect();
+                    Close { adds, hours }
+                }),
+            })
+            .collect();
         let result: Result<(), TransactionError<()>> = (
             &self.jobs,
             &self.jobs_active,
             &self.jobs_by_tenant,
             &self.leases,
             &self.leases_by_job,
+            &self.leases_open,
+            &self.lease_hours,
+            &self.rollups,
         )
-            .transaction(|(jobs, active, by_tenant, lease_tree, by_job)| {
-                jobs.insert(job.id.as_bytes(), job_bytes.as_slice())?;
-                if job.state.is_final() {
-                    active.remove(job.id.as_bytes())?;
-                } else {
-                    active.insert(job.id.as_bytes(), &[])?;
-                }
-                by_tenant.insert(tenant_key(&job.spec.tenant, &job.id), &[])?;
-                for (id, bytes) in &lease_bytes {
-                    lease_tree.insert(id.as_bytes(), bytes.as_slice())?;
-                    by_job.insert(&job_lease_key(&job.id, id), &[])?;
-                }
-                Ok::<(), ConflictableTransactionError<()>>(())
-            });
+            .transaction(
+                |(jobs, active, by_tenant, lease_tree, by_job, open, hours, rollups)| {
+                    jobs.insert(job.id.as_bytes(), job_bytes.as_slice())?;
+                    if job.state.is_final() {
+                        active.remove(job.id.as_bytes())?;
+                    } else {
+                        active.insert(job.id.as_bytes(), &[])?;
+                    }
+                    by_tenant.insert(tenant_key(&job.spec.tenant, &job.id), &[])?;
+                    for w in &writes {
+                        let id = w.id.as_bytes();
+                        // New, or open until now: closing it now counts.
+                        let was_open = lease_tree.get(id)?.is_none() || open.get(id)?.is_some();
+                        lease_tree.insert(id, w.bytes.as_slice())?;
+                        by_job.insert(&job_lease_key(&job.id, &w.id), &[])?;
+                        match &w.closing {
+                            None => {
+                                open.insert(id, &[])?;
+                            }
+                            Some(Close {
+                                adds,
+                                hours: hour_keys,
+                            }) => {
+                                open.remove(id)?;
+                                if was_open {
+                                    for k in hour_keys {
+                                        hours.insert(k, &[])?;
+                                    }
+                                    for (k, t) in adds {
+                                        let mut sum = rollups
+                                            .get(k.as_slice())?
+                                            .and_then(|b| decode_tally(&b))
+                                            .unwrap_or_default();
+                                        sum.add(t);
+                                        rollups.insert(k.as_slice(), encode_tally(&sum).as_slice())?;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    Ok::<(), ConflictableTransactionError<()>>(())
+                },
+            );
         match result {
             Ok(()) => Ok(()),
             Err(TransactionError::Storage(e)) => Err(e.into()),
@@ -350,6 +495,162 @@ impl Ledger {
         Ok((out, if more { last } else { None }))
     }
 
+    /// Leases not closed yet.
+    pub fn open_leases(&self) -> Result<Vec<Lease>> {
+        let mut out = Vec::new();
+        for k in self.leases_open.iter().keys() {
+            if let Some(id) = LeaseId::from_slice(&k?)
+                && let Some(l) = self.get_lease(&id)?
+            {
+                out.push(l);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Closed leases that overlap the UTC hours `[from_hour, to_hour]`, each once.
+    pub fn closed_leases_in_hours(&self, from_hour: UnixMillis, to_hour: UnixMillis) -> Result<Vec<Lease>> {
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        let start = from_hour.0.to_be_bytes();
+        let end = to_hour.0.saturating_add(1).to_be_bytes();
+        for k in self.lease_hours.range(start..end).keys() {
+            let k = k?;
+            if let Some(id) = LeaseId::from_slice(&k[8..])
+                && seen.insert(id)
+                && let Some(l) = self.get_lease(&id)?
+            {
+                out.push(l);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Usage over a window, from the roll-ups where the grouping allows and
+    /// from the window's own leases where it does not; open leases count up
+    /// to `now`. Never a scan of every lease.
+    pub fn usage(&self, q: &UsageQuery, now: UnixMillis) -> Result<Vec<UsageRow>> {
+        // A lease that closes during the read would move from the open set
+        // into the roll-ups under our feet: read again if the open set changed.
+        for _ in 0..8 {
+            let before: Vec<Lease> = self.open_leases()?;
+            let rows = self.usage_once(q, now, &before)?;
+            let after: Vec<LeaseId> = self
+                .leases_open
+                .iter()
+                .keys()
+                .filter_map(|k| k.ok().and_then(|k| LeaseId::from_slice(&k)))
+                .collect();
+            if before.iter().all(|l| after.contains(&l.id)) {
+                return Ok(rows);
+            }
+        }
+        Err(LedgerError::Busy)
+    }
+
+    fn usage_once(&self, q: &UsageQuery, now: UnixMillis, open: &[Lease]) -> Result<Vec<UsageRow>> {
+        let mut rows = Rows::new(q);
+        for lease in open {
+            rows.add_lease(lease, now);
+        }
+        if q.to <= q.from {
+            return Ok(rows.finish());
+        }
+        let first_hour = UnixMillis(q.from.0 - q.from.0 % HOUR_MS);
+        let last_hour = UnixMillis((q.to.0 - 1) - (q.to.0 - 1) % HOUR_MS);
+        let Some(rollup) = Rollup::for_grouping(&q.group_by) else {
+            for lease in self.closed_leases_in_hours(first_hour, last_hour)? {
+                rows.add_lease(&lease, now);
+            }
+            return Ok(rows.finish());
+        };
+        // Whole hours inside the window come from the roll-up; the partial
+        // hours at its ends from their leases.
+        let whole_from = UnixMillis(q.from.0.div_ceil(HOUR_MS) * HOUR_MS);
+        let whole_to = UnixMillis(q.to.0 - q.to.0 % HOUR_MS);
+        let mut edges = Vec::new();
+        if whole_from >= whole_to {
+            edges.push((first_hour, last_hour));
+        } else {
+            if first_hour < whole_from {
+                edges.push((first_hour, first_hour));
+            }
+            if whole_to <= last_hour {
+                edges.push((whole_to, last_hour));
+            }
+            let mut add = |kv: sled::Result<(sled::IVec, sled::IVec)>| -> Result<()> {
+                let (k, v) = kv?;
+                let (Some((hour, cell)), Some(t)) = (decode_key(&k), decode_tally(&v)) else {
+                    return Err(LedgerError::CorruptKey { tree: "rollups" });
+                };
+                rows.add(hour, &cell, &t);
+                Ok(())
+            };
+            match &q.tenant {
+                // One tenant: its prefix in each hour.
+                Some(tenant) => {
+                    let mut hour = whole_from;
+                    while hour < whole_to {
+                        for kv in self
+                            .rollups
+                            .scan_prefix(rollup.tenant_prefix(hour, tenant.as_str()))
+                        {
+                            add(kv)?;
+                        }
+                        hour = UnixMillis(hour.0 + HOUR_MS);
+                    }
+                }
+                None => {
+                    let (start, end) = (rollup.hour_prefix(whole_from), rollup.hour_prefix(whole_to));
+                    for kv in self.rollups.range(start..end) {
+                        add(kv)?;
+                    }
+                }
+            }
+        }
+        for (a, b) in edges {
+            for lease in self.closed_leases_in_hours(a, b)? {
+                rows.add_lease_within(&lease, now, a, UnixMillis(b.0 + HOUR_MS));
+            }
+        }
+        Ok(rows.finish())
+    }
+
+    /// `allot ledger check`: every invariant, over every job and lease, and
+    /// the roll-ups and indexes against the leases.
+    pub fn check(&self, now: UnixMillis) -> Result<CheckReport> {
+        let jobs = self.all_jobs()?;
+        let leases = self.all_leases()?;
+        let mut report = check(&jobs, &leases, now);
+        let mut derived = Derived {
+            rollups: HashMap::new(),
+            open: HashSet::new(),
+            hours: HashSet::new(),
+        };
+        for kv in self.rollups.iter() {
+            let (k, v) = kv?;
+            let t = decode_tally(&v).ok_or(LedgerError::CorruptKey { tree: "rollups" })?;
+            derived.rollups.insert(k.to_vec(), t);
+        }
+        for k in self.leases_open.iter().keys() {
+            derived
+                .open
+                .insert(LeaseId::from_slice(&k?).ok_or(LedgerError::CorruptKey { tree: "leases_open" })?);
+        }
+        for k in self.lease_hours.iter().keys() {
+            let k = k?;
+            let hour = u64::from_be_bytes(
+                k[..8]
+                    .try_into()
+                    .map_err(|_| LedgerError::CorruptKey { tree: "lease_hours" })?,
+            );
+            let id = LeaseId::from_slice(&k[8..]).ok_or(LedgerError::CorruptKey { tree: "lease_hours" })?;
+            derived.hours.insert((UnixMillis(hour), id));
+        }
+        report.problems.extend(check_derived(&leases, &derived));
+        Ok(report)
+    }
+
     pub fn job_count(&self) -> usize {
         self.jobs.len()
     }
@@ -412,6 +713,26 @@ impl Ledger {
             }
         }
         Ok(out)
+    }
+
+    // --- budgets --------------------------------------------------------------
+
+    pub fn put_budget(&self, b: &Budget) -> Result<()> {
+        self.budgets.insert(b.tenant.as_str(), encode(b))?;
+        Ok(())
+    }
+
+    pub fn remove_budget(&self, tenant: &TenantName) -> Result<()> {
+        self.budgets.remove(tenant.as_str())?;
+        Ok(())
+    }
+
+    pub fn budgets(&self) -> Result<Vec<Budget>> {
+        self.budgets
+            .iter()
+            .values()
+            .map(|b| decode("budgets", &b?))
+            .collect()
     }
 
     /// Records when a node was last heard from.

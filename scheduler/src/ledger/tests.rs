@@ -36,6 +36,7 @@ fn lease(j: &Job) -> Lease {
         end_reason: None,
         rate: None,
         tags: BTreeMap::new(),
+        agent_runtime: None,
     }
 }
 
@@ -171,4 +172,155 @@ async fn regression_reopening_at_once_waits_for_the_lock() {
         drop(ledger);
     }
     assert_eq!(Ledger::open(dir.path()).unwrap().job_count(), 20);
+}
+
+mod rollups {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::accounting::HOUR_MS;
+    use crate::accounting::usage::{Dimension, UsageQuery, aggregate};
+    use crate::domain::money::{Currency, LeaseRate, Rate};
+    use crate::domain::{EndReason, MigProfile};
+
+    const T0: u64 = 1_763_900_000_000 - 1_763_900_000_000 % HOUR_MS;
+
+    /// A lease: which tenant/project/model/node/tag, where it starts (ms
+    /// after T0), how long it is held, its share, whether it is still open.
+    type Spec = (u8, u8, u8, u8, u8, u64, u64, u8, bool);
+
+    fn arb_lease() -> impl Strategy<Value = Spec> {
+        (
+            0u8..3,
+            0u8..2,
+            0u8..2,
+            0u8..3,
+            0u8..3,
+            0..6 * HOUR_MS,
+            0..3 * HOUR_MS,
+            0u8..4,
+            prop::bool::weighted(0.15),
+        )
+    }
+
+    fn build(s: &Spec) -> (Job, Lease) {
+        let (tenant, project, model, node, tag, start, len, share, open) = *s;
+        let mut j = job(["a", "b", "c"][tenant as usize], JobState::Running);
+        j.spec.project = ["p1", "p2"][project as usize].parse().unwrap();
+        let mut l = lease(&j);
+        l.node = format!("n{node}").parse().unwrap();
+        // A GPU of its own: the capacity check is not what is tested here.
+        l.device.gpu_uuid = format!("GPU-{}", l.id);
+        l.device.device_uuid = l.device.gpu_uuid.clone();
+        l.device.gpu_model = ["H100-80GB", "A100-40GB"][model as usize].into();
+        l.device.share = [
+            Share::ONE,
+            Share::new(1, 4).unwrap(),
+            Share::new(1, 7).unwrap(),
+            Share::new(1, 3).unwrap(),
+        ][share as usize];
+        if share == 2 {
+            l.device.mig_profile = Some("1g.10gb".parse::<MigProfile>().unwrap());
+        }
+        if tag > 0 {
+            l.tags.insert("team".into(), format!("t{tag}"));
+        }
+        l.rate = Some(LeaseRate {
+            currency: Currency::USD,
+            per_gpu_hour: Rate(3_333_333 * (1 + model as u128)),
+        });
+        l.reserved_at = UnixMillis(T0 + start);
+        l.started_at = Some(l.reserved_at);
+        l.state = LeaseState::Active;
+        if !open {
+            l.state = LeaseState::Closed;
+            l.ended_at = Some(UnixMillis(T0 + start + len));
+            l.end_reason = Some(EndReason::Succeeded);
+        }
+        j.lease_ids.push(l.id);
+        (j, l)
+    }
+
+    fn groupings() -> Vec<Vec<Dimension>> {
+        use Dimension::*;
+        vec![
+            vec![],
+            vec![Tenant],
+            vec![Tenant, Project, GpuModel],
+            vec![Day, Tenant],
+            vec![Hour],
+            vec![Node],
+            vec![Tag("team".into()), MigProfile],
+            vec![Job],
+            vec![Node, Tag("team".into())],
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        /// Usage from the roll-ups equals usage summed lease by lease, for
+        /// any window and grouping; writing a closed lease again adds
+        /// nothing; a rebuild gives the same roll-ups; the check is clean.
+        #[test]
+        fn rollups_answer_like_a_full_scan(
+            specs in prop::collection::vec(arb_lease(), 1..40),
+            windows in prop::collection::vec((0..7 * HOUR_MS, 1..7 * HOUR_MS), 1..5),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let ledger = Ledger::open(dir.path()).unwrap();
+            let now = UnixMillis(T0 + 7 * HOUR_MS);
+            let mut leases = Vec::new();
+            for s in &specs {
+                let (j, l) = build(s);
+                // Reserved, then as it ends up; closed ones written twice.
+                let mut reserved = l.clone();
+                reserved.state = LeaseState::Reserved;
+                reserved.ended_at = None;
+                reserved.end_reason = None;
+                ledger.put_job(&j, &[&reserved]).unwrap();
+                ledger.put_job(&j, &[&l]).unwrap();
+                if l.state == LeaseState::Closed {
+                    ledger.put_job(&j, &[&l]).unwrap();
+                }
+                leases.push(l);
+            }
+            for (from, len) in &windows {
+                for g in groupings() {
+                    for tenant in [None, Some("a".parse().unwrap())] {
+                        let q = UsageQuery {
+                            from: UnixMillis(T0 + from),
+                            to: UnixMillis(T0 + from + len),
+                            group_by: g.clone(),
+                            tenant,
+                        };
+                        prop_assert_eq!(ledger.usage(&q, now).unwrap(), aggregate(&leases, &q, now), "{:?}", q);
+                    }
+                }
+            }
+            let report = ledger.check(now).unwrap();
+            prop_assert!(report.is_clean(), "{:?}", report.problems);
+            let before = ledger.check(now).unwrap();
+            ledger.rebuild_rollups().unwrap();
+            prop_assert_eq!(ledger.check(now).unwrap(), before);
+        }
+    }
+
+    #[test]
+    fn a_rollup_that_drifts_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        let (j, l) = build(&(0, 0, 0, 0, 0, 0, HOUR_MS / 2, 0, false));
+        ledger.put_job(&j, &[&l]).unwrap();
+        let now = UnixMillis(T0 + HOUR_MS);
+        assert!(ledger.check(now).unwrap().is_clean());
+        // Some other lease's hours sneak into a roll-up cell.
+        let (k, _) = ledger.rollups.iter().next().unwrap().unwrap();
+        let mut t = decode_tally(&ledger.rollups.get(&k).unwrap().unwrap()).unwrap();
+        t.gpu_time.0 += 1;
+        ledger.rollups.insert(&k, encode_tally(&t).as_slice()).unwrap();
+        let problems = ledger.check(now).unwrap().problems;
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("roll-up at"), "{problems:?}");
+    }
 }

@@ -1,0 +1,146 @@
+//! Roll-ups: usage summed per UTC hour as leases close, so that a report
+//! reads a few cells per hour instead of every lease.
+//!
+//! A closed lease never changes, so its hour parts are added once, in the
+//! same ledger transaction that closes it. Three roll-ups keep different
+//! attributes, because a cell per node or per tag set would make the common
+//! report (by tenant, project, model, hour, day) read as many cells as there
+//! are leases:
+//!
+//! | roll-up | keeps | answers grouping by |
+//! |---|---|---|
+//! | `base` | tenant, project, model, MIG profile, currency | those, hour, day |
+//! | `node` | the base ones and the node | also node |
+//! | `tags` | the base ones and the tags | also any tag |
+//!
+//! Grouping by job, or by node and tag together, reads the leases of the
+//! window instead (found through the hour index, not a scan of all leases).
+
+use super::usage::{Cell, Dimension, Tally};
+use super::{HourPart, hour_parts};
+use crate::domain::{Lease, UnixMillis};
+
+/// One of the roll-ups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rollup {
+    Base,
+    ByNode,
+    ByTags,
+}
+
+impl Rollup {
+    pub const ALL: [Rollup; 3] = [Rollup::Base, Rollup::ByNode, Rollup::ByTags];
+
+    fn tag(self) -> u8 {
+        match self {
+            Rollup::Base => b'b',
+            Rollup::ByNode => b'n',
+            Rollup::ByTags => b't',
+        }
+    }
+
+    /// The cell a lease adds to in this roll-up.
+    pub fn cell(self, lease: &Lease) -> Cell {
+        let mut c = Cell::of(lease);
+        c.job.clear();
+        match self {
+            Rollup::Base => {
+                c.node.clear();
+                c.tags.clear();
+            }
+            Rollup::ByNode => c.tags.clear(),
+            Rollup::ByTags => c.node.clear(),
+        }
+        c
+    }
+
+    fn covers(self, d: &Dimension) -> bool {
+        match d {
+            Dimension::Job => false,
+            Dimension::Node => self == Rollup::ByNode,
+            Dimension::Tag(_) => self == Rollup::ByTags,
+            _ => true,
+        }
+    }
+
+    /// The smallest roll-up that can answer a grouping, if one can.
+    pub fn for_grouping(group_by: &[Dimension]) -> Option<Rollup> {
+        Rollup::ALL
+            .into_iter()
+            .find(|r| group_by.iter().all(|d| r.covers(d)))
+    }
+
+    /// The key prefix of this roll-up's cells in `hour`.
+    pub fn hour_prefix(self, hour: UnixMillis) -> [u8; 9] {
+        let mut k = [0u8; 9];
+        k[0] = self.tag();
+        k[1..].copy_from_slice(&hour.0.to_be_bytes());
+        k
+    }
+
+    /// The key prefix of one tenant's cells in `hour` (tenant names hold no NUL).
+    pub fn tenant_prefix(self, hour: UnixMillis, tenant: &str) -> Vec<u8> {
+        let mut k = self.hour_prefix(hour).to_vec();
+        k.extend_from_slice(tenant.as_bytes());
+        k.push(0);
+        k
+    }
+
+    /// `tag ++ hour ++ tenant ++ NUL ++ cell as JSON`: a window is one range,
+    /// and one tenant's cells in an hour are one prefix.
+    pub fn key(self, hour: UnixMillis, cell: &Cell) -> Vec<u8> {
+        let mut k = self.tenant_prefix(hour, &cell.tenant);
+        k.extend_from_slice(&serde_json::to_vec(cell).expect("cells always serialize"));
+        k
+    }
+}
+
+/// A roll-up key read back: its hour and cell.
+pub fn decode_key(k: &[u8]) -> Option<(UnixMillis, Cell)> {
+    let hour = u64::from_be_bytes(k.get(1..9)?.try_into().ok()?);
+    let rest = k.get(9..)?;
+    let nul = rest.iter().position(|b| *b == 0)?;
+    let cell = serde_json::from_slice(&rest[nul + 1..]).ok()?;
+    Some((UnixMillis(hour), cell))
+}
+
+/// A tally as stored: 48 bytes, little-endian.
+pub fn encode_tally(t: &Tally) -> [u8; 48] {
+    let mut b = [0u8; 48];
+    b[..16].copy_from_slice(&t.gpu_time.0.to_le_bytes());
+    b[16..32].copy_from_slice(&t.cost.to_le_bytes());
+    b[32..40].copy_from_slice(&t.parts.to_le_bytes());
+    b[40..].copy_from_slice(&t.starts.to_le_bytes());
+    b
+}
+
+pub fn decode_tally(b: &[u8]) -> Option<Tally> {
+    if b.len() != 48 {
+        return None;
+    }
+    Some(Tally {
+        gpu_time: super::GpuTime(u128::from_le_bytes(b[..16].try_into().ok()?)),
+        cost: i128::from_le_bytes(b[16..32].try_into().ok()?),
+        parts: u64::from_le_bytes(b[32..40].try_into().ok()?),
+        starts: u64::from_le_bytes(b[40..].try_into().ok()?),
+    })
+}
+
+/// Everything closing `lease` adds: each hour part with its tally, and the
+/// roll-up cells (one per roll-up) it goes to.
+pub struct Closing {
+    pub parts: Vec<(HourPart, Tally)>,
+    pub cells: Vec<(Rollup, Cell)>,
+}
+
+impl Closing {
+    pub fn of(lease: &Lease) -> Closing {
+        let end = lease.ended_at.unwrap_or(lease.reserved_at);
+        let parts = hour_parts(lease, end, UnixMillis(0), UnixMillis(u64::MAX))
+            .into_iter()
+            .map(|p| (p, Tally::of_part(lease, &p)))
+            .collect();
+        let cells = Rollup::ALL.into_iter().map(|r| (r, r.cell(lease))).collect();
+        Closing { parts, cells }
+    }
+}

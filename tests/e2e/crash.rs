@@ -1,0 +1,405 @@
+//! Crashes: the controller killed with SIGKILL again and again under a stream
+//! of jobs, and a node agent killed for good. Separate `allot server` and
+//! `allot agent` processes on loopback, as in production.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use allot_sdk::{Client, Code, JobSpec, JobState, proto};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::harness::*;
+
+/// Heartbeats in these tests: the bound on what the ledger may bill beyond
+/// what an agent measured.
+const HEARTBEAT_MS: i64 = 250;
+
+/// A controller on a fixed loopback port (so agents find it again after a
+/// restart) and agents in their own processes.
+struct Cluster {
+    dir: PathBuf,
+    port: u16,
+    server: Option<Child>,
+    agents: HashMap<String, Child>,
+    admin_token: String,
+    tenant_token: String,
+    agent_token: String,
+    extra: Vec<String>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Cluster {
+    async fn start(dir: &Path, extra: &[&str]) -> Cluster {
+        let mut c = Cluster {
+            dir: dir.to_path_buf(),
+            port: free_port(),
+            server: None,
+            agents: HashMap::new(),
+            admin_token: String::new(),
+            tenant_token: String::new(),
+            agent_token: String::new(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        c.start_server().await;
+        c.admin_token = std::fs::read_to_string(dir.join("controller/admin.token"))
+            .unwrap()
+            .trim()
+            .to_string();
+        let admin = c.admin().await;
+        admin.admin().create_tenant("crash").await.unwrap();
+        c.tenant_token = admin
+            .admin()
+            .issue_token(proto::Role::Tenant, Some("crash"), "")
+            .await
+            .unwrap()
+            .token;
+        c.agent_token = admin
+            .admin()
+            .issue_token(proto::Role::Agent, None, "")
+            .await
+            .unwrap()
+            .token;
+        c
+    }
+
+    fn addr(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    async fn start_server(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("server.log"))
+            .unwrap();
+        let mut child = Command::new(BIN)
+            .args(["server", "--listen", &format!("127.0.0.1:{}", self.port)])
+            .args(["--heartbeat", &format!("{HEARTBEAT_MS}ms"), "--data-dir"])
+            .arg(self.dir.join("controller"))
+            .args(&self.extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let line = tokio::time::timeout(PATIENCE, lines.next_line())
+            .await
+            .expect("the server starts in time")
+            .unwrap()
+            .unwrap_or_default();
+        assert!(line.starts_with("allot server listening on"), "{line}");
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        self.server = Some(child);
+    }
+
+    /// SIGKILL: no shutdown, no flush.
+    async fn kill_server(&mut self) {
+        if let Some(mut c) = self.server.take() {
+            c.start_kill().unwrap();
+            c.wait().await.unwrap();
+        }
+    }
+
+    fn start_agent(&mut self, node: &str, gpus: &str) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("agent-{node}.log")))
+            .unwrap();
+        let child = Command::new(BIN)
+            .args([
+                "agent",
+                "--controller",
+                &self.addr(),
+                "--node",
+                node,
+                "--gpus",
+                gpus,
+            ])
+            .arg("--state-dir")
+            .arg(self.dir.join(format!("agent-{node}")))
+            .env("ALLOT_TOKEN", &self.agent_token)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        self.agents.insert(node.to_string(), child);
+    }
+
+    async fn kill_agent(&mut self, node: &str) {
+        let mut c = self.agents.remove(node).expect("agent runs");
+        c.start_kill().unwrap();
+        c.wait().await.unwrap();
+    }
+
+    async fn admin(&self) -> Client {
+        connect_retrying(&self.addr(), &self.admin_token).await
+    }
+
+    async fn client(&self) -> Client {
+        connect_retrying(&self.addr(), &self.tenant_token).await
+    }
+
+    async fn wait_nodes(&self, n: usize) {
+        let client = self.client().await;
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let ready = client
+                .nodes()
+                .await
+                .map(|ns| ns.iter().filter(|x| x.state() == proto::NodeState::Ready).count())
+                .unwrap_or(0);
+            if ready >= n {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{n} nodes never became ready"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+async fn connect_retrying(addr: &str, token: &str) -> Client {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        match Client::connect(addr.to_string(), token).await {
+            Ok(c) => return c,
+            Err(e) => {
+                assert!(tokio::time::Instant::now() < deadline, "cannot connect: {e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// Every job of the tenant, following pages, retrying while the server is away.
+async fn all_jobs(client: &Client) -> Vec<proto::Job> {
+    loop {
+        match client.list_all(Default::default()).await {
+            Ok(jobs) => return jobs,
+            Err(e) if e.code() == Code::Unavailable => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(e) => panic!("listing jobs: {e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ledger_survives_twenty_controller_sigkills_under_a_stream_of_jobs() {
+    let dir = tempdir();
+    let mut cluster = Cluster::start(dir.path(), &[]).await;
+    cluster.start_agent("crash-1", "4xH100-80GB");
+    cluster.start_agent(
+        "crash-2",
+        "2xA100-80GB,1xH100-80GB/mig=3g.40gb+2g.20gb+1g.10gb+1g.10gb",
+    );
+    cluster.wait_nodes(2).await;
+
+    // A stream of short jobs, submitted as fast as the server takes them;
+    // a submission cut off by a kill is tried again.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let addr = cluster.addr();
+    let token = cluster.tenant_token.clone();
+    let submitter = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut accepted = Vec::new();
+            let mut k = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let client = connect_retrying(&addr, &token).await;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    k += 1;
+                    let ms = 20 + (k * 37) % 180;
+                    let spec = JobSpec::new("sleep").args([format!("{}.{:03}", ms / 1000, ms % 1000)]);
+                    let spec = match k % 4 {
+                        0 => spec.gpus(2),
+                        1 => spec.gpu_fraction(1, 2),
+                        2 => spec.mig("1g.10gb"),
+                        _ => spec.gpus(1),
+                    };
+                    match client.submit(spec.tag("k", k.to_string())).await {
+                        Ok(j) => accepted.push(j.id),
+                        Err(_) => break,
+                    }
+                    tokio::time::sleep(Duration::from_millis(15)).await;
+                }
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+            accepted
+        })
+    };
+
+    // Kill the controller at seeded random moments, 20 times.
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..20 {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        tokio::time::sleep(Duration::from_millis(150 + rng % 450)).await;
+        cluster.kill_server().await;
+        cluster.start_server().await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let accepted = submitter.await.unwrap();
+    assert!(accepted.len() >= 40, "only {} jobs were accepted", accepted.len());
+
+    // No job stuck: every job the server ever acknowledged ends, and ends well.
+    let client = cluster.client().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let jobs = loop {
+        let jobs = all_jobs(&client).await;
+        if jobs.iter().all(|j| allot_sdk::is_final(j.state())) {
+            break jobs;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "jobs stuck: {:?}",
+            jobs.iter()
+                .filter(|j| !allot_sdk::is_final(j.state()))
+                .map(|j| (&j.id, j.state(), &j.reason))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let ids: std::collections::HashSet<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
+    for id in &accepted {
+        assert!(ids.contains(id.as_str()), "acknowledged job {id} was lost");
+    }
+
+    // Every lease closed once: the attempt that ran ends with its job; any
+    // other lease was released before it started. Billed time matches what
+    // the agent measured, within one heartbeat.
+    for j in &jobs {
+        assert_eq!(j.state(), JobState::Succeeded, "job {} {}", j.id, j.reason);
+        let ran: Vec<&proto::Lease> = j
+            .leases
+            .iter()
+            .filter(|l| l.end_reason() != proto::LeaseEndReason::ReleasedUnstarted)
+            .collect();
+        assert!(!ran.is_empty(), "job {} has no lease that ran", j.id);
+        for l in &ran {
+            assert_eq!(l.state(), proto::LeaseState::Closed);
+            assert_eq!(l.end_reason(), proto::LeaseEndReason::Succeeded, "{l:?}");
+            assert_eq!(l.attempt, j.attempt, "a lease of an earlier attempt ran: {l:?}");
+            let measured = l.agent_runtime_ms.expect("the agent's measure is recorded");
+            let billed = l.ended_at_unix_ms - l.reserved_at_unix_ms;
+            assert!(
+                (billed - measured).abs() <= HEARTBEAT_MS,
+                "job {}: billed {billed} ms, the agent measured {measured} ms",
+                j.id
+            );
+        }
+    }
+
+    let leases: usize = jobs.iter().map(|j| j.leases.len()).sum();
+    let requeued = jobs.iter().filter(|j| j.attempt > 1).count();
+    let worst = jobs
+        .iter()
+        .flat_map(|j| &j.leases)
+        .filter_map(|l| {
+            l.agent_runtime_ms
+                .map(|m| (l.ended_at_unix_ms - l.reserved_at_unix_ms - m).abs())
+        })
+        .max()
+        .unwrap_or(0);
+    eprintln!(
+        "{} jobs ({} acknowledged), {leases} leases, {requeued} requeued after a restart; \
+         billed vs measured differ by at most {worst} ms",
+        jobs.len(),
+        accepted.len()
+    );
+
+    // The ledger's invariants, over the server and from the files.
+    let report = cluster.admin().await.check_ledger().await.unwrap();
+    assert!(report.clean, "{:?}", report.problems);
+    assert_eq!(
+        report.leases as usize,
+        jobs.iter().map(|j| j.leases.len()).sum::<usize>()
+    );
+    cluster.kill_server().await;
+    let (code, out, err) = run_allot(
+        &[
+            "ledger",
+            "check",
+            "--data-dir",
+            dir.path().join("controller").to_str().unwrap(),
+        ],
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("ledger clean"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_agent_loses_its_jobs_after_the_grace_period_and_they_are_requeued_or_failed_per_policy() {
+    let dir = tempdir();
+    let mut cluster = Cluster::start(dir.path(), &["--node-lost-grace", "1s"]).await;
+    cluster.start_agent("doomed", "2xH100-80GB");
+    cluster.wait_nodes(1).await;
+    let client = cluster.client().await;
+    // One job may be requeued once, one may not.
+    let again = client
+        .submit(JobSpec::new("sleep").args(["600"]).gpus(1).node_lost_retries(1))
+        .await
+        .unwrap();
+    let once = client
+        .submit(JobSpec::new("sleep").args(["600"]).gpus(1).node_lost_retries(0))
+        .await
+        .unwrap();
+    for id in [&again.id, &once.id] {
+        wait_state(&client, id, JobState::Running).await;
+    }
+    tokio::time::sleep(Duration::from_millis(3 * HEARTBEAT_MS as u64)).await;
+    cluster.kill_agent("doomed").await;
+    let killed_at = allot_scheduler::domain::UnixMillis::now().0 as i64;
+
+    // After the grace period: leases closed node-lost at the last heartbeat.
+    let lost = wait_final(&client, &once.id).await;
+    assert_eq!(lost.state(), JobState::NodeLost, "{}", lost.reason);
+    assert!(lost.reason.contains("did not come back"), "{}", lost.reason);
+    let requeued = wait_for(&client, &again.id, "requeued", |j| {
+        j.state() == JobState::Pending && j.attempt == 2
+    })
+    .await;
+    assert_eq!(requeued.node_lost_requeues, 1);
+    for j in [&lost, &requeued] {
+        let l = &j.leases[0];
+        assert_eq!(l.end_reason(), proto::LeaseEndReason::NodeLost);
+        // Closed at the last heartbeat, not when the loss was declared.
+        assert!(
+            l.ended_at_unix_ms <= killed_at,
+            "{} > {killed_at}",
+            l.ended_at_unix_ms
+        );
+        assert!(l.ended_at_unix_ms >= killed_at - 2 * HEARTBEAT_MS - 100, "{l:?}");
+    }
+
+    // The node comes back (a new agent, its processes gone): the requeued
+    // job runs there again as attempt 2.
+    cluster.start_agent("doomed", "2xH100-80GB");
+    let back = wait_state(&client, &again.id, JobState::Running).await;
+    assert_eq!(back.attempt, 2);
+    assert_eq!(back.leases.len(), 2);
+    client.cancel(&again.id, "done").await.unwrap();
+    assert_eq!(wait_final(&client, &again.id).await.state(), JobState::Cancelled);
+    let report = cluster.admin().await.check_ledger().await.unwrap();
+    assert!(report.clean, "{:?}", report.problems);
+}
