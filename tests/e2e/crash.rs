@@ -283,8 +283,9 @@ async fn the_ledger_survives_twenty_controller_sigkills_under_a_stream_of_jobs()
     }
 
     // Every lease closed once: the attempt that ran ends with its job; any
-    // other lease was released before it started. Billed time matches what
-    // the agent measured, within one heartbeat.
+    // other lease was released before it started. The time billed while the
+    // job ran matches what its agent measured, within one heartbeat; before
+    // that the device was held for the launch (billed too), briefly.
     for j in &jobs {
         assert_eq!(j.state(), JobState::Succeeded, "job {} {}", j.id, j.reason);
         let ran: Vec<&proto::Lease> = j
@@ -298,29 +299,37 @@ async fn the_ledger_survives_twenty_controller_sigkills_under_a_stream_of_jobs()
             assert_eq!(l.end_reason(), proto::LeaseEndReason::Succeeded, "{l:?}");
             assert_eq!(l.attempt, j.attempt, "a lease of an earlier attempt ran: {l:?}");
             let measured = l.agent_runtime_ms.expect("the agent's measure is recorded");
-            let billed = l.ended_at_unix_ms - l.reserved_at_unix_ms;
+            let ran = l.ended_at_unix_ms - l.started_at_unix_ms;
+            let launch = l.started_at_unix_ms - l.reserved_at_unix_ms;
             assert!(
-                (billed - measured).abs() <= HEARTBEAT_MS,
-                "job {}: billed {billed} ms, the agent measured {measured} ms",
+                (ran - measured).abs() <= HEARTBEAT_MS,
+                "job {}: billed {ran} ms running, the agent measured {measured} ms",
                 j.id
             );
+            assert!((0..2000).contains(&launch), "job {}: {launch} ms to launch", j.id);
         }
     }
 
     let leases: usize = jobs.iter().map(|j| j.leases.len()).sum();
     let requeued = jobs.iter().filter(|j| j.attempt > 1).count();
-    let worst = jobs
+    let ran: Vec<&proto::Lease> = jobs
         .iter()
         .flat_map(|j| &j.leases)
-        .filter_map(|l| {
-            l.agent_runtime_ms
-                .map(|m| (l.ended_at_unix_ms - l.reserved_at_unix_ms - m).abs())
-        })
+        .filter(|l| l.agent_runtime_ms.is_some())
+        .collect();
+    let worst = ran
+        .iter()
+        .map(|l| (l.ended_at_unix_ms - l.started_at_unix_ms - l.agent_runtime_ms.unwrap_or(0)).abs())
+        .max()
+        .unwrap_or(0);
+    let slowest_launch = ran
+        .iter()
+        .map(|l| l.started_at_unix_ms - l.reserved_at_unix_ms)
         .max()
         .unwrap_or(0);
     eprintln!(
         "{} jobs ({} acknowledged), {leases} leases, {requeued} requeued after a restart; \
-         billed vs measured differ by at most {worst} ms",
+         running time billed vs measured differ by at most {worst} ms; slowest launch {slowest_launch} ms",
         jobs.len(),
         accepted.len()
     );
@@ -402,4 +411,47 @@ async fn a_killed_agent_loses_its_jobs_after_the_grace_period_and_they_are_reque
     assert_eq!(wait_final(&client, &again.id).await.state(), JobState::Cancelled);
     let report = cluster.admin().await.check_ledger().await.unwrap();
     assert!(report.clean, "{:?}", report.problems);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_gpu_time_comes_from_the_utilisation_agents_report() {
+    let dir = tempdir();
+    let mut cluster = Cluster::start(dir.path(), &[]).await;
+    // Declared GPUs reporting 0 % utilisation, as NVML would for idle ones.
+    cluster.start_agent("idle", "1xH100-80GB@0%");
+    cluster.wait_nodes(1).await;
+    let client = cluster.client().await;
+    let job = client
+        .submit(JobSpec::new("sleep").args(["1.2"]).gpus(1))
+        .await
+        .unwrap();
+    let done = wait_final(&client, &job.id).await;
+    assert_eq!(done.state(), JobState::Succeeded);
+    let lease = &done.leases[0];
+    let held = lease.ended_at_unix_ms - lease.reserved_at_unix_ms;
+    let idle = lease.idle_ms.expect("the agent reported utilisation");
+    // Every interval between readings while it was held, all but the first.
+    assert!(idle > 0 && idle <= held, "idle {idle} of {held} ms");
+    assert!(idle >= held - 3 * HEARTBEAT_MS, "idle {idle} of {held} ms");
+    let from = lease.reserved_at_unix_ms - 1;
+    let to = lease.ended_at_unix_ms + 1;
+    let usage = client.usage(from, to, &["tenant"], None).await.unwrap();
+    let row = &usage.rows[0];
+    assert_eq!(row.observed_gpu_hours, row.gpu_hours);
+    assert_eq!(
+        row.idle_gpu_time_units.parse::<u128>().unwrap(),
+        63_000_000 * idle as u128
+    );
+    let (code, out, err) = run_allot(
+        &[
+            "usage",
+            "--from",
+            &allot_scheduler::domain::UnixMillis(from as u64).to_string(),
+        ],
+        Some(&cluster.addr()),
+        Some(&cluster.tenant_token),
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("IDLE GPU-H"), "{out}");
 }

@@ -142,6 +142,8 @@ mod tests {
             gpu_time: GpuTime(hours * UNITS_PER_GPU_HOUR),
             cost_minor: cost,
             leases: 1,
+            observed: GpuTime::ZERO,
+            idle: GpuTime::ZERO,
         }
     }
 

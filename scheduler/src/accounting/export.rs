@@ -117,6 +117,7 @@ pub const FOCUS_COLUMNS: &[&str] = &[
     "x_UsageEnd",
     "x_DurationMs",
     "x_GpuTimeUnits",
+    "x_IdleGpuHours",
     "x_EndReason",
 ];
 
@@ -139,6 +140,7 @@ pub const PLAIN_COLUMNS: &[&str] = &[
     "duration_ms",
     "gpu_hours",
     "gpu_time_units",
+    "idle_gpu_hours",
     "currency",
     "rate_per_gpu_hour",
     "cost",
@@ -207,6 +209,16 @@ impl Row<'_> {
 
     fn gpu_hours(&self) -> String {
         self.part.gpu_time.hours_decimal(HOUR_PLACES)
+    }
+
+    /// Idle GPU-hours of the part; empty when the GPU gave no readings.
+    fn idle_gpu_hours(&self) -> String {
+        if self.lease.idle.is_none() {
+            return String::new();
+        }
+        super::usage::Tally::of_part(self.lease, &self.part)
+            .idle
+            .hours_decimal(HOUR_PLACES)
     }
 
     fn focus(&self, issuer: &Issuer) -> Vec<String> {
@@ -298,6 +310,7 @@ impl Row<'_> {
             self.part.end.to_string(),
             (self.part.end.0 - self.part.start.0).to_string(),
             self.part.gpu_time.0.to_string(),
+            self.idle_gpu_hours(),
             l.end_reason.map(|r| r.to_string()).unwrap_or_default(),
         ]
     }
@@ -323,6 +336,7 @@ impl Row<'_> {
             (self.part.end.0 - self.part.start.0).to_string(),
             self.gpu_hours(),
             self.part.gpu_time.0.to_string(),
+            self.idle_gpu_hours(),
             money.currency.to_string(),
             self.rate(),
             money.decimal(),

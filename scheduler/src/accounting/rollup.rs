@@ -17,7 +17,7 @@
 //! window instead (found through the hour index, not a scan of all leases).
 
 use super::usage::{Cell, Dimension, Tally};
-use super::{HourPart, hour_parts};
+use super::{GpuTime, HourPart, hour_parts};
 use crate::domain::{Lease, UnixMillis};
 
 /// One of the roll-ups.
@@ -104,25 +104,30 @@ pub fn decode_key(k: &[u8]) -> Option<(UnixMillis, Cell)> {
     Some((UnixMillis(hour), cell))
 }
 
-/// A tally as stored: 48 bytes, little-endian.
-pub fn encode_tally(t: &Tally) -> [u8; 48] {
-    let mut b = [0u8; 48];
+/// A tally as stored: 80 bytes, little-endian.
+pub fn encode_tally(t: &Tally) -> [u8; 80] {
+    let mut b = [0u8; 80];
     b[..16].copy_from_slice(&t.gpu_time.0.to_le_bytes());
     b[16..32].copy_from_slice(&t.cost.to_le_bytes());
     b[32..40].copy_from_slice(&t.parts.to_le_bytes());
-    b[40..].copy_from_slice(&t.starts.to_le_bytes());
+    b[40..48].copy_from_slice(&t.starts.to_le_bytes());
+    b[48..64].copy_from_slice(&t.observed.0.to_le_bytes());
+    b[64..].copy_from_slice(&t.idle.0.to_le_bytes());
     b
 }
 
 pub fn decode_tally(b: &[u8]) -> Option<Tally> {
-    if b.len() != 48 {
+    if b.len() != 80 {
         return None;
     }
+    let u128_at = |i: usize| b[i..i + 16].try_into().ok().map(u128::from_le_bytes);
     Some(Tally {
-        gpu_time: super::GpuTime(u128::from_le_bytes(b[..16].try_into().ok()?)),
+        gpu_time: GpuTime(u128_at(0)?),
         cost: i128::from_le_bytes(b[16..32].try_into().ok()?),
         parts: u64::from_le_bytes(b[32..40].try_into().ok()?),
-        starts: u64::from_le_bytes(b[40..].try_into().ok()?),
+        starts: u64::from_le_bytes(b[40..48].try_into().ok()?),
+        observed: GpuTime(u128_at(48)?),
+        idle: GpuTime(u128_at(64)?),
     })
 }
 

@@ -93,6 +93,10 @@ pub struct UsageRow {
     pub cost_minor: i128,
     /// Leases that contributed.
     pub leases: u64,
+    /// GPU-time held on devices whose agents report utilisation, and the part
+    /// of it the GPU sat idle.
+    pub observed: GpuTime,
+    pub idle: GpuTime,
 }
 
 /// The attributes of a lease that usage groups by. A roll-up keeps some of
@@ -156,6 +160,9 @@ pub struct Tally {
     pub parts: u64,
     /// Leases whose first part is in the hour (they started in it).
     pub starts: u64,
+    /// GPU-time with utilisation readings, and idle GPU-time.
+    pub observed: GpuTime,
+    pub idle: GpuTime,
 }
 
 impl Tally {
@@ -164,12 +171,33 @@ impl Tally {
         self.cost += o.cost;
         self.parts += o.parts;
         self.starts += o.starts;
+        self.observed += o.observed;
+        self.idle += o.idle;
     }
 
     /// The tally of one lease's part `[start, end)` of `hour`.
     pub fn of_part(lease: &Lease, part: &super::HourPart) -> Tally {
         let held_start = lease.reserved_at;
+        let (observed, idle) = match &lease.idle {
+            None => (GpuTime::ZERO, GpuTime::ZERO),
+            Some(by_hour) => {
+                // Idle is known per hour: a part clipped by the window gets
+                // its share pro rata.
+                let end = lease.ended_at.unwrap_or(part.end).max(part.end);
+                let full = (end.0.min(part.hour.0 + HOUR_MS)) - held_start.0.max(part.hour.0);
+                let len = part.end.0 - part.start.0;
+                let idle_ms = by_hour.get(&part.hour.0).copied().unwrap_or(0).min(full);
+                let idle_ms = if full == 0 {
+                    0
+                } else {
+                    (idle_ms as u128 * len as u128 / full as u128) as u64
+                };
+                (part.gpu_time, GpuTime::of(lease.device.share, idle_ms))
+            }
+        };
         Tally {
+            observed,
+            idle,
             gpu_time: part.gpu_time,
             cost: lease
                 .rate
@@ -222,6 +250,8 @@ impl<'q> Rows<'q> {
         e.gpu_time += t.gpu_time;
         e.cost += t.cost;
         e.parts += leases;
+        e.observed += t.observed;
+        e.idle += t.idle;
     }
 
     /// The lease's parts inside the window (up to `now` while it is open).
@@ -250,6 +280,8 @@ impl<'q> Rows<'q> {
                 gpu_time: t.gpu_time,
                 cost_minor: t.cost,
                 leases: t.parts,
+                observed: t.observed,
+                idle: t.idle,
             })
             .collect()
     }

@@ -9,6 +9,10 @@
 //! - a compact flag (`--gpus SPEC`): comma-separated groups `COUNTxMODEL`,
 //!   optionally `:MEMORY` and `/mig=PROFILE+PROFILE…`, e.g.
 //!   `4xH100-80GB,1xH100-80GB/mig=3g.40gb+2g.20gb+1g.10gb+1g.10gb`.
+//!
+//! A group may also declare the GPU utilisation its GPUs report in
+//! heartbeats (`utilization = 0` in the file, `@0%` in the flag), as NVML
+//! would for real ones: that is how idle-time accounting runs without GPUs.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -33,6 +37,10 @@ pub struct GpuGroup {
     /// MIG slices each GPU of the group is split into; empty means whole GPUs.
     #[serde(default)]
     pub mig: Vec<String>,
+    /// Utilisation percent (0–100) the group's GPUs report in heartbeats;
+    /// none by default (like a GPU whose driver gives no reading).
+    #[serde(default)]
+    pub utilization: Option<u32>,
 }
 
 fn one() -> u32 {
@@ -97,8 +105,15 @@ impl Fleet {
         for group in spec.split(',').map(str::trim).filter(|g| !g.is_empty()) {
             let bad = || {
                 format!(
-                    "invalid GPU group {group:?}: use COUNTxMODEL[:MEMORY][/mig=PROFILE+PROFILE...], e.g. 4xH100-80GB"
+                    "invalid GPU group {group:?}: use COUNTxMODEL[:MEMORY][/mig=PROFILE+PROFILE...][@PCT%], e.g. 4xH100-80GB"
                 )
+            };
+            let (group, utilization) = match group.rsplit_once('@') {
+                Some((g, pct)) => {
+                    let pct = pct.trim().strip_suffix('%').ok_or_else(bad)?;
+                    (g, Some(pct.parse::<u32>().map_err(|_| bad())?))
+                }
+                None => (group, None),
             };
             let (head, mig) = match group.split_once("/mig=") {
                 Some((h, m)) => (h, m.split('+').map(|p| p.trim().to_string()).collect()),
@@ -115,6 +130,7 @@ impl Fleet {
                 count,
                 memory,
                 mig,
+                utilization,
             });
         }
         Fleet::validate(FleetFile {
@@ -147,6 +163,12 @@ impl Fleet {
                 ));
             }
             group_memory(g)?;
+            if g.utilization.is_some_and(|u| u > 100) {
+                return Err(format!(
+                    "GPU group {}: utilization is a percent, 0 to 100",
+                    g.model
+                ));
+            }
             if !g.mig.is_empty() {
                 mig_layout(&g.model, &g.mig)?;
             }
@@ -189,6 +211,25 @@ impl Fleet {
                     mig_enabled: !g.mig.is_empty(),
                     mig_devices,
                 });
+                index += 1;
+            }
+        }
+        out
+    }
+
+    /// The utilisation the declared GPUs report (those that declare one).
+    pub fn utilization(&self, node: &str) -> Vec<pb::GpuUtilization> {
+        let mut out = Vec::new();
+        let mut index = 0u32;
+        for g in &self.gpus {
+            for _ in 0..g.count {
+                if let Some(pct) = g.utilization {
+                    out.push(pb::GpuUtilization {
+                        uuid: fake_uuid("GPU", &format!("{node}/{index}")),
+                        gpu_pct: pct,
+                        memory_pct: pct,
+                    });
+                }
                 index += 1;
             }
         }

@@ -328,7 +328,11 @@ impl AgentState {
                     out.send(msg(m)).await?;
                 }
                 _ = heartbeat.tick() => {
-                    let utilization = self.inventory.nvml.as_ref().map(|g| g.utilization()).unwrap_or_default();
+                    let utilization = match (&self.inventory.nvml, &self.config.fleet) {
+                        (Some(g), _) => g.utilization(),
+                        (None, Some(f)) => f.utilization(self.config.node.as_str()),
+                        (None, None) => Vec::new(),
+                    };
                     out.send(msg(pb::agent_message::Msg::Heartbeat(pb::Heartbeat {
                         utilization,
                         running: self.launcher.running(),

@@ -425,6 +425,7 @@ pub fn lease_pb(l: &Lease, now: UnixMillis) -> pb::Lease {
             .unwrap_or_default(),
         tags: l.tags.clone().into_iter().collect(),
         agent_runtime_ms: l.agent_runtime.map(|r| r.0 as i64),
+        idle_ms: l.idle_ms().map(|ms| ms as i64),
     }
 }
 

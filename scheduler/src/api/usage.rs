@@ -37,6 +37,9 @@ fn row_pb(r: &UsageRow) -> pb::UsageRow {
         }
         .to_string(),
         leases: r.leases,
+        observed_gpu_hours: r.observed.to_string(),
+        idle_gpu_hours: r.idle.to_string(),
+        idle_gpu_time_units: r.idle.0.to_string(),
     }
 }
 

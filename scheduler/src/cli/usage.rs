@@ -4,6 +4,8 @@ use allot_sdk::{Client, proto};
 use serde_json::{Value, json};
 
 use super::output::{self, table};
+use std::ops::Not;
+
 use anyhow::Context;
 
 use super::{BudgetCommand, ExportArgs, LeasesArgs, UsageArgs};
@@ -27,6 +29,8 @@ fn row_json(group_by: &[String], r: &proto::UsageRow) -> Value {
         "currency": r.currency,
         "cost": r.cost,
         "leases": r.leases,
+        "observed_gpu_hours": r.observed_gpu_hours,
+        "idle_gpu_hours": r.idle_gpu_hours,
     })
 }
 
@@ -66,6 +70,24 @@ pub async fn usage(client: &Client, a: &UsageArgs, json: bool) -> anyhow::Result
     );
     let mut header: Vec<String> = r.group_by.iter().map(|g| g.to_uppercase()).collect();
     header.extend(["GPU-HOURS", "COST", "LEASES"].map(String::from));
+    // Idle time shows when some agent reports utilisation.
+    let observed = |x: &proto::UsageRow| {
+        x.observed_gpu_hours
+            .trim_start_matches(['0', '.'])
+            .is_empty()
+            .not()
+    };
+    let with_idle = r.totals.iter().any(observed);
+    if with_idle {
+        header.push("IDLE GPU-H".into());
+    }
+    let idle = |x: &proto::UsageRow| {
+        if observed(x) {
+            format!("{} of {}", x.idle_gpu_hours, x.observed_gpu_hours)
+        } else {
+            "-".into()
+        }
+    };
     let mut rows: Vec<Vec<String>> = r
         .rows
         .iter()
@@ -76,6 +98,9 @@ pub async fn usage(client: &Client, a: &UsageArgs, json: bool) -> anyhow::Result
                 .map(|k| if k.is_empty() { "-".into() } else { k.clone() })
                 .collect();
             row.extend([x.gpu_hours.clone(), x.cost.clone(), x.leases.to_string()]);
+            if with_idle {
+                row.push(idle(x));
+            }
             row
         })
         .collect();
@@ -85,6 +110,9 @@ pub async fn usage(client: &Client, a: &UsageArgs, json: bool) -> anyhow::Result
             *first = "TOTAL".into();
         }
         row.extend([t.gpu_hours.clone(), t.cost.clone(), t.leases.to_string()]);
+        if with_idle {
+            row.push(idle(t));
+        }
         rows.push(row);
     }
     let header: Vec<&str> = header.iter().map(String::as_str).collect();

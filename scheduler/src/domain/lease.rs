@@ -93,9 +93,20 @@ pub struct Lease {
     /// (informational: leases are billed by the controller's clock).
     #[serde(default)]
     pub agent_runtime: Option<Millis>,
+    /// Idle time while held, per UTC hour (ms since the epoch of the hour's
+    /// start → idle ms in it), from the GPU utilisation the agent reports:
+    /// an interval between two readings counts as idle when the GPU read 0 %
+    /// at its end. `None`: no readings for this device (idle unknown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle: Option<BTreeMap<u64, u64>>,
 }
 
 impl Lease {
+    /// Idle milliseconds in all, when readings came.
+    pub fn idle_ms(&self) -> Option<u64> {
+        self.idle.as_ref().map(|m| m.values().sum())
+    }
+
     /// How long the device was held: from reservation to the end (or `now`).
     pub fn held(&self, now: UnixMillis) -> Millis {
         self.ended_at.unwrap_or(now).since(self.reserved_at)

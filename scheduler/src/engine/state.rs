@@ -38,6 +38,8 @@ struct NodeMeta {
     agent_version: String,
     /// When the node's running jobs are declared lost if it has not come back.
     lost_deadline: Option<UnixMillis>,
+    /// When its last utilisation reading came.
+    last_reading: Option<UnixMillis>,
 }
 
 /// A pending job making room for itself: the victims it is waiting for.
@@ -593,7 +595,9 @@ impl Engine {
                 (_, Some(r)) => r,
             };
             lease.state = LeaseState::Closed;
-            lease.ended_at = Some(end.max(lease.reserved_at));
+            // Never before it started (a node last heard from before the
+            // part's start report still ran it until then).
+            lease.ended_at = Some(end.max(lease.started_at.unwrap_or(lease.reserved_at)));
             lease.end_reason = Some(reason);
             lease.agent_runtime = runtimes.get(&lease.node).copied();
         }
@@ -933,6 +937,7 @@ impl Engine {
                 ended_at: None,
                 end_reason: None,
                 agent_runtime: None,
+                idle: None,
             })
             .collect();
         let nodes: Vec<String> = parts.iter().map(|p| p.node.to_string()).collect();
@@ -1168,6 +1173,41 @@ impl Engine {
         Ok(())
     }
 
+    /// Idle time from a utilisation reading: the interval since the node's
+    /// previous reading (at most two heartbeats back) counts as idle for
+    /// every lease on a GPU that reads 0 % now. MIG slices get no readings
+    /// (NVML gives none per slice), so their idle time stays unknown.
+    fn count_idle(&mut self, node: &NodeName, readings: &BTreeMap<String, u32>, now: UnixMillis) {
+        let Some(meta) = self.nodes.get_mut(node) else {
+            return;
+        };
+        if readings.is_empty() {
+            return;
+        }
+        let floor = UnixMillis(now.0.saturating_sub(2 * self.config.heartbeat_interval.0));
+        let since = meta.last_reading.map(|t| t.max(floor));
+        meta.last_reading = Some(now);
+        for lease in
+            self.leases.values_mut().flatten().filter(|l| {
+                &l.node == node && l.state != LeaseState::Closed && l.device.mig_profile.is_none()
+            })
+        {
+            let Some(&pct) = readings.get(&lease.device.gpu_uuid) else {
+                continue;
+            };
+            let idle = lease.idle.get_or_insert_with(BTreeMap::new);
+            let (Some(since), 0) = (since, pct) else { continue };
+            // Split at hour boundaries, from when the lease holds the GPU.
+            let mut t = since.max(lease.reserved_at);
+            while t < now {
+                let hour = t.0 - t.0 % crate::accounting::HOUR_MS;
+                let stop = (hour + crate::accounting::HOUR_MS).min(now.0);
+                *idle.entry(hour).or_default() += stop - t.0;
+                t = UnixMillis(stop);
+            }
+        }
+    }
+
     fn agent_gone(&mut self, node: &NodeName, why: &str) {
         self.agents.remove(node);
         let deadline = self.clock.now().plus(self.config.node_lost_grace);
@@ -1202,6 +1242,7 @@ impl Engine {
         }
         match event {
             AgentEvent::Heartbeat { utilization, running } => {
+                self.count_idle(node, &utilization, now);
                 if let Some(meta) = self.nodes.get_mut(node) {
                     meta.utilization = utilization;
                 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::*;
+use crate::accounting::usage::UsageQuery;
 use crate::clock::ManualClock;
 use crate::domain::{
     EndReason, GpuRequest, JobState, LeaseId, LeaseState, MiB, MilliCpu, Millis, ProjectName, Resources,
@@ -1028,4 +1029,43 @@ async fn late_reports_date_starts_and_ends_by_what_the_agent_measured() {
     until(&h, a.id, |j| j.state.is_final()).await;
     let la = &h.engine.ledger().leases_of(&a.id).unwrap()[0];
     assert_eq!(la.ended_at, Some(UnixMillis(now.0 + 700)));
+}
+
+#[tokio::test]
+async fn idle_time_comes_from_utilisation_readings_hour_by_hour() {
+    let h = harness().await;
+    let mut agent = FakeAgent::connect(&h, 1, "n1", vec![], vec![]).await;
+    let id = run_one(&h, &mut agent, spec(1)).await;
+    let lease = h.engine.ledger().leases_of(&id).unwrap()[0].clone();
+    let gpu = lease.device.gpu_uuid.clone();
+    let beat = |pct: u32| AgentEvent::Heartbeat {
+        utilization: BTreeMap::from([(gpu.clone(), pct), ("GPU-elsewhere".into(), 0)]),
+        running: vec![(id, 1)],
+    };
+    // The first reading only starts the count; then idle, busy, idle.
+    for (advance, pct) in [(1000, 0), (1000, 0), (1000, 55), (1000, 0)] {
+        h.clock.advance(Millis(advance));
+        agent.send(&h, beat(pct)).await;
+        h.engine.list_nodes().await.unwrap();
+    }
+    // Readings stop for a while: at most two heartbeats count as idle.
+    h.clock.advance(Millis(60_000));
+    agent.send(&h, beat(0)).await;
+    h.engine.list_nodes().await.unwrap();
+    agent.send(&h, AgentEvent::Exited(exit(id, 1, 0))).await;
+    until(&h, id, |j| j.state.is_final()).await;
+    let lease = &h.engine.ledger().leases_of(&id).unwrap()[0];
+    assert_eq!(lease.idle_ms(), Some(1000 + 1000 + 10_000));
+    let q = UsageQuery {
+        from: UnixMillis(0),
+        to: UnixMillis(u64::MAX / 2),
+        group_by: vec![],
+        tenant: None,
+    };
+    let row = &h.engine.ledger().usage(&q, h.clock.now()).unwrap()[0];
+    assert_eq!(
+        row.idle,
+        crate::accounting::GpuTime::of(lease.device.share, 12_000)
+    );
+    assert_eq!(row.observed, row.gpu_time);
 }

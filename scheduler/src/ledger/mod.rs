@@ -44,7 +44,7 @@ pub type Result<T, E = LedgerError> = std::result::Result<T, E>;
 const SCHEMA_VERSION: &str = "1";
 /// The layout of the roll-ups; a data dir without this is rebuilt on open.
 const ROLLUPS_KEY: &str = "rollups";
-const ROLLUPS_VERSION: &str = "1";
+const ROLLUPS_VERSION: &str = "2";
 
 /// A tenant record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -37,6 +37,7 @@ fn lease(j: &Job) -> Lease {
         rate: None,
         tags: BTreeMap::new(),
         agent_runtime: None,
+        idle: None,
     }
 }
 
