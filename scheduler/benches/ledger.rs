@@ -8,8 +8,9 @@
 //!
 //! Transitions: a batch of jobs each goes reserved → active → closed, one
 //! `put_job` transaction per transition (the job and its lease, plus the
-//! roll-ups and indexes when the lease closes), and one `flush` per batch —
-//! the engine's group commit: nothing is acknowledged before that flush.
+//! hour index and the roll-up mark when the lease closes), then one
+//! `roll_up` and one `flush` per batch — the engine's turn: nothing is
+//! acknowledged before that flush.
 //!
 //! Usage: a month of closed leases (a million by default) spread over 20
 //! tenants × 5 projects, 4 GPU models, 500 nodes and a `team` tag, each 5
@@ -143,11 +144,53 @@ fn transitions(c: &mut Criterion) {
                     j.state = JobState::Succeeded;
                     ledger.put_job(&j, &[&l]).unwrap();
                 }
+                ledger.roll_up().unwrap();
                 rt.block_on(ledger.flush()).unwrap();
             })
         });
     }
     g.finish();
+}
+
+/// One `put_job` of each kind, without the flush: where a transition's time goes.
+fn single_writes(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(dir.path()).unwrap();
+    let mut rng = Rng::new(9);
+    let mut g = c.benchmark_group("put_job");
+    g.bench_function("reserve", |b| {
+        b.iter(|| {
+            let mut j = job(rng.below(20) as usize, rng.below(5) as usize);
+            let t = MONTH + rng.below(30 * 24 * HOUR_MS);
+            let l = lease(&j, &mut rng, t);
+            j.lease_ids.push(l.id);
+            ledger.put_job(&j, &[&l]).unwrap();
+        })
+    });
+    g.bench_function("job_only", |b| {
+        let j = job(1, 1);
+        b.iter(|| ledger.put_job(&j, &[]).unwrap())
+    });
+    g.bench_function("close", |b| {
+        b.iter(|| {
+            let mut j = job(rng.below(20) as usize, rng.below(5) as usize);
+            let t = MONTH + rng.below(30 * 24 * HOUR_MS);
+            let mut l = lease(&j, &mut rng, t);
+            j.lease_ids.push(l.id);
+            l.state = LeaseState::Closed;
+            l.started_at = Some(UnixMillis(t + 20));
+            l.ended_at = Some(UnixMillis(t + 20 + rng.below(4 * HOUR_MS)));
+            l.end_reason = Some(EndReason::Succeeded);
+            j.state = JobState::Succeeded;
+            ledger.put_job(&j, &[&l]).unwrap();
+        })
+    });
+    g.finish();
+}
+
+/// Roll up every 256 closes, as an engine turn under load would.
+fn ledger_rolls(written: usize) -> bool {
+    written.is_multiple_of(256)
 }
 
 /// A month of closed leases, written the way the engine writes them.
@@ -156,7 +199,7 @@ fn month_of_leases(n: usize) -> (tempfile::TempDir, Ledger) {
     let ledger = Ledger::open(dir.path()).unwrap();
     let mut rng = Rng::new(11);
     let started = std::time::Instant::now();
-    for _ in 0..n {
+    for k in 0..n {
         let mut j = job(rng.below(20) as usize, rng.below(5) as usize);
         let t = MONTH + rng.below(30 * 24 * HOUR_MS - 4 * HOUR_MS);
         let mut l = lease(&j, &mut rng, t);
@@ -167,7 +210,11 @@ fn month_of_leases(n: usize) -> (tempfile::TempDir, Ledger) {
         l.end_reason = Some(EndReason::Succeeded);
         j.state = JobState::Succeeded;
         ledger.put_job(&j, &[&l]).unwrap();
+        if ledger_rolls(k + 1) {
+            ledger.roll_up().unwrap();
+        }
     }
+    ledger.roll_up().unwrap();
     tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap()
@@ -233,5 +280,5 @@ fn usage(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, transitions, usage);
+criterion_group!(benches, transitions, single_writes, usage);
 criterion_main!(benches);

@@ -5,7 +5,8 @@
 //! export adds up to `allot usage` to the minor unit. They come in a fixed
 //! order (hour, then lease id) with a stable row id (`<lease>:<hour>`), and
 //! only from closed leases, whose parts never change: re-exporting a period
-//! gives the same bytes. A lease still open shows up once it closes.
+//! in which every lease has closed gives the same bytes. A lease still open
+//! shows up once it closes (adding rows to hours already exported).
 //!
 //! FOCUS: `ChargePeriodStart`/`End` are the UTC hour the part falls in
 //! (inclusive start, exclusive end, to the second as FOCUS dates are);

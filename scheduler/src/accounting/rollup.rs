@@ -1,20 +1,25 @@
 //! Roll-ups: usage summed per UTC hour as leases close, so that a report
 //! reads a few cells per hour instead of every lease.
 //!
-//! A closed lease never changes, so its hour parts are added once, in the
-//! same ledger transaction that closes it. Three roll-ups keep different
-//! attributes, because a cell per node or per tag set would make the common
-//! report (by tenant, project, model, hour, day) read as many cells as there
-//! are leases:
+//! A closed lease never changes, so its hour parts are added once. The
+//! transaction that closes a lease marks it "not rolled up yet"; at the end
+//! of each engine turn, before the turn's flush, one transaction adds every
+//! marked lease to the roll-ups and clears the marks (group commit for the
+//! roll-ups: one read-modify-write per cell and turn, not per lease). A report
+//! reads marked leases one by one, so it is exact whether or not they are
+//! rolled up yet; a restart rolls up whatever a crash left marked.
+//!
+//! Two roll-ups keep different attributes, because a cell per node or per
+//! tag set would make the common report (by tenant, project, model, hour,
+//! day) read as many cells as there are leases:
 //!
 //! | roll-up | keeps | answers grouping by |
 //! |---|---|---|
 //! | `base` | tenant, project, model, MIG profile, currency | those, hour, day |
-//! | `node` | the base ones and the node | also node |
-//! | `tags` | the base ones and the tags | also any tag |
+//! | `detail` | the base ones, the node and the tags | also node and any tag |
 //!
-//! Grouping by job, or by node and tag together, reads the leases of the
-//! window instead (found through the hour index, not a scan of all leases).
+//! Grouping by job reads the leases of the window instead (found through the
+//! hour index, not a scan of all leases).
 
 use super::usage::{Cell, Dimension, Tally};
 use super::{GpuTime, HourPart, hour_parts};
@@ -24,18 +29,16 @@ use crate::domain::{Lease, UnixMillis};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rollup {
     Base,
-    ByNode,
-    ByTags,
+    Detail,
 }
 
 impl Rollup {
-    pub const ALL: [Rollup; 3] = [Rollup::Base, Rollup::ByNode, Rollup::ByTags];
+    pub const ALL: [Rollup; 2] = [Rollup::Base, Rollup::Detail];
 
     fn tag(self) -> u8 {
         match self {
             Rollup::Base => b'b',
-            Rollup::ByNode => b'n',
-            Rollup::ByTags => b't',
+            Rollup::Detail => b'd',
         }
     }
 
@@ -43,13 +46,9 @@ impl Rollup {
     pub fn cell(self, lease: &Lease) -> Cell {
         let mut c = Cell::of(lease);
         c.job.clear();
-        match self {
-            Rollup::Base => {
-                c.node.clear();
-                c.tags.clear();
-            }
-            Rollup::ByNode => c.tags.clear(),
-            Rollup::ByTags => c.node.clear(),
+        if self == Rollup::Base {
+            c.node.clear();
+            c.tags.clear();
         }
         c
     }
@@ -57,8 +56,7 @@ impl Rollup {
     fn covers(self, d: &Dimension) -> bool {
         match d {
             Dimension::Job => false,
-            Dimension::Node => self == Rollup::ByNode,
-            Dimension::Tag(_) => self == Rollup::ByTags,
+            Dimension::Node | Dimension::Tag(_) => self == Rollup::Detail,
             _ => true,
         }
     }

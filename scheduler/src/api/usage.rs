@@ -181,9 +181,9 @@ impl pb::usage_service_server::UsageService for Api {
                     .collect();
                 for row in export::rows(&mine, hour, UnixMillis(hour.0 + HOUR_MS)) {
                     w.row(&mut buf, &row);
-                }
-                if buf.len() >= EXPORT_CHUNK && !send(&mut buf, w.rows()) {
-                    return; // the client went away
+                    if buf.len() >= EXPORT_CHUNK && !send(&mut buf, w.rows()) {
+                        return; // the client went away
+                    }
                 }
                 hour = UnixMillis(hour.0 + HOUR_MS);
             }

@@ -119,9 +119,9 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum UsageCommand {
-    /// One row per closed lease and UTC hour, to a file or stdout. The same
-    /// period always exports to the same bytes; open leases appear once they
-    /// close.
+    /// One row per closed lease and UTC hour, to a file or stdout. A period
+    /// in which every lease has closed always exports to the same bytes; open
+    /// leases appear once they close.
     Export(ExportArgs),
 }
 
@@ -137,7 +137,7 @@ pub struct ExportArgs {
     #[arg(long)]
     pub from: Option<String>,
     /// End of the window (exclusive), on a whole UTC hour [default: the end of the current hour].
-    #[arg(long)]
+    #[arg(long, requires = "from")]
     pub to: Option<String>,
     /// Only this tenant (admins).
     #[arg(long)]

@@ -190,6 +190,8 @@ pub fn lease_json(l: &proto::Lease) -> Value {
         "cost_minor": l.cost_minor,
         "rate_per_gpu_hour": l.rate_per_gpu_hour,
         "tags": l.tags,
+        "agent_runtime_ms": l.agent_runtime_ms,
+        "idle_ms": l.idle_ms,
     })
 }
 

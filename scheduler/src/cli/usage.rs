@@ -291,7 +291,9 @@ pub async fn export(client: &Client, a: &ExportArgs) -> anyhow::Result<i32> {
     match &a.output {
         Some(path) => {
             // Written beside the target and renamed into place: never half a file.
-            let tmp = path.with_extension("partial");
+            let mut tmp = path.clone().into_os_string();
+            tmp.push(".partial");
+            let tmp = std::path::PathBuf::from(tmp);
             let mut f = std::io::BufWriter::new(
                 std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?,
             );

@@ -264,6 +264,11 @@ impl Engine {
                 return Err(e.into());
             }
             if self.dirty {
+                // Leases closed this turn join the roll-ups in one go.
+                if let Err(e) = self.ledger.roll_up() {
+                    error!(error = %e, "ledger roll-up failed; stopping the engine");
+                    return Err(e.into());
+                }
                 if let Err(e) = self.ledger.flush().await {
                     error!(error = %e, "ledger flush failed; stopping the engine");
                     return Err(e.into());
@@ -881,7 +886,15 @@ impl Engine {
         self.close_leases(id, JobState::NodeLost, now);
         self.release_all(id);
         let touched = self.all_lease_ids(&id);
+        // A preemption victim lost with its node has nothing left to stop.
+        if let Some(by) = self.jobs.get(&id).and_then(|j| j.preempted_by)
+            && let Some(n) = self.nominations.get_mut(&by)
+        {
+            n.victims.retain(|v| *v != id);
+        }
+        self.nominations.remove(&id);
         let Some(job) = self.jobs.get_mut(&id) else { return };
+        job.preempted_by = None;
         job.node_lost_requeues += 1;
         job.reason = format!(
             "requeued after {why} (retry {} of {})",

@@ -44,7 +44,7 @@ pub type Result<T, E = LedgerError> = std::result::Result<T, E>;
 const SCHEMA_VERSION: &str = "1";
 /// The layout of the roll-ups; a data dir without this is rebuilt on open.
 const ROLLUPS_KEY: &str = "rollups";
-const ROLLUPS_VERSION: &str = "2";
+const ROLLUPS_VERSION: &str = "3";
 
 /// A tenant record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,6 +98,10 @@ pub struct Ledger {
     lease_hours: sled::Tree,
     /// Usage per hour and cell (see `accounting::rollup`).
     rollups: sled::Tree,
+    /// Closed leases not added to the roll-ups yet (key: lease id).
+    unrolled: sled::Tree,
+    /// One roll-up at a time.
+    rolling: std::sync::Arc<std::sync::Mutex<()>>,
     budgets: sled::Tree,
     meta: sled::Tree,
 }
@@ -189,6 +193,8 @@ impl Ledger {
             leases_open: db.open_tree("leases_open")?,
             lease_hours: db.open_tree("lease_hours")?,
             rollups: db.open_tree("rollups")?,
+            unrolled: db.open_tree("unrolled")?,
+            rolling: Default::default(),
             budgets: db.open_tree("budgets")?,
             meta,
             db,
@@ -196,6 +202,8 @@ impl Ledger {
         if ledger.meta.get(ROLLUPS_KEY)?.as_deref() != Some(ROLLUPS_VERSION.as_bytes()) {
             ledger.rebuild_rollups()?;
         }
+        // Leases a crash left closed but not rolled up.
+        ledger.roll_up()?;
         Ok(ledger)
     }
 
@@ -204,7 +212,12 @@ impl Ledger {
     pub fn rebuild_rollups(&self) -> Result<()> {
         let started = std::time::Instant::now();
         self.meta.remove(ROLLUPS_KEY)?;
-        for tree in [&self.leases_open, &self.lease_hours, &self.rollups] {
+        for tree in [
+            &self.leases_open,
+            &self.lease_hours,
+            &self.rollups,
+            &self.unrolled,
+        ] {
             tree.clear()?;
         }
         let mut sums: BTreeMap<Vec<u8>, Tally> = BTreeMap::new();
@@ -245,20 +258,16 @@ impl Ledger {
         Ok(())
     }
 
-    /// Writes a job and the given leases (new or changed) in one transaction;
-    /// a lease closing adds its hour parts to the roll-ups in it too (once:
-    /// writing a closed lease again adds nothing).
+    /// Writes a job and the given leases (new or changed) in one transaction.
+    /// A lease closing joins the hour index and is marked for the roll-ups
+    /// (once: writing a closed lease again adds nothing); `roll_up` adds the
+    /// marked leases.
     pub fn put_job(&self, job: &Job, leases: &[&Lease]) -> Result<()> {
-        /// What closing a lease adds: roll-up keys with their additions, and
-        /// hour-index keys.
-        struct Close {
-            adds: Vec<(Vec<u8>, Tally)>,
-            hours: Vec<[u8; 24]>,
-        }
         struct Write {
             id: LeaseId,
             bytes: Vec<u8>,
-            closing: Option<Close>,
+            /// Hour-index keys, if it is closed.
+            closing: Option<Vec<[u8; 24]>>,
         }
         let job_bytes = encode(job);
         let writes: Vec<Write> = leases
@@ -267,20 +276,11 @@ impl Ledger {
                 id: l.id,
                 bytes: encode(*l),
                 closing: (l.state == LeaseState::Closed).then(|| {
-                    let c = Closing::of(l);
-                    let adds = c
-                        .parts
-                        .iter()
-                        .flat_map(|(part, tally)| {
-                            c.cells.iter().map(|(r, cell)| (r.key(part.hour, cell), *tally))
-                        })
-                        .collect();
-                    let hours = c
+                    Closing::of(l)
                         .parts
                         .iter()
                         .map(|(p, _)| hour_lease_key(p.hour, &l.id))
-                        .collect();
-                    Close { adds, hours }
+                        .collect()
                 }),
             })
             .collect();
@@ -292,10 +292,10 @@ impl Ledger {
             &self.leases_by_job,
             &self.leases_open,
             &self.lease_hours,
-            &self.rollups,
+            &self.unrolled,
         )
             .transaction(
-                |(jobs, active, by_tenant, lease_tree, by_job, open, hours, rollups)| {
+                |(jobs, active, by_tenant, lease_tree, by_job, open, hours, unrolled)| {
                     jobs.insert(job.id.as_bytes(), job_bytes.as_slice())?;
                     if job.state.is_final() {
                         active.remove(job.id.as_bytes())?;
@@ -313,23 +313,13 @@ impl Ledger {
                             None => {
                                 open.insert(id, &[])?;
                             }
-                            Some(Close {
-                                adds,
-                                hours: hour_keys,
-                            }) => {
+                            Some(hour_keys) => {
                                 open.remove(id)?;
                                 if was_open {
                                     for k in hour_keys {
                                         hours.insert(k, &[])?;
                                     }
-                                    for (k, t) in adds {
-                                        let mut sum = rollups
-                                            .get(k.as_slice())?
-                                            .and_then(|b| decode_tally(&b))
-                                            .unwrap_or_default();
-                                        sum.add(t);
-                                        rollups.insert(k.as_slice(), encode_tally(&sum).as_slice())?;
-                                    }
+                                    unrolled.insert(id, &[])?;
                                 }
                             }
                         }
@@ -495,6 +485,60 @@ impl Ledger {
         Ok((out, if more { last } else { None }))
     }
 
+    /// Adds the closed leases marked by `put_job` to the roll-ups and clears
+    /// their marks, in one transaction: one read-modify-write per cell for
+    /// however many leases closed. The engine calls it once per turn, before
+    /// the turn's flush. Returns how many leases it rolled up.
+    pub fn roll_up(&self) -> Result<usize> {
+        let _one = self.rolling.lock().unwrap_or_else(|e| e.into_inner());
+        let marked = self.unrolled_leases()?;
+        if marked.is_empty() {
+            return Ok(0);
+        }
+        let mut sums: BTreeMap<Vec<u8>, Tally> = BTreeMap::new();
+        for lease in &marked {
+            let c = Closing::of(lease);
+            for (part, tally) in &c.parts {
+                for (r, cell) in &c.cells {
+                    sums.entry(r.key(part.hour, cell)).or_default().add(tally);
+                }
+            }
+        }
+        let result: Result<(), TransactionError<()>> =
+            (&self.rollups, &self.unrolled).transaction(|(rollups, unrolled)| {
+                for (k, t) in &sums {
+                    let mut sum = rollups
+                        .get(k.as_slice())?
+                        .and_then(|b| decode_tally(&b))
+                        .unwrap_or_default();
+                    sum.add(t);
+                    rollups.insert(k.as_slice(), encode_tally(&sum).as_slice())?;
+                }
+                for l in &marked {
+                    unrolled.remove(l.id.as_bytes())?;
+                }
+                Ok::<(), ConflictableTransactionError<()>>(())
+            });
+        match result {
+            Ok(()) => Ok(marked.len()),
+            Err(TransactionError::Storage(e)) => Err(e.into()),
+            Err(TransactionError::Abort(())) => unreachable!("the roll-up transaction never aborts"),
+        }
+    }
+
+    /// Closed leases not rolled up yet.
+    fn unrolled_leases(&self) -> Result<Vec<Lease>> {
+        let mut out = Vec::new();
+        for k in self.unrolled.iter().keys() {
+            if let Some(id) = LeaseId::from_slice(&k?)
+                && let Some(l) = self.get_lease(&id)?
+            {
+                out.push(l);
+            }
+        }
+        Ok(out)
+    }
+
     /// Leases not closed yet.
     pub fn open_leases(&self) -> Result<Vec<Lease>> {
         let mut out = Vec::new();
@@ -530,29 +574,42 @@ impl Ledger {
     /// from the window's own leases where it does not; open leases count up
     /// to `now`. Never a scan of every lease.
     pub fn usage(&self, q: &UsageQuery, now: UnixMillis) -> Result<Vec<UsageRow>> {
-        // A lease that closes during the read would move from the open set
-        // into the roll-ups under our feet: read again if the open set changed.
-        for _ in 0..8 {
-            let before: Vec<Lease> = self.open_leases()?;
-            let rows = self.usage_once(q, now, &before)?;
-            let after: Vec<LeaseId> = self
-                .leases_open
-                .iter()
+        // Open leases and closed ones not rolled up yet are read one by one.
+        // A lease that moves on (closes, or is rolled up) during the read
+        // would be counted twice or not at all: read again if either set
+        // lost a member meanwhile.
+        let ids = |tree: &sled::Tree| -> HashSet<LeaseId> {
+            tree.iter()
                 .keys()
                 .filter_map(|k| k.ok().and_then(|k| LeaseId::from_slice(&k)))
-                .collect();
-            if before.iter().all(|l| after.contains(&l.id)) {
+                .collect()
+        };
+        for _ in 0..8 {
+            let open = self.open_leases()?;
+            let unrolled = self.unrolled_leases()?;
+            let rows = self.usage_once(q, now, &open, &unrolled)?;
+            let (open_now, unrolled_now) = (ids(&self.leases_open), ids(&self.unrolled));
+            if open.iter().all(|l| open_now.contains(&l.id))
+                && unrolled.iter().all(|l| unrolled_now.contains(&l.id))
+            {
                 return Ok(rows);
             }
         }
         Err(LedgerError::Busy)
     }
 
-    fn usage_once(&self, q: &UsageQuery, now: UnixMillis, open: &[Lease]) -> Result<Vec<UsageRow>> {
+    fn usage_once(
+        &self,
+        q: &UsageQuery,
+        now: UnixMillis,
+        open: &[Lease],
+        unrolled: &[Lease],
+    ) -> Result<Vec<UsageRow>> {
         let mut rows = Rows::new(q);
-        for lease in open {
+        for lease in open.iter().chain(unrolled) {
             rows.add_lease(lease, now);
         }
+        let pending: HashSet<LeaseId> = unrolled.iter().map(|l| l.id).collect();
         if q.to <= q.from {
             return Ok(rows.finish());
         }
@@ -560,7 +617,9 @@ impl Ledger {
         let last_hour = UnixMillis((q.to.0 - 1) - (q.to.0 - 1) % HOUR_MS);
         let Some(rollup) = Rollup::for_grouping(&q.group_by) else {
             for lease in self.closed_leases_in_hours(first_hour, last_hour)? {
-                rows.add_lease(&lease, now);
+                if !pending.contains(&lease.id) {
+                    rows.add_lease(&lease, now);
+                }
             }
             return Ok(rows.finish());
         };
@@ -610,7 +669,9 @@ impl Ledger {
         }
         for (a, b) in edges {
             for lease in self.closed_leases_in_hours(a, b)? {
-                rows.add_lease_within(&lease, now, a, UnixMillis(b.0 + HOUR_MS));
+                if !pending.contains(&lease.id) {
+                    rows.add_lease_within(&lease, now, a, UnixMillis(b.0 + HOUR_MS));
+                }
             }
         }
         Ok(rows.finish())
@@ -626,7 +687,12 @@ impl Ledger {
             rollups: HashMap::new(),
             open: HashSet::new(),
             hours: HashSet::new(),
+            unrolled: HashSet::new(),
         };
+        for k in self.unrolled.iter().keys() {
+            let id = LeaseId::from_slice(&k?).ok_or(LedgerError::CorruptKey { tree: "unrolled" })?;
+            derived.unrolled.insert(id);
+        }
         for kv in self.rollups.iter() {
             let (k, v) = kv?;
             let t = decode_tally(&v).ok_or(LedgerError::CorruptKey { tree: "rollups" })?;

@@ -261,12 +261,14 @@ mod rollups {
         #![proptest_config(ProptestConfig::with_cases(24))]
 
         /// Usage from the roll-ups equals usage summed lease by lease, for
-        /// any window and grouping; writing a closed lease again adds
-        /// nothing; a rebuild gives the same roll-ups; the check is clean.
+        /// any window and grouping, whether or not the latest closed leases
+        /// are rolled up yet; writing a closed lease again adds nothing; a
+        /// rebuild gives the same roll-ups; the check is clean.
         #[test]
         fn rollups_answer_like_a_full_scan(
             specs in prop::collection::vec(arb_lease(), 1..40),
             windows in prop::collection::vec((0..7 * HOUR_MS, 1..7 * HOUR_MS), 1..5),
+            roll_every in 1usize..6,
         ) {
             let dir = tempfile::tempdir().unwrap();
             let ledger = Ledger::open(dir.path()).unwrap();
@@ -285,6 +287,9 @@ mod rollups {
                     ledger.put_job(&j, &[&l]).unwrap();
                 }
                 leases.push(l);
+                if leases.len() % roll_every == 0 {
+                    ledger.roll_up().unwrap();
+                }
             }
             for (from, len) in &windows {
                 for g in groupings() {
@@ -301,7 +306,17 @@ mod rollups {
             }
             let report = ledger.check(now).unwrap();
             prop_assert!(report.is_clean(), "{:?}", report.problems);
+            ledger.roll_up().unwrap();
+            prop_assert_eq!(ledger.roll_up().unwrap(), 0);
+            let q = UsageQuery {
+                from: UnixMillis(T0),
+                to: UnixMillis(T0 + 7 * HOUR_MS),
+                group_by: vec![Dimension::Tenant, Dimension::Node],
+                tenant: None,
+            };
+            prop_assert_eq!(ledger.usage(&q, now).unwrap(), aggregate(&leases, &q, now));
             let before = ledger.check(now).unwrap();
+            prop_assert!(before.is_clean(), "{:?}", before.problems);
             ledger.rebuild_rollups().unwrap();
             prop_assert_eq!(ledger.check(now).unwrap(), before);
         }
@@ -313,6 +328,7 @@ mod rollups {
         let ledger = Ledger::open(dir.path()).unwrap();
         let (j, l) = build(&(0, 0, 0, 0, 0, 0, HOUR_MS / 2, 0, false));
         ledger.put_job(&j, &[&l]).unwrap();
+        assert_eq!(ledger.roll_up().unwrap(), 1);
         let now = UnixMillis(T0 + HOUR_MS);
         assert!(ledger.check(now).unwrap().is_clean());
         // Some other lease's hours sneak into a roll-up cell.
@@ -324,4 +340,38 @@ mod rollups {
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(problems[0].contains("roll-up at"), "{problems:?}");
     }
+}
+
+#[tokio::test]
+async fn leases_closed_but_not_rolled_up_are_rolled_up_on_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut j = job("a", JobState::Succeeded);
+    let mut l = lease(&j);
+    j.lease_ids.push(l.id);
+    l.state = LeaseState::Closed;
+    l.started_at = Some(l.reserved_at);
+    l.ended_at = Some(UnixMillis(l.reserved_at.0 + 5_000));
+    l.end_reason = Some(crate::domain::EndReason::Succeeded);
+    let q = crate::accounting::usage::UsageQuery {
+        from: UnixMillis(0),
+        to: UnixMillis(10_000_000),
+        group_by: vec![],
+        tenant: None,
+    };
+    let before = {
+        // The process dies between the close and the roll-up.
+        let ledger = Ledger::open(dir.path()).unwrap();
+        ledger.put_job(&j, &[&l]).unwrap();
+        ledger.flush().await.unwrap();
+        ledger.usage(&q, UnixMillis(10_000_000)).unwrap()
+    };
+    let ledger = Ledger::open(dir.path()).unwrap();
+    assert_eq!(ledger.roll_up().unwrap(), 0, "rolled up when opened");
+    assert_eq!(ledger.usage(&q, UnixMillis(10_000_000)).unwrap(), before);
+    assert_eq!(
+        before[0].gpu_time,
+        crate::accounting::GpuTime::of(l.device.share, 5_000)
+    );
+    let report = ledger.check(UnixMillis(10_000_000)).unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
 }
