@@ -54,6 +54,11 @@ async fn server(a: &ServerArgs) -> anyhow::Result<i32> {
         None => None,
     };
     let rate_card = config.as_ref().map(ConfigFile::rate_card).transpose()?;
+    let plugins = config
+        .as_ref()
+        .map(ConfigFile::plugins)
+        .transpose()?
+        .unwrap_or_default();
     if a.dev {
         let listen = a
             .listen
@@ -65,6 +70,7 @@ async fn server(a: &ServerArgs) -> anyhow::Result<i32> {
                 policy: a.policy.parse().map_err(|e| anyhow::anyhow!("--policy: {e}"))?,
                 placement_seed: a.placement_seed,
                 rate_card,
+                plugins,
             },
             shutdown_signal(),
         )
@@ -93,6 +99,7 @@ async fn server(a: &ServerArgs) -> anyhow::Result<i32> {
             rate_card: std::sync::Arc::new(rate_card.unwrap_or_default()),
             ..EngineConfig::default()
         },
+        plugins,
     };
     let controller = Controller::start(config).await?;
     // A machine-readable line, for scripts and tests that bind port 0.
