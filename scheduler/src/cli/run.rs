@@ -7,7 +7,9 @@ use allot_sdk::Client;
 use anyhow::Context;
 use tracing_subscriber::EnvFilter;
 
-use super::{AgentArgs, Cli, Command, LedgerCommand, LogFormat, ServerArgs, jobs, nodes, usage};
+use super::{
+    AgentArgs, Cli, Command, LedgerCommand, LogFormat, PluginCommand, ServerArgs, jobs, nodes, plugins, usage,
+};
 use crate::agent::fleet::Fleet;
 use crate::agent::{self, AgentConfig};
 use crate::domain::{MiB, MilliCpu, Millis};
@@ -289,6 +291,22 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Ledger(LedgerCommand::Check { data_dir: Some(dir) }) => {
             return ledger_check_offline(dir, cli.json);
         }
+        Command::Plugin(PluginCommand::Test {
+            file,
+            job,
+            tenant,
+            project,
+            at,
+        }) => {
+            return plugins::test(
+                file,
+                job,
+                tenant.as_deref(),
+                project.as_deref(),
+                at.as_deref(),
+                cli.json,
+            );
+        }
         _ => {}
     }
     restore_sigpipe();
@@ -314,5 +332,6 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Tenant(t) => nodes::tenant(&client, t, json).await,
         Command::Token(t) => nodes::token(&client, t, json).await,
         Command::Whoami => nodes::whoami(&client, json).await,
+        Command::Plugin(p) => plugins::run(&client, p, json).await,
     }
 }
