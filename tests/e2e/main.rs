@@ -4,6 +4,7 @@
 mod bad_input;
 mod harness;
 mod jobs;
+mod plugins;
 mod preemption;
 mod sim;
 mod standalone;
