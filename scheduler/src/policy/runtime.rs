@@ -369,12 +369,8 @@ impl Sandbox {
         let component =
             Component::new(&self.engine, bytes).map_err(|e| ValidationError::Invalid(first_line(&e)))?;
         let plugin = self.prepare(&component)?;
-        let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
-        let mut store = self.store("upload".into(), "-".into(), stderr.clone());
-        if let Err(e) = plugin.bindings.instantiate(&mut store) {
-            let failure = classify(&e, store.data(), &String::from_utf8_lossy(&stderr.contents()));
-            return Err(ValidationError::Instantiate(failure.to_string()));
-        }
+        self.instantiate(&plugin)
+            .map_err(|failure| ValidationError::Instantiate(failure.to_string()))?;
         let artifact = component
             .serialize()
             .map_err(|e| ValidationError::Invalid(format!("cannot serialize the compiled component: {e}")))?;
@@ -505,6 +501,17 @@ impl Sandbox {
         store.set_epoch_deadline(self.deadline_ticks);
         store.epoch_deadline_trap();
         store
+    }
+
+    /// Instantiates `plugin` in a fresh store and drops it, without a call:
+    /// what every call pays before the plugin runs.
+    pub fn instantiate(&self, plugin: &Loaded) -> Result<(), PluginFailure> {
+        let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
+        let mut store = self.store("instantiate".into(), "-".into(), stderr.clone());
+        plugin
+            .bindings
+            .instantiate(&mut store)
+            .map_err(|e| classify(&e, store.data(), &String::from_utf8_lossy(&stderr.contents())))
     }
 
     /// Runs `call` on a fresh instance of `plugin` in a fresh store, for
