@@ -428,10 +428,10 @@ impl Sandbox {
         };
         let mut versions: Vec<WitVersion> = Vec::new();
         for (name, _) in ty.imports(&self.engine) {
-            if let Some(version) = allot_import_version(name)? {
-                if !versions.contains(&version) {
-                    versions.push(version);
-                }
+            if let Some(version) = allot_import_version(name)?
+                && !versions.contains(&version)
+            {
+                versions.push(version);
             }
         }
         let built_for = match versions.as_slice() {
