@@ -3,12 +3,18 @@
 #
 #   plugins/build.sh            # all examples (needs scripts/setup.sh run once)
 #   plugins/build.sh --rust     # the Rust examples only (needs only the wasm32-wasip2 target)
+#   plugins/build.sh --hostile  # also the hostile test plugins of tests/hostile/
+#                               # (flags combine: --rust --hostile)
 #
 # Outputs, all under plugins/target/wasm32-wasip2/release/:
 #   require_cost_center.wasm  admission  (Rust)
 #   project_caps.wasm         quota      (Rust)
 #   time_of_day.wasm          pricing    (Rust)
 #   gpu_limit_py.wasm         admission  (Python, componentize-py)
+# and with --hostile, plugins that misbehave on purpose (the host's tests):
+#   hostile_loop_forever.wasm, hostile_memory_bomb.wasm, hostile_panics.wasm,
+#   hostile_deep_recursion.wasm, hostile_oversized.wasm, hostile_bad_modify.wasm,
+#   hostile_wrong_world.wasm (a component of a world that is not allot's)
 #
 # Progress goes to stderr; stdout gets the absolute path of each component,
 # one per line, so that tests can read them. Each output is checked to be a
@@ -20,22 +26,32 @@ set -euo pipefail
 plugins="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 out="$plugins/target/wasm32-wasip2/release"
 rust_only=false
-case "${1:-}" in
-    "") ;;
-    --rust) rust_only=true ;;
-    *) echo "usage: $0 [--rust]" >&2; exit 2 ;;
-esac
+hostile=false
+for arg in "$@"; do
+    case "$arg" in
+        --rust) rust_only=true ;;
+        --hostile) hostile=true ;;
+        *) echo "usage: $0 [--rust] [--hostile]" >&2; exit 2 ;;
+    esac
+done
+hostile_crates=(loop-forever memory-bomb panics deep-recursion oversized bad-modify wrong-world)
 
 cd "$plugins"
-echo "building the Rust examples (cargo build --release --target wasm32-wasip2)" >&2
-cargo build --locked --release --target wasm32-wasip2 \
-    -p require-cost-center -p project-caps -p time-of-day >&2
+packages=(-p require-cost-center -p project-caps -p time-of-day)
+if $hostile; then
+    for crate in "${hostile_crates[@]}"; do packages+=(-p "hostile-$crate"); done
+fi
+echo "building the Rust plugins (cargo build --release --target wasm32-wasip2)" >&2
+cargo build --locked --release --target wasm32-wasip2 "${packages[@]}" >&2
 components=("$out/require_cost_center.wasm" "$out/project_caps.wasm" "$out/time_of_day.wasm")
 
 if ! $rust_only; then
     echo "building examples/gpu-limit-py (componentize-py)" >&2
     examples/gpu-limit-py/build.sh "$out/gpu_limit_py.wasm"
     components+=("$out/gpu_limit_py.wasm")
+fi
+if $hostile; then
+    for crate in "${hostile_crates[@]}"; do components+=("$out/hostile_${crate//-/_}.wasm"); done
 fi
 
 # A component starts with the magic `\0asm` and the component layer's

@@ -12,6 +12,7 @@ const PROTOS: &[&str] = &[
     "allot/v1/admin.proto",
     "allot/v1/agent.proto",
     "allot/v1/usage.proto",
+    "allot/v1/plugins.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -8,10 +8,15 @@
 //!
 //! Each job runs `true` on one whole GPU, so at most eight run at once on the
 //! dev fleet: the numbers include real process launches by the agents.
+//!
+//! `--admission-plugin FILE.wasm` first uploads that component and binds it
+//! as the tenant's admission plugin, so every submission goes through it
+//! (jobs carry the tag `cost-center=loadgen`, which the
+//! `require-cost-center` example asks for).
 
 use std::time::{Duration, Instant};
 
-use allot_sdk::{Client, JobSpec, JobState};
+use allot_sdk::{Client, JobSpec, JobState, Scope};
 use futures::StreamExt;
 
 fn arg(name: &str, default: usize) -> usize {
@@ -38,6 +43,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let addr = std::env::var("ALLOT_ADDR").unwrap_or_else(|_| "http://127.0.0.1:7070".into());
     let token = std::env::var("ALLOT_TOKEN").map_err(|_| "set ALLOT_TOKEN (allot server --dev prints it)")?;
     let client = Client::connect(addr, token).await?;
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(path) = args
+        .iter()
+        .position(|a| a == "--admission-plugin")
+        .and_then(|i| args.get(i + 1))
+    {
+        let wasm = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+        client
+            .plugins()
+            .add("loadgen-admission", wasm, &Scope::Own)
+            .await?;
+        client
+            .plugins()
+            .bind("loadgen-admission", None, &Scope::Own)
+            .await?;
+        println!("admission plugin: {path}, bound as loadgen-admission");
+    }
 
     let started = Instant::now();
     let results: Vec<Result<(Duration, Duration, Duration), allot_sdk::Error>> =
@@ -47,7 +69,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 async move {
                     let t0 = Instant::now();
                     let job = client
-                        .submit(JobSpec::new("true").name(format!("load-{i}")).gpus(1))
+                        .submit(
+                            JobSpec::new("true")
+                                .name(format!("load-{i}"))
+                                .gpus(1)
+                                .tag("cost-center", "loadgen"),
+                        )
                         .await?;
                     let submitted = t0.elapsed();
                     let mut running = None;

@@ -16,6 +16,7 @@ pub mod domain;
 pub mod engine;
 pub mod ledger;
 pub mod placement;
+pub mod policy;
 pub mod queue;
 pub mod server;
 pub mod sim;

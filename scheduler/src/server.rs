@@ -20,6 +20,8 @@ use crate::domain::{MiB, MilliCpu, Millis, TenantName};
 use crate::engine::{self, EngineConfig, EngineHandle};
 use crate::ledger::{Ledger, Role};
 use crate::placement::NodeStatus;
+use crate::policy::PolicyHost;
+use crate::policy::config::{PluginsConfigFile, PolicyConfig};
 
 /// The server's configuration file (`--config`), checked strictly.
 #[derive(Debug, Clone, Default, serde::Deserialize)]
@@ -28,6 +30,9 @@ pub struct ConfigFile {
     /// The rate card: prices per GPU-hour.
     #[serde(default)]
     pub pricing: Option<PricingConfig>,
+    /// Bounds on plugin calls and what a failing plugin does.
+    #[serde(default)]
+    pub plugins: Option<PluginsConfigFile>,
 }
 
 impl ConfigFile {
@@ -42,6 +47,14 @@ impl ConfigFile {
         match &self.pricing {
             Some(p) => RateCard::from_config(p).map_err(|e| anyhow::anyhow!("config file: {e}")),
             None => Ok(RateCard::default()),
+        }
+    }
+
+    /// The plugin host's settings it describes (the defaults when it has none).
+    pub fn plugins(&self) -> anyhow::Result<PolicyConfig> {
+        match &self.plugins {
+            Some(p) => PolicyConfig::from_file(p).map_err(|e| anyhow::anyhow!("config file: {e}")),
+            None => Ok(PolicyConfig::default()),
         }
     }
 }
@@ -70,6 +83,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub engine: EngineConfig,
+    /// The plugin host's bounds and failure policies.
+    pub plugins: PolicyConfig,
 }
 
 /// A running controller.
@@ -77,6 +92,7 @@ pub struct Controller {
     pub addr: SocketAddr,
     pub engine: EngineHandle,
     pub auth: Auth,
+    pub policy: PolicyHost,
     pub clock: Arc<dyn Clock>,
     /// Set when this start created the first admin token (written to
     /// `<data dir>/admin.token`).
@@ -101,8 +117,12 @@ impl Controller {
         let auth = Auth::load(ledger.clone())?;
         let bootstrap_admin_token = bootstrap(&auth, &config.data_dir, clock.now()).await?;
         let heartbeat = config.engine.heartbeat_interval;
+        let policy =
+            PolicyHost::new(ledger.clone(), &config.plugins).context("cannot start the plugin host")?;
         let (engine, engine_task) = engine::start(ledger, clock.clone(), config.engine.clone())?;
-        let router = api::router(Api::new(engine.clone(), auth.clone(), clock.clone(), heartbeat)).await?;
+        let api =
+            Api::new(engine.clone(), auth.clone(), clock.clone(), heartbeat).with_policy(policy.clone());
+        let router = api::router(api).await?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -121,6 +141,7 @@ impl Controller {
             addr,
             engine,
             auth,
+            policy,
             clock,
             bootstrap_admin_token,
             stop,
@@ -226,6 +247,8 @@ pub struct DevOptions {
     pub rate_card: Option<RateCard>,
     pub policy: crate::placement::Policy,
     pub placement_seed: u64,
+    /// The plugin host's bounds and failure policies.
+    pub plugins: PolicyConfig,
 }
 
 /// `allot server --dev`: a controller, two in-process agents with a declared
@@ -257,6 +280,7 @@ pub async fn run_dev(
         listen: opts.listen,
         data_dir: data_dir.clone(),
         engine,
+        plugins: opts.plugins.clone(),
     })
     .await?;
     let now = controller.clock.now();

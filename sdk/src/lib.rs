@@ -25,6 +25,7 @@ use futures::{Stream, StreamExt};
 use proto::admin_service_client::AdminServiceClient;
 use proto::job_service_client::JobServiceClient;
 use proto::node_service_client::NodeServiceClient;
+use proto::plugin_service_client::PluginServiceClient;
 use proto::usage_service_client::UsageServiceClient;
 pub use proto::{Job, JobState, Lease, Node};
 pub use tonic::Code;
@@ -114,6 +115,7 @@ pub struct Client {
     nodes: NodeServiceClient<Authed>,
     admin: AdminServiceClient<Authed>,
     usage: UsageServiceClient<Authed>,
+    plugins: PluginServiceClient<Authed>,
 }
 
 /// A job to submit: a builder over [`proto::JobSpec`].
@@ -355,7 +357,9 @@ impl Client {
             jobs: JobServiceClient::with_interceptor(channel.clone(), bearer.clone()),
             nodes: NodeServiceClient::with_interceptor(channel.clone(), bearer.clone()),
             admin: AdminServiceClient::with_interceptor(channel.clone(), bearer.clone()),
-            usage: UsageServiceClient::with_interceptor(channel, bearer),
+            usage: UsageServiceClient::with_interceptor(channel.clone(), bearer.clone()),
+            plugins: PluginServiceClient::with_interceptor(channel, bearer)
+                .max_encoding_message_size(MAX_PLUGIN_MESSAGE),
         })
     }
 
@@ -626,6 +630,142 @@ impl Client {
     /// Tenants and tokens (admin token needed, except `who_am_i`).
     pub fn admin(&self) -> Admin {
         Admin(self.admin.clone())
+    }
+
+    /// Policy plugins: upload, list, bind.
+    pub fn plugins(&self) -> Plugins {
+        Plugins(self.plugins.clone())
+    }
+}
+
+/// The largest plugin upload the server accepts, message included.
+pub const MAX_PLUGIN_MESSAGE: usize = 33 << 20;
+
+/// Whose plugin or binding a call is about.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Scope {
+    /// The calling tenant token's own tenant.
+    #[default]
+    Own,
+    /// A named tenant's (admins; a tenant token may name its own).
+    Tenant(String),
+    /// Global (admins).
+    Global,
+}
+
+impl Scope {
+    fn fields(&self) -> (String, bool) {
+        match self {
+            Scope::Own => (String::new(), false),
+            Scope::Tenant(t) => (t.clone(), false),
+            Scope::Global => (String::new(), true),
+        }
+    }
+}
+
+/// The plugin registry: WebAssembly components that decide admission, quota
+/// and pricing, and their bindings.
+#[derive(Clone)]
+pub struct Plugins(PluginServiceClient<Authed>);
+
+impl Plugins {
+    /// Uploads a component as `name` (replacing a plugin of that name: its
+    /// bindings call the new build from the next call on).
+    pub async fn add(&self, name: &str, wasm: Vec<u8>, scope: &Scope) -> Result<proto::AddPluginResponse> {
+        let (tenant, global) = scope.fields();
+        Ok(self
+            .0
+            .clone()
+            .add_plugin(proto::AddPluginRequest {
+                name: name.into(),
+                wasm,
+                tenant,
+                global,
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// Plugins and bindings the caller may see (admins: `tenant` narrows).
+    pub async fn list(&self, tenant: Option<&str>) -> Result<proto::ListPluginsResponse> {
+        Ok(self
+            .0
+            .clone()
+            .list_plugins(proto::ListPluginsRequest {
+                tenant: tenant.unwrap_or_default().into(),
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// One plugin by name or SHA-256 prefix, with its bindings, counters and
+    /// recent failures.
+    pub async fn get(&self, name: &str, scope: &Scope) -> Result<proto::GetPluginResponse> {
+        let (tenant, global) = scope.fields();
+        Ok(self
+            .0
+            .clone()
+            .get_plugin(proto::GetPluginRequest {
+                name: name.into(),
+                tenant,
+                global,
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// Removes a plugin that nothing binds.
+    pub async fn remove(&self, name: &str, scope: &Scope) -> Result<proto::Plugin> {
+        let (tenant, global) = scope.fields();
+        self.0
+            .clone()
+            .remove_plugin(proto::RemovePluginRequest {
+                name: name.into(),
+                tenant,
+                global,
+            })
+            .await?
+            .into_inner()
+            .plugin
+            .ok_or_else(|| Error::local(Code::Internal, "empty response"))
+    }
+
+    /// Binds a plugin at an extension point (`None`: its own world) for the
+    /// scope; takes effect with the next call.
+    pub async fn bind(
+        &self,
+        plugin: &str,
+        point: Option<proto::ExtensionPoint>,
+        scope: &Scope,
+    ) -> Result<proto::BindPluginResponse> {
+        let (tenant, global) = scope.fields();
+        Ok(self
+            .0
+            .clone()
+            .bind_plugin(proto::BindPluginRequest {
+                plugin: plugin.into(),
+                point: point.unwrap_or(proto::ExtensionPoint::Unspecified) as i32,
+                tenant,
+                global,
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// Removes the binding at an extension point for the scope.
+    pub async fn unbind(&self, point: proto::ExtensionPoint, scope: &Scope) -> Result<proto::PluginBinding> {
+        let (tenant, global) = scope.fields();
+        self.0
+            .clone()
+            .unbind_plugin(proto::UnbindPluginRequest {
+                point: point as i32,
+                tenant,
+                global,
+            })
+            .await?
+            .into_inner()
+            .binding
+            .ok_or_else(|| Error::local(Code::Internal, "empty response"))
     }
 }
 

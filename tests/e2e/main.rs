@@ -5,6 +5,7 @@ mod bad_input;
 mod crash;
 mod harness;
 mod jobs;
+mod plugins;
 mod preemption;
 mod sim;
 mod standalone;

@@ -55,6 +55,9 @@ impl pb::job_service_server::JobService for Api {
         if !self.auth.tenant_exists(&spec.tenant).map_err(ApiError::from)? {
             return Err(ApiError::invalid("spec.tenant", format!("unknown tenant {}", spec.tenant)).into());
         }
+        // The tenant's admission plugin (else the global one), off the
+        // runtime's workers; a refusal is FAILED_PRECONDITION naming it.
+        let spec = self.admit(spec).await?;
         let job = self.engine.submit(spec).await.map_err(ApiError::from)?;
         Ok(Response::new(pb::SubmitJobResponse {
             job: Some(self.job_with_leases(&job)?),

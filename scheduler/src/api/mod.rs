@@ -7,6 +7,7 @@ pub mod convert;
 pub mod error;
 mod jobs;
 mod nodes;
+pub mod plugins;
 pub mod usage;
 
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use crate::domain::Millis;
 use crate::domain::TenantName;
 use crate::engine::EngineHandle;
 use crate::ledger::Role;
+use crate::policy::PolicyHost;
 
 /// The state every service shares.
 #[derive(Clone)]
@@ -30,6 +32,9 @@ pub struct Api {
     pub(crate) auth: Auth,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) heartbeat_interval: Millis,
+    /// The plugin host; without one, no plugin is ever called and the
+    /// PluginService answers `UNAVAILABLE`.
+    pub(crate) policy: Option<PolicyHost>,
 }
 
 impl Api {
@@ -39,7 +44,14 @@ impl Api {
             auth,
             clock,
             heartbeat_interval,
+            policy: None,
         }
+    }
+
+    /// Serves the plugin registry and calls admission plugins on submit.
+    pub fn with_policy(mut self, policy: PolicyHost) -> Self {
+        self.policy = Some(policy);
+        self
     }
 }
 
@@ -148,6 +160,12 @@ pub async fn router(api: Api) -> anyhow::Result<tonic::transport::server::Router
         ))
         .add_service(pb::usage_service_server::UsageServiceServer::with_interceptor(
             api.clone(),
+            auth.clone(),
+        ))
+        // Plugins are uploaded whole: this service decodes larger messages.
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            pb::plugin_service_server::PluginServiceServer::new(api.clone())
+                .max_decoding_message_size(plugins::MAX_ADD_PLUGIN_MESSAGE),
             auth.clone(),
         ))
         .add_service(pb::agent_service_server::AgentServiceServer::with_interceptor(

@@ -5,6 +5,7 @@ mod jobfile;
 mod jobs;
 mod nodes;
 mod output;
+mod plugins;
 mod run;
 mod usage;
 
@@ -115,6 +116,105 @@ pub enum Command {
     /// The ledger.
     #[command(subcommand)]
     Ledger(LedgerCommand),
+    /// Policy plugins: WebAssembly components that decide admission, quota
+    /// and pricing (see docs/plugins.md).
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+/// Whose plugin or binding: the token's own tenant by default.
+#[derive(Debug, Args)]
+pub struct ScopeArgs {
+    /// A tenant's (admins; a tenant token may name its own).
+    #[arg(long, conflicts_with = "global")]
+    pub tenant: Option<String>,
+    /// Global: every tenant without its own binding (admins).
+    #[arg(long)]
+    pub global: bool,
+}
+
+const PLUGIN_TEST_HELP: &str = "\
+Runs the plugin against the job in the same sandbox and bounds as the server
+(64 MiB, 50 ms), without a server, and prints its decision and log lines:
+  admission: accept, reject with its message, or the fields a modification changes;
+  quota:     allow, deny or hold, for a tenant that holds and used nothing;
+  pricing:   the price of one hour of one of the job's devices from the start of
+             the current hour (or --at), with the dev rate card's list price.
+Exit code: 0 accepted, modified, allowed, held or priced; 1 rejected or denied;
+2 the plugin failed (trap, timeout, memory, invalid answer, pricing error).";
+
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// Upload a plugin (.wasm component): checked, compiled and stored. An
+    /// existing plugin of the same name is replaced, and its bindings call the
+    /// new build from the next call on.
+    Add {
+        /// The component, e.g. target/wasm32-wasip2/release/require_cost_center.wasm.
+        #[arg(value_name = "FILE.wasm")]
+        file: std::path::PathBuf,
+        /// Its name [default: the file name without .wasm].
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        scope: ScopeArgs,
+    },
+    /// List the plugins and bindings you may see.
+    List {
+        /// Only this tenant's, and the global ones (admins).
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Show a plugin: its world, version, bindings, calls and recent failures.
+    Show {
+        /// Its name, or a SHA-256 prefix (8 hex digits or more).
+        #[arg(value_name = "NAME|SHA")]
+        name: String,
+        #[command(flatten)]
+        scope: ScopeArgs,
+    },
+    /// Remove a plugin (unbind it first).
+    Remove {
+        name: String,
+        #[command(flatten)]
+        scope: ScopeArgs,
+    },
+    /// Call a plugin at an extension point: for a tenant (its own or a global
+    /// plugin), or for every tenant without its own binding (--global).
+    Bind {
+        /// The plugin's name.
+        name: String,
+        /// admission, quota or pricing [default: the world the plugin exports].
+        #[arg(long)]
+        point: Option<String>,
+        #[command(flatten)]
+        scope: ScopeArgs,
+    },
+    /// Stop calling a plugin at an extension point.
+    Unbind {
+        /// admission, quota or pricing.
+        #[arg(long)]
+        point: String,
+        #[command(flatten)]
+        scope: ScopeArgs,
+    },
+    /// Run a plugin against a job file locally and print its decision.
+    #[command(after_help = PLUGIN_TEST_HELP)]
+    Test {
+        #[arg(value_name = "FILE.wasm")]
+        file: std::path::PathBuf,
+        /// The job (TOML, as for `allot submit`; see examples/jobs/).
+        #[arg(long, value_name = "JOB.toml")]
+        job: std::path::PathBuf,
+        /// The tenant submitting it [default: the job file's, else default].
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Its project [default: the job file's, else default].
+        #[arg(long)]
+        project: Option<String>,
+        /// The time of the request (UTC, `2026-11-17T09:00Z`) [default: now].
+        #[arg(long)]
+        at: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -7,7 +7,9 @@ use allot_sdk::Client;
 use anyhow::Context;
 use tracing_subscriber::EnvFilter;
 
-use super::{AgentArgs, Cli, Command, LedgerCommand, LogFormat, ServerArgs, jobs, nodes, usage};
+use super::{
+    AgentArgs, Cli, Command, LedgerCommand, LogFormat, PluginCommand, ServerArgs, jobs, nodes, plugins, usage,
+};
 use crate::agent::fleet::Fleet;
 use crate::agent::{self, AgentConfig};
 use crate::domain::{MiB, MilliCpu, Millis};
@@ -54,6 +56,11 @@ async fn server(a: &ServerArgs) -> anyhow::Result<i32> {
         None => None,
     };
     let rate_card = config.as_ref().map(ConfigFile::rate_card).transpose()?;
+    let plugins = config
+        .as_ref()
+        .map(ConfigFile::plugins)
+        .transpose()?
+        .unwrap_or_default();
     if a.dev {
         let listen = a
             .listen
@@ -65,6 +72,7 @@ async fn server(a: &ServerArgs) -> anyhow::Result<i32> {
                 policy: a.policy.parse().map_err(|e| anyhow::anyhow!("--policy: {e}"))?,
                 placement_seed: a.placement_seed,
                 rate_card,
+                plugins,
             },
             shutdown_signal(),
         )
@@ -93,6 +101,7 @@ async fn server(a: &ServerArgs) -> anyhow::Result<i32> {
             rate_card: std::sync::Arc::new(rate_card.unwrap_or_default()),
             ..EngineConfig::default()
         },
+        plugins,
     };
     let controller = Controller::start(config).await?;
     // A machine-readable line, for scripts and tests that bind port 0.
@@ -278,6 +287,22 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Ledger(LedgerCommand::Check { data_dir: Some(dir) }) => {
             return ledger_check_offline(dir, cli.json);
         }
+        Command::Plugin(PluginCommand::Test {
+            file,
+            job,
+            tenant,
+            project,
+            at,
+        }) => {
+            return plugins::test(
+                file,
+                job,
+                tenant.as_deref(),
+                project.as_deref(),
+                at.as_deref(),
+                cli.json,
+            );
+        }
         _ => {}
     }
     restore_sigpipe();
@@ -307,5 +332,6 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Tenant(t) => nodes::tenant(&client, t, json).await,
         Command::Token(t) => nodes::token(&client, t, json).await,
         Command::Whoami => nodes::whoami(&client, json).await,
+        Command::Plugin(p) => plugins::run(&client, p, json).await,
     }
 }

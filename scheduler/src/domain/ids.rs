@@ -154,6 +154,12 @@ name_id!(
     "node name"
 );
 
+name_id!(
+    /// A policy plugin's name, unique within its owner (a tenant, or global).
+    PluginName,
+    "plugin name"
+);
+
 impl ProjectName {
     pub fn default_project() -> Self {
         ProjectName("default".to_string())

@@ -7,7 +7,7 @@ pub mod mig;
 pub mod money;
 pub mod units;
 
-pub use ids::{JobId, LeaseId, NodeName, ProjectName, TenantName};
+pub use ids::{JobId, LeaseId, NodeName, PluginName, ProjectName, TenantName};
 pub use job::{
     Constraints, DeviceGrant, ExitOutcome, GpuRequest, Job, JobSpec, JobState, PartExit, Placement, Resources,
 };

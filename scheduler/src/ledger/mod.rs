@@ -17,6 +17,7 @@ use crate::accounting::check::{CheckReport, Derived, check, check_derived};
 use crate::accounting::rollup::{Closing, Rollup, decode_key, decode_tally, encode_tally};
 use crate::accounting::usage::{Rows, Tally, UsageQuery, UsageRow};
 use crate::domain::{Job, JobId, JobState, Lease, LeaseId, LeaseState, NodeName, TenantName, UnixMillis};
+use crate::policy::types::{BindingRecord, ExtensionPoint, Owner, PluginRecord, PluginRef};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
@@ -104,6 +105,14 @@ pub struct Ledger {
     rolling: std::sync::Arc<std::sync::Mutex<()>>,
     budgets: sled::Tree,
     meta: sled::Tree,
+    /// Policy plugins by owner and name ([`PluginRecord`]).
+    plugins: sled::Tree,
+    /// Plugin components by SHA-256 (hex).
+    plugin_blobs: sled::Tree,
+    /// Compiled plugins by `<sha256>/<engine compatibility key>`.
+    plugin_artifacts: sled::Tree,
+    /// Plugin bindings by scope and extension point ([`BindingRecord`]).
+    plugin_bindings: sled::Tree,
 }
 
 /// How long `open` waits for the file lock of a ledger being closed.
@@ -197,6 +206,10 @@ impl Ledger {
             rolling: Default::default(),
             budgets: db.open_tree("budgets")?,
             meta,
+            plugins: db.open_tree("plugins")?,
+            plugin_blobs: db.open_tree("plugin_blobs")?,
+            plugin_artifacts: db.open_tree("plugin_artifacts")?,
+            plugin_bindings: db.open_tree("plugin_bindings")?,
             db,
         };
         if ledger.meta.get(ROLLUPS_KEY)?.as_deref() != Some(ROLLUPS_VERSION.as_bytes()) {
@@ -826,6 +839,119 @@ impl Ledger {
     pub fn remove_token(&self, hash: &[u8; 32]) -> Result<bool> {
         Ok(self.tokens.remove(hash)?.is_some())
     }
+
+    // --- policy plugins ---------------------------------------------------------
+
+    /// Stores a plugin: its component (by SHA-256), its compiled artifact
+    /// (by SHA-256 and the engine's compatibility key) and its record, which
+    /// replaces any of the same owner and name. The record is written last,
+    /// so a plugin is never visible without its bytes.
+    pub fn put_plugin(
+        &self,
+        rec: &PluginRecord,
+        wasm: &[u8],
+        engine_key: &str,
+        artifact: &[u8],
+    ) -> Result<()> {
+        self.plugin_blobs.insert(rec.sha256.as_bytes(), wasm)?;
+        self.put_plugin_artifact(&rec.sha256, engine_key, artifact)?;
+        self.plugins.insert(plugin_key(&rec.plugin_ref()), encode(rec))?;
+        Ok(())
+    }
+
+    /// Stores a compiled artifact of a stored component.
+    pub fn put_plugin_artifact(&self, sha256: &str, engine_key: &str, artifact: &[u8]) -> Result<()> {
+        self.plugin_artifacts
+            .insert(format!("{sha256}/{engine_key}"), artifact)?;
+        Ok(())
+    }
+
+    /// Every plugin record.
+    pub fn plugins(&self) -> Result<Vec<PluginRecord>> {
+        self.plugins
+            .iter()
+            .values()
+            .map(|b| decode("plugins", &b?))
+            .collect()
+    }
+
+    /// A stored component.
+    pub fn plugin_blob(&self, sha256: &str) -> Result<Option<sled::IVec>> {
+        Ok(self.plugin_blobs.get(sha256.as_bytes())?)
+    }
+
+    /// A stored artifact compiled under `engine_key`.
+    pub fn plugin_artifact(&self, sha256: &str, engine_key: &str) -> Result<Option<sled::IVec>> {
+        Ok(self.plugin_artifacts.get(format!("{sha256}/{engine_key}"))?)
+    }
+
+    /// Removes a plugin's record, and its component and artifacts when no
+    /// other record holds the same bytes.
+    pub fn remove_plugin(&self, plugin: &PluginRef) -> Result<Option<PluginRecord>> {
+        let Some(bytes) = self.plugins.remove(plugin_key(plugin))? else {
+            return Ok(None);
+        };
+        let rec: PluginRecord = decode("plugins", &bytes)?;
+        self.collect_plugin_bytes(&rec.sha256)?;
+        Ok(Some(rec))
+    }
+
+    /// Drops the component and artifacts of `sha256` if no record holds it.
+    pub fn collect_plugin_bytes(&self, sha256: &str) -> Result<()> {
+        if self.plugins()?.iter().any(|p| p.sha256 == sha256) {
+            return Ok(());
+        }
+        self.plugin_blobs.remove(sha256.as_bytes())?;
+        for key in self.plugin_artifacts.scan_prefix(format!("{sha256}/")).keys() {
+            self.plugin_artifacts.remove(key?)?;
+        }
+        Ok(())
+    }
+
+    /// Binds a plugin, replacing the binding of the same scope and point.
+    pub fn put_plugin_binding(&self, b: &BindingRecord) -> Result<()> {
+        self.plugin_bindings
+            .insert(binding_key(&b.scope, b.point), encode(b))?;
+        Ok(())
+    }
+
+    /// Removes the binding of a scope and point; returns it if there was one.
+    pub fn remove_plugin_binding(
+        &self,
+        scope: &Owner,
+        point: ExtensionPoint,
+    ) -> Result<Option<BindingRecord>> {
+        self.plugin_bindings
+            .remove(binding_key(scope, point))?
+            .map(|b| decode("plugin_bindings", &b))
+            .transpose()
+    }
+
+    /// Every plugin binding.
+    pub fn plugin_bindings(&self) -> Result<Vec<BindingRecord>> {
+        self.plugin_bindings
+            .iter()
+            .values()
+            .map(|b| decode("plugin_bindings", &b?))
+            .collect()
+    }
+}
+
+/// `g/<scope rest>` for global, `t/<tenant>/<rest>` for a tenant's: names
+/// and tenants never hold `/`.
+fn owner_key(owner: &Owner, rest: &str) -> String {
+    match owner {
+        Owner::Global => format!("g/{rest}"),
+        Owner::Tenant(t) => format!("t/{t}/{rest}"),
+    }
+}
+
+fn plugin_key(plugin: &PluginRef) -> String {
+    owner_key(&plugin.owner, plugin.name.as_str())
+}
+
+fn binding_key(scope: &Owner, point: ExtensionPoint) -> String {
+    owner_key(scope, point.as_str())
 }
 
 #[cfg(test)]

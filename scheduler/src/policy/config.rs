@@ -1,0 +1,218 @@
+//! `[plugins]` in the server's configuration file: the bounds every plugin
+//! call runs under, and what each extension point does when a plugin fails.
+//!
+//! ```toml
+//! [plugins]
+//! memory_limit = "64MiB"          # linear memory per call
+//! cpu_budget = "50ms"             # wall-clock CPU budget per call
+//! max_result_bytes = 65536        # strings and lists a plugin returns, in all
+//! max_concurrent_calls = 8        # plugin calls running at once
+//! admission_on_error = "reject"   # or "accept"
+//! quota_on_error = "hold"         # or "deny", "allow"
+//! pricing_on_error = "list-price" # the rate card's price
+//! ```
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::domain::{MiB, Millis};
+
+/// `[plugins]` as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginsConfigFile {
+    /// Linear memory a plugin may hold during a call (`64MiB`).
+    pub memory_limit: Option<String>,
+    /// How long one call may run (`50ms`).
+    pub cpu_budget: Option<String>,
+    /// The most bytes of strings and list items a plugin may return.
+    pub max_result_bytes: Option<usize>,
+    /// Plugin calls running at once.
+    pub max_concurrent_calls: Option<usize>,
+    pub admission_on_error: Option<AdmissionOnError>,
+    pub quota_on_error: Option<QuotaOnError>,
+    pub pricing_on_error: Option<PricingOnError>,
+}
+
+/// What a failed admission plugin does to the submission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AdmissionOnError {
+    /// Fail closed: the submission is refused, naming the plugin (default).
+    #[default]
+    Reject,
+    /// Fail open: the job is queued as submitted.
+    Accept,
+}
+
+/// What a failed quota plugin does to the job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum QuotaOnError {
+    /// Fail closed: the job stays pending, with a reason naming the plugin
+    /// (default); it is asked again on a later pass.
+    #[default]
+    Hold,
+    /// The job ends without running.
+    Deny,
+    /// Fail open: the job is placed if it fits.
+    Allow,
+}
+
+/// What a failed pricing plugin charges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PricingOnError {
+    /// The built-in rate card's price for the piece (the only choice: a
+    /// lease is always priced).
+    #[default]
+    ListPrice,
+}
+
+/// The validated `[plugins]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyConfig {
+    pub memory_limit: MiB,
+    pub cpu_budget: Millis,
+    pub max_result_bytes: usize,
+    pub max_concurrent_calls: usize,
+    pub admission_on_error: AdmissionOnError,
+    pub quota_on_error: QuotaOnError,
+    pub pricing_on_error: PricingOnError,
+}
+
+impl PolicyConfig {
+    /// Enough for the Python example (an interpreter needs about 16 MiB).
+    pub const DEFAULT_MEMORY_LIMIT: MiB = MiB(64);
+    pub const DEFAULT_CPU_BUDGET: Millis = Millis(50);
+    pub const DEFAULT_MAX_RESULT_BYTES: usize = 64 * 1024;
+    pub const DEFAULT_MAX_CONCURRENT_CALLS: usize = 8;
+    /// Beyond this the host would reserve too much address space per slot.
+    pub const MAX_MEMORY_LIMIT: MiB = MiB(4 * 1024);
+
+    /// Checks the section and fills in defaults.
+    pub fn from_file(raw: &PluginsConfigFile) -> Result<PolicyConfig, String> {
+        let d = PolicyConfig::default();
+        let memory_limit = match &raw.memory_limit {
+            None => d.memory_limit,
+            Some(s) => s
+                .parse::<MiB>()
+                .map_err(|e| format!("plugins.memory_limit: {e}"))?,
+        };
+        if memory_limit.0 < 1 || memory_limit > Self::MAX_MEMORY_LIMIT {
+            return Err(format!(
+                "plugins.memory_limit: must be between 1MiB and {}, got {memory_limit}",
+                Self::MAX_MEMORY_LIMIT
+            ));
+        }
+        let cpu_budget = match &raw.cpu_budget {
+            None => d.cpu_budget,
+            Some(s) => s
+                .parse::<Millis>()
+                .map_err(|e| format!("plugins.cpu_budget: {e}"))?,
+        };
+        if cpu_budget.0 < 1 || cpu_budget.0 > 10_000 {
+            return Err(format!(
+                "plugins.cpu_budget: must be between 1ms and 10s, got {cpu_budget}"
+            ));
+        }
+        let max_result_bytes = raw.max_result_bytes.unwrap_or(d.max_result_bytes);
+        if !(1024..=16 << 20).contains(&max_result_bytes) {
+            return Err(format!(
+                "plugins.max_result_bytes: must be between 1024 and 16777216, got {max_result_bytes}"
+            ));
+        }
+        let max_concurrent_calls = raw.max_concurrent_calls.unwrap_or(d.max_concurrent_calls);
+        if !(1..=256).contains(&max_concurrent_calls) {
+            return Err(format!(
+                "plugins.max_concurrent_calls: must be between 1 and 256, got {max_concurrent_calls}"
+            ));
+        }
+        Ok(PolicyConfig {
+            memory_limit,
+            cpu_budget,
+            max_result_bytes,
+            max_concurrent_calls,
+            admission_on_error: raw.admission_on_error.unwrap_or_default(),
+            quota_on_error: raw.quota_on_error.unwrap_or_default(),
+            pricing_on_error: raw.pricing_on_error.unwrap_or_default(),
+        })
+    }
+
+    pub fn memory_limit_bytes(&self) -> u64 {
+        self.memory_limit.0 * 1024 * 1024
+    }
+
+    pub fn cpu_budget_duration(&self) -> Duration {
+        self.cpu_budget.as_std()
+    }
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            memory_limit: Self::DEFAULT_MEMORY_LIMIT,
+            cpu_budget: Self::DEFAULT_CPU_BUDGET,
+            max_result_bytes: Self::DEFAULT_MAX_RESULT_BYTES,
+            max_concurrent_calls: Self::DEFAULT_MAX_CONCURRENT_CALLS,
+            admission_on_error: AdmissionOnError::default(),
+            quota_on_error: QuotaOnError::default(),
+            pricing_on_error: PricingOnError::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(toml_text: &str) -> Result<PolicyConfig, String> {
+        let raw: PluginsConfigFile = toml::from_str(toml_text).map_err(|e| e.to_string())?;
+        PolicyConfig::from_file(&raw)
+    }
+
+    #[test]
+    fn an_empty_section_gives_the_defaults() {
+        assert_eq!(parse("").unwrap(), PolicyConfig::default());
+    }
+
+    #[test]
+    fn every_key_is_read() {
+        let c = parse(
+            r#"
+            memory_limit = "32MiB"
+            cpu_budget = "20ms"
+            max_result_bytes = 4096
+            max_concurrent_calls = 2
+            admission_on_error = "accept"
+            quota_on_error = "deny"
+            pricing_on_error = "list-price"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.memory_limit, MiB(32));
+        assert_eq!(c.memory_limit_bytes(), 32 << 20);
+        assert_eq!(c.cpu_budget, Millis(20));
+        assert_eq!(c.max_result_bytes, 4096);
+        assert_eq!(c.max_concurrent_calls, 2);
+        assert_eq!(c.admission_on_error, AdmissionOnError::Accept);
+        assert_eq!(c.quota_on_error, QuotaOnError::Deny);
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        for (text, key) in [
+            ("memory_limit = \"lots\"", "plugins.memory_limit"),
+            ("memory_limit = \"1TiB\"", "plugins.memory_limit"),
+            ("cpu_budget = \"0ms\"", "plugins.cpu_budget"),
+            ("max_result_bytes = 10", "plugins.max_result_bytes"),
+            ("max_concurrent_calls = 0", "plugins.max_concurrent_calls"),
+        ] {
+            let err = parse(text).unwrap_err();
+            assert!(err.starts_with(key), "{text}: {err}");
+        }
+        assert!(parse("admission_on_error = \"maybe\"").is_err());
+        assert!(parse("unknown = 1").is_err());
+    }
+}

@@ -1,0 +1,705 @@
+//! Policy plugins: tenant- and operator-supplied WebAssembly components that
+//! decide admission, quota and pricing (see `plugins/` for the contract and
+//! `docs/plugins.md` for the walk-through).
+//!
+//! - [`runtime`] is the sandbox: one engine, components checked and compiled
+//!   once, a fresh bounded store per call.
+//! - [`wit`] holds the bindings of every supported WIT version.
+//! - [`PolicyHost`] (here) is what the scheduler calls: it keeps the
+//!   registry of plugins and bindings (in the ledger, mirrored in memory),
+//!   resolves which plugin applies to a tenant (its own binding, else the
+//!   global one), runs the call off the async runtime under a concurrency
+//!   bound, records failures, and applies the extension point's failure
+//!   policy.
+//!
+//! ```text
+//!   api (SubmitJob) ──admit──▶ PolicyHost ──spawn_blocking──▶ Sandbox::call ──▶ fresh Store + instance
+//!   engine (later)  ──quota / price──▶   │ resolve: tenant binding, else global
+//!                                        │ failure policy, error records
+//! ```
+
+pub mod config;
+pub mod runtime;
+#[cfg(test)]
+mod tests;
+pub mod types;
+pub mod wit;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+pub use self::config::{AdmissionOnError, PolicyConfig, PricingOnError, QuotaOnError};
+use self::runtime::{CallReport, CallState, Loaded, Sandbox, ValidationError};
+pub use self::types::*;
+use self::wit::{Bindings, CallError, RawAdmission, RawQuota};
+use crate::api::convert;
+use crate::auth::Caller;
+use crate::domain::{JobSpec, PluginName, TenantName, UnixMillis};
+use crate::ledger::{Ledger, LedgerError, Role};
+
+/// The tag a job modified by an admission plugin carries: the plugin, as
+/// `<tenant>/<name>` or `global/<name>`.
+pub const MODIFIED_BY_TAG: &str = "allot.admission/modified-by";
+/// Failures kept per plugin for `allot plugin show`.
+pub const RECENT_ERRORS: usize = 20;
+
+/// Why a registry change was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RegistryError {
+    /// The upload is not a plugin this host runs.
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The change conflicts with the registry's state (a plugin still bound,
+    /// a binding at the wrong extension point).
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// The plugins and bindings, as the ledger holds them.
+#[derive(Default)]
+struct Registry {
+    plugins: BTreeMap<PluginRef, PluginRecord>,
+    bindings: BTreeMap<(Owner, ExtensionPoint), BindingRecord>,
+}
+
+impl Registry {
+    /// The plugin bound at `point` for `tenant`: its own binding, else the
+    /// global one.
+    fn resolve(&self, tenant: &TenantName, point: ExtensionPoint) -> Option<&PluginRecord> {
+        let binding = self
+            .bindings
+            .get(&(Owner::Tenant(tenant.clone()), point))
+            .or_else(|| self.bindings.get(&(Owner::Global, point)))?;
+        self.plugins.get(&binding.plugin)
+    }
+
+    fn bindings_of(&self, plugin: &PluginRef) -> Vec<BindingRecord> {
+        self.bindings
+            .values()
+            .filter(|b| &b.plugin == plugin)
+            .cloned()
+            .collect()
+    }
+}
+
+struct Inner {
+    sandbox: Sandbox,
+    ledger: Ledger,
+    /// The sandbox's compatibility key, the second half of artifact keys.
+    engine_key: String,
+    registry: RwLock<Registry>,
+    /// Loaded plugins by SHA-256: each compiled once, one template each.
+    cache: Mutex<HashMap<String, Arc<Loaded>>>,
+    stats: Mutex<HashMap<PluginRef, PluginStats>>,
+    /// Plugin calls running at once.
+    permits: tokio::sync::Semaphore,
+    /// Registry changes one at a time (an upload compiles while holding it).
+    changes: tokio::sync::Mutex<()>,
+}
+
+/// The plugin host the scheduler calls. Cheap to clone.
+#[derive(Clone)]
+pub struct PolicyHost {
+    inner: Arc<Inner>,
+}
+
+/// What a resolved, finished call returned.
+enum Invoked<R> {
+    /// No plugin is bound at the point for the tenant.
+    Unbound,
+    Called {
+        plugin: PluginRef,
+        result: Result<R, PluginFailure>,
+    },
+}
+
+impl PolicyHost {
+    /// Starts the sandbox and loads the registry from the ledger. Plugins are
+    /// compiled lazily, on their first call (or at upload).
+    pub fn new(ledger: Ledger, config: &PolicyConfig) -> anyhow::Result<PolicyHost> {
+        let sandbox = Sandbox::new(config)?;
+        let mut registry = Registry::default();
+        for p in ledger.plugins()? {
+            registry.plugins.insert(p.plugin_ref(), p);
+        }
+        for b in ledger.plugin_bindings()? {
+            registry.bindings.insert((b.scope.clone(), b.point), b);
+        }
+        Ok(PolicyHost {
+            inner: Arc::new(Inner {
+                engine_key: sandbox.compatibility_key(),
+                permits: tokio::sync::Semaphore::new(config.max_concurrent_calls),
+                sandbox,
+                ledger,
+                registry: RwLock::new(registry),
+                cache: Mutex::new(HashMap::new()),
+                stats: Mutex::new(HashMap::new()),
+                changes: tokio::sync::Mutex::new(()),
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &PolicyConfig {
+        self.inner.sandbox.config()
+    }
+
+    fn registry(&self) -> std::sync::RwLockReadGuard<'_, Registry> {
+        self.inner.registry.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    // --- decisions -----------------------------------------------------------
+
+    /// Asks the admission plugin bound for the spec's tenant about a
+    /// submission (validated already). A modified spec comes back validated
+    /// like a submission and tagged [`MODIFIED_BY_TAG`]; an invalid one
+    /// rejects the job (the contract says so) and is recorded as the
+    /// plugin's failure. Other failures follow `admission_on_error`.
+    pub async fn admit(&self, spec: &JobSpec, now: UnixMillis) -> AdmissionOutcome {
+        let submitted = spec.clone();
+        let invoked = self
+            .invoke(&spec.tenant, ExtensionPoint::Admission, move |b, store, max| {
+                b.admit(store, &submitted, now, max)
+            })
+            .await;
+        let (plugin, result) = match invoked {
+            Invoked::Unbound => return default_outcome(AdmissionDecision::Accept),
+            Invoked::Called { plugin, result } => (plugin, result),
+        };
+        let raw = match result {
+            Ok(raw) => raw,
+            Err(failure) => {
+                let decision = match self.config().admission_on_error {
+                    AdmissionOnError::Reject => AdmissionDecision::Reject(format!(
+                        "admission plugin {plugin} failed ({failure}); submissions are refused while it fails"
+                    )),
+                    AdmissionOnError::Accept => AdmissionDecision::Accept,
+                };
+                return failed(plugin, failure, decision);
+            }
+        };
+        let decision = match raw {
+            RawAdmission::Accept => AdmissionDecision::Accept,
+            RawAdmission::Reject(message) => AdmissionDecision::Reject(message),
+            RawAdmission::Modify(wire) => {
+                let caller = Caller {
+                    role: Role::Tenant(spec.tenant.clone()),
+                    token_id: String::new(),
+                };
+                match convert::job_spec(&caller, Some(&wire)) {
+                    Ok(modified) if &modified == spec => AdmissionDecision::Accept,
+                    Ok(mut modified) => {
+                        modified.tags.insert(MODIFIED_BY_TAG.into(), plugin.to_string());
+                        AdmissionDecision::Modify(Box::new(modified))
+                    }
+                    Err(e) => {
+                        let failure = PluginFailure::new(
+                            FailureKind::InvalidResult,
+                            format!("returned an invalid job: {e}"),
+                        );
+                        self.record_failure(
+                            &plugin,
+                            spec.tenant.clone(),
+                            ExtensionPoint::Admission,
+                            &failure,
+                        );
+                        let decision = AdmissionDecision::Reject(format!(
+                            "admission plugin {plugin} returned an invalid job ({e})"
+                        ));
+                        return failed(plugin, failure, decision);
+                    }
+                }
+            }
+        };
+        Outcome {
+            decision,
+            decided_by: DecidedBy::Plugin(plugin),
+        }
+    }
+
+    /// Asks the quota plugin bound for the job's tenant whether the job may
+    /// be placed now. Failures follow `quota_on_error` (hold by default).
+    pub async fn quota(&self, input: &QuotaInput) -> QuotaOutcome {
+        let request = input.clone();
+        let invoked = self
+            .invoke(&input.job.tenant, ExtensionPoint::Quota, move |b, store, max| {
+                b.check(store, &request, max)
+            })
+            .await;
+        match invoked {
+            Invoked::Unbound => default_outcome(QuotaDecision::Allow),
+            Invoked::Called {
+                plugin,
+                result: Ok(raw),
+            } => Outcome {
+                decision: match raw {
+                    RawQuota::Allow => QuotaDecision::Allow,
+                    RawQuota::Deny(reason) => QuotaDecision::Deny(reason),
+                    RawQuota::Hold(reason) => QuotaDecision::Hold(reason),
+                },
+                decided_by: DecidedBy::Plugin(plugin),
+            },
+            Invoked::Called {
+                plugin,
+                result: Err(failure),
+            } => {
+                let reason = format!("quota plugin {plugin} failed ({failure})");
+                let decision = match self.config().quota_on_error {
+                    QuotaOnError::Hold => QuotaDecision::Hold(format!("{reason}; the job waits for it")),
+                    QuotaOnError::Deny => QuotaDecision::Deny(reason),
+                    QuotaOnError::Allow => QuotaDecision::Allow,
+                };
+                failed(plugin, failure, decision)
+            }
+        }
+    }
+
+    /// Asks the pricing plugin bound for the lease's tenant the price of one
+    /// hour piece. A plugin's error, or any failure, charges the list price
+    /// (`pricing_on_error`).
+    pub async fn price(&self, input: &PriceInput) -> PriceOutcome {
+        let request = input.clone();
+        let invoked = self
+            .invoke(&input.tenant, ExtensionPoint::Pricing, move |b, store, max| {
+                b.price(store, &request, max)
+            })
+            .await;
+        match invoked {
+            Invoked::Unbound => default_outcome(input.list_price_minor),
+            Invoked::Called {
+                plugin,
+                result: Ok(Ok(price)),
+            } => Outcome {
+                decision: price,
+                decided_by: DecidedBy::Plugin(plugin),
+            },
+            Invoked::Called {
+                plugin,
+                result: Ok(Err(message)),
+            } => {
+                let failure = PluginFailure::new(FailureKind::PluginError, message);
+                self.record_failure(&plugin, input.tenant.clone(), ExtensionPoint::Pricing, &failure);
+                let PricingOnError::ListPrice = self.config().pricing_on_error;
+                failed(plugin, failure, input.list_price_minor)
+            }
+            Invoked::Called {
+                plugin,
+                result: Err(failure),
+            } => {
+                let PricingOnError::ListPrice = self.config().pricing_on_error;
+                failed(plugin, failure, input.list_price_minor)
+            }
+        }
+    }
+
+    /// Resolves the plugin for `tenant` at `point` and runs `call` on it, on
+    /// a blocking thread, within the concurrency bound; counts the call and
+    /// records a failure.
+    async fn invoke<R: Send + 'static>(
+        &self,
+        tenant: &TenantName,
+        point: ExtensionPoint,
+        call: impl FnOnce(&Bindings, &mut wasmtime::Store<CallState>, usize) -> Result<R, CallError>
+        + Send
+        + 'static,
+    ) -> Invoked<R> {
+        let Some(record) = self.registry().resolve(tenant, point).cloned() else {
+            return Invoked::Unbound;
+        };
+        let plugin = record.plugin_ref();
+        let result = self.run(&record, tenant, call).await;
+        if let Err(failure) = &result {
+            self.record_failure(&plugin, tenant.clone(), point, failure);
+        }
+        self.count_call(&plugin);
+        Invoked::Called { plugin, result }
+    }
+
+    async fn run<R: Send + 'static>(
+        &self,
+        record: &PluginRecord,
+        tenant: &TenantName,
+        call: impl FnOnce(&Bindings, &mut wasmtime::Store<CallState>, usize) -> Result<R, CallError>
+        + Send
+        + 'static,
+    ) -> Result<R, PluginFailure> {
+        // A queue longer than a few budgets means every slot is stuck on
+        // slow plugins: fail this call rather than wait without end.
+        let wait = (self.config().cpu_budget_duration() * 10).max(Duration::from_millis(500));
+        let permit = tokio::time::timeout(wait, self.inner.permits.acquire())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .ok_or_else(|| {
+                PluginFailure::new(
+                    FailureKind::Busy,
+                    format!("every plugin slot stayed busy for {} ms", wait.as_millis()),
+                )
+            })?;
+        let host = self.clone();
+        let plugin = record.plugin_ref();
+        let record = record.clone();
+        let label: Arc<str> = plugin.to_string().into();
+        let tenant: Arc<str> = tenant.as_str().into();
+        let report = tokio::task::spawn_blocking(move || -> Result<CallReport<R>, PluginFailure> {
+            let loaded = host.load(&record)?;
+            Ok(host.inner.sandbox.call(&loaded, label, tenant, call))
+        })
+        .await
+        .map_err(|e| {
+            PluginFailure::new(
+                FailureKind::Trap,
+                format!("the plugin call panicked the host thread: {e}"),
+            )
+        });
+        drop(permit);
+        let report = report??;
+        if report.dropped_lines > 0 {
+            warn!(
+                %plugin,
+                dropped = report.dropped_lines,
+                "plugin logged more than {} lines in one call; the rest were dropped",
+                runtime::MAX_LOG_LINES
+            );
+        }
+        report.result
+    }
+
+    /// The loaded plugin for a record: from the cache, else from its stored
+    /// artifact, else compiled again from its stored component (another
+    /// engine version wrote the artifact). Blocking.
+    fn load(&self, record: &PluginRecord) -> Result<Arc<Loaded>, PluginFailure> {
+        let sha = &record.sha256;
+        if let Some(loaded) = self
+            .inner
+            .cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(sha)
+        {
+            return Ok(loaded.clone());
+        }
+        let unavailable = |what: String| PluginFailure::new(FailureKind::Instantiate, what);
+        let ledger = &self.inner.ledger;
+        let loaded = match ledger
+            .plugin_artifact(sha, &self.inner.engine_key)
+            .map_err(|e| unavailable(format!("cannot read the compiled plugin: {e}")))?
+        {
+            Some(artifact) => Arc::new(
+                self.inner
+                    .sandbox
+                    .load_artifact(&artifact)
+                    .map_err(|e| unavailable(e.to_string()))?,
+            ),
+            None => {
+                let wasm = ledger
+                    .plugin_blob(sha)
+                    .map_err(|e| unavailable(format!("cannot read the plugin: {e}")))?
+                    .ok_or_else(|| unavailable(format!("the component {sha} is missing from the ledger")))?;
+                let validated = self
+                    .inner
+                    .sandbox
+                    .validate(&wasm)
+                    .map_err(|e| unavailable(format!("no longer loads: {e}")))?;
+                ledger
+                    .put_plugin_artifact(sha, &self.inner.engine_key, &validated.artifact)
+                    .map_err(|e| unavailable(format!("cannot store the compiled plugin: {e}")))?;
+                validated.plugin
+            }
+        };
+        self.inner
+            .cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(sha.clone(), loaded.clone());
+        Ok(loaded)
+    }
+
+    fn count_call(&self, plugin: &PluginRef) {
+        let mut stats = self.inner.stats.lock().unwrap_or_else(|e| e.into_inner());
+        stats.entry(plugin.clone()).or_default().calls += 1;
+    }
+
+    fn record_failure(
+        &self,
+        plugin: &PluginRef,
+        tenant: TenantName,
+        point: ExtensionPoint,
+        failure: &PluginFailure,
+    ) {
+        warn!(%plugin, %tenant, %point, kind = %failure.kind, "plugin call failed: {}", failure.message);
+        let sha256 = self
+            .registry()
+            .plugins
+            .get(plugin)
+            .map(|p| p.sha256.clone())
+            .unwrap_or_default();
+        let mut stats = self.inner.stats.lock().unwrap_or_else(|e| e.into_inner());
+        let s = stats.entry(plugin.clone()).or_default();
+        s.failures += 1;
+        let mut recent: VecDeque<ErrorRecord> = std::mem::take(&mut s.recent_errors).into();
+        if recent.len() >= RECENT_ERRORS {
+            recent.pop_front();
+        }
+        recent.push_back(ErrorRecord {
+            at: UnixMillis::now(),
+            sha256,
+            point,
+            tenant,
+            kind: failure.kind,
+            message: failure.message.clone(),
+        });
+        s.recent_errors = recent.into();
+    }
+
+    // --- the registry --------------------------------------------------------
+
+    /// Validates, compiles and stores a plugin under `owner`/`name`,
+    /// replacing one of the same name (its bindings then call the new build
+    /// at once). Returns the record and the one it replaced.
+    pub async fn add_plugin(
+        &self,
+        owner: Owner,
+        name: PluginName,
+        wasm: Vec<u8>,
+        uploaded_by: &str,
+        now: UnixMillis,
+    ) -> Result<(PluginRecord, Option<PluginRecord>), RegistryError> {
+        let _change = self.inner.changes.lock().await;
+        let host = self.clone();
+        let (validated, wasm) =
+            tokio::task::spawn_blocking(move || (host.inner.sandbox.validate(&wasm), wasm))
+                .await
+                .map_err(|e| RegistryError::Internal(format!("plugin validation panicked: {e}")))?;
+        let validated = validated?;
+        let plugin_ref = PluginRef {
+            owner: owner.clone(),
+            name: name.clone(),
+        };
+        let previous = self.registry().plugins.get(&plugin_ref).cloned();
+        if let Some(prev) = &previous {
+            let bound = self.registry().bindings_of(&plugin_ref);
+            if prev.point != validated.plugin.point && !bound.is_empty() {
+                return Err(RegistryError::Conflict(format!(
+                    "plugin {plugin_ref} is a {} plugin bound at {}; the new build is a {} plugin: unbind it first, or upload under another name",
+                    prev.point,
+                    describe_bindings(&bound),
+                    validated.plugin.point
+                )));
+            }
+        }
+        let record = PluginRecord {
+            name,
+            owner,
+            sha256: validated.sha256.clone(),
+            point: validated.plugin.point,
+            wit_version: validated.plugin.built_for,
+            size: wasm.len() as u64,
+            uploaded_at: now,
+            uploaded_by: uploaded_by.to_string(),
+        };
+        let ledger = &self.inner.ledger;
+        ledger.put_plugin(&record, &wasm, &self.inner.engine_key, &validated.artifact)?;
+        if let Some(prev) = &previous
+            && prev.sha256 != record.sha256
+        {
+            ledger.collect_plugin_bytes(&prev.sha256)?;
+        }
+        ledger.flush().await?;
+        self.inner
+            .cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(record.sha256.clone(), validated.plugin);
+        self.inner
+            .registry
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .plugins
+            .insert(plugin_ref.clone(), record.clone());
+        if let Some(prev) = &previous {
+            self.forget_unused(&prev.sha256);
+        }
+        info!(plugin = %plugin_ref, sha256 = %record.sha256, point = %record.point, wit = %record.wit_version, "plugin stored");
+        Ok((record, previous))
+    }
+
+    /// Drops a loaded plugin from the cache once no record uses its bytes.
+    fn forget_unused(&self, sha256: &str) {
+        if !self.registry().plugins.values().any(|p| p.sha256 == sha256) {
+            self.inner
+                .cache
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(sha256);
+        }
+    }
+
+    /// Every plugin, ordered by owner then name.
+    pub fn plugins(&self) -> Vec<PluginRecord> {
+        self.registry().plugins.values().cloned().collect()
+    }
+
+    pub fn plugin(&self, plugin: &PluginRef) -> Option<PluginRecord> {
+        self.registry().plugins.get(plugin).cloned()
+    }
+
+    /// Every binding, ordered by scope then point.
+    pub fn bindings(&self) -> Vec<BindingRecord> {
+        self.registry().bindings.values().cloned().collect()
+    }
+
+    /// The bindings that call `plugin`.
+    pub fn bindings_of(&self, plugin: &PluginRef) -> Vec<BindingRecord> {
+        self.registry().bindings_of(plugin)
+    }
+
+    /// Calls and recent failures of `plugin` since the server started.
+    pub fn stats(&self, plugin: &PluginRef) -> PluginStats {
+        self.inner
+            .stats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(plugin)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Removes a plugin that nothing binds.
+    pub async fn remove_plugin(&self, plugin: &PluginRef) -> Result<PluginRecord, RegistryError> {
+        let _change = self.inner.changes.lock().await;
+        let bound = self.bindings_of(plugin);
+        if !bound.is_empty() {
+            return Err(RegistryError::Conflict(format!(
+                "plugin {plugin} is bound at {}: unbind it first",
+                describe_bindings(&bound)
+            )));
+        }
+        let removed = self
+            .inner
+            .ledger
+            .remove_plugin(plugin)?
+            .ok_or_else(|| RegistryError::NotFound(format!("plugin {plugin}")))?;
+        self.inner.ledger.flush().await?;
+        self.inner
+            .registry
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .plugins
+            .remove(plugin);
+        self.forget_unused(&removed.sha256);
+        self.inner
+            .stats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(plugin);
+        info!(%plugin, "plugin removed");
+        Ok(removed)
+    }
+
+    /// Binds `plugin` at `point` (default: its world) for `scope`, replacing
+    /// the binding there; takes effect with the next call. A global binding
+    /// takes only a global plugin; a tenant's, its own plugins or global
+    /// ones. Returns the binding and the one it replaced.
+    pub async fn bind(
+        &self,
+        scope: Owner,
+        point: Option<ExtensionPoint>,
+        plugin: PluginRef,
+        bound_by: &str,
+        now: UnixMillis,
+    ) -> Result<(BindingRecord, Option<BindingRecord>), RegistryError> {
+        let _change = self.inner.changes.lock().await;
+        let record = self
+            .plugin(&plugin)
+            .ok_or_else(|| RegistryError::NotFound(format!("plugin {plugin}")))?;
+        match (&scope, &plugin.owner) {
+            (_, Owner::Global) => {}
+            (Owner::Tenant(t), Owner::Tenant(o)) if t == o => {}
+            (Owner::Global, Owner::Tenant(_)) => {
+                return Err(RegistryError::Conflict(format!(
+                    "plugin {plugin} belongs to a tenant; a global binding takes a global plugin"
+                )));
+            }
+            (Owner::Tenant(_), Owner::Tenant(_)) => {
+                return Err(RegistryError::NotFound(format!("plugin {plugin}")));
+            }
+        }
+        let point = point.unwrap_or(record.point);
+        if point != record.point {
+            return Err(RegistryError::Conflict(format!(
+                "plugin {plugin} is a {} plugin (it exports {}); it cannot be bound at {point}",
+                record.point,
+                record.point.export_name()
+            )));
+        }
+        let binding = BindingRecord {
+            scope: scope.clone(),
+            point,
+            plugin,
+            bound_at: now,
+            bound_by: bound_by.to_string(),
+        };
+        self.inner.ledger.put_plugin_binding(&binding)?;
+        self.inner.ledger.flush().await?;
+        let replaced = self
+            .inner
+            .registry
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .bindings
+            .insert((scope, point), binding.clone());
+        info!(scope = %binding.scope, %point, plugin = %binding.plugin, "plugin bound");
+        Ok((binding, replaced))
+    }
+
+    /// Removes the binding at `point` for `scope`.
+    pub async fn unbind(&self, scope: Owner, point: ExtensionPoint) -> Result<BindingRecord, RegistryError> {
+        let _change = self.inner.changes.lock().await;
+        let removed = self
+            .inner
+            .ledger
+            .remove_plugin_binding(&scope, point)?
+            .ok_or_else(|| RegistryError::NotFound(format!("a {point} binding for {scope}")))?;
+        self.inner.ledger.flush().await?;
+        self.inner
+            .registry
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .bindings
+            .remove(&(scope, point));
+        info!(scope = %removed.scope, %point, plugin = %removed.plugin, "plugin unbound");
+        Ok(removed)
+    }
+}
+
+fn describe_bindings(bound: &[BindingRecord]) -> String {
+    bound
+        .iter()
+        .map(|b| format!("{} for {}", b.point, b.scope))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn default_outcome<D>(decision: D) -> Outcome<D> {
+    Outcome {
+        decision,
+        decided_by: DecidedBy::Default,
+    }
+}
+
+fn failed<D>(plugin: PluginRef, failure: PluginFailure, decision: D) -> Outcome<D> {
+    Outcome {
+        decision,
+        decided_by: DecidedBy::FailurePolicy { plugin, failure },
+    }
+}

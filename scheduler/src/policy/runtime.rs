@@ -1,0 +1,637 @@
+//! The sandbox: one wasmtime [`Engine`] for the process, components checked
+//! and compiled once, and a fresh [`Store`] with hard bounds for every call.
+//!
+//! - **Engine.** Component model on; threads, relaxed SIMD and the rest of
+//!   what could make a decision depend on the machine off; NaNs
+//!   canonicalised. The pooling allocator keeps a bounded set of
+//!   pre-reserved instance slots, and copy-on-write memory images make a
+//!   fresh instance a few page mappings rather than a copy.
+//! - **CPU budget: epochs, not fuel.** A ticker thread increments the
+//!   engine's epoch every [`EPOCH_TICK`]; each store's deadline is the budget
+//!   in ticks, so a call that loops traps within one tick of its budget.
+//!   Fuel would count instructions exactly (and so be deterministic), but
+//!   instruments every basic block, which costs the well-behaved calls a
+//!   double-digit percentage; the epoch check is one load and compare at
+//!   function entries and loop headers. The budget is wall-clock time: on a
+//!   busy machine a call gets less CPU within it, never more.
+//! - **Memory.** [`CallState`] is the store's resource limiter: a memory may
+//!   not grow past the configured limit, and trying traps (recorded as a
+//!   memory failure, not a generic trap).
+//! - **WASI.** Rust guests built for `wasm32-wasip2` import `wasi:cli`,
+//!   `wasi:io`, … through their standard library; they are linked to an
+//!   empty context: no directories, environment, arguments, network or
+//!   stdin; clocks fixed at the Unix epoch, randomness a constant stream, so
+//!   a decision can be replayed. Standard error goes to a small in-memory
+//!   buffer whose end is kept with a failure (a Rust panic's message).
+//! - **Artifacts.** [`Sandbox::validate`] compiles a component once and
+//!   returns the serialized artifact; [`Sandbox::load_artifact`]
+//!   deserializes only artifacts this host produced (the registry keys them
+//!   by the component's SHA-256 and [`Sandbox::compatibility_key`]).
+
+use std::hash::Hasher;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker, ResourceTable, types::ComponentItem};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store, Trap,
+};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::config::PolicyConfig;
+use super::types::{ExtensionPoint, FailureKind, PluginFailure, WitVersion};
+use super::wit::{self, Bindings, CallError};
+
+/// How often the epoch advances: the granularity of the CPU budget.
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+/// The most a component file may weigh (the Python example is ~18 MB).
+pub const MAX_COMPONENT_BYTES: usize = 32 << 20;
+/// What is kept of a call's standard error.
+const STDERR_CAPACITY: usize = 4096;
+/// Log lines kept (and forwarded to the server's log) per call.
+pub const MAX_LOG_LINES: usize = 32;
+/// A longer log line is cut here.
+pub const MAX_LOG_LINE_BYTES: usize = 1024;
+/// The native stack a plugin's WebAssembly may use; past it, a stack
+/// overflow trap (deep recursion).
+const MAX_WASM_STACK: usize = 512 * 1024;
+/// Elements a table may grow to (a Python interpreter needs some 10^4).
+const MAX_TABLE_ELEMENTS: usize = 200_000;
+/// Core instances, memories and tables one component may create: enough for
+/// componentize-py's dynamically linked interpreter.
+const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 64;
+const MAX_MEMORIES_PER_COMPONENT: u32 = 8;
+const MAX_TABLES_PER_COMPONENT: u32 = 32;
+/// Pool slots beyond the configured concurrent calls, for uploads being
+/// validated (each instantiates its component once).
+const VALIDATION_SLOTS: u32 = 2;
+
+/// A log line's importance, as the plugin gave it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        }
+    }
+}
+
+/// One line a plugin logged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    pub level: LogLevel,
+    pub message: String,
+}
+
+/// Cuts `s` to at most `max` bytes, on a character boundary.
+pub fn truncate(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push('…');
+    }
+}
+
+/// The store's data for one call: the WASI context, the limits, and the
+/// plugin's log lines.
+pub struct CallState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    memory_limit: usize,
+    /// Set when the plugin asked for more memory than its limit.
+    memory_refused: Option<usize>,
+    /// Who is logging, for the server's log.
+    label: Arc<str>,
+    tenant: Arc<str>,
+    lines: Vec<LogLine>,
+    dropped_lines: usize,
+}
+
+impl CallState {
+    /// Keeps a log line (cut to [`MAX_LOG_LINE_BYTES`]) and forwards it to
+    /// the server's log, tagged with the plugin and tenant; past
+    /// [`MAX_LOG_LINES`] lines a call's lines are counted and dropped.
+    pub fn log_line(&mut self, level: LogLevel, mut message: String) {
+        if self.lines.len() >= MAX_LOG_LINES {
+            self.dropped_lines += 1;
+            return;
+        }
+        truncate(&mut message, MAX_LOG_LINE_BYTES);
+        let (plugin, tenant) = (&*self.label, &*self.tenant);
+        match level {
+            LogLevel::Debug => tracing::debug!(plugin, tenant, "plugin: {message}"),
+            LogLevel::Info => tracing::info!(plugin, tenant, "plugin: {message}"),
+            LogLevel::Warn => tracing::warn!(plugin, tenant, "plugin: {message}"),
+            LogLevel::Error => tracing::error!(plugin, tenant, "plugin: {message}"),
+        }
+        self.lines.push(LogLine { level, message });
+    }
+}
+
+impl WasiView for CallState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl ResourceLimiter for CallState {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_limit {
+            self.memory_refused = Some(desired);
+            return Err(wasmtime::format_err!(
+                "memory limit reached: asked for {desired} bytes, the limit is {}",
+                self.memory_limit
+            ));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}
+
+/// The clock a plugin sees: always the Unix epoch. Decisions take their time
+/// from the request.
+struct EpochClock;
+
+impl HostWallClock for EpochClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+impl HostMonotonicClock for EpochClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+    fn now(&self) -> u64 {
+        0
+    }
+}
+
+/// Why an upload is not a plugin this host can run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ValidationError {
+    #[error("the file is empty")]
+    Empty,
+    #[error("the file is {0} bytes; a plugin may be at most {MAX_COMPONENT_BYTES} bytes")]
+    TooLarge(usize),
+    #[error("not a WebAssembly file (it does not start with \\0asm)")]
+    NotWasm,
+    #[error(
+        "a WebAssembly core module, not a component: build with `cargo build --target wasm32-wasip2`, or wrap it with `wasm-tools component new`"
+    )]
+    CoreModule,
+    #[error("not a valid WebAssembly component: {0}")]
+    Invalid(String),
+    #[error("not a plugin of any allot world: {0}")]
+    WrongWorld(String),
+    #[error(
+        "built for allot:plugin@{0}, which this server does not support (it supports {supported})",
+        supported = supported_versions()
+    )]
+    UnsupportedVersion(WitVersion),
+    #[error("cannot be instantiated: {0}")]
+    Instantiate(String),
+}
+
+fn supported_versions() -> String {
+    wit::SUPPORTED
+        .iter()
+        .map(|v| v.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A plugin ready to call: its world, its version, its typed template.
+pub struct Loaded {
+    pub point: ExtensionPoint,
+    /// The version the component was built for.
+    pub built_for: WitVersion,
+    /// The host bindings it runs on.
+    pub host_version: WitVersion,
+    bindings: Bindings,
+}
+
+/// A component that passed validation.
+pub struct Validated {
+    pub sha256: String,
+    /// The serialized artifact, to store beside the component.
+    pub artifact: Vec<u8>,
+    pub plugin: Arc<Loaded>,
+}
+
+/// What came of one call.
+pub struct CallReport<R> {
+    pub result: Result<R, PluginFailure>,
+    /// What the plugin logged.
+    pub logs: Vec<LogLine>,
+    /// Log lines past [`MAX_LOG_LINES`], dropped.
+    pub dropped_lines: usize,
+    /// From the start of instantiation to the answer.
+    pub elapsed: Duration,
+}
+
+/// The engine, the linker and the per-call bounds.
+pub struct Sandbox {
+    engine: Engine,
+    linker: Linker<CallState>,
+    config: PolicyConfig,
+    deadline_ticks: u64,
+}
+
+/// Hex SHA-256.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// A `Hasher` over SHA-256, for a stable engine compatibility key.
+struct Sha256Hasher(Sha256);
+
+impl Hasher for Sha256Hasher {
+    fn finish(&self) -> u64 {
+        let digest = self.0.clone().finalize();
+        u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+}
+
+impl Sandbox {
+    /// Builds the engine and linker, and starts the epoch ticker (which
+    /// stops when the engine is dropped).
+    pub fn new(config: &PolicyConfig) -> anyhow::Result<Sandbox> {
+        let slots = u32::try_from(config.max_concurrent_calls)
+            .unwrap_or(u32::MAX)
+            .saturating_add(VALIDATION_SLOTS);
+        let memory_limit = usize::try_from(config.memory_limit_bytes())?;
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(slots)
+            .total_core_instances(slots * MAX_CORE_INSTANCES_PER_COMPONENT)
+            .total_memories(slots * MAX_MEMORIES_PER_COMPONENT)
+            .total_tables(slots * MAX_TABLES_PER_COMPONENT)
+            .total_stacks(0)
+            .max_core_instances_per_component(MAX_CORE_INSTANCES_PER_COMPONENT)
+            .max_memories_per_component(MAX_MEMORIES_PER_COMPONENT)
+            .max_tables_per_component(MAX_TABLES_PER_COMPONENT)
+            .max_memories_per_module(1)
+            .max_tables_per_module(4)
+            .table_elements(MAX_TABLE_ELEMENTS)
+            .max_memory_size(memory_limit)
+            .max_core_instance_size(1 << 20)
+            .max_component_instance_size(1 << 20);
+        let mut c = Config::new();
+        // Threads are not even compiled in (the `threads` feature is off).
+        c.wasm_component_model(true)
+            .wasm_relaxed_simd(false)
+            .wasm_memory64(false)
+            .cranelift_nan_canonicalization(true)
+            .epoch_interruption(true)
+            .max_wasm_stack(MAX_WASM_STACK)
+            .memory_init_cow(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&c).map_err(|e| anyhow::anyhow!("cannot start the plugin engine: {e}"))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .and_then(|()| wit::add_to_linker(&mut linker))
+            .map_err(|e| anyhow::anyhow!("cannot link the plugin host functions: {e}"))?;
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("allot-plugin-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })?;
+        let tick_ms = u64::try_from(EPOCH_TICK.as_millis()).unwrap_or(1).max(1);
+        Ok(Sandbox {
+            engine,
+            linker,
+            config: config.clone(),
+            // A store's deadline counts from its creation, whose tick may be
+            // nearly over: one tick more, so no call gets less than its budget.
+            deadline_ticks: config.cpu_budget.0.div_ceil(tick_ms) + 1,
+        })
+    }
+
+    pub fn config(&self) -> &PolicyConfig {
+        &self.config
+    }
+
+    /// Identifies the engine's compilation settings: an artifact compiled
+    /// under another key (another wasmtime or other settings) is not loaded.
+    pub fn compatibility_key(&self) -> String {
+        let mut h = Sha256Hasher(Sha256::new());
+        std::hash::Hash::hash(&self.engine.precompile_compatibility_hash(), &mut h);
+        format!("{:016x}", h.finish())
+    }
+
+    /// Checks that `bytes` is a component of one of our worlds, in a
+    /// supported version, that links and instantiates; compiles it once.
+    pub fn validate(&self, bytes: &[u8]) -> Result<Validated, ValidationError> {
+        check_header(bytes)?;
+        let component =
+            Component::new(&self.engine, bytes).map_err(|e| ValidationError::Invalid(first_line(&e)))?;
+        let plugin = self.prepare(&component)?;
+        self.instantiate(&plugin)
+            .map_err(|failure| ValidationError::Instantiate(failure.to_string()))?;
+        let artifact = component
+            .serialize()
+            .map_err(|e| ValidationError::Invalid(format!("cannot serialize the compiled component: {e}")))?;
+        Ok(Validated {
+            sha256: sha256_hex(bytes),
+            artifact,
+            plugin: Arc::new(plugin),
+        })
+    }
+
+    /// Loads an artifact that [`validate`](Self::validate) produced with the
+    /// same [`compatibility_key`](Self::compatibility_key).
+    pub fn load_artifact(&self, artifact: &[u8]) -> anyhow::Result<Loaded> {
+        // SAFETY: `Component::deserialize` trusts its input to be wasmtime's
+        // own output. The registry stores only artifacts `validate` produced,
+        // keyed by this engine's compatibility key, in the server's ledger;
+        // uploaded bytes never reach here.
+        let component = unsafe { Component::deserialize(&self.engine, artifact) }
+            .map_err(|e| anyhow::anyhow!("cannot load the compiled plugin: {e}"))?;
+        self.prepare(&component).map_err(anyhow::Error::new)
+    }
+
+    /// Finds the world (by the one function exported) and the version (by the
+    /// `allot:plugin` interfaces imported), links, and type-checks.
+    fn prepare(&self, component: &Component) -> Result<Loaded, ValidationError> {
+        let ty = component.component_type();
+        let mut exported = Vec::new();
+        let mut points = Vec::new();
+        for (name, item) in ty.exports(&self.engine) {
+            exported.push(name.to_string());
+            if let (Some(point), ComponentItem::ComponentFunc(_)) =
+                (ExtensionPoint::from_export(name), item.ty)
+            {
+                points.push(point);
+            }
+        }
+        let point = match points.as_slice() {
+            [point] => *point,
+            [] => {
+                return Err(ValidationError::WrongWorld(format!(
+                    "it exports {}; a plugin exports one function: admit (admission), check (quota) or price (pricing)",
+                    if exported.is_empty() {
+                        "nothing".to_string()
+                    } else {
+                        exported.join(", ")
+                    }
+                )));
+            }
+            several => {
+                return Err(ValidationError::WrongWorld(format!(
+                    "it exports {} of admit, check and price; a plugin targets exactly one world",
+                    several.len()
+                )));
+            }
+        };
+        let mut versions: Vec<WitVersion> = Vec::new();
+        for (name, _) in ty.imports(&self.engine) {
+            if let Some(version) = allot_import_version(name)?
+                && !versions.contains(&version)
+            {
+                versions.push(version);
+            }
+        }
+        let built_for = match versions.as_slice() {
+            [v] => *v,
+            [] => {
+                return Err(ValidationError::WrongWorld(
+                    "it does not import allot:plugin/types: it was not built against the allot:plugin WIT"
+                        .into(),
+                ));
+            }
+            _ => {
+                return Err(ValidationError::WrongWorld(format!(
+                    "it imports allot:plugin at several versions ({})",
+                    versions
+                        .iter()
+                        .map(|v| v.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+        };
+        let host_version =
+            wit::host_version_for(built_for).ok_or(ValidationError::UnsupportedVersion(built_for))?;
+        let pre = self.linker.instantiate_pre(component).map_err(|e| {
+            ValidationError::Instantiate(format!(
+                "it imports something the host does not provide: {}",
+                first_line(&e)
+            ))
+        })?;
+        let bindings = Bindings::new(host_version, point, pre).map_err(|e| {
+            ValidationError::WrongWorld(format!(
+                "its export {} does not match the {point} world of allot:plugin@{host_version}: {}",
+                point.export_name(),
+                first_line(&e)
+            ))
+        })?;
+        Ok(Loaded {
+            point,
+            built_for,
+            host_version,
+            bindings,
+        })
+    }
+
+    /// A fresh store with this host's bounds.
+    fn store(&self, label: Arc<str>, tenant: Arc<str>, stderr: MemoryOutputPipe) -> Store<CallState> {
+        let wasi = WasiCtxBuilder::new()
+            .stderr(stderr)
+            .wall_clock(EpochClock)
+            .monotonic_clock(EpochClock)
+            .secure_random(wasmtime_wasi::Deterministic::new(vec![0]))
+            .insecure_random(wasmtime_wasi::Deterministic::new(vec![0]))
+            .insecure_random_seed(0)
+            .build();
+        let state = CallState {
+            wasi,
+            table: ResourceTable::new(),
+            memory_limit: usize::try_from(self.config.memory_limit_bytes()).unwrap_or(usize::MAX),
+            memory_refused: None,
+            label,
+            tenant,
+            lines: Vec::new(),
+            dropped_lines: 0,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| s);
+        store.set_epoch_deadline(self.deadline_ticks);
+        store.epoch_deadline_trap();
+        store
+    }
+
+    /// Instantiates `plugin` in a fresh store and drops it, without a call:
+    /// what every call pays before the plugin runs.
+    pub fn instantiate(&self, plugin: &Loaded) -> Result<(), PluginFailure> {
+        let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
+        let mut store = self.store("instantiate".into(), "-".into(), stderr.clone());
+        plugin
+            .bindings
+            .instantiate(&mut store)
+            .map_err(|e| classify(&e, store.data(), &String::from_utf8_lossy(&stderr.contents())))
+    }
+
+    /// Runs `call` on a fresh instance of `plugin` in a fresh store, for
+    /// `tenant`; classifies any failure. Blocking: run it off the async
+    /// runtime's workers.
+    pub fn call<R>(
+        &self,
+        plugin: &Loaded,
+        label: Arc<str>,
+        tenant: Arc<str>,
+        call: impl FnOnce(&Bindings, &mut Store<CallState>, usize) -> Result<R, CallError>,
+    ) -> CallReport<R> {
+        let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
+        let mut store = self.store(label, tenant, stderr.clone());
+        let started = Instant::now();
+        let outcome = call(&plugin.bindings, &mut store, self.config.max_result_bytes);
+        let elapsed = started.elapsed();
+        let result = outcome.map_err(|e| match e {
+            CallError::Oversized(size) => PluginFailure::new(
+                FailureKind::Oversized,
+                format!(
+                    "the answer holds {size} bytes of strings and lists; the limit is {}",
+                    self.config.max_result_bytes
+                ),
+            ),
+            CallError::Wasm(e) => {
+                let stderr = String::from_utf8_lossy(&stderr.contents()).into_owned();
+                classify(&e, store.data(), &stderr)
+            }
+        });
+        let state = store.into_data();
+        CallReport {
+            result,
+            logs: state.lines,
+            dropped_lines: state.dropped_lines,
+            elapsed,
+        }
+    }
+}
+
+/// The version of an `allot:plugin/<interface>@<version>` import; `None`
+/// for other imports (WASI).
+fn allot_import_version(name: &str) -> Result<Option<WitVersion>, ValidationError> {
+    let Some(rest) = name.strip_prefix("allot:plugin/") else {
+        return Ok(None);
+    };
+    let Some((_, version)) = rest.split_once('@') else {
+        return Err(ValidationError::WrongWorld(format!(
+            "it imports {name} without a version"
+        )));
+    };
+    version
+        .parse()
+        .map(Some)
+        .map_err(|e| ValidationError::WrongWorld(format!("it imports {name}: {e}")))
+}
+
+/// A component starts with `\0asm` and the component layer's version
+/// `0d 00 01 00`; a core module has `01 00 00 00`.
+fn check_header(bytes: &[u8]) -> Result<(), ValidationError> {
+    if bytes.is_empty() {
+        return Err(ValidationError::Empty);
+    }
+    if bytes.len() > MAX_COMPONENT_BYTES {
+        return Err(ValidationError::TooLarge(bytes.len()));
+    }
+    if !bytes.starts_with(b"\0asm") {
+        return Err(ValidationError::NotWasm);
+    }
+    if bytes.get(4..8) == Some(&[1, 0, 0, 0]) {
+        return Err(ValidationError::CoreModule);
+    }
+    Ok(())
+}
+
+/// The first line of an error's message (wasmtime appends backtraces).
+fn first_line(e: &wasmtime::Error) -> String {
+    let text = format!("{e:#}");
+    text.lines().next().unwrap_or_default().trim().to_string()
+}
+
+/// What kind of failure `e` is, with a message for the operator: the trap,
+/// and the end of what the plugin wrote to standard error (a panic message).
+fn classify(e: &wasmtime::Error, state: &CallState, stderr: &str) -> PluginFailure {
+    let mut failure = if let Some(asked) = state.memory_refused {
+        PluginFailure::new(
+            FailureKind::Memory,
+            format!(
+                "asked for {} MiB of linear memory; the limit is {} MiB",
+                asked.div_ceil(1 << 20),
+                state.memory_limit >> 20
+            ),
+        )
+    } else {
+        match e.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => PluginFailure::new(
+                FailureKind::Timeout,
+                "ran past its CPU budget and was stopped".to_string(),
+            ),
+            Some(Trap::StackOverflow) => PluginFailure::new(
+                FailureKind::Trap,
+                "stack overflow (recursion too deep)".to_string(),
+            ),
+            Some(trap) => PluginFailure::new(FailureKind::Trap, trap.to_string()),
+            None => PluginFailure::new(FailureKind::Instantiate, first_line(e)),
+        }
+    };
+    let stderr = stderr.trim();
+    if !stderr.is_empty() {
+        let mut tail: String = stderr
+            .lines()
+            .rev()
+            .take(4)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join(" | ");
+        truncate(&mut tail, 512);
+        failure.message = format!("{}; stderr: {tail}", failure.message);
+    }
+    failure
+}

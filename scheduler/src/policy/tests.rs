@@ -1,0 +1,520 @@
+//! The plugin host against real components: the examples of `plugins/`
+//! and the hostile plugins of `plugins/tests/hostile/`, built from source by
+//! `plugins/build.sh --rust --hostile` once per test run.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use allot_proto::v1 as pb;
+
+use super::*;
+use crate::domain::money::Currency;
+use crate::domain::{Millis, ProjectName, Share};
+
+/// Builds the Rust examples and the hostile plugins once; file name → path.
+fn components() -> &'static HashMap<String, PathBuf> {
+    static BUILT: OnceLock<HashMap<String, PathBuf>> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugins/build.sh");
+        let out = std::process::Command::new(&script)
+            .args(["--rust", "--hostile"])
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+        assert!(
+            out.status.success(),
+            "{} --rust --hostile failed (is the wasm32-wasip2 target installed? run scripts/setup.sh):\n{}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(PathBuf::from)
+            .map(|p| (p.file_stem().expect("a file").to_string_lossy().into_owned(), p))
+            .collect()
+    })
+}
+
+fn wasm(name: &str) -> Vec<u8> {
+    let path = components()
+        .get(name)
+        .unwrap_or_else(|| panic!("build.sh did not build {name}"));
+    std::fs::read(path).unwrap()
+}
+
+struct Fixture {
+    host: PolicyHost,
+    _dir: tempfile::TempDir,
+}
+
+fn host_with(config: PolicyConfig) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(dir.path()).unwrap();
+    Fixture {
+        host: PolicyHost::new(ledger, &config).unwrap(),
+        _dir: dir,
+    }
+}
+
+fn host() -> Fixture {
+    host_with(PolicyConfig::default())
+}
+
+fn tenant(t: &str) -> Owner {
+    Owner::Tenant(t.parse().unwrap())
+}
+
+/// Uploads `component` as `name` for `owner` and binds it at its world for
+/// `owner`.
+async fn add_and_bind(host: &PolicyHost, owner: Owner, name: &str, component: &str) -> PluginRef {
+    let (record, _) = host
+        .add_plugin(
+            owner.clone(),
+            name.parse().unwrap(),
+            wasm(component),
+            "test",
+            UnixMillis(1),
+        )
+        .await
+        .unwrap();
+    host.bind(owner, None, record.plugin_ref(), "test", UnixMillis(2))
+        .await
+        .unwrap();
+    record.plugin_ref()
+}
+
+/// A validated spec of `tenant`/`project`, with tags.
+fn spec(tenant: &str, project: &str, tags: &[(&str, &str)], gpus: i32) -> JobSpec {
+    let wire = pb::JobSpec {
+        name: "train".into(),
+        command: "python".into(),
+        args: vec!["train.py".into()],
+        tenant: tenant.into(),
+        project: project.into(),
+        tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        resources: Some(pb::Resources {
+            gpu: (gpus > 0).then_some(pb::resources::Gpu::Gpus(gpus)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let caller = Caller {
+        role: Role::Tenant(tenant.parse().unwrap()),
+        token_id: String::new(),
+    };
+    convert::job_spec(&caller, Some(&wire)).unwrap()
+}
+
+const NOW: UnixMillis = UnixMillis(1_794_906_000_000); // Tuesday 2026-11-17, 09:00 UTC.
+const HOUR_MS: u64 = 3_600_000;
+
+fn failure_of<D: std::fmt::Debug>(o: &Outcome<D>) -> &PluginFailure {
+    match &o.decided_by {
+        DecidedBy::FailurePolicy { failure, .. } => failure,
+        other => panic!("expected a failure, got {other:?} deciding {:?}", o.decision),
+    }
+}
+
+// --- the examples -------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admission_example_rejects_accepts_and_sandboxes() {
+    let f = host();
+    let plugin = add_and_bind(
+        &f.host,
+        tenant("acme"),
+        "require_cost_center",
+        "require_cost_center",
+    )
+    .await;
+
+    let rejected = f.host.admit(&spec("acme", "vision", &[], 1), NOW).await;
+    assert_eq!(rejected.decided_by, DecidedBy::Plugin(plugin.clone()));
+    let AdmissionDecision::Reject(message) = rejected.decision else {
+        panic!("expected a rejection, got {:?}", rejected.decision);
+    };
+    assert!(message.starts_with("job needs a cost-center tag"), "{message}");
+
+    let with_tag = spec("acme", "vision", &[("cost-center", "cc-7")], 1);
+    let accepted = f.host.admit(&with_tag, NOW).await;
+    assert_eq!(accepted.decision, AdmissionDecision::Accept);
+
+    let sandbox = spec("acme", "sandbox", &[("cost-center", "cc-7")], 1);
+    let modified = f.host.admit(&sandbox, NOW).await;
+    let AdmissionDecision::Modify(job) = modified.decision else {
+        panic!("expected a modified job, got {:?}", modified.decision);
+    };
+    assert_eq!(job.time_limit, Some(Millis(2 * HOUR_MS)));
+    assert!(job.preemptible);
+    assert_eq!(
+        job.tags.get(MODIFIED_BY_TAG).map(String::as_str),
+        Some("acme/require_cost_center")
+    );
+    assert_eq!((job.tenant.as_str(), job.project.as_str()), ("acme", "sandbox"));
+    assert_eq!(job.command, sandbox.command);
+
+    let stats = f.host.stats(&plugin);
+    assert_eq!((stats.calls, stats.failures), (3, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_quota_example_allows_holds_and_denies() {
+    let f = host();
+    add_and_bind(&f.host, tenant("acme"), "project_caps", "project_caps").await;
+    let usage = |gpus: u64| Usage {
+        gpus_held: Share::new(gpus, 1).unwrap(),
+        ..Usage::zero(Currency::USD)
+    };
+    let input = |project: &str, gpus: i32, held: u64| QuotaInput {
+        job: spec("acme", project, &[], gpus),
+        job_gpus: Share::new(gpus as u64, 1).unwrap(),
+        now: NOW,
+        period_start: NOW.month_start(),
+        tenant_usage: usage(held),
+        projects: BTreeMap::from([(project.parse::<ProjectName>().unwrap(), usage(held))]),
+    };
+    assert_eq!(
+        f.host.quota(&input("vision", 2, 2)).await.decision,
+        QuotaDecision::Allow
+    );
+    assert_eq!(
+        f.host.quota(&input("vision", 1, 4)).await.decision,
+        QuotaDecision::Hold("project vision holds 4 of its 4 GPUs; the job needs 1 more".into())
+    );
+    assert_eq!(
+        f.host.quota(&input("interns", 2, 0)).await.decision,
+        QuotaDecision::Deny("the job asks for 2 GPUs; project interns may hold at most 1".into())
+    );
+}
+
+fn piece(tenant: &str, currency: &str) -> PriceInput {
+    PriceInput {
+        tenant: tenant.parse().unwrap(),
+        project: "vision".parse().unwrap(),
+        gpu_model: "H100-80GB".into(),
+        mig_profile: None,
+        share: Share::ONE,
+        start: NOW,
+        duration: Millis(HOUR_MS),
+        preemptible: false,
+        tags: BTreeMap::new(),
+        currency: currency.parse().unwrap(),
+        list_price_minor: 400,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pricing_example_prices_and_its_errors_charge_the_list_price() {
+    let f = host();
+    let plugin = add_and_bind(&f.host, Owner::Global, "time_of_day", "time_of_day").await;
+    let priced = f.host.price(&piece("initech", "USD")).await;
+    assert_eq!(priced.decision, 500, "peak hour of an H100 at 125 %");
+    assert_eq!(priced.decided_by, DecidedBy::Plugin(plugin.clone()));
+    // Committed-use tenant, preemptible: 400 × 125 % × 60 % × 75 %.
+    let mut discounted = piece("acme", "USD");
+    discounted.preemptible = true;
+    assert_eq!(f.host.price(&discounted).await.decision, 225);
+
+    let in_euros = f.host.price(&piece("initech", "EUR")).await;
+    assert_eq!(in_euros.decision, 400, "the list price");
+    let failure = failure_of(&in_euros);
+    assert_eq!(failure.kind, FailureKind::PluginError);
+    assert!(failure.message.contains("this server bills in EUR"), "{failure}");
+    let stats = f.host.stats(&plugin);
+    assert_eq!((stats.calls, stats.failures), (3, 1));
+    assert_eq!(stats.recent_errors[0].tenant.as_str(), "initech");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_binding_the_defaults_decide() {
+    let f = host();
+    let job = spec("acme", "vision", &[], 1);
+    let outcome = f.host.admit(&job, NOW).await;
+    assert_eq!(
+        (outcome.decision, outcome.decided_by),
+        (AdmissionDecision::Accept, DecidedBy::Default)
+    );
+    let priced = f.host.price(&piece("acme", "USD")).await;
+    assert_eq!((priced.decision, priced.decided_by), (400, DecidedBy::Default));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_binding_wins_over_the_global_one_and_applies_to_it_alone() {
+    let f = host();
+    let global = add_and_bind(&f.host, Owner::Global, "reject_big", "require_cost_center").await;
+    let own = add_and_bind(&f.host, tenant("acme"), "oversized", "hostile_oversized").await;
+    let acme = f.host.admit(&spec("acme", "vision", &[], 1), NOW).await;
+    assert_eq!(failure_of(&acme).kind, FailureKind::Oversized);
+    assert_eq!(acme.decided_by.plugin(), Some(&own));
+    // Another tenant gets the global plugin, never acme's.
+    let globex = f.host.admit(&spec("globex", "vision", &[], 1), NOW).await;
+    assert_eq!(globex.decided_by, DecidedBy::Plugin(global.clone()));
+    assert!(matches!(globex.decision, AdmissionDecision::Reject(_)));
+    assert_eq!(f.host.stats(&own).calls, 1);
+    // Unbinding acme's plugin falls back to the global one at once.
+    f.host
+        .unbind(tenant("acme"), ExtensionPoint::Admission)
+        .await
+        .unwrap();
+    let acme = f
+        .host
+        .admit(&spec("acme", "vision", &[("cost-center", "x")], 1), NOW)
+        .await;
+    assert_eq!(acme.decided_by, DecidedBy::Plugin(global));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replacing_a_plugin_takes_effect_with_the_next_call_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = spec("acme", "vision", &[], 1);
+    {
+        let host = PolicyHost::new(Ledger::open(dir.path()).unwrap(), &PolicyConfig::default()).unwrap();
+        add_and_bind(&host, tenant("acme"), "gate", "require_cost_center").await;
+        assert!(matches!(
+            host.admit(&job, NOW).await.decision,
+            AdmissionDecision::Reject(_)
+        ));
+        let (replacement, replaced) = host
+            .add_plugin(
+                tenant("acme"),
+                "gate".parse().unwrap(),
+                wasm("hostile_panics"),
+                "test",
+                NOW,
+            )
+            .await
+            .unwrap();
+        assert_ne!(replaced.unwrap().sha256, replacement.sha256);
+        let outcome = host.admit(&job, NOW).await;
+        assert_eq!(failure_of(&outcome).kind, FailureKind::Trap);
+    }
+    // A new host (a restart) loads the stored artifact and the binding.
+    let host = PolicyHost::new(Ledger::open(dir.path()).unwrap(), &PolicyConfig::default()).unwrap();
+    assert_eq!(host.bindings().len(), 1);
+    let outcome = host.admit(&job, NOW).await;
+    let failure = failure_of(&outcome);
+    assert_eq!(failure.kind, FailureKind::Trap);
+    assert!(failure.message.contains("hostile plugin panicked"), "{failure}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registry_refuses_what_would_break_a_binding() {
+    let f = host();
+    let caps = add_and_bind(&f.host, tenant("acme"), "caps", "project_caps").await;
+    let err = f.host.remove_plugin(&caps).await.unwrap_err();
+    assert!(matches!(err, RegistryError::Conflict(_)), "{err}");
+    assert!(err.to_string().contains("unbind it first"), "{err}");
+    // A quota plugin cannot be bound at admission.
+    let err = f
+        .host
+        .bind(
+            tenant("acme"),
+            Some(ExtensionPoint::Admission),
+            caps.clone(),
+            "t",
+            NOW,
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("is a quota plugin"), "{err}");
+    // A global binding takes only global plugins.
+    let err = f
+        .host
+        .bind(Owner::Global, None, caps.clone(), "t", NOW)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::Conflict(_)), "{err}");
+    // Another tenant cannot bind it: for them it does not exist.
+    let err = f
+        .host
+        .bind(tenant("globex"), None, caps.clone(), "t", NOW)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::NotFound(_)), "{err}");
+    // Replacing a bound plugin with one of another world is refused.
+    let err = f
+        .host
+        .add_plugin(
+            tenant("acme"),
+            "caps".parse().unwrap(),
+            wasm("time_of_day"),
+            "t",
+            NOW,
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("unbind it first"), "{err}");
+    assert_eq!(f.host.plugin(&caps).unwrap().point, ExtensionPoint::Quota);
+    // Unbound, it goes, bytes and all.
+    f.host
+        .unbind(tenant("acme"), ExtensionPoint::Quota)
+        .await
+        .unwrap();
+    let removed = f.host.remove_plugin(&caps).await.unwrap();
+    assert!(f.host.plugins().is_empty());
+    assert!(
+        f.host
+            .inner
+            .ledger
+            .plugin_blob(&removed.sha256)
+            .unwrap()
+            .is_none()
+    );
+}
+
+// --- hostile plugins ------------------------------------------------------------
+
+/// Binds a hostile component for acme and calls it once; returns the failure.
+async fn contained(component: &str) -> (PluginFailure, PluginStats) {
+    let f = host();
+    let plugin = add_and_bind(&f.host, tenant("acme"), "hostile", component).await;
+    let started = Instant::now();
+    let outcome = f.host.admit(&spec("acme", "vision", &[], 1), NOW).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{component} took {:?}",
+        started.elapsed()
+    );
+    let AdmissionDecision::Reject(message) = &outcome.decision else {
+        panic!(
+            "{component}: fail-closed admission must reject, got {:?}",
+            outcome.decision
+        );
+    };
+    assert!(
+        message.contains("acme/hostile"),
+        "the message names the plugin: {message}"
+    );
+    (failure_of(&outcome).clone(), f.host.stats(&plugin))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_infinite_loop_is_stopped_at_its_cpu_budget() {
+    let started = Instant::now();
+    let (failure, stats) = contained("hostile_loop_forever").await;
+    assert_eq!(failure.kind, FailureKind::Timeout, "{failure}");
+    assert!(started.elapsed() >= Duration::from_millis(50));
+    assert_eq!((stats.calls, stats.failures), (1, 1));
+    assert_eq!(stats.recent_errors[0].kind, FailureKind::Timeout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_bomb_is_stopped_at_its_memory_limit() {
+    let (failure, _) = contained("hostile_memory_bomb").await;
+    assert_eq!(failure.kind, FailureKind::Memory, "{failure}");
+    assert!(failure.message.contains("the limit is 64 MiB"), "{failure}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_is_a_trap_with_its_message() {
+    let (failure, _) = contained("hostile_panics").await;
+    assert_eq!(failure.kind, FailureKind::Trap, "{failure}");
+    assert!(
+        failure
+            .message
+            .contains("hostile plugin panicked on job \"train\""),
+        "{failure}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deep_recursion_is_a_stack_overflow() {
+    let (failure, _) = contained("hostile_deep_recursion").await;
+    assert_eq!(failure.kind, FailureKind::Trap, "{failure}");
+    assert!(failure.message.contains("stack overflow"), "{failure}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_answer_is_refused() {
+    let (failure, _) = contained("hostile_oversized").await;
+    assert_eq!(failure.kind, FailureKind::Oversized, "{failure}");
+    assert!(failure.message.contains("1048576 bytes"), "{failure}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_modification_rejects_with_the_validation_error() {
+    let (failure, stats) = contained("hostile_bad_modify").await;
+    assert_eq!(failure.kind, FailureKind::InvalidResult, "{failure}");
+    assert!(failure.message.contains("spec.resources.gpus"), "{failure}");
+    assert_eq!(stats.failures, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_that_are_not_plugins_are_refused_clearly() {
+    let f = host();
+    let add = |bytes: Vec<u8>| {
+        f.host
+            .add_plugin(tenant("acme"), "p".parse().unwrap(), bytes, "t", NOW)
+    };
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (Vec::new(), "the file is empty"),
+        (b"#!/bin/sh\necho hi\n".to_vec(), "not a WebAssembly file"),
+        (
+            b"\0asm\x01\0\0\0".to_vec(),
+            "a WebAssembly core module, not a component",
+        ),
+        (
+            b"\0asm\x0d\0\x01\0garbage".to_vec(),
+            "not a valid WebAssembly component",
+        ),
+        (
+            vec![0; runtime::MAX_COMPONENT_BYTES + 1],
+            "a plugin may be at most",
+        ),
+        (wasm("hostile_wrong_world"), "it exports greet"),
+    ];
+    for (bytes, expected) in cases {
+        let err = add(bytes).await.unwrap_err();
+        assert!(matches!(err, RegistryError::Invalid(_)), "{err}");
+        assert!(
+            err.to_string().contains(expected),
+            "expected {expected:?} in: {err}"
+        );
+    }
+    assert!(f.host.plugins().is_empty(), "nothing was stored");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_looping_plugin_does_not_hold_up_other_calls() {
+    let f = host_with(PolicyConfig {
+        cpu_budget: Millis(1_000),
+        ..PolicyConfig::default()
+    });
+    add_and_bind(&f.host, tenant("acme"), "spin", "hostile_loop_forever").await;
+    add_and_bind(&f.host, tenant("globex"), "gate", "require_cost_center").await;
+    // Warm both plugins' templates so the timing below is of calls alone.
+    let looping = {
+        let host = f.host.clone();
+        tokio::spawn(async move { host.admit(&spec("acme", "vision", &[], 1), NOW).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    for _ in 0..10 {
+        let outcome = f
+            .host
+            .admit(&spec("globex", "vision", &[("cost-center", "x")], 1), NOW)
+            .await;
+        assert_eq!(outcome.decision, AdmissionDecision::Accept);
+    }
+    let good = started.elapsed();
+    assert!(
+        !looping.is_finished(),
+        "the looping call is still burning its budget"
+    );
+    assert!(good < Duration::from_millis(500), "10 good calls took {good:?}");
+    let outcome = looping.await.unwrap();
+    assert_eq!(failure_of(&outcome).kind, FailureKind::Timeout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_can_fail_open() {
+    let f = host_with(PolicyConfig {
+        admission_on_error: AdmissionOnError::Accept,
+        ..PolicyConfig::default()
+    });
+    add_and_bind(&f.host, tenant("acme"), "boom", "hostile_panics").await;
+    let outcome = f.host.admit(&spec("acme", "vision", &[], 1), NOW).await;
+    assert_eq!(outcome.decision, AdmissionDecision::Accept);
+    assert_eq!(failure_of(&outcome).kind, FailureKind::Trap);
+}

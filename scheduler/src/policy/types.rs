@@ -1,0 +1,458 @@
+//! The host's own types: what a plugin is asked and what it answers, in
+//! plain Rust. Nothing here names wasmtime or a WIT version; the versioned
+//! bindings (`wit/`) convert to and from these.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::money::{Currency, Money};
+use crate::domain::{
+    JobSpec, MiB, MigProfile, Millis, PluginName, ProjectName, Share, TenantName, UnixMillis,
+};
+
+/// Where in a job's life a plugin is called. Each is one WIT world.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ExtensionPoint {
+    /// On submit: accept, reject or modify the job (world `admission`).
+    Admission,
+    /// Before a placement: allow, deny or hold the job (world `quota`).
+    Quota,
+    /// Per hour piece of a lease: its price (world `pricing`).
+    Pricing,
+}
+
+impl ExtensionPoint {
+    pub const ALL: [ExtensionPoint; 3] = [
+        ExtensionPoint::Admission,
+        ExtensionPoint::Quota,
+        ExtensionPoint::Pricing,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExtensionPoint::Admission => "admission",
+            ExtensionPoint::Quota => "quota",
+            ExtensionPoint::Pricing => "pricing",
+        }
+    }
+
+    /// The one function a component of this world exports.
+    pub fn export_name(self) -> &'static str {
+        match self {
+            ExtensionPoint::Admission => "admit",
+            ExtensionPoint::Quota => "check",
+            ExtensionPoint::Pricing => "price",
+        }
+    }
+
+    /// The extension point whose world exports `name`.
+    pub fn from_export(name: &str) -> Option<ExtensionPoint> {
+        Self::ALL.into_iter().find(|p| p.export_name() == name)
+    }
+}
+
+impl fmt::Display for ExtensionPoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ExtensionPoint {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s.trim())
+            .ok_or_else(|| format!("unknown extension point {s:?}: use admission, quota or pricing"))
+    }
+}
+
+/// A version of the WIT package `allot:plugin`, e.g. `0.1.0`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct WitVersion {
+    pub major: u32,
+    pub minor: u32,
+    pub patch: u32,
+}
+
+impl WitVersion {
+    pub const fn new(major: u32, minor: u32, patch: u32) -> Self {
+        WitVersion { major, minor, patch }
+    }
+
+    /// Whether a plugin built for `self` runs on host bindings for `host`:
+    /// semver compatibility, where for 0.x the minor version is the breaking one.
+    pub fn runs_on(self, host: WitVersion) -> bool {
+        if self.major != host.major {
+            return false;
+        }
+        if self.major == 0 && self.minor != host.minor {
+            return false;
+        }
+        (self.minor, self.patch) <= (host.minor, host.patch)
+    }
+}
+
+impl fmt::Display for WitVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.major, self.minor, self.patch)
+    }
+}
+
+impl FromStr for WitVersion {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not a version (MAJOR.MINOR.PATCH)");
+        let mut parts = s.split('.').map(|p| p.parse::<u32>().map_err(|_| bad()));
+        let (Some(major), Some(minor), Some(patch), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad());
+        };
+        Ok(WitVersion::new(major?, minor?, patch?))
+    }
+}
+
+impl TryFrom<String> for WitVersion {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<WitVersion> for String {
+    fn from(v: WitVersion) -> String {
+        v.to_string()
+    }
+}
+
+/// Who a plugin or a binding belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "tenant")]
+pub enum Owner {
+    /// An operator's: managed by admins; a global binding applies to every
+    /// tenant without a binding of its own.
+    Global,
+    /// One tenant's: managed by that tenant (or an admin), applies only to
+    /// that tenant's jobs.
+    Tenant(TenantName),
+}
+
+impl Owner {
+    /// The tenant, for a tenant's.
+    pub fn tenant(&self) -> Option<&TenantName> {
+        match self {
+            Owner::Global => None,
+            Owner::Tenant(t) => Some(t),
+        }
+    }
+}
+
+impl fmt::Display for Owner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Owner::Global => f.write_str("global"),
+            Owner::Tenant(t) => write!(f, "tenant {t}"),
+        }
+    }
+}
+
+/// A plugin by owner and name: what bindings point to, so that uploading a
+/// new build under the same name replaces it everywhere it is bound.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PluginRef {
+    pub owner: Owner,
+    pub name: PluginName,
+}
+
+impl fmt::Display for PluginRef {
+    /// `acme/require_cost_center`, or `global/require_cost_center`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.owner {
+            Owner::Global => write!(f, "global/{}", self.name),
+            Owner::Tenant(t) => write!(f, "{t}/{}", self.name),
+        }
+    }
+}
+
+/// A plugin as the registry keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginRecord {
+    pub name: PluginName,
+    pub owner: Owner,
+    /// The SHA-256 of the component, lowercase hex.
+    pub sha256: String,
+    /// The world it exports.
+    pub point: ExtensionPoint,
+    /// The WIT version it was built for.
+    pub wit_version: WitVersion,
+    /// The component's size in bytes.
+    pub size: u64,
+    pub uploaded_at: UnixMillis,
+    /// The id of the token that uploaded it.
+    pub uploaded_by: String,
+}
+
+impl PluginRecord {
+    pub fn plugin_ref(&self) -> PluginRef {
+        PluginRef {
+            owner: self.owner.clone(),
+            name: self.name.clone(),
+        }
+    }
+}
+
+/// Which plugin is called at one extension point, for one tenant or
+/// globally.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BindingRecord {
+    /// `Global`: every tenant without a binding of its own at this point.
+    pub scope: Owner,
+    pub point: ExtensionPoint,
+    pub plugin: PluginRef,
+    pub bound_at: UnixMillis,
+    /// The id of the token that bound it.
+    pub bound_by: String,
+}
+
+// --- requests: what a plugin is asked --------------------------------------
+
+/// What a tenant, or one of its projects, holds now and has used in the
+/// current period (the WIT record `usage` of world `quota`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Usage {
+    /// GPUs held now by starting and running jobs, exactly (a 1g MIG slice
+    /// counts 1/7). May exceed 1.
+    pub gpus_held: Share,
+    /// GPU memory held now.
+    pub gpu_memory_held: MiB,
+    /// Jobs placed and not yet ended.
+    pub running_jobs: u32,
+    /// Jobs waiting to be placed, the one being checked included.
+    pub pending_jobs: u32,
+    /// GPU-time since the period's start, in GPU-milliseconds rounded down.
+    pub gpu_ms_in_period: u64,
+    /// What that GPU-time cost.
+    pub spend_in_period: Money,
+}
+
+impl Usage {
+    /// Nothing held, nothing used.
+    pub fn zero(currency: Currency) -> Usage {
+        Usage {
+            gpus_held: Share::ZERO,
+            gpu_memory_held: MiB(0),
+            running_jobs: 0,
+            pending_jobs: 0,
+            gpu_ms_in_period: 0,
+            spend_in_period: Money { minor: 0, currency },
+        }
+    }
+}
+
+/// A job about to be placed, and its tenant's usage (the WIT record
+/// `quota-request`). The tenant and project are the job's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaInput {
+    /// The job's validated spec.
+    pub job: JobSpec,
+    /// The GPUs the job will hold once placed, counted like
+    /// [`Usage::gpus_held`] (zero for a CPU-only job).
+    pub job_gpus: Share,
+    /// The time of the check, by the controller's clock.
+    pub now: UnixMillis,
+    /// The start of the current period (00:00 UTC on the 1st of the month).
+    pub period_start: UnixMillis,
+    /// The whole tenant's usage.
+    pub tenant_usage: Usage,
+    /// Each of the tenant's projects with any usage or job; the job's own
+    /// project must be present. Sent sorted by name.
+    pub projects: BTreeMap<ProjectName, Usage>,
+}
+
+/// One piece of one lease within one UTC hour (the WIT record
+/// `pricing-request`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PriceInput {
+    pub tenant: TenantName,
+    pub project: ProjectName,
+    /// The GPU's model, as `allot nodes` names it.
+    pub gpu_model: String,
+    /// The MIG profile when the device is a MIG slice.
+    pub mig_profile: Option<MigProfile>,
+    /// The share of the GPU held.
+    pub share: Share,
+    /// The start of the piece.
+    pub start: UnixMillis,
+    /// Its length; `start + duration` is at most the next whole UTC hour.
+    pub duration: Millis,
+    pub preemptible: bool,
+    /// The job's tags.
+    pub tags: BTreeMap<String, String>,
+    /// The billing currency.
+    pub currency: Currency,
+    /// What the built-in rate card charges for the piece, in minor units:
+    /// the fallback when the plugin fails.
+    pub list_price_minor: u64,
+}
+
+// --- decisions: what a plugin answers --------------------------------------
+
+/// An admission decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AdmissionDecision {
+    /// Queue the job as submitted.
+    Accept,
+    /// Refuse it, with the plugin's message for the user.
+    Reject(String),
+    /// Queue this spec instead: already validated like a submission.
+    Modify(Box<JobSpec>),
+}
+
+/// A quota decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum QuotaDecision {
+    /// Place the job if it fits.
+    Allow,
+    /// End the job without running it, with this reason.
+    Deny(String),
+    /// Keep it pending with this reason; ask again on a later pass.
+    Hold(String),
+}
+
+/// Who made a decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DecidedBy {
+    /// No plugin is bound at this point for the tenant: the built-in default
+    /// (accept, allow, the list price).
+    Default,
+    /// The bound plugin decided.
+    Plugin(PluginRef),
+    /// The bound plugin failed; the point's failure policy decided. The
+    /// failure is recorded against the plugin.
+    FailurePolicy {
+        plugin: PluginRef,
+        failure: PluginFailure,
+    },
+}
+
+impl DecidedBy {
+    /// The plugin that was called, if any.
+    pub fn plugin(&self) -> Option<&PluginRef> {
+        match self {
+            DecidedBy::Default => None,
+            DecidedBy::Plugin(p) | DecidedBy::FailurePolicy { plugin: p, .. } => Some(p),
+        }
+    }
+}
+
+/// A decision and who made it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome<D> {
+    pub decision: D,
+    pub decided_by: DecidedBy,
+}
+
+/// The outcome of an admission call.
+pub type AdmissionOutcome = Outcome<AdmissionDecision>;
+/// The outcome of a quota call.
+pub type QuotaOutcome = Outcome<QuotaDecision>;
+/// The outcome of a pricing call: the price in minor units of the request's
+/// currency.
+pub type PriceOutcome = Outcome<u64>;
+
+// --- failures ----------------------------------------------------------------
+
+/// How a plugin call failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum FailureKind {
+    /// It trapped: a panic, `unreachable`, a stack overflow, a bad memory
+    /// access.
+    Trap,
+    /// It ran past its CPU budget.
+    Timeout,
+    /// It asked for more memory than its limit.
+    Memory,
+    /// What it returned (or logged) was larger than allowed.
+    Oversized,
+    /// What it returned is not a valid answer (an invalid job, a zero
+    /// denominator).
+    InvalidResult,
+    /// It returned an error of its own (a pricing plugin's `err`).
+    PluginError,
+    /// It could not be instantiated, or not loaded at all.
+    Instantiate,
+    /// Every plugin slot stayed busy past the call's budget.
+    Busy,
+}
+
+impl FailureKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Trap => "trap",
+            FailureKind::Timeout => "timeout",
+            FailureKind::Memory => "memory",
+            FailureKind::Oversized => "oversized",
+            FailureKind::InvalidResult => "invalid_result",
+            FailureKind::PluginError => "plugin_error",
+            FailureKind::Instantiate => "instantiate",
+            FailureKind::Busy => "busy",
+        }
+    }
+}
+
+impl fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A failed plugin call.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind}: {message}")]
+pub struct PluginFailure {
+    pub kind: FailureKind,
+    pub message: String,
+}
+
+impl PluginFailure {
+    pub fn new(kind: FailureKind, message: impl Into<String>) -> Self {
+        PluginFailure {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// One recorded failure, as `allot plugin show` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorRecord {
+    pub at: UnixMillis,
+    /// The plugin's SHA-256 (hex) at the time.
+    pub sha256: String,
+    pub point: ExtensionPoint,
+    /// The tenant whose job it ran for.
+    pub tenant: TenantName,
+    pub kind: FailureKind,
+    pub message: String,
+}
+
+/// Counters and recent failures of one plugin since the server started.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PluginStats {
+    pub calls: u64,
+    pub failures: u64,
+    /// The most recent failures, newest last.
+    pub recent_errors: Vec<ErrorRecord>,
+}

@@ -1,0 +1,426 @@
+//! Policy plugins end to end: real components built from `plugins/`,
+//! uploaded and bound over gRPC, changing what a dev server admits.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use allot_sdk::{Client, Code, JobSpec, JobState, Scope, proto};
+
+use crate::harness::*;
+
+/// Builds the Rust example plugins and the hostile ones once per test run
+/// (`plugins/build.sh --rust --hostile`); file name → path.
+fn components() -> &'static HashMap<String, PathBuf> {
+    static BUILT: OnceLock<HashMap<String, PathBuf>> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugins/build.sh");
+        let out = std::process::Command::new(&script)
+            .args(["--rust", "--hostile"])
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+        assert!(
+            out.status.success(),
+            "{} --rust --hostile failed (is the wasm32-wasip2 target installed? run scripts/setup.sh):\n{}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(PathBuf::from)
+            .map(|p| (p.file_stem().expect("a file").to_string_lossy().into_owned(), p))
+            .collect()
+    })
+}
+
+fn wasm(name: &str) -> Vec<u8> {
+    std::fs::read(
+        components()
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} not built")),
+    )
+    .unwrap()
+}
+
+/// A dev server with a second tenant, `team-b`, and a client for it.
+async fn two_tenants(dir: &std::path::Path) -> (DevServer, Client, Client) {
+    let server = DevServer::start(dir).await;
+    let admin = server.admin().await;
+    admin.admin().create_tenant("team-b").await.unwrap();
+    let issued = admin
+        .admin()
+        .issue_token(proto::Role::Tenant, Some("team-b"), "tests")
+        .await
+        .unwrap();
+    let b = Client::connect(server.addr.clone(), &issued.token).await.unwrap();
+    let a = server.client().await; // tenant "default"
+    (server, a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admission_plugin_rejects_modifies_and_stays_with_its_tenant() {
+    let dir = tempdir();
+    let (server, a, b) = two_tenants(dir.path()).await;
+    let added = a
+        .plugins()
+        .add("cost-center", wasm("require_cost_center"), &Scope::Own)
+        .await
+        .unwrap();
+    let plugin = added.plugin.unwrap();
+    assert_eq!(
+        (plugin.tenant.as_str(), plugin.wit_version.as_str()),
+        ("default", "0.1.0")
+    );
+    assert_eq!(plugin.point(), proto::ExtensionPoint::Admission);
+    a.plugins().bind("cost-center", None, &Scope::Own).await.unwrap();
+
+    // A job without a cost-center is rejected with the plugin's message.
+    let err = a.submit(JobSpec::new("true")).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{}", err.message());
+    assert!(
+        err.message()
+            .starts_with("rejected by admission plugin default/cost-center: job needs a cost-center tag"),
+        "{}",
+        err.message()
+    );
+    // With one, it runs.
+    let ok = a
+        .submit(JobSpec::new("true").tag("cost-center", "cc-1"))
+        .await
+        .unwrap();
+    assert_eq!(wait_final(&a, &ok.id).await.state(), JobState::Succeeded);
+    // A sandbox job gets at most 2 h and becomes preemptible, and says who changed it.
+    let sandboxed = a
+        .submit(
+            JobSpec::new("true")
+                .project("sandbox")
+                .tag("cost-center", "cc-1")
+                .time_limit_secs(10 * 3600),
+        )
+        .await
+        .unwrap();
+    let spec = sandboxed.spec.as_ref().unwrap();
+    assert_eq!(spec.time_limit_ms, Some(2 * 3600 * 1000));
+    assert!(spec.preemptible);
+    assert_eq!(
+        spec.tags.get("allot.admission/modified-by").map(String::as_str),
+        Some("default/cost-center")
+    );
+
+    // Team B's jobs never see team A's plugin.
+    let b_job = b.submit(JobSpec::new("true")).await.unwrap();
+    assert_eq!(wait_final(&b, &b_job.id).await.state(), JobState::Succeeded);
+    // Team B can neither see, replace, bind, unbind nor remove it.
+    let listed = b.plugins().list(None).await.unwrap();
+    assert!(
+        listed.plugins.is_empty() && listed.bindings.is_empty(),
+        "{listed:?}"
+    );
+    let err = b.plugins().get("cost-center", &Scope::Own).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let err = b
+        .plugins()
+        .get(&plugin.sha256[..12], &Scope::Own)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let err = b
+        .plugins()
+        .get("cost-center", &Scope::Tenant("default".into()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let err = b
+        .plugins()
+        .add(
+            "cost-center",
+            wasm("hostile_panics"),
+            &Scope::Tenant("default".into()),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let err = b
+        .plugins()
+        .bind("cost-center", None, &Scope::Own)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let err = b
+        .plugins()
+        .bind("cost-center", None, &Scope::Tenant("default".into()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let err = b
+        .plugins()
+        .unbind(proto::ExtensionPoint::Admission, &Scope::Tenant("default".into()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let err = b.plugins().remove("cost-center", &Scope::Own).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let err = b.plugins().bind("x", None, &Scope::Global).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    // Team B uploading under the same name gets its own plugin.
+    b.plugins()
+        .add("cost-center", wasm("hostile_panics"), &Scope::Own)
+        .await
+        .unwrap();
+    let still = a.plugins().get("cost-center", &Scope::Own).await.unwrap();
+    assert_eq!(still.plugin.unwrap().sha256, plugin.sha256);
+
+    // Removing a bound plugin is refused, and nothing changes.
+    let err = a.plugins().remove("cost-center", &Scope::Own).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("unbind it first"), "{}", err.message());
+    // The admin sees both, with the calls counted.
+    let admin = server.admin().await;
+    assert_eq!(admin.plugins().list(None).await.unwrap().plugins.len(), 2);
+    let shown = admin
+        .plugins()
+        .get("cost-center", &Scope::Tenant("default".into()))
+        .await
+        .unwrap();
+    let stats = shown.stats.unwrap();
+    assert_eq!((stats.calls, stats.failures), (3, 0));
+    // The CLI shows it too.
+    let (code, out, err) = run_allot(
+        &["plugin", "show", "cost-center"],
+        Some(&server.addr),
+        Some(&server.token),
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("admission for tenant default -> cost-center"),
+        "{out}"
+    );
+    assert!(
+        out.contains("calls:       3 since the server started, 0 failed"),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_plugin_fails_closed_for_its_tenant_while_others_are_scheduled() {
+    let dir = tempdir();
+    let (server, a, b) = two_tenants(dir.path()).await;
+    for hostile in [
+        "hostile_loop_forever",
+        "hostile_memory_bomb",
+        "hostile_panics",
+        "hostile_deep_recursion",
+    ] {
+        a.plugins()
+            .add("hostile", wasm(hostile), &Scope::Own)
+            .await
+            .unwrap();
+        a.plugins().bind("hostile", None, &Scope::Own).await.unwrap();
+        // Tenant A's submission runs into its plugin while B submits.
+        let a_submit = {
+            let a = a.clone();
+            tokio::spawn(async move { a.submit(JobSpec::new("true")).await })
+        };
+        let started = Instant::now();
+        let b_job = b.submit(JobSpec::new("true").gpus(1)).await.unwrap();
+        assert_eq!(wait_final(&b, &b_job.id).await.state(), JobState::Succeeded);
+        let b_took = started.elapsed();
+        let err = a_submit.await.unwrap().unwrap_err();
+        assert_eq!(
+            err.code(),
+            Code::FailedPrecondition,
+            "{hostile}: {}",
+            err.message()
+        );
+        assert!(
+            err.message()
+                .starts_with("admission plugin default/hostile failed ("),
+            "{hostile}: {}",
+            err.message()
+        );
+        assert!(b_took < Duration::from_secs(5), "{hostile}: B waited {b_took:?}");
+    }
+    // Each failure is recorded, with its kind, for the operator.
+    let shown = a.plugins().get("hostile", &Scope::Own).await.unwrap();
+    let stats = shown.stats.unwrap();
+    assert_eq!((stats.calls, stats.failures), (4, 4));
+    let kinds: Vec<&str> = stats.recent_errors.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["timeout", "memory", "trap", "trap"]);
+    assert!(stats.recent_errors[2].message.contains("hostile plugin panicked"));
+    assert!(stats.recent_errors[3].message.contains("stack overflow"));
+    // A's jobs were never queued.
+    assert!(a.list_all(Default::default()).await.unwrap().is_empty());
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_fails_open_when_configured_to() {
+    let dir = tempdir();
+    let config = dir.path().join("allot.toml");
+    std::fs::write(
+        &config,
+        "[plugins]\nadmission_on_error = \"accept\"\ncpu_budget = \"20ms\"\n",
+    )
+    .unwrap();
+    let server = DevServer::start_with(dir.path(), &["--config", config.to_str().unwrap()]).await;
+    let a = server.client().await;
+    a.plugins()
+        .add("spin", wasm("hostile_loop_forever"), &Scope::Own)
+        .await
+        .unwrap();
+    a.plugins().bind("spin", None, &Scope::Own).await.unwrap();
+    let job = a.submit(JobSpec::new("true")).await.unwrap();
+    assert_eq!(wait_final(&a, &job.id).await.state(), JobState::Succeeded);
+    let stats = a.plugins().get("spin", &Scope::Own).await.unwrap().stats.unwrap();
+    assert_eq!(stats.recent_errors[0].kind, "timeout");
+}
+
+async fn expect_err(
+    result: Result<impl std::fmt::Debug, allot_sdk::Error>,
+    code: Code,
+    field: Option<&str>,
+    says: &str,
+) {
+    let err = result.expect_err("must be refused");
+    assert_eq!(err.code(), code, "{}", err.message());
+    assert_eq!(err.field(), field, "{}", err.message());
+    assert!(
+        err.message().contains(says),
+        "expected {says:?} in: {}",
+        err.message()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_plugin_requests_are_refused_clearly_and_change_nothing() {
+    let dir = tempdir();
+    let server = DevServer::start(dir.path()).await;
+    let a = server.client().await;
+    let admin = server.admin().await;
+    let p = a.plugins();
+    let own = Scope::Own;
+    expect_err(
+        p.add("x", b"MZ not wasm".to_vec(), &own).await,
+        Code::InvalidArgument,
+        Some("wasm"),
+        "not a WebAssembly file",
+    )
+    .await;
+    expect_err(
+        p.add("x", Vec::new(), &own).await,
+        Code::InvalidArgument,
+        Some("wasm"),
+        "the file is empty",
+    )
+    .await;
+    expect_err(
+        p.add("x", b"\0asm\x01\0\0\0".to_vec(), &own).await,
+        Code::InvalidArgument,
+        Some("wasm"),
+        "core module, not a component",
+    )
+    .await;
+    expect_err(
+        p.add("x", wasm("hostile_wrong_world"), &own).await,
+        Code::InvalidArgument,
+        Some("wasm"),
+        "not a plugin of any allot world",
+    )
+    .await;
+    let mut too_large = b"\0asm\x0d\0\x01\0".to_vec();
+    too_large.resize((32 << 20) + 1, 0);
+    expect_err(
+        p.add("x", too_large, &own).await,
+        Code::InvalidArgument,
+        Some("wasm"),
+        "at most 33554432 bytes",
+    )
+    .await;
+    let good = wasm("require_cost_center");
+    expect_err(
+        p.add("", good.clone(), &own).await,
+        Code::InvalidArgument,
+        Some("name"),
+        "is required",
+    )
+    .await;
+    expect_err(
+        p.add("Bad Name", good.clone(), &own).await,
+        Code::InvalidArgument,
+        Some("name"),
+        "lowercase",
+    )
+    .await;
+    expect_err(
+        p.add("x", good.clone(), &Scope::Global).await,
+        Code::PermissionDenied,
+        None,
+        "only an admin",
+    )
+    .await;
+    expect_err(
+        admin.plugins().add("x", good.clone(), &own).await,
+        Code::InvalidArgument,
+        Some("tenant"),
+        "names the tenant",
+    )
+    .await;
+    expect_err(
+        admin
+            .plugins()
+            .add("x", good.clone(), &Scope::Tenant("nobody".into()))
+            .await,
+        Code::NotFound,
+        None,
+        "tenant nobody",
+    )
+    .await;
+    expect_err(p.get("nope", &own).await, Code::NotFound, None, "plugin nope").await;
+    expect_err(p.remove("nope", &own).await, Code::NotFound, None, "plugin nope").await;
+    expect_err(
+        p.bind("nope", None, &own).await,
+        Code::NotFound,
+        None,
+        "plugin nope",
+    )
+    .await;
+    expect_err(
+        p.bind("", None, &own).await,
+        Code::InvalidArgument,
+        Some("plugin"),
+        "is required",
+    )
+    .await;
+    expect_err(
+        p.unbind(proto::ExtensionPoint::Admission, &own).await,
+        Code::NotFound,
+        None,
+        "admission binding",
+    )
+    .await;
+    expect_err(
+        p.unbind(proto::ExtensionPoint::Unspecified, &own).await,
+        Code::InvalidArgument,
+        Some("point"),
+        "is required",
+    )
+    .await;
+    // A quota plugin cannot be bound at admission.
+    p.add("caps", wasm("project_caps"), &own).await.unwrap();
+    expect_err(
+        p.bind("caps", Some(proto::ExtensionPoint::Admission), &own).await,
+        Code::FailedPrecondition,
+        None,
+        "is a quota plugin",
+    )
+    .await;
+    // Nothing but the one good upload was stored or bound.
+    let listed = admin.plugins().list(None).await.unwrap();
+    assert_eq!(listed.plugins.len(), 1, "{listed:?}");
+    assert!(listed.bindings.is_empty());
+    // And jobs are admitted as before.
+    let job = a.submit(JobSpec::new("true")).await.unwrap();
+    assert_eq!(wait_final(&a, &job.id).await.state(), JobState::Succeeded);
+}
