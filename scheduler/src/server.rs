@@ -120,6 +120,7 @@ impl Controller {
         let policy =
             PolicyHost::new(ledger.clone(), &config.plugins).context("cannot start the plugin host")?;
         let (engine, engine_task) = engine::start(ledger, clock.clone(), config.engine.clone())?;
+        engine.use_policy(policy.clone()).await;
         let api =
             Api::new(engine.clone(), auth.clone(), clock.clone(), heartbeat).with_policy(policy.clone());
         let router = api::router(api).await?;

@@ -424,3 +424,60 @@ async fn bad_plugin_requests_are_refused_clearly_and_change_nothing() {
     let job = a.submit(JobSpec::new("true")).await.unwrap();
     assert_eq!(wait_final(&a, &job.id).await.state(), JobState::Succeeded);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quota_plugin_holds_a_project_at_its_cap_while_other_work_is_placed() {
+    let dir = tempdir();
+    let (_server, a, b) = two_tenants(dir.path()).await;
+    a.plugins()
+        .add("caps", wasm("project_caps"), &Scope::Own)
+        .await
+        .unwrap();
+    a.plugins().bind("caps", None, &Scope::Own).await.unwrap();
+
+    // The example caps a project at 4 GPUs: four 1-GPU jobs run, the fifth waits.
+    let sleeper = || JobSpec::new("sleep").args(["60"]).gpus(1).project("vision");
+    let mut running = Vec::new();
+    for _ in 0..4 {
+        let j = a.submit(sleeper()).await.unwrap();
+        running.push(wait_state(&a, &j.id, JobState::Running).await.id);
+    }
+    let fifth = a.submit(sleeper()).await.unwrap();
+    let held = wait_for(&a, &fifth.id, "held by the quota plugin", |j| {
+        j.reason.contains("held by quota plugin")
+    })
+    .await;
+    assert_eq!(held.state(), JobState::Pending);
+    assert!(
+        held.reason
+            .contains("project vision holds 4 of its 4 GPUs; the job needs 1 more"),
+        "{}",
+        held.reason
+    );
+    // Another project of the tenant, and another tenant, are placed meanwhile.
+    let other = a
+        .submit(JobSpec::new("true").gpus(1).project("audio"))
+        .await
+        .unwrap();
+    assert_eq!(wait_final(&a, &other.id).await.state(), JobState::Succeeded);
+    let theirs = b.submit(JobSpec::new("true").gpus(2)).await.unwrap();
+    assert_eq!(wait_final(&b, &theirs.id).await.state(), JobState::Succeeded);
+    // A job bigger than the cap is denied outright.
+    let big = a
+        .submit(JobSpec::new("true").gpus(5).project("vision"))
+        .await
+        .unwrap();
+    let denied = wait_final(&a, &big.id).await;
+    assert_eq!(denied.state(), JobState::Failed);
+    assert!(
+        denied.reason.contains("denied by quota plugin"),
+        "{}",
+        denied.reason
+    );
+    // When one of the four ends, the fifth gets its GPU.
+    a.cancel(&running[0], "make room").await.unwrap();
+    wait_state(&a, &fifth.id, JobState::Running).await;
+    for id in running.iter().skip(1).chain([&fifth.id]) {
+        a.cancel(id, "done").await.unwrap();
+    }
+}

@@ -216,6 +216,13 @@ pub(crate) enum Command {
         reason: Option<String>,
         reply: oneshot::Sender<EngineResult<NodeView>>,
     },
+    /// From now on, asks this plugin host about quota before placing.
+    UsePolicy(crate::policy::PolicyHost),
+    /// A quota plugin's answer about a pending job.
+    QuotaVerdict {
+        job: JobId,
+        outcome: crate::policy::types::QuotaOutcome,
+    },
     /// Sets a tenant's budget, or clears it (`budget: None`).
     SetBudget {
         tenant: TenantName,
@@ -281,6 +288,12 @@ impl EngineHandle {
 
     pub async fn list_nodes(&self) -> EngineResult<Vec<NodeView>> {
         self.ask(|reply| Command::ListNodes { reply }).await
+    }
+
+    /// Hands the engine the plugin host: quota plugins are asked before
+    /// placing the jobs of the tenants they apply to.
+    pub async fn use_policy(&self, policy: crate::policy::PolicyHost) {
+        let _ = self.tx.send(Command::UsePolicy(policy)).await;
     }
 
     /// Sets (`Some`) or clears (`None`) a tenant's monthly budget; durable
@@ -366,7 +379,8 @@ pub fn start(
     let (tx, rx) = mpsc::channel(4096);
     let (events, _) = broadcast::channel(4096);
     let rate_card = config.rate_card.clone();
-    let engine = Engine::load(ledger.clone(), clock, config, events.clone())?;
+    let mut engine = Engine::load(ledger.clone(), clock, config, events.clone())?;
+    engine.set_channel(tx.downgrade());
     let task = tokio::spawn(engine.run(rx));
     Ok((
         EngineHandle {

@@ -11,15 +11,17 @@ use super::{
     LaunchOrder, LogSlice, NodeView, Registration, RunningPart, StopReason,
 };
 use crate::accounting::budget::{Budget, Standing};
-use crate::accounting::usage::UsageQuery;
+use crate::accounting::usage::{Dimension, UsageQuery};
 use crate::clock::Clock;
 use crate::domain::{
-    EndReason, Job, JobId, JobSpec, JobState, Lease, LeaseId, LeaseState, Millis, NodeName, TenantName,
-    UnixMillis,
+    EndReason, GpuRequest, Job, JobId, JobSpec, JobState, Lease, LeaseId, LeaseState, MiB, Millis, NodeName,
+    ProjectName, Share, TenantName, UnixMillis,
 };
 use crate::ledger::Ledger;
 use crate::placement::preempt::{self, Candidate};
 use crate::placement::{Cluster, MICRO, NodeStatus, Placer, Profile, Rejection, Request, WorkloadMix};
+use crate::policy::PolicyHost;
+use crate::policy::types::{ExtensionPoint, QuotaDecision, QuotaInput, Usage as PolicyUsage};
 use crate::queue::Queue;
 
 /// Commands handled per turn before the ledger is flushed.
@@ -57,6 +59,29 @@ const PASS_EVERY: Millis = Millis::from_secs(5);
 const PREEMPTION_SEARCHES_PER_PASS: usize = 4;
 /// How long a tenant's budget standing is trusted before it is read again.
 const BUDGET_RECHECK: Millis = Millis::from_secs(2);
+/// How long a quota plugin's answer stands (while the tenant's holdings do
+/// not change) before the plugin is asked again.
+const QUOTA_FRESH: Millis = Millis::from_secs(5);
+
+/// Where a pending job stands with its tenant's quota plugin.
+enum QuotaState {
+    /// Asked; the answer has not come back. `generation` is the tenant's
+    /// holdings generation when asked: an answer about older holdings is
+    /// dropped.
+    Asking { generation: u64 },
+    Decided {
+        decision: QuotaDecision,
+        by: String,
+        at: UnixMillis,
+    },
+}
+
+/// What the quota gate says about placing a job now.
+enum Gate {
+    Go,
+    Wait(String),
+    Deny(String),
+}
 
 /// Work that must wait until the batch is durable.
 enum Effect {
@@ -106,6 +131,15 @@ pub struct Engine {
     /// Whether a tenant with a budget has exhausted it, and when that was
     /// last worked out.
     budget_holds: HashMap<TenantName, (UnixMillis, Option<String>)>,
+    /// The plugin host, once the server hands it over.
+    policy: Option<PolicyHost>,
+    /// The engine's own command channel, for plugin answers (weak: the
+    /// engine still stops when every handle is gone).
+    me: Option<mpsc::WeakSender<Command>>,
+    /// Pending jobs' standing with their tenant's quota plugin.
+    quota: HashMap<JobId, QuotaState>,
+    /// Bumped whenever a tenant's holdings change (a job placed or ended).
+    holdings_generation: HashMap<TenantName, u64>,
     /// A ledger write failed this turn: memory is ahead of disk, so the engine
     /// stops before acknowledging anything.
     failed: Option<crate::ledger::LedgerError>,
@@ -149,6 +183,10 @@ impl Engine {
             last_seen: HashMap::new(),
             budgets: HashMap::new(),
             budget_holds: HashMap::new(),
+            policy: None,
+            me: None,
+            quota: HashMap::new(),
+            holdings_generation: HashMap::new(),
             next_request: 1,
             effects: Vec::new(),
             dirty: false,
@@ -223,6 +261,11 @@ impl Engine {
         }
         info!(pending, placed, "engine state loaded from the ledger");
         Ok(engine)
+    }
+
+    /// Gives the engine a way to send itself plugin answers.
+    pub(crate) fn set_channel(&mut self, me: mpsc::WeakSender<Command>) {
+        self.me = Some(me);
     }
 
     /// The engine loop. Ends when every handle is gone, or on a ledger error.
@@ -326,6 +369,41 @@ impl Engine {
                     .map(|n| self.node_view(n.name()))
                     .collect();
                 self.effects.push(reply(tx, views));
+            }
+            Command::UsePolicy(policy) => {
+                self.policy = Some(policy);
+                self.needs_pass = true;
+            }
+            Command::QuotaVerdict { job, outcome } => {
+                let tenant = self.jobs.get(&job).map(|j| j.spec.tenant.clone());
+                let current = tenant
+                    .as_ref()
+                    .and_then(|t| self.holdings_generation.get(t))
+                    .copied()
+                    .unwrap_or(0);
+                match self.quota.get(&job) {
+                    Some(QuotaState::Asking { generation }) if *generation == current => {
+                        let by = outcome
+                            .decided_by
+                            .plugin()
+                            .map(|p| p.to_string())
+                            .unwrap_or_else(|| "(none)".into());
+                        self.quota.insert(
+                            job,
+                            QuotaState::Decided {
+                                decision: outcome.decision,
+                                by,
+                                at: self.clock.now(),
+                            },
+                        );
+                    }
+                    // About holdings that have changed since: ask again.
+                    Some(QuotaState::Asking { .. }) => {
+                        self.quota.remove(&job);
+                    }
+                    _ => {}
+                }
+                self.needs_pass = true;
             }
             Command::SetBudget {
                 tenant,
@@ -505,6 +583,7 @@ impl Engine {
         let state = job.state;
         self.close_leases(id, state, now);
         self.release_all(id);
+        self.quota.remove(&id);
         self.queue.remove(&id);
         self.orphaned.retain(|(j, _), _| *j != id);
         self.last_seen.retain(|(j, _), _| *j != id);
@@ -675,6 +754,28 @@ impl Engine {
                 }
                 continue;
             }
+            match self.quota_gate(id) {
+                Gate::Go => {}
+                Gate::Wait(reason) => {
+                    let job = self.jobs.get_mut(&id).expect("present");
+                    if job.reason != reason {
+                        job.reason = reason;
+                        self.persist(id, &[]);
+                    }
+                    continue;
+                }
+                Gate::Deny(reason) => {
+                    self.queue.remove(&id);
+                    let now = self.clock.now();
+                    let job = self.jobs.get_mut(&id).expect("present");
+                    job.state = JobState::Failed;
+                    job.reason = reason;
+                    job.ended_at = Some(now);
+                    info!(job = %id, "job denied by its quota plugin");
+                    self.finish(id);
+                    continue;
+                }
+            }
             let Some(job) = self.jobs.get(&id) else { continue };
             let request = Request::of(&job.spec);
             let priority = job.spec.priority;
@@ -724,6 +825,130 @@ impl Engine {
                     }
                 }
             }
+        }
+    }
+
+    /// Asks the tenant's quota plugin, off the engine, whether a pending job
+    /// may be placed now; places it only on a fresh "allow". Other tenants'
+    /// jobs are placed meanwhile, whatever the plugin does.
+    fn quota_gate(&mut self, id: JobId) -> Gate {
+        let Some(policy) = self.policy.clone() else {
+            return Gate::Go;
+        };
+        let tenant = self.jobs[&id].spec.tenant.clone();
+        if !policy.bound(&tenant, ExtensionPoint::Quota) {
+            self.quota.remove(&id);
+            return Gate::Go;
+        }
+        let now = self.clock.now();
+        const WAITING: &str = "waiting for the quota plugin's answer";
+        match self.quota.get(&id) {
+            Some(QuotaState::Asking { .. }) => return Gate::Wait(WAITING.into()),
+            Some(QuotaState::Decided { decision, by, at }) if now.since(*at) < QUOTA_FRESH => {
+                return match decision {
+                    QuotaDecision::Hold(r) => Gate::Wait(format!("held by quota plugin {by}: {r}")),
+                    QuotaDecision::Deny(r) => Gate::Deny(format!("denied by quota plugin {by}: {r}")),
+                    _ => Gate::Go,
+                };
+            }
+            _ => {}
+        }
+        let Some(me) = self.me.as_ref().and_then(|w| w.upgrade()) else {
+            return Gate::Wait(WAITING.into());
+        };
+        let input = self.quota_input(id, now);
+        let generation = self.holdings_generation.get(&tenant).copied().unwrap_or(0);
+        self.quota.insert(id, QuotaState::Asking { generation });
+        tokio::spawn(async move {
+            let outcome = policy.quota(&input).await;
+            let _ = me.send(Command::QuotaVerdict { job: id, outcome }).await;
+        });
+        Gate::Wait(WAITING.into())
+    }
+
+    /// A tenant's holdings changed: quota answers about the old ones no
+    /// longer stand.
+    fn holdings_changed(&mut self, tenant: &TenantName) {
+        *self.holdings_generation.entry(tenant.clone()).or_default() += 1;
+        let jobs = &self.jobs;
+        self.quota.retain(|j, s| {
+            matches!(s, QuotaState::Asking { .. }) || jobs.get(j).is_none_or(|j| &j.spec.tenant != tenant)
+        });
+    }
+
+    /// What a quota plugin is told: the job, and what its tenant and each of
+    /// its projects hold now and used this month.
+    fn quota_input(&self, id: JobId, now: UnixMillis) -> QuotaInput {
+        let job = &self.jobs[&id];
+        let tenant = &job.spec.tenant;
+        let currency = self.config.rate_card.currency;
+        let mut total = PolicyUsage::zero(currency);
+        let mut projects: BTreeMap<ProjectName, PolicyUsage> = BTreeMap::new();
+        projects.insert(job.spec.project.clone(), PolicyUsage::zero(currency));
+        let add_held = |u: &mut PolicyUsage, l: &Lease| {
+            u.gpus_held = u.gpus_held.checked_add(l.device.share).unwrap_or(u.gpus_held);
+            u.gpu_memory_held = MiB(u.gpu_memory_held.0 + l.device.gpu_memory.0);
+        };
+        for j in self.jobs.values().filter(|j| &j.spec.tenant == tenant) {
+            let p = projects
+                .entry(j.spec.project.clone())
+                .or_insert_with(|| PolicyUsage::zero(currency));
+            match j.state {
+                JobState::Pending => {
+                    total.pending_jobs += 1;
+                    p.pending_jobs += 1;
+                }
+                JobState::Starting | JobState::Running => {
+                    total.running_jobs += 1;
+                    p.running_jobs += 1;
+                    for l in self.leases.get(&j.id).into_iter().flatten() {
+                        if l.state != LeaseState::Closed {
+                            add_held(&mut total, l);
+                            add_held(p, l);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        let month = UsageQuery {
+            from: now.month_start(),
+            to: now.max(UnixMillis(now.month_start().0 + 1)),
+            group_by: vec![Dimension::Project],
+            tenant: Some(tenant.clone()),
+        };
+        match self.ledger.usage(&month, now) {
+            Ok(rows) => {
+                for r in rows {
+                    let Some(project) = r.keys.first().and_then(|k| k.parse::<ProjectName>().ok()) else {
+                        continue;
+                    };
+                    let p = projects
+                        .entry(project)
+                        .or_insert_with(|| PolicyUsage::zero(currency));
+                    for u in [p, &mut total] {
+                        u.gpu_ms_in_period += r.gpu_time.gpu_ms_floor() as u64;
+                        if r.currency == currency {
+                            u.spend_in_period.minor += r.cost_minor;
+                        }
+                    }
+                }
+            }
+            Err(e) => warn!(%tenant, error = %e, "cannot read the tenant's usage for its quota plugin"),
+        }
+        let job_gpus = match &job.spec.resources.gpu {
+            GpuRequest::None => Share::ZERO,
+            GpuRequest::Whole(n) => Share::new(n.get() as u64, 1).unwrap_or(Share::ZERO),
+            GpuRequest::Fraction { share, .. } => *share,
+            GpuRequest::Mig(p) => p.share(),
+        };
+        QuotaInput {
+            job: job.spec.clone(),
+            job_gpus,
+            now,
+            period_start: now.month_start(),
+            tenant_usage: total,
+            projects,
         }
     }
 
@@ -919,6 +1144,10 @@ impl Engine {
     /// Makes a placement real: allocates every part, writes the leases and
     /// the job (durable at this turn's flush), then orders each node to launch.
     fn commit_placement(&mut self, id: JobId, parts: Vec<crate::domain::Placement>) {
+        self.quota.remove(&id);
+        if let Some(tenant) = self.jobs.get(&id).map(|j| j.spec.tenant.clone()) {
+            self.holdings_changed(&tenant);
+        }
         for (k, p) in parts.iter().enumerate() {
             if let Err(e) = self.cluster.allocate(id, p) {
                 // The plan was made against this very cluster; refusing it means a bug.
@@ -1003,6 +1232,9 @@ impl Engine {
             .unwrap_or_default();
         for n in nodes {
             self.cluster.release(id, n.as_str());
+        }
+        if let Some(tenant) = self.jobs.get(&id).map(|j| j.spec.tenant.clone()) {
+            self.holdings_changed(&tenant);
         }
     }
 

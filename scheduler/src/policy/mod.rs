@@ -153,6 +153,12 @@ impl PolicyHost {
         self.inner.sandbox.config()
     }
 
+    /// Whether a plugin applies at `point` to `tenant`'s jobs (its own
+    /// binding, or a global one).
+    pub fn bound(&self, tenant: &TenantName, point: ExtensionPoint) -> bool {
+        self.registry().resolve(tenant, point).is_some()
+    }
+
     fn registry(&self) -> std::sync::RwLockReadGuard<'_, Registry> {
         self.inner.registry.read().unwrap_or_else(|e| e.into_inner())
     }
