@@ -113,6 +113,7 @@ fn lease(j: &Job, rng: &mut Rng, at: u64) -> Lease {
         tags,
         agent_runtime: None,
         idle: None,
+        plugin_prices: None,
     }
 }
 

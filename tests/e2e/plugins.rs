@@ -481,3 +481,65 @@ async fn a_quota_plugin_holds_a_project_at_its_cap_while_other_work_is_placed() 
         a.cancel(id, "done").await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pricing_plugin_prices_its_tenants_leases_and_usage_shows_it() {
+    let dir = tempdir();
+    // A list price of 10 USD per GPU-second: the plugin's own rates (cents
+    // per GPU-hour) are far below it, so who priced a lease shows.
+    let config = dir.path().join("allot.toml");
+    std::fs::write(
+        &config,
+        "[pricing]\ncurrency = \"USD\"\ngpu_hour = \"36000.00\"\n",
+    )
+    .unwrap();
+    let server = DevServer::start_with(dir.path(), &["--config", config.to_str().unwrap()]).await;
+    let a = server.client().await;
+    let admin = server.admin().await;
+    admin.admin().create_tenant("team-b").await.unwrap();
+    let b_token = admin
+        .admin()
+        .issue_token(proto::Role::Tenant, Some("team-b"), "tests")
+        .await
+        .unwrap();
+    let b = Client::connect(server.addr.clone(), &b_token.token)
+        .await
+        .unwrap();
+    a.plugins()
+        .add("tod", wasm("time_of_day"), &Scope::Own)
+        .await
+        .unwrap();
+    a.plugins().bind("tod", None, &Scope::Own).await.unwrap();
+
+    let mine = a
+        .submit(JobSpec::new("sleep").args(["0.5"]).gpus(1))
+        .await
+        .unwrap();
+    let theirs = b
+        .submit(JobSpec::new("sleep").args(["0.5"]).gpus(1))
+        .await
+        .unwrap();
+    wait_final(&a, &mine.id).await;
+    wait_final(&b, &theirs.id).await;
+    let priced = wait_for(&a, &mine.id, "priced by the plugin", |j| {
+        j.leases.iter().all(|l| l.priced_by == "default/tod")
+    })
+    .await;
+    let lease = &priced.leases[0];
+    let held_ms = lease.ended_at_unix_ms - lease.reserved_at_unix_ms;
+    // The rate card would charge 1000 cents per second; the plugin's rates
+    // make half a GPU-second cost well under a cent.
+    assert!(held_ms >= 500);
+    assert!(lease.cost_minor <= 1, "{lease:?}");
+    // The other tenant keeps the rate card.
+    let list = b.get(&theirs.id).await.unwrap().leases[0].clone();
+    assert_eq!(list.priced_by, "");
+    assert!(list.cost_minor >= 500, "{list:?}");
+    // Usage and the roll-ups carry the plugin's price.
+    let from = lease.reserved_at_unix_ms - 1;
+    let to = lease.ended_at_unix_ms + 1;
+    let usage = a.usage(from, to, &["tenant"], None).await.unwrap();
+    assert_eq!(usage.totals[0].cost_minor, lease.cost_minor);
+    let report = admin.check_ledger().await.unwrap();
+    assert!(report.clean, "{:?}", report.problems);
+}

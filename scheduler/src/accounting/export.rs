@@ -18,7 +18,6 @@
 use std::fmt::Write as _;
 use std::str::FromStr;
 
-use super::pricing::cost;
 use super::{GpuTime, HourPart};
 use crate::domain::money::Money;
 use crate::domain::{Lease, UnixMillis};
@@ -184,10 +183,7 @@ impl Row<'_> {
     }
 
     fn cost_minor(&self) -> i128 {
-        self.lease
-            .rate
-            .map(|r| cost(self.part.gpu_time, r.per_gpu_hour))
-            .unwrap_or(0)
+        super::part_cost(self.lease, &self.part)
     }
 
     fn rate(&self) -> String {
@@ -436,7 +432,9 @@ impl Writer {
 pub fn rows(leases: &[Lease], from: UnixMillis, to: UnixMillis) -> Vec<Row<'_>> {
     let mut rows: Vec<Row<'_>> = leases
         .iter()
+        // Final leases only: closed, and priced if a plugin prices them.
         .filter(|l| l.state == crate::domain::LeaseState::Closed)
+        .filter(|l| l.plugin_prices.as_ref().is_none_or(|p| !p.pending))
         .flat_map(|l| {
             let end = l.ended_at.unwrap_or(l.reserved_at);
             super::hour_parts(l, end, from, to)

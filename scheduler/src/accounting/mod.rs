@@ -118,6 +118,35 @@ pub fn held(lease: &Lease, now: UnixMillis) -> (UnixMillis, UnixMillis) {
     (lease.reserved_at, end)
 }
 
+/// What a part of a lease costs, in minor units: the pricing plugin's price
+/// for the part's hour when it set one (pro rata for a part cut by a
+/// window, rounded half to even), else the lease's rate × the part's
+/// GPU-time, rounded half to even. A lease without a rate costs nothing.
+pub fn part_cost(lease: &Lease, part: &HourPart) -> i128 {
+    if let Some(p) = &lease.plugin_prices
+        && !p.pending
+        && let Some(&price) = p.by_hour.get(&part.hour.0)
+    {
+        let (start, end) = held(lease, part.end);
+        let full = end.0.min(part.hour.0 + HOUR_MS) - start.0.max(part.hour.0);
+        let len = (part.end.0 - part.start.0) as i128;
+        if full == 0 || len == full as i128 {
+            return price;
+        }
+        let (n, d) = (price * len, full as i128);
+        let (q, r) = (n.div_euclid(d), n.rem_euclid(d));
+        return match (2 * r).cmp(&d) {
+            std::cmp::Ordering::Less => q,
+            std::cmp::Ordering::Greater => q + 1,
+            std::cmp::Ordering::Equal => q + q.rem_euclid(2),
+        };
+    }
+    lease
+        .rate
+        .map(|r| pricing::cost(part.gpu_time, r.per_gpu_hour))
+        .unwrap_or(0)
+}
+
 /// The lease cut at UTC hour boundaries, clipped to `[from, to)`.
 pub fn hour_parts(lease: &Lease, now: UnixMillis, from: UnixMillis, to: UnixMillis) -> Vec<HourPart> {
     let (start, end) = held(lease, now);

@@ -46,6 +46,7 @@ fn lease(share: Share, start: u64, end: Option<u64>, gpu: &str) -> Lease {
         tags: BTreeMap::from([("team".to_string(), "nlp".to_string())]),
         agent_runtime: None,
         idle: None,
+        plugin_prices: None,
     }
 }
 

@@ -8,7 +8,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use super::pricing::{Currency, cost};
+use super::pricing::Currency;
 use super::{GpuTime, HOUR_MS, hour_parts};
 use crate::domain::{Lease, TenantName, UnixMillis};
 
@@ -199,10 +199,7 @@ impl Tally {
             observed,
             idle,
             gpu_time: part.gpu_time,
-            cost: lease
-                .rate
-                .map(|r| cost(part.gpu_time, r.per_gpu_hour))
-                .unwrap_or(0),
+            cost: super::part_cost(lease, part),
             parts: 1,
             starts: u64::from(held_start >= part.hour && held_start.0 < part.hour.0 + HOUR_MS),
         }

@@ -393,15 +393,7 @@ pub fn lease_pb(l: &Lease, now: UnixMillis) -> pb::Lease {
     };
     let parts = accounting::hour_parts(l, now, UnixMillis(0), UnixMillis(u64::MAX));
     let gpu_time = parts.iter().fold(GpuTime::ZERO, |a, p| a + p.gpu_time);
-    let cost_minor: i128 = l
-        .rate
-        .map(|r| {
-            parts
-                .iter()
-                .map(|p| accounting::pricing::cost(p.gpu_time, r.per_gpu_hour))
-                .sum()
-        })
-        .unwrap_or(0);
+    let cost_minor: i128 = parts.iter().map(|p| accounting::part_cost(l, p)).sum();
     pb::Lease {
         id: l.id.to_string(),
         job_id: l.job_id.to_string(),
@@ -426,6 +418,11 @@ pub fn lease_pb(l: &Lease, now: UnixMillis) -> pb::Lease {
         tags: l.tags.clone().into_iter().collect(),
         agent_runtime_ms: l.agent_runtime.map(|r| r.0 as i64),
         idle_ms: l.idle_ms().map(|ms| ms as i64),
+        priced_by: match &l.plugin_prices {
+            None => String::new(),
+            Some(p) if p.pending => "pending".into(),
+            Some(p) => p.plugin.clone(),
+        },
     }
 }
 

@@ -99,6 +99,22 @@ pub struct Lease {
     /// at its end. `None`: no readings for this device (idle unknown).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle: Option<BTreeMap<u64, u64>>,
+    /// Prices a tenant's pricing plugin set for the lease's hour parts,
+    /// replacing the rate card's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin_prices: Option<PluginPrices>,
+}
+
+/// What a pricing plugin charged for a closed lease: minor units per UTC
+/// hour part (ms since the epoch of the hour's start → price).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginPrices {
+    /// The plugin, `owner/name`.
+    pub plugin: String,
+    /// Still being asked: until the answers are in, the parts cost the rate
+    /// card's price, and the lease stays out of the roll-ups and exports.
+    pub pending: bool,
+    pub by_hour: BTreeMap<u64, i128>,
 }
 
 impl Lease {

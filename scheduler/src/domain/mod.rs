@@ -11,6 +11,6 @@ pub use ids::{JobId, LeaseId, NodeName, PluginName, ProjectName, TenantName};
 pub use job::{
     Constraints, DeviceGrant, ExitOutcome, GpuRequest, Job, JobSpec, JobState, PartExit, Placement, Resources,
 };
-pub use lease::{EndReason, Lease, LeaseState};
+pub use lease::{EndReason, Lease, LeaseState, PluginPrices};
 pub use mig::{MigFamily, MigProfile};
 pub use units::{MiB, MilliCpu, Millis, Share, UnixMillis};

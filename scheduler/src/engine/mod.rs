@@ -218,6 +218,11 @@ pub(crate) enum Command {
     },
     /// From now on, asks this plugin host about quota before placing.
     UsePolicy(crate::policy::PolicyHost),
+    /// A pricing plugin's prices for a closed lease.
+    Priced {
+        lease: crate::domain::LeaseId,
+        prices: crate::domain::PluginPrices,
+    },
     /// A quota plugin's answer about a pending job.
     QuotaVerdict {
         job: JobId,

@@ -15,13 +15,13 @@ use crate::accounting::usage::{Dimension, UsageQuery};
 use crate::clock::Clock;
 use crate::domain::{
     EndReason, GpuRequest, Job, JobId, JobSpec, JobState, Lease, LeaseId, LeaseState, MiB, Millis, NodeName,
-    ProjectName, Share, TenantName, UnixMillis,
+    PluginPrices, ProjectName, Share, TenantName, UnixMillis,
 };
 use crate::ledger::Ledger;
 use crate::placement::preempt::{self, Candidate};
 use crate::placement::{Cluster, MICRO, NodeStatus, Placer, Profile, Rejection, Request, WorkloadMix};
 use crate::policy::PolicyHost;
-use crate::policy::types::{ExtensionPoint, QuotaDecision, QuotaInput, Usage as PolicyUsage};
+use crate::policy::types::{ExtensionPoint, PriceInput, QuotaDecision, QuotaInput, Usage as PolicyUsage};
 use crate::queue::Queue;
 
 /// Commands handled per turn before the ledger is flushed.
@@ -371,9 +371,32 @@ impl Engine {
                 self.effects.push(reply(tx, views));
             }
             Command::UsePolicy(policy) => {
-                self.policy = Some(policy);
+                self.policy = Some(policy.clone());
                 self.needs_pass = true;
+                // Prices a restart cut short are asked again (plugins are
+                // deterministic: the same answer).
+                match self.ledger.unrolled_leases() {
+                    Ok(leases) => {
+                        for lease in leases
+                            .into_iter()
+                            .filter(|l| l.plugin_prices.as_ref().is_some_and(|p| p.pending))
+                        {
+                            let preemptible = self
+                                .ledger
+                                .get_job(&lease.job_id)
+                                .ok()
+                                .flatten()
+                                .is_some_and(|j| j.spec.preemptible);
+                            self.spawn_pricing(policy.clone(), lease, preemptible);
+                        }
+                    }
+                    Err(e) => error!(error = %e, "cannot read leases waiting for prices"),
+                }
             }
+            Command::Priced { lease, prices } => match self.ledger.set_plugin_prices(&lease, prices) {
+                Ok(()) => self.dirty = true,
+                Err(e) => error!(%lease, error = %e, "cannot record a lease's plugin prices"),
+            },
             Command::QuotaVerdict { job, outcome } => {
                 let tenant = self.jobs.get(&job).map(|j| j.spec.tenant.clone());
                 let current = tenant
@@ -685,6 +708,50 @@ impl Engine {
             lease.end_reason = Some(reason);
             lease.agent_runtime = runtimes.get(&lease.node).copied();
         }
+        self.ask_prices(id);
+    }
+
+    /// Leases of the job that closed just now, of a tenant with a pricing
+    /// plugin, are priced by it: marked pending (the close writes the mark,
+    /// so the roll-ups and exports wait for the price), then asked off the
+    /// engine loop; the answers come back as `Command::Priced`.
+    fn ask_prices(&mut self, id: JobId) {
+        let Some(policy) = self.policy.clone() else { return };
+        let Some(job) = self.jobs.get(&id) else { return };
+        if !policy.bound(&job.spec.tenant, ExtensionPoint::Pricing) {
+            return;
+        }
+        let preemptible = job.spec.preemptible;
+        let mut asks = Vec::new();
+        for lease in self.leases.get_mut(&id).into_iter().flatten() {
+            if lease.state == LeaseState::Closed && lease.plugin_prices.is_none() {
+                lease.plugin_prices = Some(PluginPrices {
+                    plugin: String::new(),
+                    pending: true,
+                    by_hour: BTreeMap::new(),
+                });
+                asks.push(lease.clone());
+            }
+        }
+        for lease in asks {
+            self.spawn_pricing(policy.clone(), lease, preemptible);
+        }
+    }
+
+    /// Asks the pricing plugin the price of each hour part of a closed lease.
+    fn spawn_pricing(&self, policy: PolicyHost, lease: Lease, preemptible: bool) {
+        let Some(me) = self.me.as_ref().and_then(|w| w.upgrade()) else {
+            return;
+        };
+        tokio::spawn(async move {
+            let prices = price_lease(&policy, &lease, preemptible).await;
+            let _ = me
+                .send(Command::Priced {
+                    lease: lease.id,
+                    prices,
+                })
+                .await;
+        });
     }
 
     /// Puts a placed job that never started back in the queue.
@@ -700,6 +767,7 @@ impl Engine {
                 lease.end_reason = Some(EndReason::ReleasedUnstarted);
             }
         }
+        self.ask_prices(id);
         self.release_all(id);
         let touched = self.all_lease_ids(&id);
         let job = self.jobs.get_mut(&id).expect("checked above");
@@ -1180,6 +1248,7 @@ impl Engine {
                 end_reason: None,
                 agent_runtime: None,
                 idle: None,
+                plugin_prices: None,
             })
             .collect();
         let nodes: Vec<String> = parts.iter().map(|p| p.node.to_string()).collect();
@@ -1780,6 +1849,41 @@ impl Engine {
             let at = self.lost_time(id, &node, now);
             self.part_ended(id, node, ExitOutcome::Lost(message), at, None);
         }
+    }
+}
+
+/// A closed lease priced hour part by hour part by the tenant's pricing
+/// plugin (the list price where it fails or no plugin applies any more).
+async fn price_lease(policy: &PolicyHost, lease: &Lease, preemptible: bool) -> PluginPrices {
+    let end = lease.ended_at.unwrap_or(lease.reserved_at);
+    let rate = lease.rate.unwrap_or_default();
+    let mut by_hour = BTreeMap::new();
+    let mut plugin = String::new();
+    for part in crate::accounting::hour_parts(lease, end, UnixMillis(0), UnixMillis(u64::MAX)) {
+        let list = crate::accounting::pricing::cost(part.gpu_time, rate.per_gpu_hour);
+        let input = PriceInput {
+            tenant: lease.tenant.clone(),
+            project: lease.project.clone(),
+            gpu_model: lease.device.gpu_model.clone(),
+            mig_profile: lease.device.mig_profile.clone(),
+            share: lease.device.share,
+            start: part.start,
+            duration: Millis(part.end.0 - part.start.0),
+            preemptible,
+            tags: lease.tags.clone(),
+            currency: rate.currency,
+            list_price_minor: u64::try_from(list).unwrap_or(u64::MAX),
+        };
+        let outcome = policy.price(&input).await;
+        if let Some(p) = outcome.decided_by.plugin() {
+            plugin = p.to_string();
+        }
+        by_hour.insert(part.hour.0, i128::from(outcome.decision));
+    }
+    PluginPrices {
+        plugin,
+        pending: false,
+        by_hour,
     }
 }
 

@@ -16,7 +16,9 @@ use crate::accounting::budget::Budget;
 use crate::accounting::check::{CheckReport, Derived, check, check_derived};
 use crate::accounting::rollup::{Closing, Rollup, decode_key, decode_tally, encode_tally};
 use crate::accounting::usage::{Rows, Tally, UsageQuery, UsageRow};
-use crate::domain::{Job, JobId, JobState, Lease, LeaseId, LeaseState, NodeName, TenantName, UnixMillis};
+use crate::domain::{
+    Job, JobId, JobState, Lease, LeaseId, LeaseState, NodeName, PluginPrices, TenantName, UnixMillis,
+};
 use crate::policy::types::{BindingRecord, ExtensionPoint, Owner, PluginRecord, PluginRef};
 
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +34,8 @@ pub enum LedgerError {
     CorruptKey { tree: &'static str },
     #[error("the ledger kept changing while usage was read; try again")]
     Busy,
+    #[error("refused: {0}")]
+    Refused(&'static str),
     #[error("data dir {path} was written by schema version {found}; this allot reads version {expected}")]
     Schema {
         path: String,
@@ -504,7 +508,12 @@ impl Ledger {
     /// the turn's flush. Returns how many leases it rolled up.
     pub fn roll_up(&self) -> Result<usize> {
         let _one = self.rolling.lock().unwrap_or_else(|e| e.into_inner());
-        let marked = self.unrolled_leases()?;
+        // Leases waiting for a pricing plugin's prices wait here too.
+        let marked: Vec<Lease> = self
+            .unrolled_leases()?
+            .into_iter()
+            .filter(|l| l.plugin_prices.as_ref().is_none_or(|p| !p.pending))
+            .collect();
         if marked.is_empty() {
             return Ok(0);
         }
@@ -539,8 +548,36 @@ impl Ledger {
         }
     }
 
+    /// Records a pricing plugin's prices for a closed lease still waiting
+    /// for them (and so not rolled up yet: `roll_up` skips it until then).
+    pub fn set_plugin_prices(&self, id: &LeaseId, prices: PluginPrices) -> Result<()> {
+        let result: Result<(), TransactionError<&'static str>> =
+            (&self.leases, &self.unrolled).transaction(|(leases, unrolled)| {
+                let Some(bytes) = leases.get(id.as_bytes())? else {
+                    return Err(ConflictableTransactionError::Abort("no such lease"));
+                };
+                let mut lease: Lease = serde_json::from_slice(&bytes)
+                    .map_err(|_| ConflictableTransactionError::Abort("corrupt lease"))?;
+                if unrolled.get(id.as_bytes())?.is_none()
+                    || !lease.plugin_prices.as_ref().is_some_and(|p| p.pending)
+                {
+                    return Err(ConflictableTransactionError::Abort(
+                        "the lease is not waiting for prices",
+                    ));
+                }
+                lease.plugin_prices = Some(prices.clone());
+                leases.insert(id.as_bytes(), encode(&lease))?;
+                Ok(())
+            });
+        match result {
+            Ok(()) => Ok(()),
+            Err(TransactionError::Storage(e)) => Err(e.into()),
+            Err(TransactionError::Abort(why)) => Err(LedgerError::Refused(why)),
+        }
+    }
+
     /// Closed leases not rolled up yet.
-    fn unrolled_leases(&self) -> Result<Vec<Lease>> {
+    pub fn unrolled_leases(&self) -> Result<Vec<Lease>> {
         let mut out = Vec::new();
         for k in self.unrolled.iter().keys() {
             if let Some(id) = LeaseId::from_slice(&k?)

@@ -38,6 +38,7 @@ fn lease(j: &Job) -> Lease {
         tags: BTreeMap::new(),
         agent_runtime: None,
         idle: None,
+        plugin_prices: None,
     }
 }
 
