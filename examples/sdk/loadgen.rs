@@ -12,7 +12,11 @@
 //! `--admission-plugin FILE.wasm` first uploads that component and binds it
 //! as the tenant's admission plugin, so every submission goes through it
 //! (jobs carry the tag `cost-center=loadgen`, which the
-//! `require-cost-center` example asks for).
+//! `require-cost-center` example asks for); `--quota-plugin` and
+//! `--pricing-plugin` do the same for the other two points, so every
+//! placement and every lease goes through them too. `--project NAME` puts
+//! the jobs in that project (`ml-research` may hold 16 GPUs under the
+//! `project-caps` example, more than the dev fleet has).
 
 use std::time::{Duration, Instant};
 
@@ -44,28 +48,32 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let token = std::env::var("ALLOT_TOKEN").map_err(|_| "set ALLOT_TOKEN (allot server --dev prints it)")?;
     let client = Client::connect(addr, token).await?;
     let args: Vec<String> = std::env::args().collect();
-    if let Some(path) = args
-        .iter()
-        .position(|a| a == "--admission-plugin")
-        .and_then(|i| args.get(i + 1))
-    {
-        let wasm = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
-        client
-            .plugins()
-            .add("loadgen-admission", wasm, &Scope::Own)
-            .await?;
-        client
-            .plugins()
-            .bind("loadgen-admission", None, &Scope::Own)
-            .await?;
-        println!("admission plugin: {path}, bound as loadgen-admission");
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    for (flag, name) in [
+        ("--admission-plugin", "loadgen-admission"),
+        ("--quota-plugin", "loadgen-quota"),
+        ("--pricing-plugin", "loadgen-pricing"),
+    ] {
+        if let Some(path) = value(flag) {
+            let wasm = std::fs::read(&path).map_err(|e| format!("cannot read {path}: {e}"))?;
+            client.plugins().add(name, wasm, &Scope::Own).await?;
+            client.plugins().bind(name, None, &Scope::Own).await?;
+            println!("{flag}: {path}, bound as {name}");
+        }
     }
+    let project = value("--project").unwrap_or_else(|| "default".into());
 
     let started = Instant::now();
     let results: Vec<Result<(Duration, Duration, Duration), allot_sdk::Error>> =
         futures::stream::iter(0..jobs)
             .map(|i| {
                 let client = client.clone();
+                let project = project.clone();
                 async move {
                     let t0 = Instant::now();
                     let job = client
@@ -73,6 +81,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                             JobSpec::new("true")
                                 .name(format!("load-{i}"))
                                 .gpus(1)
+                                .project(project.clone())
                                 .tag("cost-center", "loadgen"),
                         )
                         .await?;

@@ -9,14 +9,16 @@
 //! reads marked leases one by one, so it is exact whether or not they are
 //! rolled up yet; a restart rolls up whatever a crash left marked.
 //!
-//! Two roll-ups keep different attributes, because a cell per node or per
-//! tag set would make the common report (by tenant, project, model, hour,
-//! day) read as many cells as there are leases:
+//! Four roll-ups keep different attributes, because a cell per node and
+//! tenant and tag set would make every report read about as many cells as
+//! there are leases; each report reads the smallest roll-up that answers it:
 //!
-//! | roll-up | keeps | answers grouping by |
+//! | roll-up | keeps | answers |
 //! |---|---|---|
-//! | `base` | tenant, project, model, MIG profile, currency | those, hour, day |
-//! | `detail` | the base ones, the node and the tags | also node and any tag |
+//! | `base` | tenant, project, model, MIG profile, currency | grouping by those, hour, day |
+//! | `nodes` | node, model, MIG profile, currency (no tenant) | by node, for the whole cluster |
+//! | `tags` | the base ones and the tags | also by any tag |
+//! | `detail` | the base ones, the node and the tags | anything but job (one tenant's node report; node and tag together) |
 //!
 //! Grouping by job reads the leases of the window instead (found through the
 //! hour index, not a scan of all leases).
@@ -29,15 +31,20 @@ use crate::domain::{Lease, UnixMillis};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rollup {
     Base,
+    Nodes,
+    Tags,
     Detail,
 }
 
 impl Rollup {
-    pub const ALL: [Rollup; 2] = [Rollup::Base, Rollup::Detail];
+    /// Smallest first: a report reads the first that answers it.
+    pub const ALL: [Rollup; 4] = [Rollup::Base, Rollup::Nodes, Rollup::Tags, Rollup::Detail];
 
     fn tag(self) -> u8 {
         match self {
             Rollup::Base => b'b',
+            Rollup::Nodes => b'n',
+            Rollup::Tags => b't',
             Rollup::Detail => b'd',
         }
     }
@@ -46,25 +53,41 @@ impl Rollup {
     pub fn cell(self, lease: &Lease) -> Cell {
         let mut c = Cell::of(lease);
         c.job.clear();
-        if self == Rollup::Base {
-            c.node.clear();
-            c.tags.clear();
+        match self {
+            Rollup::Base => {
+                c.node.clear();
+                c.tags.clear();
+            }
+            Rollup::Nodes => {
+                c.tenant.clear();
+                c.project.clear();
+                c.tags.clear();
+            }
+            Rollup::Tags => c.node.clear(),
+            Rollup::Detail => {}
         }
         c
     }
 
     fn covers(self, d: &Dimension) -> bool {
-        match d {
-            Dimension::Job => false,
-            Dimension::Node | Dimension::Tag(_) => self == Rollup::Detail,
-            _ => true,
-        }
+        !matches!(
+            (self, d),
+            (_, Dimension::Job)
+                | (Rollup::Base, Dimension::Node | Dimension::Tag(_))
+                | (
+                    Rollup::Nodes,
+                    Dimension::Tenant | Dimension::Project | Dimension::Tag(_)
+                )
+                | (Rollup::Tags, Dimension::Node)
+        )
     }
 
-    /// The smallest roll-up that can answer a grouping, if one can.
-    pub fn for_grouping(group_by: &[Dimension]) -> Option<Rollup> {
+    /// The smallest roll-up that answers a grouping (for one tenant, or
+    /// the whole cluster), if one does.
+    pub fn for_grouping(group_by: &[Dimension], one_tenant: bool) -> Option<Rollup> {
         Rollup::ALL
             .into_iter()
+            .filter(|r| !(one_tenant && *r == Rollup::Nodes))
             .find(|r| group_by.iter().all(|d| r.covers(d)))
     }
 

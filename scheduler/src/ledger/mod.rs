@@ -49,7 +49,7 @@ pub type Result<T, E = LedgerError> = std::result::Result<T, E>;
 const SCHEMA_VERSION: &str = "1";
 /// The layout of the roll-ups; a data dir without this is rebuilt on open.
 const ROLLUPS_KEY: &str = "rollups";
-const ROLLUPS_VERSION: &str = "3";
+const ROLLUPS_VERSION: &str = "4";
 
 /// A tenant record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -665,7 +665,7 @@ impl Ledger {
         }
         let first_hour = UnixMillis(q.from.0 - q.from.0 % HOUR_MS);
         let last_hour = UnixMillis((q.to.0 - 1) - (q.to.0 - 1) % HOUR_MS);
-        let Some(rollup) = Rollup::for_grouping(&q.group_by) else {
+        let Some(rollup) = Rollup::for_grouping(&q.group_by, q.tenant.is_some()) else {
             for lease in self.closed_leases_in_hours(first_hour, last_hour)? {
                 if !pending.contains(&lease.id) {
                     rows.add_lease(&lease, now);
