@@ -13,8 +13,9 @@
 //! acknowledged before that flush.
 //!
 //! Usage: a month of closed leases (a million by default) spread over 20
-//! tenants × 5 projects, 4 GPU models, 500 nodes and a `team` tag, each 5
-//! minutes to 4 hours long; reports as `allot usage` asks for them.
+//! tenants × 5 projects and 500 nodes of 4 GPU models (one model per node),
+//! with a `team` tag (a project's, nine times in ten), each 5 minutes to 4
+//! hours long; reports as `allot usage` asks for them.
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
@@ -80,11 +81,19 @@ fn job(tenant: usize, project: usize) -> Job {
 
 const MODELS: [&str; 4] = ["H100-80GB", "A100-80GB", "L40S", "V100M32"];
 
+/// A lease of the job on a random node; a node has one GPU model, and a
+/// project's jobs carry its team's tag (mostly) — as on a real cluster.
 fn lease(j: &Job, rng: &mut Rng, at: u64) -> Lease {
-    let model = MODELS[rng.below(4) as usize];
     let node = rng.below(500);
+    let model = MODELS[(node % 4) as usize];
     let mut tags = BTreeMap::new();
-    tags.insert("team".to_string(), format!("team-{}", rng.below(8)));
+    let index = |name: &str| -> u64 { name.rsplit('-').next().and_then(|n| n.parse().ok()).unwrap_or(0) };
+    let team = if rng.below(10) == 0 {
+        rng.below(8)
+    } else {
+        (index(j.spec.tenant.as_str()) * 5 + index(j.spec.project.as_str())) % 8
+    };
+    tags.insert("team".to_string(), format!("team-{team}"));
     Lease {
         id: LeaseId::new_v7(),
         job_id: j.id,

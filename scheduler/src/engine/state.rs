@@ -66,14 +66,23 @@ const QUOTA_FRESH: Millis = Millis::from_secs(5);
 /// Where a pending job stands with its tenant's quota plugin.
 enum QuotaState {
     /// Asked; the answer has not come back. `generation` is the tenant's
-    /// holdings generation when asked: an answer about older holdings is
-    /// dropped.
-    Asking { generation: u64 },
+    /// holdings generation when asked: an "allow" given before a placement
+    /// of the tenant's, or a "hold" given before one of its jobs ended, no
+    /// longer stands.
+    Asking { generation: Holdings },
     Decided {
         decision: QuotaDecision,
         by: String,
         at: UnixMillis,
     },
+}
+
+/// How often a tenant's holdings grew (a job placed) and shrank (a job's
+/// devices released).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Holdings {
+    grew: u64,
+    shrank: u64,
 }
 
 /// What the quota gate says about placing a job now.
@@ -139,7 +148,7 @@ pub struct Engine {
     /// Pending jobs' standing with their tenant's quota plugin.
     quota: HashMap<JobId, QuotaState>,
     /// Bumped whenever a tenant's holdings change (a job placed or ended).
-    holdings_generation: HashMap<TenantName, u64>,
+    holdings_generation: HashMap<TenantName, Holdings>,
     /// A ledger write failed this turn: memory is ahead of disk, so the engine
     /// stops before acknowledging anything.
     failed: Option<crate::ledger::LedgerError>,
@@ -403,9 +412,14 @@ impl Engine {
                     .as_ref()
                     .and_then(|t| self.holdings_generation.get(t))
                     .copied()
-                    .unwrap_or(0);
+                    .unwrap_or_default();
+                let stands = |asked: &Holdings| match &outcome.decision {
+                    QuotaDecision::Allow => asked.grew == current.grew,
+                    QuotaDecision::Hold(_) => asked.shrank == current.shrank,
+                    _ => true,
+                };
                 match self.quota.get(&job) {
-                    Some(QuotaState::Asking { generation }) if *generation == current => {
+                    Some(QuotaState::Asking { generation }) if stands(generation) => {
                         let by = outcome
                             .decided_by
                             .plugin()
@@ -925,7 +939,7 @@ impl Engine {
             return Gate::Wait(WAITING.into());
         };
         let input = self.quota_input(id, now);
-        let generation = self.holdings_generation.get(&tenant).copied().unwrap_or(0);
+        let generation = self.holdings_generation.get(&tenant).copied().unwrap_or_default();
         self.quota.insert(id, QuotaState::Asking { generation });
         tokio::spawn(async move {
             let outcome = policy.quota(&input).await;
@@ -934,13 +948,29 @@ impl Engine {
         Gate::Wait(WAITING.into())
     }
 
-    /// A tenant's holdings changed: quota answers about the old ones no
-    /// longer stand.
-    fn holdings_changed(&mut self, tenant: &TenantName) {
-        *self.holdings_generation.entry(tenant.clone()).or_default() += 1;
+    /// A tenant's holdings grew or shrank: "allow" answers about smaller
+    /// holdings, or "hold" answers about larger ones, no longer stand.
+    fn holdings_changed(&mut self, tenant: &TenantName, grew: bool) {
+        let g = self.holdings_generation.entry(tenant.clone()).or_default();
+        if grew {
+            g.grew += 1;
+        } else {
+            g.shrank += 1;
+        }
         let jobs = &self.jobs;
         self.quota.retain(|j, s| {
-            matches!(s, QuotaState::Asking { .. }) || jobs.get(j).is_none_or(|j| &j.spec.tenant != tenant)
+            let stale = match s {
+                QuotaState::Decided {
+                    decision: QuotaDecision::Allow,
+                    ..
+                } => grew,
+                QuotaState::Decided {
+                    decision: QuotaDecision::Hold(_),
+                    ..
+                } => !grew,
+                _ => false,
+            };
+            !stale || jobs.get(j).is_none_or(|j| &j.spec.tenant != tenant)
         });
     }
 
@@ -1214,7 +1244,7 @@ impl Engine {
     fn commit_placement(&mut self, id: JobId, parts: Vec<crate::domain::Placement>) {
         self.quota.remove(&id);
         if let Some(tenant) = self.jobs.get(&id).map(|j| j.spec.tenant.clone()) {
-            self.holdings_changed(&tenant);
+            self.holdings_changed(&tenant, true);
         }
         for (k, p) in parts.iter().enumerate() {
             if let Err(e) = self.cluster.allocate(id, p) {
@@ -1303,7 +1333,7 @@ impl Engine {
             self.cluster.release(id, n.as_str());
         }
         if let Some(tenant) = self.jobs.get(&id).map(|j| j.spec.tenant.clone()) {
-            self.holdings_changed(&tenant);
+            self.holdings_changed(&tenant, false);
         }
     }
 
