@@ -116,6 +116,19 @@ impl Job {
             .collect()
     }
 
+    /// Back to the queue as its next attempt: pending, unplaced, with no
+    /// times or exit status of the attempt that ended.
+    pub fn next_attempt(&mut self) {
+        self.state = JobState::Pending;
+        self.unplace();
+        self.started_at = None;
+        self.ended_at = None;
+        self.exit_code = None;
+        self.signal = None;
+        self.attempt += 1;
+        self.preempted_by = None;
+    }
+
     /// Forgets where the job ran (for a requeue).
     pub fn unplace(&mut self) {
         self.placements.clear();

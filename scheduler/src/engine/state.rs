@@ -785,11 +785,8 @@ impl Engine {
         self.release_all(id);
         let touched = self.all_lease_ids(&id);
         let job = self.jobs.get_mut(&id).expect("checked above");
-        job.state = JobState::Pending;
-        job.unplace();
+        job.next_attempt();
         job.reason = why.to_string();
-        job.attempt += 1;
-        job.preempted_by = None;
         self.queue.push(job);
         self.orphaned.retain(|(j, _), _| *j != id);
         self.persist(id, &touched);
@@ -1187,15 +1184,8 @@ impl Engine {
         self.persist(id, &touched);
         info!(job = %id, by = %by, "job preempted; requeued");
         let job = self.jobs.get_mut(&id).expect("present");
-        job.state = JobState::Pending;
+        job.next_attempt();
         job.reason = format!("requeued after preemption for job {by}");
-        job.unplace();
-        job.started_at = None;
-        job.ended_at = None;
-        job.exit_code = None;
-        job.signal = None;
-        job.attempt += 1;
-        job.preempted_by = None;
         self.queue.push(job);
         self.persist(id, &[]);
         self.leases.insert(id, Vec::new());
@@ -1217,20 +1207,13 @@ impl Engine {
         }
         self.nominations.remove(&id);
         let Some(job) = self.jobs.get_mut(&id) else { return };
-        job.preempted_by = None;
         job.node_lost_requeues += 1;
         job.reason = format!(
             "requeued after {why} (retry {} of {})",
             job.node_lost_requeues, job.spec.node_lost_retries
         );
         warn!(job = %id, retry = job.node_lost_requeues, "job lost a node; requeued");
-        job.state = JobState::Pending;
-        job.unplace();
-        job.started_at = None;
-        job.ended_at = None;
-        job.exit_code = None;
-        job.signal = None;
-        job.attempt += 1;
+        job.next_attempt();
         self.queue.push(job);
         self.persist(id, &touched);
         self.leases.insert(id, Vec::new());

@@ -144,6 +144,16 @@ fn open_db(dir: &Path) -> Result<sled::Db> {
     }
 }
 
+/// A transaction's result: committed, a storage error, or refused (a
+/// transaction that aborts says why).
+fn committed(r: std::result::Result<(), TransactionError<&'static str>>) -> Result<()> {
+    match r {
+        Ok(()) => Ok(()),
+        Err(TransactionError::Storage(e)) => Err(e.into()),
+        Err(TransactionError::Abort(why)) => Err(LedgerError::Refused(why)),
+    }
+}
+
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).expect("ledger records always serialize")
 }
@@ -301,7 +311,7 @@ impl Ledger {
                 }),
             })
             .collect();
-        let result: Result<(), TransactionError<()>> = (
+        let result: Result<(), TransactionError<&'static str>> = (
             &self.jobs,
             &self.jobs_active,
             &self.jobs_by_tenant,
@@ -341,14 +351,10 @@ impl Ledger {
                             }
                         }
                     }
-                    Ok::<(), ConflictableTransactionError<()>>(())
+                    Ok(())
                 },
             );
-        match result {
-            Ok(()) => Ok(()),
-            Err(TransactionError::Storage(e)) => Err(e.into()),
-            Err(TransactionError::Abort(())) => unreachable!("the job transaction never aborts"),
-        }
+        committed(result)
     }
 
     pub fn get_job(&self, id: &JobId) -> Result<Option<Job>> {
@@ -526,7 +532,7 @@ impl Ledger {
                 }
             }
         }
-        let result: Result<(), TransactionError<()>> =
+        let result: Result<(), TransactionError<&'static str>> =
             (&self.rollups, &self.unrolled).transaction(|(rollups, unrolled)| {
                 for (k, t) in &sums {
                     let mut sum = rollups
@@ -539,13 +545,9 @@ impl Ledger {
                 for l in &marked {
                     unrolled.remove(l.id.as_bytes())?;
                 }
-                Ok::<(), ConflictableTransactionError<()>>(())
+                Ok(())
             });
-        match result {
-            Ok(()) => Ok(marked.len()),
-            Err(TransactionError::Storage(e)) => Err(e.into()),
-            Err(TransactionError::Abort(())) => unreachable!("the roll-up transaction never aborts"),
-        }
+        committed(result).map(|()| marked.len())
     }
 
     /// Records a pricing plugin's prices for a closed lease still waiting
@@ -569,11 +571,7 @@ impl Ledger {
                 leases.insert(id.as_bytes(), encode(&lease))?;
                 Ok(())
             });
-        match result {
-            Ok(()) => Ok(()),
-            Err(TransactionError::Storage(e)) => Err(e.into()),
-            Err(TransactionError::Abort(why)) => Err(LedgerError::Refused(why)),
-        }
+        committed(result)
     }
 
     /// Closed leases not rolled up yet.
