@@ -14,7 +14,9 @@
 # and with --hostile, plugins that misbehave on purpose (the host's tests):
 #   hostile_loop_forever.wasm, hostile_memory_bomb.wasm, hostile_panics.wasm,
 #   hostile_deep_recursion.wasm, hostile_oversized.wasm, hostile_bad_modify.wasm,
-#   hostile_wrong_world.wasm (a component of a world that is not allot's)
+#   hostile_wrong_world.wasm (a component of a world that is not allot's),
+#   hostile_keeps_state.wasm (counts its calls in memory, which shows which calls
+#   shared an instance)
 #
 # Progress goes to stderr; stdout gets the absolute path of each component,
 # one per line, so that tests can read them. Each output is checked to be a
@@ -34,7 +36,7 @@ for arg in "$@"; do
         *) echo "usage: $0 [--rust] [--hostile]" >&2; exit 2 ;;
     esac
 done
-hostile_crates=(loop-forever memory-bomb panics deep-recursion oversized bad-modify wrong-world)
+hostile_crates=(loop-forever memory-bomb panics deep-recursion oversized bad-modify wrong-world keeps-state)
 
 cd "$plugins"
 packages=(-p require-cost-center -p project-caps -p time-of-day)

@@ -1,6 +1,7 @@
-//! The cost of a plugin call: a fresh store and instance from the cached
-//! template, the request lowered, the decision lifted, for the admission and
-//! pricing examples with a realistic job; instantiation alone; compilation.
+//! The cost of a plugin call (the request lowered, the decision lifted, on
+//! the tenant's kept instance or on a fresh store and instance from the
+//! cached template) for the admission and pricing examples with a
+//! realistic job; instantiation alone; compilation.
 //!
 //! ```sh
 //! cargo bench -p allot-scheduler --bench plugins
@@ -128,46 +129,58 @@ fn percentiles(label: &str, n: usize, mut f: impl FnMut()) {
 }
 
 fn bench(c: &mut Criterion) {
-    let sandbox = Sandbox::new(&PolicyConfig::default()).unwrap();
     let admission_wasm = component("require_cost_center");
-    let admission: Arc<Loaded> = sandbox.validate(&admission_wasm).unwrap().plugin;
-    let pricing: Arc<Loaded> = sandbox.validate(&component("time_of_day")).unwrap().plugin;
+    let pricing_wasm = component("time_of_day");
     let job = realistic_job();
     let now = UnixMillis(1_794_906_000_000);
     let input = piece(&job);
     let label: Arc<str> = "bench".into();
     let tenant: Arc<str> = "acme".into();
 
-    let admit = || {
-        let r = sandbox.call(&admission, label.clone(), tenant.clone(), |b, store, max| {
-            b.admit(store, &job, now, max)
-        });
-        black_box(r.result.expect("the example admits"));
+    // As configured by default (an instance serves up to 1,000 calls of its
+    // tenant), and with a fresh instance for every call.
+    let fresh = PolicyConfig {
+        calls_per_instance: 1,
+        ..PolicyConfig::default()
     };
-    let price = || {
-        let r = sandbox.call(&pricing, label.clone(), tenant.clone(), |b, store, max| {
-            b.price(store, &input, max)
-        });
-        // Peak H100 hour for a committed-use tenant: 400 × 125 % × 75 %.
-        assert_eq!(r.result.ok(), Some(Ok(375)));
-    };
-    let instantiate = || sandbox.instantiate(&admission).expect("instantiates");
+    let mut instantiated = None;
+    for (how, config) in [
+        ("kept instance", PolicyConfig::default()),
+        ("fresh instance", fresh),
+    ] {
+        let sandbox = Sandbox::new(&config).unwrap();
+        let admission: Arc<Loaded> = sandbox.validate(&admission_wasm).unwrap().plugin;
+        let pricing: Arc<Loaded> = sandbox.validate(&pricing_wasm).unwrap().plugin;
+        let admit = || {
+            let r = sandbox.call(&admission, label.clone(), tenant.clone(), |i, store, max| {
+                i.admit(store, &job, now, max)
+            });
+            black_box(r.result.expect("the example admits"));
+        };
+        let price = || {
+            let r = sandbox.call(&pricing, label.clone(), tenant.clone(), |i, store, max| {
+                i.price(store, &input, max)
+            });
+            // Peak H100 hour for a committed-use tenant: 400 × 125 % × 75 %.
+            assert_eq!(r.result.ok(), Some(Ok(375)));
+        };
+        c.bench_function(&format!("admission call ({how})"), |b| b.iter(admit));
+        c.bench_function(&format!("pricing call ({how})"), |b| b.iter(price));
+        percentiles(&format!("admission call ({how})"), 20_000, admit);
+        percentiles(&format!("pricing call ({how})"), 20_000, price);
+        instantiated = Some((sandbox, admission));
+    }
 
-    c.bench_function("admission call (fresh store + instance + admit)", |b| {
-        b.iter(admit)
-    });
-    c.bench_function("pricing call (fresh store + instance + price)", |b| b.iter(price));
+    let (sandbox, admission) = instantiated.expect("ran");
+    let instantiate = || sandbox.instantiate(&admission).expect("instantiates");
     c.bench_function("instantiate from the cached template", |b| b.iter(instantiate));
+    percentiles("instantiate", 20_000, instantiate);
     let mut slow = c.benchmark_group("compile");
     slow.sample_size(10);
     slow.bench_function("validate + compile the admission example", |b| {
         b.iter(|| sandbox.validate(black_box(&admission_wasm)).unwrap())
     });
     slow.finish();
-
-    percentiles("admission call", 20_000, admit);
-    percentiles("pricing call", 20_000, price);
-    percentiles("instantiate", 20_000, instantiate);
 }
 
 criterion_group!(benches, bench);

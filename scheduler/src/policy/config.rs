@@ -7,6 +7,8 @@
 //! cpu_budget = "50ms"             # wall-clock CPU budget per call
 //! max_result_bytes = 65536        # strings and lists a plugin returns, in all
 //! max_concurrent_calls = 8        # plugin calls running at once
+//! calls_per_instance = 1000       # calls one instance serves (1: a fresh instance per call)
+//! warm_instances = 32             # instances kept between calls, over all plugins and tenants
 //! admission_on_error = "reject"   # or "accept"
 //! quota_on_error = "hold"         # or "deny", "allow"
 //! pricing_on_error = "list-price" # the rate card's price
@@ -30,6 +32,11 @@ pub struct PluginsConfigFile {
     pub max_result_bytes: Option<usize>,
     /// Plugin calls running at once.
     pub max_concurrent_calls: Option<usize>,
+    /// Calls one instance of a plugin serves, for one tenant, before it is
+    /// replaced by a fresh one (1: every call gets a fresh instance).
+    pub calls_per_instance: Option<u32>,
+    /// Instances kept between calls, over every plugin and tenant.
+    pub warm_instances: Option<usize>,
     pub admission_on_error: Option<AdmissionOnError>,
     pub quota_on_error: Option<QuotaOnError>,
     pub pricing_on_error: Option<PricingOnError>,
@@ -77,6 +84,8 @@ pub struct PolicyConfig {
     pub cpu_budget: Millis,
     pub max_result_bytes: usize,
     pub max_concurrent_calls: usize,
+    pub calls_per_instance: u32,
+    pub warm_instances: usize,
     pub admission_on_error: AdmissionOnError,
     pub quota_on_error: QuotaOnError,
     pub pricing_on_error: PricingOnError,
@@ -88,6 +97,10 @@ impl PolicyConfig {
     pub const DEFAULT_CPU_BUDGET: Millis = Millis(50);
     pub const DEFAULT_MAX_RESULT_BYTES: usize = 64 * 1024;
     pub const DEFAULT_MAX_CONCURRENT_CALLS: usize = 8;
+    /// Amortises instantiation to nothing, and bounds what a plugin that
+    /// leaks (or keeps state it should not) can accumulate.
+    pub const DEFAULT_CALLS_PER_INSTANCE: u32 = 1000;
+    pub const DEFAULT_WARM_INSTANCES: usize = 32;
     /// Beyond this the host would reserve too much address space per slot.
     pub const MAX_MEMORY_LIMIT: MiB = MiB(4 * 1024);
 
@@ -129,11 +142,25 @@ impl PolicyConfig {
                 "plugins.max_concurrent_calls: must be between 1 and 256, got {max_concurrent_calls}"
             ));
         }
+        let calls_per_instance = raw.calls_per_instance.unwrap_or(d.calls_per_instance);
+        if !(1..=1_000_000).contains(&calls_per_instance) {
+            return Err(format!(
+                "plugins.calls_per_instance: must be between 1 and 1000000, got {calls_per_instance}"
+            ));
+        }
+        let warm_instances = raw.warm_instances.unwrap_or(d.warm_instances);
+        if warm_instances > 1024 {
+            return Err(format!(
+                "plugins.warm_instances: must be between 0 and 1024, got {warm_instances}"
+            ));
+        }
         Ok(PolicyConfig {
             memory_limit,
             cpu_budget,
             max_result_bytes,
             max_concurrent_calls,
+            calls_per_instance,
+            warm_instances,
             admission_on_error: raw.admission_on_error.unwrap_or_default(),
             quota_on_error: raw.quota_on_error.unwrap_or_default(),
             pricing_on_error: raw.pricing_on_error.unwrap_or_default(),
@@ -156,6 +183,8 @@ impl Default for PolicyConfig {
             cpu_budget: Self::DEFAULT_CPU_BUDGET,
             max_result_bytes: Self::DEFAULT_MAX_RESULT_BYTES,
             max_concurrent_calls: Self::DEFAULT_MAX_CONCURRENT_CALLS,
+            calls_per_instance: Self::DEFAULT_CALLS_PER_INSTANCE,
+            warm_instances: Self::DEFAULT_WARM_INSTANCES,
             admission_on_error: AdmissionOnError::default(),
             quota_on_error: QuotaOnError::default(),
             pricing_on_error: PricingOnError::default(),
@@ -185,6 +214,8 @@ mod tests {
             cpu_budget = "20ms"
             max_result_bytes = 4096
             max_concurrent_calls = 2
+            calls_per_instance = 1
+            warm_instances = 0
             admission_on_error = "accept"
             quota_on_error = "deny"
             pricing_on_error = "list-price"
@@ -196,6 +227,8 @@ mod tests {
         assert_eq!(c.cpu_budget, Millis(20));
         assert_eq!(c.max_result_bytes, 4096);
         assert_eq!(c.max_concurrent_calls, 2);
+        assert_eq!(c.calls_per_instance, 1);
+        assert_eq!(c.warm_instances, 0);
         assert_eq!(c.admission_on_error, AdmissionOnError::Accept);
         assert_eq!(c.quota_on_error, QuotaOnError::Deny);
     }
@@ -208,6 +241,8 @@ mod tests {
             ("cpu_budget = \"0ms\"", "plugins.cpu_budget"),
             ("max_result_bytes = 10", "plugins.max_result_bytes"),
             ("max_concurrent_calls = 0", "plugins.max_concurrent_calls"),
+            ("calls_per_instance = 0", "plugins.calls_per_instance"),
+            ("warm_instances = 5000", "plugins.warm_instances"),
         ] {
             let err = parse(text).unwrap_err();
             assert!(err.starts_with(key), "{text}: {err}");

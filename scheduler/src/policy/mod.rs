@@ -3,7 +3,7 @@
 //! `docs/plugins.md` for the walk-through).
 //!
 //! - [`runtime`] is the sandbox: one engine, components checked and compiled
-//!   once, a fresh bounded store per call.
+//!   once, calls on bounded instances kept per plugin and tenant.
 //! - [`wit`] holds the bindings of every supported WIT version.
 //! - [`PolicyHost`] (here) is what the scheduler calls: it keeps the
 //!   registry of plugins and bindings (in the ledger, mirrored in memory),
@@ -13,7 +13,7 @@
 //!   policy.
 //!
 //! ```text
-//!   api (SubmitJob) ──admit──▶ PolicyHost ──spawn_blocking──▶ Sandbox::call ──▶ fresh Store + instance
+//!   api (SubmitJob) ──admit──▶ PolicyHost ──spawn_blocking──▶ Sandbox::call ──▶ the tenant's kept instance, or a fresh one
 //!   engine (later)  ──quota / price──▶   │ resolve: tenant binding, else global
 //!                                        │ failure policy, error records
 //! ```
@@ -34,7 +34,7 @@ use tracing::{info, warn};
 pub use self::config::{AdmissionOnError, PolicyConfig, PricingOnError, QuotaOnError};
 use self::runtime::{CallReport, CallState, Loaded, Sandbox, ValidationError};
 pub use self::types::*;
-use self::wit::{Bindings, CallError, RawAdmission, RawQuota};
+use self::wit::{CallError, Instance, RawAdmission, RawQuota};
 use crate::api::convert;
 use crate::auth::Caller;
 use crate::domain::{JobSpec, PluginName, TenantName, UnixMillis};
@@ -314,9 +314,7 @@ impl PolicyHost {
         &self,
         tenant: &TenantName,
         point: ExtensionPoint,
-        call: impl FnOnce(&Bindings, &mut wasmtime::Store<CallState>, usize) -> Result<R, CallError>
-        + Send
-        + 'static,
+        call: impl Fn(&Instance, &mut wasmtime::Store<CallState>, usize) -> Result<R, CallError> + Send + 'static,
     ) -> Invoked<R> {
         let Some(record) = self.registry().resolve(tenant, point).cloned() else {
             return Invoked::Unbound;
@@ -334,9 +332,7 @@ impl PolicyHost {
         &self,
         record: &PluginRecord,
         tenant: &TenantName,
-        call: impl FnOnce(&Bindings, &mut wasmtime::Store<CallState>, usize) -> Result<R, CallError>
-        + Send
-        + 'static,
+        call: impl Fn(&Instance, &mut wasmtime::Store<CallState>, usize) -> Result<R, CallError> + Send + 'static,
     ) -> Result<R, PluginFailure> {
         // A queue longer than a few budgets means every slot is stuck on
         // slow plugins: fail this call rather than wait without end.
@@ -542,11 +538,15 @@ impl PolicyHost {
     /// Drops a loaded plugin from the cache once no record uses its bytes.
     fn forget_unused(&self, sha256: &str) {
         if !self.registry().plugins.values().any(|p| p.sha256 == sha256) {
-            self.inner
+            let loaded = self
+                .inner
                 .cache
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(sha256);
+            if let Some(loaded) = loaded {
+                self.inner.sandbox.forget(&loaded);
+            }
         }
     }
 

@@ -1,5 +1,5 @@
 //! The sandbox: one wasmtime [`Engine`] for the process, components checked
-//! and compiled once, and a fresh [`Store`] with hard bounds for every call.
+//! and compiled once, and every call in a [`Store`] with hard bounds.
 //!
 //! - **Engine.** Component model on; threads, relaxed SIMD and the rest of
 //!   what could make a decision depend on the machine off; NaNs
@@ -23,13 +23,29 @@
 //!   stdin; clocks fixed at the Unix epoch, randomness a constant stream, so
 //!   a decision can be replayed. Standard error goes to a small in-memory
 //!   buffer whose end is kept with a failure (a Rust panic's message).
+//! - **Instances.** A call runs on an instance of the plugin kept for its
+//!   tenant, or on a fresh one. An instance serves one tenant only (a
+//!   global plugin gets one per tenant, so nothing one tenant's request put
+//!   in its memory reaches another's decision), at most
+//!   `calls_per_instance` calls, and is thrown away after any failure or
+//!   write to standard error; at most `warm_instances` are kept, least
+//!   recently used first out, and no more than [`WARM_MEMORY`] of linear
+//!   memory in all. A call that fails on a kept instance runs again on a
+//!   fresh one (but for a timeout: a loop is a loop), so what a plugin left
+//!   behind can cost time, never a decision: the bounds, and every failure
+//!   recorded, are those of a fresh instance. Fresh instances come from the
+//!   pooling allocator, whose slots keep up to [`KEEP_RESIDENT`] of each
+//!   memory resident and reset only the pages a call dirtied (Linux's
+//!   `PAGEMAP_SCAN`), so even they cost microseconds.
 //! - **Artifacts.** [`Sandbox::validate`] compiles a component once and
 //!   returns the serialized artifact; [`Sandbox::load_artifact`]
 //!   deserializes only artifacts this host produced (the registry keys them
 //!   by the component's SHA-256 and [`Sandbox::compatibility_key`]).
 
+use std::collections::VecDeque;
 use std::hash::Hasher;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -42,7 +58,7 @@ use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, 
 
 use super::config::PolicyConfig;
 use super::types::{ExtensionPoint, FailureKind, PluginFailure, WitVersion};
-use super::wit::{self, Bindings, CallError};
+use super::wit::{self, Bindings, CallError, Instance};
 
 /// How often the epoch advances: the granularity of the CPU budget.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
@@ -67,6 +83,13 @@ const MAX_TABLES_PER_COMPONENT: u32 = 32;
 /// Pool slots beyond the configured concurrent calls, for uploads being
 /// validated (each instantiates its component once).
 const VALIDATION_SLOTS: u32 = 2;
+/// What a pool slot keeps resident of each memory and table after an
+/// instance is dropped, to reset with `memset` (only the dirtied pages, where
+/// the kernel has `PAGEMAP_SCAN`) instead of unmapping it: the next instance
+/// then takes no page faults. A Rust plugin's memory is ~1 MiB.
+pub const KEEP_RESIDENT: usize = 4 << 20;
+/// The most linear memory kept instances may hold in all.
+pub const WARM_MEMORY: usize = 256 << 20;
 
 /// A log line's importance, as the plugin gave it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,6 +138,8 @@ pub struct CallState {
     memory_limit: usize,
     /// Set when the plugin asked for more memory than its limit.
     memory_refused: Option<usize>,
+    /// The instance's linear memories, in all.
+    memory_bytes: usize,
     /// Who is logging, for the server's log.
     label: Arc<str>,
     tenant: Arc<str>,
@@ -123,6 +148,16 @@ pub struct CallState {
 }
 
 impl CallState {
+    /// Readies a kept instance's state for the next call.
+    fn begin(&mut self, label: &Arc<str>) {
+        if !Arc::ptr_eq(&self.label, label) {
+            self.label = label.clone();
+        }
+        self.memory_refused = None;
+        self.lines.clear();
+        self.dropped_lines = 0;
+    }
+
     /// Keeps a log line (cut to [`MAX_LOG_LINE_BYTES`]) and forwards it to
     /// the server's log, tagged with the plugin and tenant; past
     /// [`MAX_LOG_LINES`] lines a call's lines are counted and dropped.
@@ -155,7 +190,7 @@ impl WasiView for CallState {
 impl ResourceLimiter for CallState {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
@@ -166,6 +201,7 @@ impl ResourceLimiter for CallState {
                 self.memory_limit
             ));
         }
+        self.memory_bytes += desired.saturating_sub(current);
         Ok(true)
     }
 
@@ -238,6 +274,9 @@ fn supported_versions() -> String {
 
 /// A plugin ready to call: its world, its version, its typed template.
 pub struct Loaded {
+    /// Tells this load apart from every other one in the process (the key of
+    /// its kept instances).
+    id: u64,
     pub point: ExtensionPoint,
     /// The version the component was built for.
     pub built_for: WitVersion,
@@ -265,12 +304,31 @@ pub struct CallReport<R> {
     pub elapsed: Duration,
 }
 
-/// The engine, the linker and the per-call bounds.
+/// An instance between calls: its store, what it has served, for whom.
+struct Warm {
+    /// The [`Loaded::id`] it is an instance of.
+    plugin: u64,
+    tenant: Arc<str>,
+    store: Store<CallState>,
+    instance: Instance,
+    stderr: MemoryOutputPipe,
+    calls: u32,
+}
+
+/// Kept instances, least recently used first, and their memory in all.
+#[derive(Default)]
+struct WarmSet {
+    idle: VecDeque<Warm>,
+    memory: usize,
+}
+
+/// The engine, the linker, the per-call bounds and the kept instances.
 pub struct Sandbox {
     engine: Engine,
     linker: Linker<CallState>,
     config: PolicyConfig,
     deadline_ticks: u64,
+    warm: Mutex<WarmSet>,
 }
 
 /// Hex SHA-256.
@@ -295,7 +353,8 @@ impl Sandbox {
     /// Builds the engine and linker, and starts the epoch ticker (which
     /// stops when the engine is dropped).
     pub fn new(config: &PolicyConfig) -> anyhow::Result<Sandbox> {
-        let slots = u32::try_from(config.max_concurrent_calls)
+        // Every call running, every instance kept, every upload validated.
+        let slots = u32::try_from(config.max_concurrent_calls + config.warm_instances)
             .unwrap_or(u32::MAX)
             .saturating_add(VALIDATION_SLOTS);
         let memory_limit = usize::try_from(config.memory_limit_bytes())?;
@@ -313,7 +372,10 @@ impl Sandbox {
             .table_elements(MAX_TABLE_ELEMENTS)
             .max_memory_size(memory_limit)
             .max_core_instance_size(1 << 20)
-            .max_component_instance_size(1 << 20);
+            .max_component_instance_size(1 << 20)
+            .linear_memory_keep_resident(KEEP_RESIDENT)
+            .table_keep_resident(KEEP_RESIDENT)
+            .pagemap_scan(wasmtime::Enabled::Auto);
         let mut c = Config::new();
         // Threads are not even compiled in (the `threads` feature is off).
         c.wasm_component_model(true)
@@ -347,6 +409,7 @@ impl Sandbox {
             // A store's deadline counts from its creation, whose tick may be
             // nearly over: one tick more, so no call gets less than its budget.
             deadline_ticks: config.cpu_budget.0.div_ceil(tick_ms) + 1,
+            warm: Mutex::default(),
         })
     }
 
@@ -468,7 +531,9 @@ impl Sandbox {
                 first_line(&e)
             ))
         })?;
+        static LOADS: AtomicU64 = AtomicU64::new(0);
         Ok(Loaded {
+            id: LOADS.fetch_add(1, Ordering::Relaxed),
             point,
             built_for,
             host_version,
@@ -491,6 +556,7 @@ impl Sandbox {
             table: ResourceTable::new(),
             memory_limit: usize::try_from(self.config.memory_limit_bytes()).unwrap_or(usize::MAX),
             memory_refused: None,
+            memory_bytes: 0,
             label,
             tenant,
             lines: Vec::new(),
@@ -503,33 +569,91 @@ impl Sandbox {
         store
     }
 
-    /// Instantiates `plugin` in a fresh store and drops it, without a call:
-    /// what every call pays before the plugin runs.
-    pub fn instantiate(&self, plugin: &Loaded) -> Result<(), PluginFailure> {
+    /// A fresh instance of `plugin` in a fresh store, for `tenant`.
+    fn fresh(&self, plugin: &Loaded, label: &Arc<str>, tenant: &Arc<str>) -> Result<Warm, PluginFailure> {
         let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
-        let mut store = self.store("instantiate".into(), "-".into(), stderr.clone());
-        plugin
-            .bindings
-            .instantiate(&mut store)
-            .map_err(|e| classify(&e, store.data(), &String::from_utf8_lossy(&stderr.contents())))
+        let mut store = self.store(label.clone(), tenant.clone(), stderr.clone());
+        match plugin.bindings.instantiate(&mut store) {
+            Ok(instance) => Ok(Warm {
+                plugin: plugin.id,
+                tenant: tenant.clone(),
+                store,
+                instance,
+                stderr,
+                calls: 0,
+            }),
+            Err(e) => Err(classify(
+                &e,
+                store.data(),
+                &String::from_utf8_lossy(&stderr.contents()),
+            )),
+        }
     }
 
-    /// Runs `call` on a fresh instance of `plugin` in a fresh store, for
-    /// `tenant`; classifies any failure. Blocking: run it off the async
-    /// runtime's workers.
+    /// Instantiates `plugin` in a fresh store and drops it, without a call:
+    /// what a call on a fresh instance pays before the plugin runs.
+    pub fn instantiate(&self, plugin: &Loaded) -> Result<(), PluginFailure> {
+        self.fresh(plugin, &"instantiate".into(), &"-".into()).map(drop)
+    }
+
+    /// Runs `call` for `tenant` on a kept instance of `plugin`, or a fresh
+    /// one; classifies any failure. A call that fails on a kept instance
+    /// runs again on a fresh one, unless it ran out of time. Blocking: run
+    /// it off the async runtime's workers.
     pub fn call<R>(
         &self,
         plugin: &Loaded,
         label: Arc<str>,
         tenant: Arc<str>,
-        call: impl FnOnce(&Bindings, &mut Store<CallState>, usize) -> Result<R, CallError>,
+        call: impl Fn(&Instance, &mut Store<CallState>, usize) -> Result<R, CallError>,
     ) -> CallReport<R> {
-        let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
-        let mut store = self.store(label, tenant, stderr.clone());
         let started = Instant::now();
-        let outcome = call(&plugin.bindings, &mut store, self.config.max_result_bytes);
-        let elapsed = started.elapsed();
-        let result = outcome.map_err(|e| match e {
+        let mut kept = self.take(plugin, &tenant);
+        loop {
+            let reused = kept.is_some();
+            let mut w = match kept.take() {
+                Some(w) => w,
+                None => match self.fresh(plugin, &label, &tenant) {
+                    Ok(w) => w,
+                    Err(failure) => {
+                        return CallReport {
+                            result: Err(failure),
+                            logs: Vec::new(),
+                            dropped_lines: 0,
+                            elapsed: started.elapsed(),
+                        };
+                    }
+                },
+            };
+            w.store.data_mut().begin(&label);
+            w.store.set_epoch_deadline(self.deadline_ticks);
+            let result = call(&w.instance, &mut w.store, self.config.max_result_bytes)
+                .map_err(|e| self.failure(e, &w));
+            if let Err(failure) = &result
+                && reused
+                && failure.kind != FailureKind::Timeout
+            {
+                tracing::debug!(plugin = %label, tenant = %tenant, "a kept instance failed ({failure}); the call runs again on a fresh one");
+                continue;
+            }
+            let state = w.store.data_mut();
+            let logs = std::mem::take(&mut state.lines);
+            let dropped_lines = state.dropped_lines;
+            if result.is_ok() {
+                self.keep(w);
+            }
+            return CallReport {
+                result,
+                logs,
+                dropped_lines,
+                elapsed: started.elapsed(),
+            };
+        }
+    }
+
+    /// What a failed call's error says, for the operator.
+    fn failure(&self, e: CallError, w: &Warm) -> PluginFailure {
+        match e {
             CallError::Oversized(size) => PluginFailure::new(
                 FailureKind::Oversized,
                 format!(
@@ -538,17 +662,64 @@ impl Sandbox {
                 ),
             ),
             CallError::Wasm(e) => {
-                let stderr = String::from_utf8_lossy(&stderr.contents()).into_owned();
-                classify(&e, store.data(), &stderr)
+                classify(&e, w.store.data(), &String::from_utf8_lossy(&w.stderr.contents()))
             }
-        });
-        let state = store.into_data();
-        CallReport {
-            result,
-            logs: state.lines,
-            dropped_lines: state.dropped_lines,
-            elapsed,
         }
+    }
+
+    /// The most recently kept instance of `plugin` for `tenant`, if any.
+    fn take(&self, plugin: &Loaded, tenant: &str) -> Option<Warm> {
+        let mut set = self.warm.lock().unwrap_or_else(|e| e.into_inner());
+        let i = set
+            .idle
+            .iter()
+            .rposition(|w| w.plugin == plugin.id && &*w.tenant == tenant)?;
+        let w = set.idle.remove(i)?;
+        set.memory -= w.store.data().memory_bytes;
+        Some(w)
+    }
+
+    /// Keeps an instance that answered, unless it has served its calls,
+    /// wrote to standard error (a panic's message, or noise that would fill
+    /// the buffer), or is too large to keep; drops the least recently used
+    /// ones past the bounds.
+    fn keep(&self, mut w: Warm) {
+        w.calls += 1;
+        let memory = w.store.data().memory_bytes;
+        if w.calls >= self.config.calls_per_instance
+            || self.config.warm_instances == 0
+            || memory > WARM_MEMORY
+            || !w.stderr.contents().is_empty()
+        {
+            return;
+        }
+        let mut evicted = Vec::new();
+        let mut set = self.warm.lock().unwrap_or_else(|e| e.into_inner());
+        set.memory += memory;
+        set.idle.push_back(w);
+        while set.idle.len() > self.config.warm_instances || set.memory > WARM_MEMORY {
+            let Some(old) = set.idle.pop_front() else { break };
+            set.memory -= old.store.data().memory_bytes;
+            evicted.push(old);
+        }
+        drop(set);
+        // Dropping a store frees its pool slot: outside the lock.
+        drop(evicted);
+    }
+
+    /// Drops every kept instance of `plugin` (replaced or removed).
+    pub fn forget(&self, plugin: &Loaded) {
+        let mut set = self.warm.lock().unwrap_or_else(|e| e.into_inner());
+        let (gone, kept): (Vec<Warm>, Vec<Warm>) = set.idle.drain(..).partition(|w| w.plugin == plugin.id);
+        set.idle = kept.into();
+        set.memory = set.idle.iter().map(|w| w.store.data().memory_bytes).sum();
+        drop(set);
+        drop(gone);
+    }
+
+    /// How many instances are kept between calls now.
+    pub fn warm_instances(&self) -> usize {
+        self.warm.lock().unwrap_or_else(|e| e.into_inner()).idle.len()
     }
 }
 

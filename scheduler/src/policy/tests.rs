@@ -11,7 +11,7 @@ use allot_proto::v1 as pb;
 
 use super::*;
 use crate::domain::money::Currency;
-use crate::domain::{Millis, ProjectName, Share};
+use crate::domain::{MiB, Millis, ProjectName, Share};
 
 /// Builds the Rust examples and the hostile plugins once; file name → path.
 fn components() -> &'static HashMap<String, PathBuf> {
@@ -517,4 +517,117 @@ async fn admission_can_fail_open() {
     let outcome = f.host.admit(&spec("acme", "vision", &[], 1), NOW).await;
     assert_eq!(outcome.decision, AdmissionDecision::Accept);
     assert_eq!(failure_of(&outcome).kind, FailureKind::Trap);
+}
+
+// --- kept instances ---------------------------------------------------------------
+
+/// What `hostile_keeps_state` answered: how many calls its instance served.
+async fn call_number(host: &PolicyHost, tenant: &str, tags: &[(&str, &str)]) -> u32 {
+    let outcome = host.admit(&spec(tenant, "vision", tags, 1), NOW).await;
+    let AdmissionDecision::Reject(message) = &outcome.decision else {
+        panic!("keeps-state rejects every job, got {:?}", outcome.decision);
+    };
+    assert!(
+        matches!(outcome.decided_by, DecidedBy::Plugin(_)),
+        "{message}: {:?}",
+        outcome.decided_by
+    );
+    message
+        .strip_prefix("call ")
+        .and_then(|m| m.strip_suffix(" of instance"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected answer {message}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_is_kept_for_one_tenant_and_never_serves_another() {
+    let f = host();
+    add_and_bind(&f.host, Owner::Global, "counter", "hostile_keeps_state").await;
+    let mut acme = Vec::new();
+    for _ in 0..3 {
+        acme.push(call_number(&f.host, "acme", &[]).await);
+    }
+    assert_eq!(acme, [1, 2, 3], "acme's calls share its instance");
+    // The same global plugin, another tenant: an instance of its own.
+    assert_eq!(call_number(&f.host, "globex", &[]).await, 1);
+    assert_eq!(call_number(&f.host, "acme", &[]).await, 4);
+    assert_eq!(f.host.inner.sandbox.warm_instances(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_per_instance_bounds_what_an_instance_serves() {
+    for (calls_per_instance, expected) in [(1, [1, 1, 1, 1, 1]), (2, [1, 2, 1, 2, 1])] {
+        let f = host_with(PolicyConfig {
+            calls_per_instance,
+            ..PolicyConfig::default()
+        });
+        add_and_bind(&f.host, tenant("acme"), "counter", "hostile_keeps_state").await;
+        let mut seen = Vec::new();
+        for _ in 0..5 {
+            seen.push(call_number(&f.host, "acme", &[]).await);
+        }
+        assert_eq!(seen, expected, "calls_per_instance = {calls_per_instance}");
+    }
+    // No instance kept at all.
+    let f = host_with(PolicyConfig {
+        warm_instances: 0,
+        ..PolicyConfig::default()
+    });
+    add_and_bind(&f.host, tenant("acme"), "counter", "hostile_keeps_state").await;
+    for _ in 0..3 {
+        assert_eq!(call_number(&f.host, "acme", &[]).await, 1);
+    }
+    assert_eq!(f.host.inner.sandbox.warm_instances(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_that_fails_on_a_kept_instance_runs_again_on_a_fresh_one() {
+    // 8 MiB leaked per call against a 32 MiB limit: a kept instance runs out
+    // after a few calls, a fresh one never does.
+    let f = host_with(PolicyConfig {
+        memory_limit: MiB(32),
+        ..PolicyConfig::default()
+    });
+    let plugin = add_and_bind(&f.host, tenant("acme"), "leaky", "hostile_keeps_state").await;
+    let mut seen = Vec::new();
+    for _ in 0..12 {
+        seen.push(call_number(&f.host, "acme", &[("leak", "yes")]).await);
+    }
+    assert_eq!(seen[0], 1);
+    assert!(
+        seen.iter().filter(|n| **n == 1).count() >= 3,
+        "instances were replaced as they filled up: {seen:?}"
+    );
+    assert!(seen.iter().all(|n| *n <= 4), "never past the limit: {seen:?}");
+    let stats = f.host.stats(&plugin);
+    assert_eq!(
+        (stats.calls, stats.failures),
+        (12, 0),
+        "what a kept instance left behind cost time, never a decision"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_plugin_leaves_no_instance_behind() {
+    let f = host();
+    add_and_bind(&f.host, tenant("acme"), "gate", "hostile_keeps_state").await;
+    assert_eq!(call_number(&f.host, "acme", &[]).await, 1);
+    assert_eq!(call_number(&f.host, "acme", &[]).await, 2);
+    assert_eq!(f.host.inner.sandbox.warm_instances(), 1);
+    f.host
+        .add_plugin(
+            tenant("acme"),
+            "gate".parse().unwrap(),
+            wasm("require_cost_center"),
+            "test",
+            NOW,
+        )
+        .await
+        .unwrap();
+    assert_eq!(f.host.inner.sandbox.warm_instances(), 0);
+    let outcome = f
+        .host
+        .admit(&spec("acme", "vision", &[("cost-center", "x")], 1), NOW)
+        .await;
+    assert_eq!(outcome.decision, AdmissionDecision::Accept);
 }

@@ -49,7 +49,7 @@ pub enum RawQuota {
     Hold(String),
 }
 
-/// The typed entry point of one loaded plugin, for the version and world it
+/// The typed template of one loaded plugin, for the version and world it
 /// was built for.
 pub enum Bindings {
     V0_1_0(v0_1_0::Bindings),
@@ -85,13 +85,20 @@ impl Bindings {
         }
     }
 
-    /// Instantiates the plugin in `store` without calling it.
-    pub fn instantiate(&self, store: &mut Store<CallState>) -> wasmtime::Result<()> {
+    /// Instantiates the plugin in `store`.
+    pub fn instantiate(&self, store: &mut Store<CallState>) -> wasmtime::Result<Instance> {
         match self {
-            Bindings::V0_1_0(b) => b.instantiate(store),
+            Bindings::V0_1_0(b) => b.instantiate(store).map(Instance::V0_1_0),
         }
     }
+}
 
+/// A live instance of a plugin, in the version it was built for.
+pub enum Instance {
+    V0_1_0(v0_1_0::Instance),
+}
+
+impl Instance {
     pub fn admit(
         &self,
         store: &mut Store<CallState>,
@@ -100,7 +107,7 @@ impl Bindings {
         max_result_bytes: usize,
     ) -> Result<RawAdmission, CallError> {
         match self {
-            Bindings::V0_1_0(b) => b.admit(store, spec, now, max_result_bytes),
+            Instance::V0_1_0(i) => i.admit(store, spec, now, max_result_bytes),
         }
     }
 
@@ -111,7 +118,7 @@ impl Bindings {
         max_result_bytes: usize,
     ) -> Result<RawQuota, CallError> {
         match self {
-            Bindings::V0_1_0(b) => b.check(store, input, max_result_bytes),
+            Instance::V0_1_0(i) => i.check(store, input, max_result_bytes),
         }
     }
 
@@ -122,7 +129,7 @@ impl Bindings {
         max_result_bytes: usize,
     ) -> Result<Result<u64, String>, CallError> {
         match self {
-            Bindings::V0_1_0(b) => b.price(store, input, max_result_bytes),
+            Instance::V0_1_0(i) => i.price(store, input, max_result_bytes),
         }
     }
 }

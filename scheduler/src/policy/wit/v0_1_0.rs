@@ -100,14 +100,23 @@ impl Bindings {
         })
     }
 
-    pub fn instantiate(&self, store: &mut Store<CallState>) -> wasmtime::Result<()> {
-        match self {
-            Bindings::Admission(pre) => pre.instantiate(store).map(drop),
-            Bindings::Quota(pre) => pre.instantiate(store).map(drop),
-            Bindings::Pricing(pre) => pre.instantiate(store).map(drop),
-        }
+    pub fn instantiate(&self, store: &mut Store<CallState>) -> wasmtime::Result<Instance> {
+        Ok(match self {
+            Bindings::Admission(pre) => Instance::Admission(pre.instantiate(store)?),
+            Bindings::Quota(pre) => Instance::Quota(pre.instantiate(store)?),
+            Bindings::Pricing(pre) => Instance::Pricing(pre.instantiate(store)?),
+        })
     }
+}
 
+/// A live instance of a plugin, typed by its world.
+pub enum Instance {
+    Admission(admission::Admission),
+    Quota(quota::Quota),
+    Pricing(pricing::Pricing),
+}
+
+impl Instance {
     pub fn admit(
         &self,
         store: &mut Store<CallState>,
@@ -115,7 +124,7 @@ impl Bindings {
         now: UnixMillis,
         max_result_bytes: usize,
     ) -> Result<RawAdmission, CallError> {
-        let Bindings::Admission(pre) = self else {
+        let Instance::Admission(instance) = self else {
             return Err(wrong_world(ExtensionPoint::Admission));
         };
         let request = admission::AdmissionRequest {
@@ -124,7 +133,6 @@ impl Bindings {
             job: job_spec(spec),
             now_ms: now.0,
         };
-        let instance = pre.instantiate(&mut *store)?;
         Ok(match instance.call_admit(&mut *store, &request)? {
             admission::AdmissionDecision::Accept => RawAdmission::Accept,
             admission::AdmissionDecision::Reject(message) => {
@@ -144,7 +152,7 @@ impl Bindings {
         input: &QuotaInput,
         max_result_bytes: usize,
     ) -> Result<RawQuota, CallError> {
-        let Bindings::Quota(pre) = self else {
+        let Instance::Quota(instance) = self else {
             return Err(wrong_world(ExtensionPoint::Quota));
         };
         let request = quota::QuotaRequest {
@@ -164,7 +172,6 @@ impl Bindings {
                 })
                 .collect(),
         };
-        let instance = pre.instantiate(&mut *store)?;
         Ok(match instance.call_check(&mut *store, &request)? {
             quota::QuotaDecision::Allow => RawQuota::Allow,
             quota::QuotaDecision::Deny(reason) => {
@@ -184,7 +191,7 @@ impl Bindings {
         input: &PriceInput,
         max_result_bytes: usize,
     ) -> Result<Result<u64, String>, CallError> {
-        let Bindings::Pricing(pre) = self else {
+        let Instance::Pricing(instance) = self else {
             return Err(wrong_world(ExtensionPoint::Pricing));
         };
         let request = pricing::PricingRequest {
@@ -200,7 +207,6 @@ impl Bindings {
             currency: input.currency.to_string(),
             list_price_minor: input.list_price_minor,
         };
-        let instance = pre.instantiate(&mut *store)?;
         let answer = instance.call_price(&mut *store, &request)?;
         if let Err(message) = &answer {
             bounded(message.len(), max_result_bytes)?;
