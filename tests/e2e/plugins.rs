@@ -483,6 +483,93 @@ async fn a_quota_plugin_holds_a_project_at_its_cap_while_other_work_is_placed() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_jobs_gets_its_project_cap_in_one_round_and_never_more() {
+    let dir = tempdir();
+    let (_server, a, _b) = two_tenants(dir.path()).await;
+    a.plugins()
+        .add("caps", wasm("project_caps"), &Scope::Own)
+        .await
+        .unwrap();
+    a.plugins().bind("caps", None, &Scope::Own).await.unwrap();
+
+    // Six 1-GPU jobs at once, for a project capped at 4 GPUs, on a fleet
+    // with 8 free: the plugin's answers about them are asked together, each
+    // counting the jobs allowed before it.
+    let sleeper = || JobSpec::new("sleep").args(["60"]).gpus(1).project("vision");
+    let submitted = futures::future::join_all((0..6).map(|_| a.submit(sleeper()))).await;
+    let ids: Vec<String> = submitted.into_iter().map(|j| j.unwrap().id).collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (running, held) = loop {
+        let mut running = Vec::new();
+        let mut held = Vec::new();
+        for id in &ids {
+            let j = a.get(id).await.unwrap();
+            match j.state() {
+                JobState::Running => running.push(j),
+                JobState::Pending if j.reason.contains("held by quota plugin") => held.push(j),
+                _ => {}
+            }
+        }
+        if running.len() + held.len() == ids.len() {
+            break (running, held);
+        }
+        assert!(Instant::now() < deadline, "the burst did not settle");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!((running.len(), held.len()), (4, 2), "exactly the cap runs");
+    for j in &held {
+        assert!(
+            j.reason.contains("project vision holds 4 of its 4 GPUs"),
+            "{}",
+            j.reason
+        );
+    }
+    // Never more than the cap at any instant: the project's leases, as the
+    // ledger has them.
+    let leases = a
+        .leases(proto::ListLeasesRequest::default())
+        .await
+        .unwrap()
+        .leases;
+    let mut edges: Vec<(i64, i32)> = leases
+        .iter()
+        .filter(|l| l.project == "vision")
+        .flat_map(|l| {
+            let end = if l.ended_at_unix_ms > 0 {
+                l.ended_at_unix_ms
+            } else {
+                i64::MAX
+            };
+            [(l.reserved_at_unix_ms, 1), (end, -1)]
+        })
+        .collect();
+    edges.sort_by_key(|&(at, delta)| (at, delta));
+    let most = edges
+        .iter()
+        .scan(0, |held, (_, delta)| {
+            *held += delta;
+            Some(*held)
+        })
+        .max();
+    assert_eq!(most, Some(4), "{leases:#?}");
+    // One round: about one call per job (a hold may be asked again when a
+    // job it counted is held), not one round trip per placement.
+    let calls = a
+        .plugins()
+        .get("caps", &Scope::Own)
+        .await
+        .unwrap()
+        .stats
+        .unwrap()
+        .calls;
+    eprintln!("quota calls for the burst: {calls}");
+    assert!(calls <= 9, "{calls} calls for 6 jobs");
+    for id in &ids {
+        a.cancel(id, "done").await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pricing_plugin_prices_its_tenants_leases_and_usage_shows_it() {
     let dir = tempdir();
     // A list price of 10 USD per GPU-second: the plugin's own rates (cents

@@ -4,6 +4,15 @@ pub use crate::bindings::quota::{ProjectUsage, QuotaDecision, QuotaRequest, Usag
 
 /// A quota plugin: asked before each placement of one of its tenant's jobs.
 ///
+/// The usage in a request counts the tenant's jobs that the plugin has
+/// already allowed and that wait for their placement as running (holding
+/// their GPUs, and the most GPU memory they could get): the scheduler asks
+/// about several pending jobs at once and places the allowed ones next. So
+/// a cap is kept by comparing the request's usage plus `job_gpus` with it,
+/// as if the jobs were asked about one at a time. Decisions must be monotone
+/// in what is held (allowed with more held means allowed with less), as a
+/// cap is; see `docs/plugins.md`.
+///
 /// Export the implementing type with [`export_quota!`](crate::export_quota).
 pub trait Quota {
     /// Decides whether a job may be placed now.

@@ -6,6 +6,7 @@
 //! flushes the ledger once, and only then replies, tells agents and publishes
 //! events: nothing is acknowledged before it is durable (group commit).
 
+mod quota;
 mod state;
 
 use std::collections::BTreeMap;
@@ -223,9 +224,10 @@ pub(crate) enum Command {
         lease: crate::domain::LeaseId,
         prices: crate::domain::PluginPrices,
     },
-    /// A quota plugin's answer about a pending job.
+    /// A quota plugin's answer to ask `ask` about a pending job.
     QuotaVerdict {
         job: JobId,
+        ask: u64,
         outcome: crate::policy::types::QuotaOutcome,
     },
     /// Sets a tenant's budget, or clears it (`budget: None`).

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
+use super::quota::{QuotaBook, QuotaStanding};
 use super::{
     AgentEvent, AgentOrder, Command, EngineConfig, EngineError, EngineResult, ExitOutcome, JobEvent, JobExit,
     LaunchOrder, LogSlice, NodeView, Registration, RunningPart, StopReason,
@@ -19,9 +20,11 @@ use crate::domain::{
 };
 use crate::ledger::Ledger;
 use crate::placement::preempt::{self, Candidate};
-use crate::placement::{Cluster, MICRO, NodeStatus, Placer, Profile, Rejection, Request, WorkloadMix};
+use crate::placement::{
+    Cluster, GpuMode, MICRO, NodeStatus, Placer, Profile, Rejection, Request, WorkloadMix,
+};
 use crate::policy::PolicyHost;
-use crate::policy::types::{ExtensionPoint, PriceInput, QuotaDecision, QuotaInput, Usage as PolicyUsage};
+use crate::policy::types::{ExtensionPoint, PriceInput, QuotaInput, Usage as PolicyUsage};
 use crate::queue::Queue;
 
 /// Commands handled per turn before the ledger is flushed.
@@ -59,32 +62,6 @@ const PASS_EVERY: Millis = Millis::from_secs(5);
 const PREEMPTION_SEARCHES_PER_PASS: usize = 4;
 /// How long a tenant's budget standing is trusted before it is read again.
 const BUDGET_RECHECK: Millis = Millis::from_secs(2);
-/// How long a quota plugin's answer stands (while the tenant's holdings do
-/// not change) before the plugin is asked again.
-const QUOTA_FRESH: Millis = Millis::from_secs(5);
-
-/// Where a pending job stands with its tenant's quota plugin.
-enum QuotaState {
-    /// Asked; the answer has not come back. `generation` is the tenant's
-    /// holdings generation when asked: an "allow" given before a placement
-    /// of the tenant's, or a "hold" given before one of its jobs ended, no
-    /// longer stands.
-    Asking { generation: Holdings },
-    Decided {
-        decision: QuotaDecision,
-        by: String,
-        at: UnixMillis,
-    },
-}
-
-/// How often a tenant's holdings grew (a job placed) and shrank (a job's
-/// devices released).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Holdings {
-    grew: u64,
-    shrank: u64,
-}
-
 /// What the quota gate says about placing a job now.
 enum Gate {
     Go,
@@ -146,12 +123,47 @@ pub struct Engine {
     /// engine still stops when every handle is gone).
     me: Option<mpsc::WeakSender<Command>>,
     /// Pending jobs' standing with their tenant's quota plugin.
-    quota: HashMap<JobId, QuotaState>,
-    /// Bumped whenever a tenant's holdings change (a job placed or ended).
-    holdings_generation: HashMap<TenantName, Holdings>,
+    quota: QuotaBook,
+    /// Each tenant's GPU-time and spend this month, read once per placement
+    /// pass for its quota plugin's asks.
+    month_usage: HashMap<TenantName, Vec<crate::accounting::usage::UsageRow>>,
     /// A ledger write failed this turn: memory is ahead of disk, so the engine
     /// stops before acknowledging anything.
     failed: Option<crate::ledger::LedgerError>,
+}
+
+/// The GPUs a request holds once placed, exactly (a 1g MIG slice is 1/7).
+fn gpus_of(gpu: &GpuRequest) -> Share {
+    match gpu {
+        GpuRequest::None => Share::ZERO,
+        GpuRequest::Whole(n) => Share::new(n.get() as u64, 1).unwrap_or(Share::ZERO),
+        GpuRequest::Fraction { share, .. } => *share,
+        GpuRequest::Mig(p) => p.share(),
+    }
+}
+
+/// The most GPU memory `gpu` could be given on any node of `cluster`.
+fn most_gpu_memory(cluster: &Cluster, gpu: &GpuRequest) -> MiB {
+    let gpus = || cluster.nodes().iter().flat_map(|n| &n.inventory.gpus);
+    let largest = gpus().map(|g| g.memory).max().unwrap_or(MiB(0));
+    match gpu {
+        GpuRequest::None => MiB(0),
+        GpuRequest::Whole(n) => MiB(largest.0 * u64::from(n.get())),
+        GpuRequest::Fraction { memory: Some(m), .. } => *m,
+        GpuRequest::Fraction { share, memory: None } => {
+            MiB((u128::from(largest.0) * u128::from(share.numerator()))
+                .div_ceil(u128::from(share.denominator())) as u64)
+        }
+        GpuRequest::Mig(profile) => gpus()
+            .flat_map(|g| match &g.mode {
+                GpuMode::Mig { slices } => slices.as_slice(),
+                GpuMode::Whole { .. } => &[],
+            })
+            .filter(|s| &s.profile == profile)
+            .map(|s| s.memory)
+            .max()
+            .unwrap_or(largest),
+    }
 }
 
 fn reply<T: Send + 'static>(tx: oneshot::Sender<T>, value: T) -> Effect {
@@ -194,8 +206,8 @@ impl Engine {
             budget_holds: HashMap::new(),
             policy: None,
             me: None,
-            quota: HashMap::new(),
-            holdings_generation: HashMap::new(),
+            quota: QuotaBook::default(),
+            month_usage: HashMap::new(),
             next_request: 1,
             effects: Vec::new(),
             dirty: false,
@@ -406,39 +418,15 @@ impl Engine {
                 Ok(()) => self.dirty = true,
                 Err(e) => error!(%lease, error = %e, "cannot record a lease's plugin prices"),
             },
-            Command::QuotaVerdict { job, outcome } => {
-                let tenant = self.jobs.get(&job).map(|j| j.spec.tenant.clone());
-                let current = tenant
-                    .as_ref()
-                    .and_then(|t| self.holdings_generation.get(t))
-                    .copied()
-                    .unwrap_or_default();
-                let stands = |asked: &Holdings| match &outcome.decision {
-                    QuotaDecision::Allow => asked.grew == current.grew,
-                    QuotaDecision::Hold(_) => asked.shrank == current.shrank,
-                    _ => true,
-                };
-                match self.quota.get(&job) {
-                    Some(QuotaState::Asking { generation }) if stands(generation) => {
-                        let by = outcome
-                            .decided_by
-                            .plugin()
-                            .map(|p| p.to_string())
-                            .unwrap_or_else(|| "(none)".into());
-                        self.quota.insert(
-                            job,
-                            QuotaState::Decided {
-                                decision: outcome.decision,
-                                by,
-                                at: self.clock.now(),
-                            },
-                        );
-                    }
-                    // About holdings that have changed since: ask again.
-                    Some(QuotaState::Asking { .. }) => {
-                        self.quota.remove(&job);
-                    }
-                    _ => {}
+            Command::QuotaVerdict { job, ask, outcome } => {
+                let by = outcome
+                    .decided_by
+                    .plugin()
+                    .map(|p| p.to_string())
+                    .unwrap_or_else(|| "(none)".into());
+                let now = self.clock.now();
+                if !self.quota.answered(job, ask, outcome.decision, by, now) {
+                    debug!(%job, "a quota answer about holdings that have changed since; asking again");
                 }
                 self.needs_pass = true;
             }
@@ -620,7 +608,7 @@ impl Engine {
         let state = job.state;
         self.close_leases(id, state, now);
         self.release_all(id);
-        self.quota.remove(&id);
+        self.quota.forget(id);
         self.queue.remove(&id);
         self.orphaned.retain(|(j, _), _| *j != id);
         self.last_seen.retain(|(j, _), _| *j != id);
@@ -820,6 +808,7 @@ impl Engine {
 
     fn placement_pass(&mut self) {
         self.refresh_mix();
+        self.month_usage.clear();
         let order: Vec<JobId> = self.queue.iter().collect();
         let mut searches = 0;
         for id in order {
@@ -908,87 +897,101 @@ impl Engine {
     }
 
     /// Asks the tenant's quota plugin, off the engine, whether a pending job
-    /// may be placed now; places it only on a fresh "allow". Other tenants'
-    /// jobs are placed meanwhile, whatever the plugin does.
+    /// may be placed now; places it only on an answer that stands (see
+    /// `engine/quota.rs`). Other tenants' jobs are placed meanwhile, whatever
+    /// the plugin does.
     fn quota_gate(&mut self, id: JobId) -> Gate {
         let Some(policy) = self.policy.clone() else {
             return Gate::Go;
         };
         let tenant = self.jobs[&id].spec.tenant.clone();
         if !policy.bound(&tenant, ExtensionPoint::Quota) {
-            self.quota.remove(&id);
+            self.quota.forget(id);
             return Gate::Go;
         }
         let now = self.clock.now();
         const WAITING: &str = "waiting for the quota plugin's answer";
-        match self.quota.get(&id) {
-            Some(QuotaState::Asking { .. }) => return Gate::Wait(WAITING.into()),
-            Some(QuotaState::Decided { decision, by, at }) if now.since(*at) < QUOTA_FRESH => {
-                return match decision {
-                    QuotaDecision::Hold(r) => Gate::Wait(format!("held by quota plugin {by}: {r}")),
-                    QuotaDecision::Deny(r) => Gate::Deny(format!("denied by quota plugin {by}: {r}")),
-                    _ => Gate::Go,
-                };
+        match self.quota.standing(id, now) {
+            QuotaStanding::Unknown => {}
+            QuotaStanding::Asking => return Gate::Wait(WAITING.into()),
+            QuotaStanding::AfterEarlier => {
+                return Gate::Wait(
+                    "allowed by the quota plugin; placed after the tenant's earlier jobs".into(),
+                );
             }
-            _ => {}
+            QuotaStanding::Allowed => return Gate::Go,
+            QuotaStanding::Held { by, reason } => {
+                return Gate::Wait(format!("held by quota plugin {by}: {reason}"));
+            }
+            QuotaStanding::Denied { by, reason } => {
+                return Gate::Deny(format!("denied by quota plugin {by}: {reason}"));
+            }
+            QuotaStanding::DeniedIfTheyStart { by, reason, counted } => {
+                return Gate::Wait(format!(
+                    "held by quota plugin {by}: {reason} (counting {counted} job{} of the tenant allowed before it; asked again once they start)",
+                    if counted == 1 { "" } else { "s" }
+                ));
+            }
         }
         let Some(me) = self.me.as_ref().and_then(|w| w.upgrade()) else {
             return Gate::Wait(WAITING.into());
         };
-        let input = self.quota_input(id, now);
-        let generation = self.holdings_generation.get(&tenant).copied().unwrap_or_default();
-        self.quota.insert(id, QuotaState::Asking { generation });
+        let assumed = self.quota.outstanding(&tenant, id);
+        let input = self.quota_input(id, now, &assumed);
+        let ask = self.quota.asking(id, tenant, assumed);
         tokio::spawn(async move {
             let outcome = policy.quota(&input).await;
-            let _ = me.send(Command::QuotaVerdict { job: id, outcome }).await;
+            let _ = me
+                .send(Command::QuotaVerdict {
+                    job: id,
+                    ask,
+                    outcome,
+                })
+                .await;
         });
         Gate::Wait(WAITING.into())
     }
 
-    /// A tenant's holdings grew or shrank: "allow" answers about smaller
-    /// holdings, or "hold" answers about larger ones, no longer stand.
-    fn holdings_changed(&mut self, tenant: &TenantName, grew: bool) {
-        let g = self.holdings_generation.entry(tenant.clone()).or_default();
-        if grew {
-            g.grew += 1;
-        } else {
-            g.shrank += 1;
-        }
-        let jobs = &self.jobs;
-        self.quota.retain(|j, s| {
-            let stale = match s {
-                QuotaState::Decided {
-                    decision: QuotaDecision::Allow,
-                    ..
-                } => grew,
-                QuotaState::Decided {
-                    decision: QuotaDecision::Hold(_),
-                    ..
-                } => !grew,
-                _ => false,
-            };
-            !stale || jobs.get(j).is_none_or(|j| &j.spec.tenant != tenant)
-        });
-    }
-
     /// What a quota plugin is told: the job, and what its tenant and each of
-    /// its projects hold now and used this month.
-    fn quota_input(&self, id: JobId, now: UnixMillis) -> QuotaInput {
+    /// its projects hold now and used this month. The jobs in `assumed`
+    /// (allowed, not placed yet) count as running, holding their GPUs and
+    /// the most GPU memory they could be given.
+    fn quota_input(&mut self, id: JobId, now: UnixMillis, assumed: &[JobId]) -> QuotaInput {
+        let tenant = self.jobs[&id].spec.tenant.clone();
+        if !self.month_usage.contains_key(&tenant) {
+            let month = UsageQuery {
+                from: now.month_start(),
+                to: now.max(UnixMillis(now.month_start().0 + 1)),
+                group_by: vec![Dimension::Project],
+                tenant: Some(tenant.clone()),
+            };
+            let rows = self.ledger.usage(&month, now).unwrap_or_else(|e| {
+                warn!(%tenant, error = %e, "cannot read the tenant's usage for its quota plugin");
+                Vec::new()
+            });
+            self.month_usage.insert(tenant.clone(), rows);
+        }
         let job = &self.jobs[&id];
-        let tenant = &job.spec.tenant;
         let currency = self.config.rate_card.currency;
         let mut total = PolicyUsage::zero(currency);
         let mut projects: BTreeMap<ProjectName, PolicyUsage> = BTreeMap::new();
         projects.insert(job.spec.project.clone(), PolicyUsage::zero(currency));
-        let add_held = |u: &mut PolicyUsage, l: &Lease| {
-            u.gpus_held = u.gpus_held.checked_add(l.device.share).unwrap_or(u.gpus_held);
-            u.gpu_memory_held = MiB(u.gpu_memory_held.0 + l.device.gpu_memory.0);
+        let add_held = |u: &mut PolicyUsage, gpus: Share, memory: MiB| {
+            u.gpus_held = u.gpus_held.checked_add(gpus).unwrap_or(u.gpus_held);
+            u.gpu_memory_held = MiB(u.gpu_memory_held.0 + memory.0);
         };
-        for j in self.jobs.values().filter(|j| &j.spec.tenant == tenant) {
+        for j in self.jobs.values().filter(|j| j.spec.tenant == tenant) {
             let p = projects
                 .entry(j.spec.project.clone())
                 .or_insert_with(|| PolicyUsage::zero(currency));
             match j.state {
+                JobState::Pending if assumed.contains(&j.id) => {
+                    let memory = most_gpu_memory(&self.cluster, &j.spec.resources.gpu);
+                    for u in [&mut total, p] {
+                        u.running_jobs += 1;
+                        add_held(u, gpus_of(&j.spec.resources.gpu), memory);
+                    }
+                }
                 JobState::Pending => {
                     total.pending_jobs += 1;
                     p.pending_jobs += 1;
@@ -998,48 +1001,31 @@ impl Engine {
                     p.running_jobs += 1;
                     for l in self.leases.get(&j.id).into_iter().flatten() {
                         if l.state != LeaseState::Closed {
-                            add_held(&mut total, l);
-                            add_held(p, l);
+                            add_held(&mut total, l.device.share, l.device.gpu_memory);
+                            add_held(p, l.device.share, l.device.gpu_memory);
                         }
                     }
                 }
                 _ => {}
             }
         }
-        let month = UsageQuery {
-            from: now.month_start(),
-            to: now.max(UnixMillis(now.month_start().0 + 1)),
-            group_by: vec![Dimension::Project],
-            tenant: Some(tenant.clone()),
-        };
-        match self.ledger.usage(&month, now) {
-            Ok(rows) => {
-                for r in rows {
-                    let Some(project) = r.keys.first().and_then(|k| k.parse::<ProjectName>().ok()) else {
-                        continue;
-                    };
-                    let p = projects
-                        .entry(project)
-                        .or_insert_with(|| PolicyUsage::zero(currency));
-                    for u in [p, &mut total] {
-                        u.gpu_ms_in_period += r.gpu_time.gpu_ms_floor() as u64;
-                        if r.currency == currency {
-                            u.spend_in_period.minor += r.cost_minor;
-                        }
-                    }
+        for r in &self.month_usage[&tenant] {
+            let Some(project) = r.keys.first().and_then(|k| k.parse::<ProjectName>().ok()) else {
+                continue;
+            };
+            let p = projects
+                .entry(project)
+                .or_insert_with(|| PolicyUsage::zero(currency));
+            for u in [p, &mut total] {
+                u.gpu_ms_in_period += r.gpu_time.gpu_ms_floor() as u64;
+                if r.currency == currency {
+                    u.spend_in_period.minor += r.cost_minor;
                 }
             }
-            Err(e) => warn!(%tenant, error = %e, "cannot read the tenant's usage for its quota plugin"),
         }
-        let job_gpus = match &job.spec.resources.gpu {
-            GpuRequest::None => Share::ZERO,
-            GpuRequest::Whole(n) => Share::new(n.get() as u64, 1).unwrap_or(Share::ZERO),
-            GpuRequest::Fraction { share, .. } => *share,
-            GpuRequest::Mig(p) => p.share(),
-        };
         QuotaInput {
             job: job.spec.clone(),
-            job_gpus,
+            job_gpus: gpus_of(&job.spec.resources.gpu),
             now,
             period_start: now.month_start(),
             tenant_usage: total,
@@ -1225,9 +1211,8 @@ impl Engine {
     /// Makes a placement real: allocates every part, writes the leases and
     /// the job (durable at this turn's flush), then orders each node to launch.
     fn commit_placement(&mut self, id: JobId, parts: Vec<crate::domain::Placement>) {
-        self.quota.remove(&id);
         if let Some(tenant) = self.jobs.get(&id).map(|j| j.spec.tenant.clone()) {
-            self.holdings_changed(&tenant, true);
+            self.quota.placed(&tenant, id);
         }
         for (k, p) in parts.iter().enumerate() {
             if let Err(e) = self.cluster.allocate(id, p) {
@@ -1315,8 +1300,8 @@ impl Engine {
         for n in nodes {
             self.cluster.release(id, n.as_str());
         }
-        if let Some(tenant) = self.jobs.get(&id).map(|j| j.spec.tenant.clone()) {
-            self.holdings_changed(&tenant, false);
+        if let Some(tenant) = self.jobs.get(&id).map(|j| &j.spec.tenant) {
+            self.quota.released(tenant);
         }
     }
 
