@@ -286,6 +286,31 @@ fn job_env(order: &pb::LaunchJob, ctx: &JobContext) -> Vec<(String, String)> {
     env
 }
 
+/// The file a command names: the command itself if it holds a `/`, else
+/// the first executable file of that name in the job's own `PATH` (`execvp`'s
+/// default when it has none; empty and relative entries taken from its
+/// working directory), which is what `execvp` in the job would run. Started
+/// by its path, a job is spawned with `posix_spawn`; by a bare name under a
+/// `PATH` of its own, the standard library has to fork the agent instead,
+/// copying its page tables on every launch. `None`: not found (the spawn
+/// then fails as it would have).
+fn resolve_program(command: &str, env: &[(String, String)], workdir: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    if command.is_empty() || command.contains('/') {
+        return None;
+    }
+    let path = env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "PATH")
+        .map_or("/bin:/usr/bin", |(_, v)| v.as_str());
+    path.split(':')
+        .map(|dir| workdir.join(dir).join(command))
+        .find(|candidate| {
+            std::fs::metadata(candidate).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
 /// Signals a process group, ignoring "no such process".
 fn signal_group(pgid: i32, sig: Signal) {
     let _ = killpg(Pid::from_raw(pgid), sig);
@@ -341,11 +366,14 @@ async fn run_job(
         Ok(f) => f,
         Err(e) => return fail(format!("cannot open output file {}: {e}", ctx.output.display())),
     };
-    let mut cmd = tokio::process::Command::new(&order.command);
-    cmd.args(&order.args)
+    let env = job_env(&order, &ctx);
+    let program = resolve_program(&order.command, &env, &workdir);
+    let mut cmd = tokio::process::Command::new(program.as_deref().unwrap_or(Path::new(&order.command)));
+    cmd.arg0(&order.command)
+        .args(&order.args)
         .current_dir(&workdir)
         .env_clear()
-        .envs(job_env(&order, &ctx))
+        .envs(env)
         .stdin(Stdio::null())
         .stdout(Stdio::from(out))
         .stderr(Stdio::from(err))
@@ -431,5 +459,55 @@ async fn terminate(
             signal_group(pgid, Signal::SIGKILL);
             child.wait().await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn executable(path: &Path) {
+        std::fs::write(path, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    fn env(path: &str) -> Vec<(String, String)> {
+        vec![
+            ("PATH".into(), "/nowhere".into()),
+            ("HOME".into(), "/root".into()),
+            ("PATH".into(), path.into()),
+        ]
+    }
+
+    #[test]
+    fn a_bare_command_is_found_in_the_jobs_own_path_as_execvp_would() {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, second, work) = (dir.path().join("a"), dir.path().join("b"), dir.path().join("w"));
+        for d in [&first, &second, &work] {
+            std::fs::create_dir(d).unwrap();
+        }
+        executable(&second.join("train"));
+        std::fs::write(first.join("train"), "not executable").unwrap();
+        let path = format!("{}:{}", first.display(), second.display());
+        // The last PATH wins (the job's own over the agent's); a file that
+        // is not executable is passed over.
+        assert_eq!(
+            resolve_program("train", &env(&path), &work),
+            Some(second.join("train"))
+        );
+        // Relative and empty entries are taken from the working directory.
+        executable(&work.join("train"));
+        assert_eq!(
+            resolve_program("train", &env("bin:"), &work),
+            Some(work.join("train"))
+        );
+        assert_eq!(resolve_program("missing", &env(&path), &work), None);
+        // A path is run as it is.
+        assert_eq!(resolve_program("./train", &env(&path), &work), None);
+        assert_eq!(resolve_program("", &env(&path), &work), None);
+        // Without any PATH, execvp's default.
+        assert_eq!(resolve_program("sh", &[], &work), Some(PathBuf::from("/bin/sh")));
     }
 }
