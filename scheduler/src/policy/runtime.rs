@@ -7,7 +7,8 @@
 //!   pre-reserved instance slots, and copy-on-write memory images make a
 //!   fresh instance a few page mappings rather than a copy.
 //! - **CPU budget: epochs, not fuel.** A ticker thread increments the
-//!   engine's epoch every [`EPOCH_TICK`]; each store's deadline is the budget
+//!   engine's epoch every [`EPOCH_TICK`] while any call runs (it sleeps
+//!   otherwise); each store's deadline is the budget
 //!   in ticks, so a call that loops traps within one tick of its budget.
 //!   Fuel would count instructions exactly (and so be deterministic), but
 //!   instruments every basic block, which costs the well-behaved calls a
@@ -44,7 +45,7 @@
 
 use std::collections::VecDeque;
 use std::hash::Hasher;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -329,6 +330,19 @@ pub struct Sandbox {
     config: PolicyConfig,
     deadline_ticks: u64,
     warm: Mutex<WarmSet>,
+    /// Calls and instantiations running now; the epoch ticker runs only
+    /// while there are any.
+    running: Arc<AtomicUsize>,
+    ticker: std::thread::Thread,
+}
+
+/// Counts a running call for the epoch ticker, for as long as it lives.
+struct Running<'a>(&'a AtomicUsize);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Hex SHA-256.
@@ -392,15 +406,27 @@ impl Sandbox {
             .and_then(|()| wit::add_to_linker(&mut linker))
             .map_err(|e| anyhow::anyhow!("cannot link the plugin host functions: {e}"))?;
         let weak = engine.weak();
-        std::thread::Builder::new()
+        let running = Arc::new(AtomicUsize::new(0));
+        let counted = running.clone();
+        let ticker = std::thread::Builder::new()
             .name("allot-plugin-epoch".into())
             .spawn(move || {
                 while let Some(engine) = weak.upgrade() {
+                    if counted.load(Ordering::Acquire) == 0 {
+                        // Nothing running: no need to wake a thousand times a
+                        // second. A call unparks it; the timeout notices the
+                        // engine is gone.
+                        drop(engine);
+                        std::thread::park_timeout(Duration::from_secs(1));
+                        continue;
+                    }
                     engine.increment_epoch();
                     drop(engine);
                     std::thread::sleep(EPOCH_TICK);
                 }
-            })?;
+            })?
+            .thread()
+            .clone();
         let tick_ms = u64::try_from(EPOCH_TICK.as_millis()).unwrap_or(1).max(1);
         Ok(Sandbox {
             engine,
@@ -410,6 +436,8 @@ impl Sandbox {
             // nearly over: one tick more, so no call gets less than its budget.
             deadline_ticks: config.cpu_budget.0.div_ceil(tick_ms) + 1,
             warm: Mutex::default(),
+            running,
+            ticker,
         })
     }
 
@@ -593,7 +621,17 @@ impl Sandbox {
     /// Instantiates `plugin` in a fresh store and drops it, without a call:
     /// what a call on a fresh instance pays before the plugin runs.
     pub fn instantiate(&self, plugin: &Loaded) -> Result<(), PluginFailure> {
+        let _running = self.running();
         self.fresh(plugin, &"instantiate".into(), &"-".into()).map(drop)
+    }
+
+    /// Starts the epoch ticker, if it is parked, for as long as the guard
+    /// lives: a store's deadline is counted in its ticks.
+    fn running(&self) -> Running<'_> {
+        if self.running.fetch_add(1, Ordering::AcqRel) == 0 {
+            self.ticker.unpark();
+        }
+        Running(&self.running)
     }
 
     /// Runs `call` for `tenant` on a kept instance of `plugin`, or a fresh
@@ -608,6 +646,7 @@ impl Sandbox {
         call: impl Fn(&Instance, &mut Store<CallState>, usize) -> Result<R, CallError>,
     ) -> CallReport<R> {
         let started = Instant::now();
+        let _running = self.running();
         let mut kept = self.take(plugin, &tenant);
         loop {
             let reused = kept.is_some();
