@@ -60,12 +60,23 @@ const PASS_EVERY: Millis = Millis::from_secs(5);
 
 /// Preemption searches per placement pass, at most: each scans the cluster.
 const PREEMPTION_SEARCHES_PER_PASS: usize = 4;
+/// How long a turn waits for the answers of quota plugins it asked, so that
+/// the placements they allow go out with it.
+const QUOTA_WINDOW: Millis = Millis(2);
+/// How long a tenant's GPU-time and spend this month, read from the ledger
+/// for its quota plugin, are used before they are read again: a read goes
+/// over the leases of the current hour, so one per ask would grow with the
+/// hour's jobs. (An answer stands for up to `quota::FRESH` anyway.)
+const QUOTA_USAGE_FRESH: Millis = Millis::from_secs(1);
 /// How long a tenant's budget standing is trusted before it is read again.
 const BUDGET_RECHECK: Millis = Millis::from_secs(2);
 /// What the quota gate says about placing a job now.
 enum Gate {
     Go,
     Wait(String),
+    /// Asked just now: the answer usually comes within the turn, so the
+    /// job's reason is written only if it still waits at a later pass.
+    Asked,
     Deny(String),
 }
 
@@ -111,6 +122,10 @@ pub struct Engine {
     next_request: u64,
     effects: Vec<Effect>,
     dirty: bool,
+    /// Plugin prices written and not flushed yet.
+    priced_unflushed: bool,
+    /// Quota asks made this turn whose answers have not come.
+    fresh_asks: usize,
     needs_pass: bool,
     /// Tenants' monthly budgets.
     budgets: HashMap<TenantName, Budget>,
@@ -124,9 +139,9 @@ pub struct Engine {
     me: Option<mpsc::WeakSender<Command>>,
     /// Pending jobs' standing with their tenant's quota plugin.
     quota: QuotaBook,
-    /// Each tenant's GPU-time and spend this month, read once per placement
-    /// pass for its quota plugin's asks.
-    month_usage: HashMap<TenantName, Vec<crate::accounting::usage::UsageRow>>,
+    /// Each tenant's GPU-time and spend this month by project, for its quota
+    /// plugin's asks, and when it was read.
+    month_usage: HashMap<TenantName, (UnixMillis, Vec<crate::accounting::usage::UsageRow>)>,
     /// A ledger write failed this turn: memory is ahead of disk, so the engine
     /// stops before acknowledging anything.
     failed: Option<crate::ledger::LedgerError>,
@@ -165,6 +180,9 @@ fn most_gpu_memory(cluster: &Cluster, gpu: &GpuRequest) -> MiB {
             .unwrap_or(largest),
     }
 }
+
+/// A ledger flush under way.
+type FlushFuture = std::pin::Pin<Box<dyn std::future::Future<Output = crate::ledger::Result<()>> + Send>>;
 
 fn reply<T: Send + 'static>(tx: oneshot::Sender<T>, value: T) -> Effect {
     Effect::Reply(Box::new(move || {
@@ -211,6 +229,8 @@ impl Engine {
             next_request: 1,
             effects: Vec::new(),
             dirty: false,
+            priced_unflushed: false,
+            fresh_asks: 0,
             needs_pass: true,
             failed: None,
         };
@@ -290,17 +310,49 @@ impl Engine {
     }
 
     /// The engine loop. Ends when every handle is gone, or on a ledger error.
+    ///
+    /// Group commit, pipelined: a turn handles the commands that arrived,
+    /// runs a placement pass, and starts a flush of what it wrote; the next
+    /// turn runs while that flush is on disk. A turn's effects (replies,
+    /// events, agent orders) wait for the flush that covers its writes, and
+    /// for every earlier turn's, so nothing is acknowledged before it is
+    /// durable and effects go out in the order they were made.
     pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Command>) -> anyhow::Result<()> {
         let mut tick = tokio::time::interval(self.config.tick.as_std());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The flush on disk now, and the effects of the turns it covers.
+        let mut flushing: Option<(FlushFuture, Vec<Effect>)> = None;
+        // Effects of turns since it started, and whether they wrote.
+        let mut waiting: Vec<Effect> = Vec::new();
+        let mut waiting_wrote = false;
         loop {
             let mut batch = Vec::new();
+            let mut ticked = false;
+            let mut flushed = None;
             tokio::select! {
                 cmd = rx.recv() => match cmd {
                     Some(c) => batch.push(c),
                     None => break,
                 },
-                _ = tick.tick() => {}
+                _ = tick.tick() => ticked = true,
+                r = async { flushing.as_mut().expect("guarded").0.as_mut().await }, if flushing.is_some() => {
+                    flushed = Some(r);
+                }
+            }
+            if let Some(r) = flushed {
+                if let Err(e) = r {
+                    error!(error = %e, "ledger flush failed; stopping the engine");
+                    return Err(e.into());
+                }
+                let (_, effects) = flushing.take().expect("it was flushing");
+                self.dispatch(effects);
+                let later = std::mem::take(&mut waiting);
+                if std::mem::take(&mut waiting_wrote) {
+                    flushing = Some((self.start_flush(), later));
+                } else {
+                    self.dispatch(later);
+                }
+                continue;
             }
             while batch.len() < MAX_BATCH {
                 match rx.try_recv() {
@@ -323,29 +375,88 @@ impl Engine {
                 self.last_pass = now;
                 self.placement_pass();
             }
+            // Quota plugins asked in this pass usually answer within tens of
+            // microseconds: their answers get a short window to land in this
+            // turn, so that the placements they allow are made and flushed
+            // with it. Other commands arriving meanwhile are handled as
+            // usual; a slow plugin costs the turn at most the window.
+            if self.fresh_asks > 0 {
+                let deadline = tokio::time::Instant::now() + QUOTA_WINDOW.as_std();
+                while self.fresh_asks > 0 {
+                    match tokio::time::timeout_at(deadline, rx.recv()).await {
+                        Ok(Some(cmd)) => self.handle(cmd),
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+                if self.needs_pass {
+                    self.needs_pass = false;
+                    self.placement_pass();
+                }
+                self.fresh_asks = 0;
+            }
             if let Some(e) = self.failed.take() {
                 error!(error = %e, "ledger write failed; stopping the engine");
                 return Err(e.into());
             }
-            if self.dirty {
-                // Leases closed this turn join the roll-ups in one go.
+            // Plugin prices need no flush of their own (nobody waits for
+            // them, and a restart asks again for prices not on disk): they go
+            // with the next turn that writes, or with a tick.
+            let wrote = self.dirty || (self.priced_unflushed && ticked);
+            if wrote {
+                // Leases closed (or priced) this turn join the roll-ups in one go.
                 if let Err(e) = self.ledger.roll_up() {
                     error!(error = %e, "ledger roll-up failed; stopping the engine");
                     return Err(e.into());
                 }
-                if let Err(e) = self.ledger.flush().await {
-                    error!(error = %e, "ledger flush failed; stopping the engine");
-                    return Err(e.into());
-                }
                 self.dirty = false;
+                self.priced_unflushed = false;
             }
-            self.dispatch();
+            let effects = self.seal_effects();
+            match &flushing {
+                None if wrote => flushing = Some((self.start_flush(), effects)),
+                // Nothing written and nothing on its way to disk.
+                None => self.dispatch(effects),
+                Some(_) => {
+                    waiting.extend(effects);
+                    waiting_wrote |= wrote;
+                }
+            }
         }
+        // Every handle is gone: what was written still reaches the disk
+        // before the last effects go out.
+        if let Some((flush, effects)) = flushing.take() {
+            flush.await?;
+            self.dispatch(effects);
+        }
+        if waiting_wrote {
+            self.ledger.flush().await?;
+        }
+        self.dispatch(waiting);
         Ok(())
     }
 
-    fn dispatch(&mut self) {
-        for effect in std::mem::take(&mut self.effects) {
+    /// A flush of everything written so far, to run while the next turn does.
+    fn start_flush(&self) -> FlushFuture {
+        let ledger = self.ledger.clone();
+        Box::pin(async move { ledger.flush().await })
+    }
+
+    /// This turn's effects, with replies that show a job taken as it stands
+    /// now: they go out once this turn is durable, when later turns may have
+    /// changed the job again (and not durably yet).
+    fn seal_effects(&mut self) -> Vec<Effect> {
+        let effects = std::mem::take(&mut self.effects);
+        effects
+            .into_iter()
+            .map(|e| match e {
+                Effect::JobReply(id, tx) => reply(tx, self.job_snapshot(id)),
+                other => other,
+            })
+            .collect()
+    }
+
+    fn dispatch(&mut self, effects: Vec<Effect>) {
+        for effect in effects {
             match effect {
                 Effect::Reply(f) => f(),
                 Effect::JobReply(id, tx) => {
@@ -415,10 +526,11 @@ impl Engine {
                 }
             }
             Command::Priced { lease, prices } => match self.ledger.set_plugin_prices(&lease, prices) {
-                Ok(()) => self.dirty = true,
+                Ok(()) => self.priced_unflushed = true,
                 Err(e) => error!(%lease, error = %e, "cannot record a lease's plugin prices"),
             },
             Command::QuotaVerdict { job, ask, outcome } => {
+                self.fresh_asks = self.fresh_asks.saturating_sub(1);
                 let by = outcome
                     .decided_by
                     .plugin()
@@ -808,7 +920,6 @@ impl Engine {
 
     fn placement_pass(&mut self) {
         self.refresh_mix();
-        self.month_usage.clear();
         let order: Vec<JobId> = self.queue.iter().collect();
         let mut searches = 0;
         for id in order {
@@ -824,6 +935,7 @@ impl Engine {
             }
             match self.quota_gate(id) {
                 Gate::Go => {}
+                Gate::Asked => continue,
                 Gate::Wait(reason) => {
                     let job = self.jobs.get_mut(&id).expect("present");
                     if job.reason != reason {
@@ -939,6 +1051,7 @@ impl Engine {
         let assumed = self.quota.outstanding(&tenant, id);
         let input = self.quota_input(id, now, &assumed);
         let ask = self.quota.asking(id, tenant, assumed);
+        self.fresh_asks += 1;
         tokio::spawn(async move {
             let outcome = policy.quota(&input).await;
             let _ = me
@@ -949,7 +1062,7 @@ impl Engine {
                 })
                 .await;
         });
-        Gate::Wait(WAITING.into())
+        Gate::Asked
     }
 
     /// What a quota plugin is told: the job, and what its tenant and each of
@@ -958,7 +1071,10 @@ impl Engine {
     /// the most GPU memory they could be given.
     fn quota_input(&mut self, id: JobId, now: UnixMillis, assumed: &[JobId]) -> QuotaInput {
         let tenant = self.jobs[&id].spec.tenant.clone();
-        if !self.month_usage.contains_key(&tenant) {
+        let read_at = self.month_usage.get(&tenant).map(|(at, _)| *at);
+        if read_at.is_none_or(|at| {
+            now.since(at) >= QUOTA_USAGE_FRESH || at > now || at.month_start() != now.month_start()
+        }) {
             let month = UsageQuery {
                 from: now.month_start(),
                 to: now.max(UnixMillis(now.month_start().0 + 1)),
@@ -969,7 +1085,7 @@ impl Engine {
                 warn!(%tenant, error = %e, "cannot read the tenant's usage for its quota plugin");
                 Vec::new()
             });
-            self.month_usage.insert(tenant.clone(), rows);
+            self.month_usage.insert(tenant.clone(), (now, rows));
         }
         let job = &self.jobs[&id];
         let currency = self.config.rate_card.currency;
@@ -1009,7 +1125,7 @@ impl Engine {
                 _ => {}
             }
         }
-        for r in &self.month_usage[&tenant] {
+        for r in &self.month_usage[&tenant].1 {
             let Some(project) = r.keys.first().and_then(|k| k.parse::<ProjectName>().ok()) else {
                 continue;
             };
