@@ -19,9 +19,10 @@ use allot_proto::v1 as pb;
 use allot_scheduler::api::convert;
 use allot_scheduler::auth::Caller;
 use allot_scheduler::domain::{JobSpec, Millis, Share, UnixMillis};
+use allot_scheduler::ledger::Ledger;
 use allot_scheduler::ledger::Role;
 use allot_scheduler::policy::runtime::{Loaded, Sandbox};
-use allot_scheduler::policy::{PolicyConfig, PriceInput};
+use allot_scheduler::policy::{AdmissionDecision, Owner, PluginRef, PolicyConfig, PolicyHost, PriceInput};
 use criterion::{Criterion, criterion_group, criterion_main};
 
 /// Builds the Rust examples (`plugins/build.sh --rust`) and reads one.
@@ -170,6 +171,39 @@ fn bench(c: &mut Criterion) {
         percentiles(&format!("pricing call ({how})"), 20_000, price);
         instantiated = Some((sandbox, admission));
     }
+
+    // Through the plugin host, as the scheduler calls it: the binding
+    // resolved, a permit, the call on a blocking thread, the answer awaited.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let host = PolicyHost::new(Ledger::open(dir.path()).unwrap(), &PolicyConfig::default()).unwrap();
+    runtime.block_on(async {
+        let owner = Owner::Tenant("acme".parse().unwrap());
+        host.add_plugin(
+            owner.clone(),
+            "gate".parse().unwrap(),
+            admission_wasm.clone(),
+            "bench",
+            now,
+        )
+        .await
+        .unwrap();
+        let plugin = PluginRef {
+            owner: owner.clone(),
+            name: "gate".parse().unwrap(),
+        };
+        host.bind(owner, None, plugin, "bench", now).await.unwrap();
+    });
+    let admit_via_host = || {
+        let outcome = runtime.block_on(host.admit(&job, now));
+        assert_eq!(outcome.decision, AdmissionDecision::Accept);
+    };
+    c.bench_function("admission through the plugin host", |b| b.iter(admit_via_host));
+    percentiles("admission through the plugin host", 20_000, admit_via_host);
 
     let (sandbox, admission) = instantiated.expect("ran");
     let instantiate = || sandbox.instantiate(&admission).expect("instantiates");
