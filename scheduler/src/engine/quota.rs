@@ -30,7 +30,7 @@
 //! Every answer is also asked again after [`FRESH`], since time alone
 //! changes the period's GPU-hours and spend.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use crate::domain::{JobId, Millis, TenantName, UnixMillis};
 use crate::policy::types::QuotaDecision;
@@ -118,6 +118,8 @@ pub enum QuotaStanding<'a> {
 #[derive(Default)]
 pub struct QuotaBook {
     asks: HashMap<JobId, Ask>,
+    /// The jobs of each tenant in `asks`, oldest first.
+    by_tenant: HashMap<TenantName, BTreeSet<JobId>>,
     next_ask: u64,
 }
 
@@ -164,15 +166,38 @@ impl QuotaBook {
     /// falls when a job it did not count is placed, and a hold given for
     /// less than is held would be given for more.)
     pub fn outstanding(&self, tenant: &TenantName, job: JobId) -> Vec<JobId> {
-        let mut jobs: Vec<JobId> = self
-            .asks
-            .iter()
-            .filter(|(j, a)| **j != job && &a.tenant == tenant && a.outstanding())
-            .map(|(j, _)| *j)
-            .collect();
-        jobs.sort_unstable();
-        jobs.truncate(MAX_COUNTED);
-        jobs
+        self.of(tenant)
+            .filter(|j| *j != job && self.asks[j].outstanding())
+            .take(MAX_COUNTED)
+            .collect()
+    }
+
+    /// The jobs of `tenant` with an ask, oldest first.
+    fn of(&self, tenant: &TenantName) -> impl Iterator<Item = JobId> + '_ {
+        self.by_tenant.get(tenant).into_iter().flatten().copied()
+    }
+
+    /// Calls `f` on each ask about one of `tenant`'s jobs.
+    fn for_tenant(&mut self, tenant: &TenantName, mut f: impl FnMut(&mut Ask)) {
+        let Some(jobs) = self.by_tenant.get(tenant) else {
+            return;
+        };
+        for j in jobs {
+            if let Some(ask) = self.asks.get_mut(j) {
+                f(ask);
+            }
+        }
+    }
+
+    fn remove(&mut self, job: JobId) -> Option<Ask> {
+        let ask = self.asks.remove(&job)?;
+        if let Some(jobs) = self.by_tenant.get_mut(&ask.tenant) {
+            jobs.remove(&job);
+            if jobs.is_empty() {
+                self.by_tenant.remove(&ask.tenant);
+            }
+        }
+        Some(ask)
     }
 
     /// Records that the plugin is being asked about `job`, counting
@@ -180,6 +205,7 @@ impl QuotaBook {
     /// which its answer must name.
     pub fn asking(&mut self, job: JobId, tenant: TenantName, assumed: Vec<JobId>) -> u64 {
         self.next_ask += 1;
+        self.by_tenant.entry(tenant.clone()).or_default().insert(job);
         self.asks.insert(
             job,
             Ask {
@@ -226,27 +252,25 @@ impl QuotaBook {
 
     /// `job` of `tenant` was placed: its holdings grew.
     pub fn placed(&mut self, tenant: &TenantName, job: JobId) {
-        self.asks.remove(&job);
-        for ask in self.asks.values_mut().filter(|a| &a.tenant == tenant) {
+        self.remove(job);
+        self.for_tenant(tenant, |ask| {
             if ask.assumed.contains(&job) {
                 ask.settled = true;
             } else {
                 ask.grew_beyond = true;
             }
-        }
+        });
     }
 
     /// A job of `tenant` released its devices: its holdings shrank.
     pub fn released(&mut self, tenant: &TenantName) {
-        for ask in self.asks.values_mut().filter(|a| &a.tenant == tenant) {
-            ask.shrank = true;
-        }
+        self.for_tenant(tenant, |ask| ask.shrank = true);
     }
 
     /// `job` no longer waits for the plugin (it ended, or its tenant's
     /// plugin was unbound): it leaves, unplaced.
     pub fn forget(&mut self, job: JobId) {
-        if let Some(ask) = self.asks.remove(&job)
+        if let Some(ask) = self.remove(job)
             && ask.outstanding()
         {
             self.left(&ask.tenant, job);
@@ -261,13 +285,11 @@ impl QuotaBook {
     /// A job that other asks counted as held will not be placed soon: they
     /// saw more than there is.
     fn left(&mut self, tenant: &TenantName, job: JobId) {
-        for ask in self
-            .asks
-            .values_mut()
-            .filter(|a| &a.tenant == tenant && a.assumed.contains(&job))
-        {
-            ask.shrank = true;
-        }
+        self.for_tenant(tenant, |ask| {
+            if ask.assumed.contains(&job) {
+                ask.shrank = true;
+            }
+        });
     }
 }
 

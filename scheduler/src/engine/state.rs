@@ -139,12 +139,21 @@ pub struct Engine {
     me: Option<mpsc::WeakSender<Command>>,
     /// Pending jobs' standing with their tenant's quota plugin.
     quota: QuotaBook,
+    /// What each tenant with quota asks in this pass holds (`held_now`);
+    /// dropped at each pass and when the tenant's holdings change.
+    holdings: HashMap<TenantName, (PolicyUsage, BTreeMap<ProjectName, PolicyUsage>)>,
     /// Each tenant's GPU-time and spend this month by project, for its quota
     /// plugin's asks, and when it was read.
     month_usage: HashMap<TenantName, (UnixMillis, Vec<crate::accounting::usage::UsageRow>)>,
     /// A ledger write failed this turn: memory is ahead of disk, so the engine
     /// stops before acknowledging anything.
     failed: Option<crate::ledger::LedgerError>,
+}
+
+/// Counts `gpus` and `memory` as held in `u`.
+fn add_held(u: &mut PolicyUsage, gpus: Share, memory: MiB) {
+    u.gpus_held = u.gpus_held.checked_add(gpus).unwrap_or(u.gpus_held);
+    u.gpu_memory_held = MiB(u.gpu_memory_held.0 + memory.0);
 }
 
 /// The GPUs a request holds once placed, exactly (a 1g MIG slice is 1/7).
@@ -226,6 +235,7 @@ impl Engine {
             me: None,
             quota: QuotaBook::default(),
             month_usage: HashMap::new(),
+            holdings: HashMap::new(),
             next_request: 1,
             effects: Vec::new(),
             dirty: false,
@@ -920,6 +930,7 @@ impl Engine {
 
     fn placement_pass(&mut self) {
         self.refresh_mix();
+        self.holdings.clear();
         let order: Vec<JobId> = self.queue.iter().collect();
         let mut searches = 0;
         for id in order {
@@ -1087,42 +1098,29 @@ impl Engine {
             });
             self.month_usage.insert(tenant.clone(), (now, rows));
         }
+        if !self.holdings.contains_key(&tenant) {
+            let held = self.held_now(&tenant);
+            self.holdings.insert(tenant.clone(), held);
+        }
+        let (mut total, mut projects) = self.holdings[&tenant].clone();
         let job = &self.jobs[&id];
         let currency = self.config.rate_card.currency;
-        let mut total = PolicyUsage::zero(currency);
-        let mut projects: BTreeMap<ProjectName, PolicyUsage> = BTreeMap::new();
-        projects.insert(job.spec.project.clone(), PolicyUsage::zero(currency));
-        let add_held = |u: &mut PolicyUsage, gpus: Share, memory: MiB| {
-            u.gpus_held = u.gpus_held.checked_add(gpus).unwrap_or(u.gpus_held);
-            u.gpu_memory_held = MiB(u.gpu_memory_held.0 + memory.0);
-        };
-        for j in self.jobs.values().filter(|j| j.spec.tenant == tenant) {
+        projects
+            .entry(job.spec.project.clone())
+            .or_insert_with(|| PolicyUsage::zero(currency));
+        for j in assumed.iter().filter_map(|a| self.jobs.get(a)) {
+            if j.state != JobState::Pending {
+                continue;
+            }
+            let gpus = gpus_of(&j.spec.resources.gpu);
+            let memory = most_gpu_memory(&self.cluster, &j.spec.resources.gpu);
             let p = projects
                 .entry(j.spec.project.clone())
                 .or_insert_with(|| PolicyUsage::zero(currency));
-            match j.state {
-                JobState::Pending if assumed.contains(&j.id) => {
-                    let memory = most_gpu_memory(&self.cluster, &j.spec.resources.gpu);
-                    for u in [&mut total, p] {
-                        u.running_jobs += 1;
-                        add_held(u, gpus_of(&j.spec.resources.gpu), memory);
-                    }
-                }
-                JobState::Pending => {
-                    total.pending_jobs += 1;
-                    p.pending_jobs += 1;
-                }
-                JobState::Starting | JobState::Running => {
-                    total.running_jobs += 1;
-                    p.running_jobs += 1;
-                    for l in self.leases.get(&j.id).into_iter().flatten() {
-                        if l.state != LeaseState::Closed {
-                            add_held(&mut total, l.device.share, l.device.gpu_memory);
-                            add_held(p, l.device.share, l.device.gpu_memory);
-                        }
-                    }
-                }
-                _ => {}
+            for u in [&mut total, p] {
+                u.pending_jobs = u.pending_jobs.saturating_sub(1);
+                u.running_jobs += 1;
+                add_held(u, gpus, memory);
             }
         }
         for r in &self.month_usage[&tenant].1 {
@@ -1147,6 +1145,38 @@ impl Engine {
             tenant_usage: total,
             projects,
         }
+    }
+
+    /// What a tenant and each of its projects hold now (starting and
+    /// running jobs, their open leases) and how many jobs wait: one walk over
+    /// the active jobs, kept for the pass until the tenant's holdings change.
+    fn held_now(&self, tenant: &TenantName) -> (PolicyUsage, BTreeMap<ProjectName, PolicyUsage>) {
+        let currency = self.config.rate_card.currency;
+        let mut total = PolicyUsage::zero(currency);
+        let mut projects: BTreeMap<ProjectName, PolicyUsage> = BTreeMap::new();
+        for j in self.jobs.values().filter(|j| &j.spec.tenant == tenant) {
+            let p = projects
+                .entry(j.spec.project.clone())
+                .or_insert_with(|| PolicyUsage::zero(currency));
+            match j.state {
+                JobState::Pending => {
+                    total.pending_jobs += 1;
+                    p.pending_jobs += 1;
+                }
+                JobState::Starting | JobState::Running => {
+                    total.running_jobs += 1;
+                    p.running_jobs += 1;
+                    for l in self.leases.get(&j.id).into_iter().flatten() {
+                        if l.state != LeaseState::Closed {
+                            add_held(&mut total, l.device.share, l.device.gpu_memory);
+                            add_held(p, l.device.share, l.device.gpu_memory);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        (total, projects)
     }
 
     /// Why a tenant gets no new placements: its monthly budget is spent.
@@ -1329,6 +1359,7 @@ impl Engine {
     fn commit_placement(&mut self, id: JobId, parts: Vec<crate::domain::Placement>) {
         if let Some(tenant) = self.jobs.get(&id).map(|j| j.spec.tenant.clone()) {
             self.quota.placed(&tenant, id);
+            self.holdings.remove(&tenant);
         }
         for (k, p) in parts.iter().enumerate() {
             if let Err(e) = self.cluster.allocate(id, p) {
@@ -1418,6 +1449,7 @@ impl Engine {
         }
         if let Some(tenant) = self.jobs.get(&id).map(|j| &j.spec.tenant) {
             self.quota.released(tenant);
+            self.holdings.remove(tenant);
         }
     }
 
