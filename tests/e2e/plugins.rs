@@ -58,6 +58,17 @@ async fn two_tenants(dir: &std::path::Path) -> (DevServer, Client, Client) {
     (server, a, b)
 }
 
+/// Uploads the built component `component` as the caller's own plugin
+/// `name` and binds it for the caller at its world.
+async fn add_and_bind_own(client: &Client, name: &str, component: &str) {
+    client
+        .plugins()
+        .add(name, wasm(component), &Scope::Own)
+        .await
+        .unwrap();
+    client.plugins().bind(name, None, &Scope::Own).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admission_plugin_rejects_modifies_and_stays_with_its_tenant() {
     let dir = tempdir();
@@ -213,11 +224,7 @@ async fn a_hostile_plugin_fails_closed_for_its_tenant_while_others_are_scheduled
         "hostile_panics",
         "hostile_deep_recursion",
     ] {
-        a.plugins()
-            .add("hostile", wasm(hostile), &Scope::Own)
-            .await
-            .unwrap();
-        a.plugins().bind("hostile", None, &Scope::Own).await.unwrap();
+        add_and_bind_own(&a, "hostile", hostile).await;
         // Tenant A's submission runs into its plugin while B submits.
         let a_submit = {
             let a = a.clone();
@@ -266,11 +273,7 @@ async fn admission_fails_open_when_configured_to() {
     .unwrap();
     let server = DevServer::start_with(dir.path(), &["--config", config.to_str().unwrap()]).await;
     let a = server.client().await;
-    a.plugins()
-        .add("spin", wasm("hostile_loop_forever"), &Scope::Own)
-        .await
-        .unwrap();
-    a.plugins().bind("spin", None, &Scope::Own).await.unwrap();
+    add_and_bind_own(&a, "spin", "hostile_loop_forever").await;
     let job = a.submit(JobSpec::new("true")).await.unwrap();
     assert_eq!(wait_final(&a, &job.id).await.state(), JobState::Succeeded);
     let stats = a.plugins().get("spin", &Scope::Own).await.unwrap().stats.unwrap();
@@ -429,11 +432,7 @@ async fn bad_plugin_requests_are_refused_clearly_and_change_nothing() {
 async fn a_quota_plugin_holds_a_project_at_its_cap_while_other_work_is_placed() {
     let dir = tempdir();
     let (_server, a, b) = two_tenants(dir.path()).await;
-    a.plugins()
-        .add("caps", wasm("project_caps"), &Scope::Own)
-        .await
-        .unwrap();
-    a.plugins().bind("caps", None, &Scope::Own).await.unwrap();
+    add_and_bind_own(&a, "caps", "project_caps").await;
 
     // The example caps a project at 4 GPUs: four 1-GPU jobs run, the fifth waits.
     let sleeper = || JobSpec::new("sleep").args(["60"]).gpus(1).project("vision");
@@ -486,11 +485,7 @@ async fn a_quota_plugin_holds_a_project_at_its_cap_while_other_work_is_placed() 
 async fn a_burst_of_jobs_gets_its_project_cap_in_one_round_and_never_more() {
     let dir = tempdir();
     let (_server, a, _b) = two_tenants(dir.path()).await;
-    a.plugins()
-        .add("caps", wasm("project_caps"), &Scope::Own)
-        .await
-        .unwrap();
-    a.plugins().bind("caps", None, &Scope::Own).await.unwrap();
+    add_and_bind_own(&a, "caps", "project_caps").await;
 
     // Six 1-GPU jobs at once, for a project capped at 4 GPUs, on a fleet
     // with 8 free: the plugin's answers about them are asked together, each
@@ -592,11 +587,7 @@ async fn a_pricing_plugin_prices_its_tenants_leases_and_usage_shows_it() {
     let b = Client::connect(server.addr.clone(), &b_token.token)
         .await
         .unwrap();
-    a.plugins()
-        .add("tod", wasm("time_of_day"), &Scope::Own)
-        .await
-        .unwrap();
-    a.plugins().bind("tod", None, &Scope::Own).await.unwrap();
+    add_and_bind_own(&a, "tod", "time_of_day").await;
 
     let mine = a
         .submit(JobSpec::new("sleep").args(["0.5"]).gpus(1))

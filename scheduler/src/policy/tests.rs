@@ -463,6 +463,10 @@ async fn uploads_that_are_not_plugins_are_refused_clearly() {
             "a plugin may be at most",
         ),
         (wasm("hostile_wrong_world"), "it exports greet"),
+        (
+            wasm("hostile_future_version"),
+            "built for allot:plugin@9.0.0, which this server does not support (it supports 0.1.0)",
+        ),
     ];
     for (bytes, expected) in cases {
         let err = add(bytes).await.unwrap_err();

@@ -456,3 +456,39 @@ pub struct PluginStats {
     /// The most recent failures, newest last.
     pub recent_errors: Vec<ErrorRecord>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &str) -> WitVersion {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_plugin_runs_on_the_bindings_of_any_compatible_version_not_older_than_its_own() {
+        // 0.x: the minor version breaks.
+        assert!(v("0.1.0").runs_on(v("0.1.0")));
+        assert!(v("0.1.0").runs_on(v("0.1.4")));
+        assert!(
+            !v("0.1.4").runs_on(v("0.1.0")),
+            "built for a patch the host lacks"
+        );
+        assert!(!v("0.1.0").runs_on(v("0.2.0")));
+        assert!(!v("0.2.0").runs_on(v("0.1.9")));
+        // From 1.0: the major version breaks.
+        assert!(v("1.0.0").runs_on(v("1.3.0")));
+        assert!(!v("1.3.0").runs_on(v("1.2.9")));
+        assert!(!v("1.0.0").runs_on(v("2.0.0")));
+        assert!(!v("0.1.0").runs_on(v("1.1.0")));
+    }
+
+    #[test]
+    fn versions_parse_strictly() {
+        assert_eq!(v("0.1.0"), WitVersion::new(0, 1, 0));
+        assert_eq!(v("12.0.3").to_string(), "12.0.3");
+        for bad in ["", "0.1", "0.1.0.0", "0.x.0", "v0.1.0", "-1.0.0"] {
+            assert!(bad.parse::<WitVersion>().is_err(), "{bad:?}");
+        }
+    }
+}
