@@ -220,18 +220,18 @@ pub fn check_derived(leases: &[Lease], derived: &Derived) -> Vec<String> {
             continue;
         }
         let closing = Closing::of(l);
-        for (part, tally) in &closing.parts {
+        for (part, _) in &closing.parts {
             if !derived.hours.contains(&(part.hour, l.id)) {
                 problems.push(format!(
                     "lease {}: missing from the hour index at {}",
                     l.id, part.hour
                 ));
             }
-            if derived.unrolled.contains(&l.id) {
-                continue; // not in the roll-ups yet: reports read it one by one
-            }
-            for (r, cell) in &closing.cells {
-                want.entry(r.key(part.hour, cell)).or_default().add(tally);
+        }
+        // Not in the roll-ups yet when marked: reports read it one by one.
+        if !derived.unrolled.contains(&l.id) {
+            for (k, tally) in closing.additions() {
+                want.entry(k).or_default().add(&tally);
             }
         }
     }

@@ -29,6 +29,8 @@ pub const GPU_TIME_DENOMINATOR: u128 = 63_000_000;
 
 /// Milliseconds in an hour.
 pub const HOUR_MS: u64 = 3_600_000;
+/// Milliseconds in a UTC day.
+pub const DAY_MS: u64 = 24 * HOUR_MS;
 
 /// GPU-time units in one GPU-hour.
 pub const UNITS_PER_GPU_HOUR: u128 = GPU_TIME_DENOMINATOR * HOUR_MS as u128;

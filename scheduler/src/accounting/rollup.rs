@@ -22,9 +22,15 @@
 //!
 //! Grouping by job reads the leases of the window instead (found through the
 //! hour index, not a scan of all leases).
+//!
+//! Each roll-up has cells per hour and cells per UTC day, the day's 24 hours
+//! summed (a day cell counts as leases those that overlap the day). A report
+//! without an hour grouping reads day cells for the whole days of its window,
+//! hour cells for the whole hours at its ends, and leases for the partial
+//! hours: a month is some 30 day cells per cell key instead of 720 hour cells.
 
 use super::usage::{Cell, Dimension, Tally};
-use super::{GpuTime, HourPart, hour_parts};
+use super::{DAY_MS, GpuTime, HOUR_MS, HourPart, hour_parts};
 use crate::domain::{Lease, UnixMillis};
 
 /// One of the roll-ups.
@@ -36,16 +42,43 @@ pub enum Rollup {
     Detail,
 }
 
+/// The stretch of time a roll-up cell sums: a UTC hour, or a UTC day.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Span {
+    Hour,
+    Day,
+}
+
+impl Span {
+    pub fn ms(self) -> u64 {
+        match self {
+            Span::Hour => HOUR_MS,
+            Span::Day => DAY_MS,
+        }
+    }
+
+    /// The start of the span holding `at`.
+    pub fn start(self, at: UnixMillis) -> UnixMillis {
+        UnixMillis(at.0 - at.0 % self.ms())
+    }
+}
+
 impl Rollup {
     /// Smallest first: a report reads the first that answers it.
     pub const ALL: [Rollup; 4] = [Rollup::Base, Rollup::Nodes, Rollup::Tags, Rollup::Detail];
 
-    fn tag(self) -> u8 {
-        match self {
+    /// Hour cells of a roll-up under a lower-case letter, its day cells
+    /// under the upper-case one.
+    fn tag(self, span: Span) -> u8 {
+        let t = match self {
             Rollup::Base => b'b',
             Rollup::Nodes => b'n',
             Rollup::Tags => b't',
             Rollup::Detail => b'd',
+        };
+        match span {
+            Span::Hour => t,
+            Span::Day => t.to_ascii_uppercase(),
         }
     }
 
@@ -91,32 +124,42 @@ impl Rollup {
             .find(|r| group_by.iter().all(|d| r.covers(d)))
     }
 
-    /// The key prefix of this roll-up's cells in `hour`.
-    pub fn hour_prefix(self, hour: UnixMillis) -> [u8; 9] {
+    /// The key prefix of this roll-up's cells of the span starting at `at`.
+    pub fn prefix(self, span: Span, at: UnixMillis) -> [u8; 9] {
         let mut k = [0u8; 9];
-        k[0] = self.tag();
-        k[1..].copy_from_slice(&hour.0.to_be_bytes());
+        k[0] = self.tag(span);
+        k[1..].copy_from_slice(&at.0.to_be_bytes());
         k
     }
 
-    /// The key prefix of one tenant's cells in `hour` (tenant names hold no NUL).
-    pub fn tenant_prefix(self, hour: UnixMillis, tenant: &str) -> Vec<u8> {
-        let mut k = self.hour_prefix(hour).to_vec();
+    /// The key prefix of one tenant's cells of the span starting at `at`
+    /// (tenant names hold no NUL).
+    pub fn tenant_prefix(self, span: Span, at: UnixMillis, tenant: &str) -> Vec<u8> {
+        let mut k = self.prefix(span, at).to_vec();
         k.extend_from_slice(tenant.as_bytes());
         k.push(0);
         k
     }
 
-    /// `tag ++ hour ++ tenant ++ NUL ++ cell as JSON`: a window is one range,
-    /// and one tenant's cells in an hour are one prefix.
-    pub fn key(self, hour: UnixMillis, cell: &Cell) -> Vec<u8> {
-        let mut k = self.tenant_prefix(hour, &cell.tenant);
-        k.extend_from_slice(&serde_json::to_vec(cell).expect("cells always serialize"));
+    /// `tag ++ span start ++ tenant ++ NUL ++ cell as JSON`: a window is one
+    /// range, and one tenant's cells in a span are one prefix.
+    pub fn key(self, span: Span, at: UnixMillis, cell: &Cell) -> Vec<u8> {
+        self.key_with(
+            span,
+            at,
+            &cell.tenant,
+            &serde_json::to_vec(cell).expect("cells always serialize"),
+        )
+    }
+
+    fn key_with(self, span: Span, at: UnixMillis, tenant: &str, cell_json: &[u8]) -> Vec<u8> {
+        let mut k = self.tenant_prefix(span, at, tenant);
+        k.extend_from_slice(cell_json);
         k
     }
 }
 
-/// A roll-up key read back: its hour and cell.
+/// A roll-up key read back: the start of its span (hour or day) and its cell.
 pub fn decode_key(k: &[u8]) -> Option<(UnixMillis, Cell)> {
     let hour = u64::from_be_bytes(k.get(1..9)?.try_into().ok()?);
     let rest = k.get(9..)?;
@@ -169,4 +212,33 @@ impl Closing {
         let cells = Rollup::ALL.into_iter().map(|r| (r, r.cell(lease))).collect();
         Closing { parts, cells }
     }
+
+    /// What the lease adds to each roll-up key: every hour part to its
+    /// hour's cell and its day's, in every roll-up.
+    pub fn additions(&self) -> Vec<(Vec<u8>, Tally)> {
+        let mut out = Vec::with_capacity(self.parts.len() * self.cells.len() * 2);
+        for (r, cell) in &self.cells {
+            let json = serde_json::to_vec(cell).expect("cells always serialize");
+            for (part, tally) in &self.parts {
+                out.push((r.key_with(Span::Hour, part.hour, &cell.tenant, &json), *tally));
+                let day = Span::Day.start(part.hour);
+                out.push((
+                    r.key_with(Span::Day, day, &cell.tenant, &json),
+                    day_share(part.hour, tally),
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// What an hour's tally adds to its day's cell: all of it, but that a day
+/// counts as leases those overlapping it: the ones in its first hour, and
+/// those starting in its later hours.
+fn day_share(hour: UnixMillis, t: &Tally) -> Tally {
+    let mut d = *t;
+    if Span::Day.start(hour) != hour {
+        d.parts = t.starts;
+    }
+    d
 }

@@ -9,7 +9,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use super::pricing::Currency;
-use super::{GpuTime, HOUR_MS, hour_parts};
+use super::{DAY_MS, GpuTime, HOUR_MS, hour_parts};
 use crate::domain::{Lease, TenantName, UnixMillis};
 
 /// What usage can be grouped by.
@@ -233,7 +233,7 @@ impl<'q> Rows<'q> {
         let bucket_start = if self.q.group_by.contains(&Dimension::Hour) {
             hour
         } else if self.q.group_by.contains(&Dimension::Day) {
-            UnixMillis(hour.0 - hour.0 % (24 * HOUR_MS))
+            UnixMillis(hour.0 - hour.0 % DAY_MS)
         } else {
             window_start
         };

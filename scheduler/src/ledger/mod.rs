@@ -11,11 +11,11 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use crate::accounting::HOUR_MS;
 use crate::accounting::budget::Budget;
 use crate::accounting::check::{CheckReport, Derived, check, check_derived};
-use crate::accounting::rollup::{Closing, Rollup, decode_key, decode_tally, encode_tally};
-use crate::accounting::usage::{Rows, Tally, UsageQuery, UsageRow};
+use crate::accounting::rollup::{Closing, Rollup, Span, decode_key, decode_tally, encode_tally};
+use crate::accounting::usage::{Dimension, Rows, Tally, UsageQuery, UsageRow};
+use crate::accounting::{DAY_MS, HOUR_MS};
 use crate::domain::{
     Job, JobId, JobState, Lease, LeaseId, LeaseState, NodeName, PluginPrices, TenantName, UnixMillis,
 };
@@ -49,7 +49,7 @@ pub type Result<T, E = LedgerError> = std::result::Result<T, E>;
 const SCHEMA_VERSION: &str = "1";
 /// The layout of the roll-ups; a data dir without this is rebuilt on open.
 const ROLLUPS_KEY: &str = "rollups";
-const ROLLUPS_VERSION: &str = "4";
+const ROLLUPS_VERSION: &str = "5";
 
 /// A tenant record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -257,12 +257,12 @@ impl Ledger {
                 continue;
             }
             let closing = Closing::of(&lease);
-            for (part, tally) in &closing.parts {
+            for (part, _) in &closing.parts {
                 self.lease_hours
                     .insert(hour_lease_key(part.hour, &lease.id), &[])?;
-                for (r, cell) in &closing.cells {
-                    sums.entry(r.key(part.hour, cell)).or_default().add(tally);
-                }
+            }
+            for (k, tally) in closing.additions() {
+                sums.entry(k).or_default().add(&tally);
             }
         }
         for (k, t) in &sums {
@@ -525,11 +525,8 @@ impl Ledger {
         }
         let mut sums: BTreeMap<Vec<u8>, Tally> = BTreeMap::new();
         for lease in &marked {
-            let c = Closing::of(lease);
-            for (part, tally) in &c.parts {
-                for (r, cell) in &c.cells {
-                    sums.entry(r.key(part.hour, cell)).or_default().add(tally);
-                }
+            for (k, tally) in Closing::of(lease).additions() {
+                sums.entry(k).or_default().add(&tally);
             }
         }
         let result: Result<(), TransactionError<&'static str>> =
@@ -671,7 +668,8 @@ impl Ledger {
             }
             return Ok(rows.finish());
         };
-        // Whole hours inside the window come from the roll-up; the partial
+        // Whole hours inside the window come from the roll-up (whole days
+        // from its day cells, unless the report is by hour); the partial
         // hours at its ends from their leases.
         let whole_from = UnixMillis(q.from.0.div_ceil(HOUR_MS) * HOUR_MS);
         let whole_to = UnixMillis(q.to.0 - q.to.0 % HOUR_MS);
@@ -685,34 +683,23 @@ impl Ledger {
             if whole_to <= last_hour {
                 edges.push((whole_to, last_hour));
             }
-            let mut add = |kv: sled::Result<(sled::IVec, sled::IVec)>| -> Result<()> {
-                let (k, v) = kv?;
-                let (Some((hour, cell)), Some(t)) = (decode_key(&k), decode_tally(&v)) else {
-                    return Err(LedgerError::CorruptKey { tree: "rollups" });
-                };
-                rows.add(hour, &cell, &t);
-                Ok(())
+            let days = if q.group_by.contains(&Dimension::Hour) {
+                None
+            } else {
+                let from = UnixMillis(whole_from.0.div_ceil(DAY_MS) * DAY_MS);
+                let to = Span::Day.start(whole_to);
+                (from < to).then_some((from, to))
             };
-            match &q.tenant {
-                // One tenant: its prefix in each hour.
-                Some(tenant) => {
-                    let mut hour = whole_from;
-                    while hour < whole_to {
-                        for kv in self
-                            .rollups
-                            .scan_prefix(rollup.tenant_prefix(hour, tenant.as_str()))
-                        {
-                            add(kv)?;
-                        }
-                        hour = UnixMillis(hour.0 + HOUR_MS);
-                    }
-                }
-                None => {
-                    let (start, end) = (rollup.hour_prefix(whole_from), rollup.hour_prefix(whole_to));
-                    for kv in self.rollups.range(start..end) {
-                        add(kv)?;
-                    }
-                }
+            let stretches = match days {
+                None => vec![(Span::Hour, whole_from, whole_to)],
+                Some((from, to)) => vec![
+                    (Span::Hour, whole_from, from),
+                    (Span::Day, from, to),
+                    (Span::Hour, to, whole_to),
+                ],
+            };
+            for (span, from, to) in stretches {
+                self.read_rollup(rollup, span, from, to, q.tenant.as_ref(), &mut rows)?;
             }
         }
         for (a, b) in edges {
@@ -723,6 +710,50 @@ impl Ledger {
             }
         }
         Ok(rows.finish())
+    }
+
+    /// Adds the cells of `rollup` of each `span` in `[from, to)` (span
+    /// aligned) to `rows`: one tenant's prefix per span, or one range.
+    fn read_rollup(
+        &self,
+        rollup: Rollup,
+        span: Span,
+        from: UnixMillis,
+        to: UnixMillis,
+        tenant: Option<&TenantName>,
+        rows: &mut Rows,
+    ) -> Result<()> {
+        let mut add = |kv: sled::Result<(sled::IVec, sled::IVec)>| -> Result<()> {
+            let (k, v) = kv?;
+            let (Some((at, cell)), Some(t)) = (decode_key(&k), decode_tally(&v)) else {
+                return Err(LedgerError::CorruptKey { tree: "rollups" });
+            };
+            rows.add(at, &cell, &t);
+            Ok(())
+        };
+        match tenant {
+            Some(tenant) => {
+                let mut at = from;
+                while at < to {
+                    for kv in self
+                        .rollups
+                        .scan_prefix(rollup.tenant_prefix(span, at, tenant.as_str()))
+                    {
+                        add(kv)?;
+                    }
+                    at = UnixMillis(at.0 + span.ms());
+                }
+            }
+            None => {
+                for kv in self
+                    .rollups
+                    .range(rollup.prefix(span, from)..rollup.prefix(span, to))
+                {
+                    add(kv)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// `allot ledger check`: every invariant, over every job and lease, and

@@ -198,8 +198,10 @@ mod rollups {
             0u8..2,
             0u8..3,
             0u8..3,
-            0..6 * HOUR_MS,
-            0..3 * HOUR_MS,
+            // Over three days and across midnights, so that windows cover
+            // whole days (read from the day cells) and whole hours around them.
+            0..60 * HOUR_MS,
+            0..30 * HOUR_MS,
             0u8..4,
             prop::bool::weighted(0.15),
         )
@@ -250,6 +252,7 @@ mod rollups {
             vec![Tenant],
             vec![Tenant, Project, GpuModel],
             vec![Day, Tenant],
+            vec![Day, Tag("team".into())],
             vec![Hour],
             vec![Node],
             vec![Tag("team".into()), MigProfile],
@@ -268,12 +271,12 @@ mod rollups {
         #[test]
         fn rollups_answer_like_a_full_scan(
             specs in prop::collection::vec(arb_lease(), 1..40),
-            windows in prop::collection::vec((0..7 * HOUR_MS, 1..7 * HOUR_MS), 1..5),
+            windows in prop::collection::vec((0..80 * HOUR_MS, 1..80 * HOUR_MS), 1..5),
             roll_every in 1usize..6,
         ) {
             let dir = tempfile::tempdir().unwrap();
             let ledger = Ledger::open(dir.path()).unwrap();
-            let now = UnixMillis(T0 + 7 * HOUR_MS);
+            let now = UnixMillis(T0 + 100 * HOUR_MS);
             let mut leases = Vec::new();
             for s in &specs {
                 let (j, l) = build(s);
@@ -311,7 +314,7 @@ mod rollups {
             prop_assert_eq!(ledger.roll_up().unwrap(), 0);
             let q = UsageQuery {
                 from: UnixMillis(T0),
-                to: UnixMillis(T0 + 7 * HOUR_MS),
+                to: UnixMillis(T0 + 100 * HOUR_MS),
                 group_by: vec![Dimension::Tenant, Dimension::Node],
                 tenant: None,
             };
