@@ -38,6 +38,19 @@ fn free_port() -> u16 {
         .port()
 }
 
+impl Drop for Cluster {
+    /// Agents first, gracefully, so that they stop their jobs; then the
+    /// controller.
+    fn drop(&mut self) {
+        for agent in self.agents.values_mut() {
+            terminate(agent);
+        }
+        if let Some(server) = self.server.as_mut() {
+            terminate(server);
+        }
+    }
+}
+
 impl Cluster {
     async fn start(dir: &Path, extra: &[&str]) -> Cluster {
         let mut c = Cluster {
@@ -104,6 +117,7 @@ impl Cluster {
         self.server = Some(child);
     }
 
+    /// SIGKILL: no shutdown, no flush.
     /// SIGKILL: no shutdown, no flush.
     async fn kill_server(&mut self) {
         if let Some(mut c) = self.server.take() {

@@ -106,11 +106,30 @@ impl DevServer {
 }
 
 impl Drop for DevServer {
+    /// Stops the server gracefully, so that its agents stop their jobs: a
+    /// SIGKILL would leave them running (each job is in a process group of
+    /// its own, and outlives its agent on purpose).
     fn drop(&mut self) {
         if let Some(c) = self.child.as_mut() {
-            let _ = c.start_kill();
+            terminate(c);
         }
     }
+}
+
+/// Stops a child as an operator would: SIGTERM, up to 10 s to exit (an
+/// agent stops its jobs on the way out), then SIGKILL. Blocking: for drops.
+pub fn terminate(child: &mut Child) {
+    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let _ = child.start_kill();
 }
 
 /// Runs `allot ARGS…` with `ALLOT_ADDR`/`ALLOT_TOKEN` set when given;
