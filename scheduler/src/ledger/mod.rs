@@ -529,15 +529,22 @@ impl Ledger {
                 sums.entry(k).or_default().add(&tally);
             }
         }
+        // The cells' new values are worked out before the transaction, which
+        // then only writes: roll-ups are written here alone, one at a time
+        // (`rolling`), so nothing changes them in between.
+        let mut cells = Vec::with_capacity(sums.len());
+        for (k, t) in sums {
+            let mut sum = match self.rollups.get(&k)? {
+                Some(b) => decode_tally(&b).ok_or(LedgerError::CorruptKey { tree: "rollups" })?,
+                None => Tally::default(),
+            };
+            sum.add(&t);
+            cells.push((k, encode_tally(&sum)));
+        }
         let result: Result<(), TransactionError<&'static str>> =
             (&self.rollups, &self.unrolled).transaction(|(rollups, unrolled)| {
-                for (k, t) in &sums {
-                    let mut sum = rollups
-                        .get(k.as_slice())?
-                        .and_then(|b| decode_tally(&b))
-                        .unwrap_or_default();
-                    sum.add(t);
-                    rollups.insert(k.as_slice(), encode_tally(&sum).as_slice())?;
+                for (k, v) in &cells {
+                    rollups.insert(k.as_slice(), v.as_slice())?;
                 }
                 for l in &marked {
                     unrolled.remove(l.id.as_bytes())?;
