@@ -44,7 +44,9 @@ if $hostile; then
     for crate in "${hostile_crates[@]}"; do packages+=(-p "hostile-$crate"); done
 fi
 echo "building the Rust plugins (cargo build --release --target wasm32-wasip2)" >&2
-cargo build --locked --release --target wasm32-wasip2 "${packages[@]}" >&2
+# --target-dir: the outputs are where this script looks for them, whatever
+# CARGO_TARGET_DIR the caller has set.
+cargo build --locked --release --target wasm32-wasip2 --target-dir "$plugins/target" "${packages[@]}" >&2
 components=("$out/require_cost_center.wasm" "$out/project_caps.wasm" "$out/time_of_day.wasm")
 
 if ! $rust_only; then
