@@ -484,23 +484,13 @@ fn spec_changes(before: &JobSpec, after: &JobSpec) -> Vec<String> {
         .collect()
 }
 
-/// The GPUs a job holds once placed, as quota counts them.
-fn job_gpus(spec: &JobSpec) -> Share {
-    match &spec.resources.gpu {
-        GpuRequest::None => Share::ZERO,
-        GpuRequest::Whole(n) => Share::new(n.get().into(), 1).unwrap_or(Share::ZERO),
-        GpuRequest::Fraction { share, .. } => *share,
-        GpuRequest::Mig(p) => p.share(),
-    }
-}
-
 /// A quota request for `spec` from a tenant that holds and used nothing.
 fn sample_quota(spec: &JobSpec, now: UnixMillis) -> QuotaInput {
     let mut idle = Usage::zero(Currency::USD);
     idle.pending_jobs = 1;
     QuotaInput {
         job: spec.clone(),
-        job_gpus: job_gpus(spec),
+        job_gpus: spec.resources.gpu.gpus(),
         now,
         period_start: now.month_start(),
         tenant_usage: idle.clone(),

@@ -25,6 +25,19 @@ pub enum GpuRequest {
     Mig(MigProfile),
 }
 
+impl GpuRequest {
+    /// The GPUs the request holds once placed, exactly: a whole GPU counts
+    /// 1, a share its share, a MIG slice its compute slices out of 7.
+    pub fn gpus(&self) -> Share {
+        match self {
+            GpuRequest::None => Share::ZERO,
+            GpuRequest::Whole(n) => Share::new(n.get().into(), 1).unwrap_or(Share::ZERO),
+            GpuRequest::Fraction { share, .. } => *share,
+            GpuRequest::Mig(p) => p.share(),
+        }
+    }
+}
+
 impl fmt::Display for GpuRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

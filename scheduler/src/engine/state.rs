@@ -156,16 +156,6 @@ fn add_held(u: &mut PolicyUsage, gpus: Share, memory: MiB) {
     u.gpu_memory_held = MiB(u.gpu_memory_held.0 + memory.0);
 }
 
-/// The GPUs a request holds once placed, exactly (a 1g MIG slice is 1/7).
-fn gpus_of(gpu: &GpuRequest) -> Share {
-    match gpu {
-        GpuRequest::None => Share::ZERO,
-        GpuRequest::Whole(n) => Share::new(n.get() as u64, 1).unwrap_or(Share::ZERO),
-        GpuRequest::Fraction { share, .. } => *share,
-        GpuRequest::Mig(p) => p.share(),
-    }
-}
-
 /// The most GPU memory `gpu` could be given on any node of `cluster`.
 fn most_gpu_memory(cluster: &Cluster, gpu: &GpuRequest) -> MiB {
     let gpus = || cluster.nodes().iter().flat_map(|n| &n.inventory.gpus);
@@ -1112,7 +1102,7 @@ impl Engine {
             if j.state != JobState::Pending {
                 continue;
             }
-            let gpus = gpus_of(&j.spec.resources.gpu);
+            let gpus = j.spec.resources.gpu.gpus();
             let memory = most_gpu_memory(&self.cluster, &j.spec.resources.gpu);
             let p = projects
                 .entry(j.spec.project.clone())
@@ -1139,7 +1129,7 @@ impl Engine {
         }
         QuotaInput {
             job: job.spec.clone(),
-            job_gpus: gpus_of(&job.spec.resources.gpu),
+            job_gpus: job.spec.resources.gpu.gpus(),
             now,
             period_start: now.month_start(),
             tenant_usage: total,
