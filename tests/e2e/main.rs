@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod crash;
+mod hardening;
 mod harness;
 mod jobs;
 mod plugins;

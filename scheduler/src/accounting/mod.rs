@@ -32,6 +32,11 @@ pub const HOUR_MS: u64 = 3_600_000;
 /// Milliseconds in a UTC day.
 pub const DAY_MS: u64 = 24 * HOUR_MS;
 
+/// The longest window a usage report or an export may span: 366 days (a
+/// calendar year, leap or not). Longer ones are refused, so that no single
+/// question can ask the ledger for an unbounded amount of work.
+pub const MAX_WINDOW_MS: u64 = 366 * DAY_MS;
+
 /// GPU-time units in one GPU-hour.
 pub const UNITS_PER_GPU_HOUR: u128 = GPU_TIME_DENOMINATOR * HOUR_MS as u128;
 

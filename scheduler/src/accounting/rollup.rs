@@ -159,6 +159,11 @@ impl Rollup {
     }
 }
 
+/// The start of the span (hour or day) of a roll-up key.
+pub fn decode_span_start(k: &[u8]) -> Option<UnixMillis> {
+    Some(UnixMillis(u64::from_be_bytes(k.get(1..9)?.try_into().ok()?)))
+}
+
 /// A roll-up key read back: the start of its span (hour or day) and its cell.
 pub fn decode_key(k: &[u8]) -> Option<(UnixMillis, Cell)> {
     let hour = u64::from_be_bytes(k.get(1..9)?.try_into().ok()?);

@@ -21,11 +21,10 @@ const LOG_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Api {
     /// The job, if the caller may see it.
-    fn visible_job(&self, caller: &Caller, id: &JobId) -> ApiResult<Job> {
+    async fn visible_job(&self, caller: &Caller, id: JobId) -> ApiResult<Job> {
         let job = self
-            .engine
-            .ledger()
-            .get_job(id)?
+            .read(move |ledger| Ok(ledger.get_job(&id)?))
+            .await?
             .ok_or_else(|| ApiError::NotFound(format!("job {id}")))?;
         if !caller.may_access(&job.spec.tenant) {
             return Err(ApiError::PermissionDenied(format!(
@@ -35,10 +34,36 @@ impl Api {
         Ok(job)
     }
 
-    pub(super) fn job_with_leases(&self, job: &Job) -> ApiResult<pb::Job> {
-        let leases = self.engine.ledger().leases_of(&job.id)?;
-        Ok(job_pb(job, &leases, self.clock.now()))
+    /// The wire form of a job with its leases (read off the async workers).
+    pub(super) async fn job_with_leases(&self, job: Job) -> ApiResult<pb::Job> {
+        let now = self.clock.now();
+        self.read(move |ledger| {
+            let leases = ledger.leases_of(&job.id)?;
+            Ok(job_pb(&job, &leases, now))
+        })
+        .await
     }
+}
+
+/// A list page is cut short before its encoded size passes this (clients
+/// refuse messages over 4 MiB by default); the next page goes on from there.
+pub(super) const MAX_PAGE_BYTES: usize = 3 << 20;
+
+/// Keeps items while their encoded size stays under [`MAX_PAGE_BYTES`]
+/// (always at least one): whether the page was cut.
+pub(super) fn cut_page<T: prost::Message>(items: &mut Vec<T>) -> bool {
+    let mut total = 0;
+    let keep = items
+        .iter()
+        .position(|m| {
+            total += m.encoded_len() + 8;
+            total > MAX_PAGE_BYTES
+        })
+        .map(|i| i.max(1))
+        .unwrap_or(items.len());
+    let cut = keep < items.len();
+    items.truncate(keep);
+    cut
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchJobResponse, Status>> + Send>>;
@@ -60,7 +85,7 @@ impl pb::job_service_server::JobService for Api {
         let spec = self.admit(spec).await?;
         let job = self.engine.submit(spec).await.map_err(ApiError::from)?;
         Ok(Response::new(pb::SubmitJobResponse {
-            job: Some(self.job_with_leases(&job)?),
+            job: Some(self.job_with_leases(job).await?),
         }))
     }
 
@@ -71,9 +96,9 @@ impl pb::job_service_server::JobService for Api {
     ) -> Result<Response<pb::GetJobResponse>, Status> {
         let caller = caller(&request)?;
         let id = parse_job_id("id", &request.get_ref().id)?;
-        let job = self.visible_job(&caller, &id)?;
+        let job = self.visible_job(&caller, id).await?;
         Ok(Response::new(pb::GetJobResponse {
-            job: Some(self.job_with_leases(&job)?),
+            job: Some(self.job_with_leases(job).await?),
         }))
     }
 
@@ -96,18 +121,23 @@ impl pb::job_service_server::JobService for Api {
             t => Some(parse_job_id("page_token", t)?),
         };
         let filter = JobFilter { tenant, states };
-        let (jobs, next) = self
-            .engine
-            .ledger()
-            .list_jobs(&filter, after, limit)
-            .map_err(ApiError::from)?;
-        let jobs = jobs
-            .iter()
-            .map(|j| self.job_with_leases(j))
-            .collect::<ApiResult<Vec<_>>>()?;
+        let now = self.clock.now();
+        let (mut jobs, mut next) = self
+            .read(move |ledger| {
+                let (jobs, next) = ledger.list_jobs(&filter, after, limit)?;
+                let jobs = jobs
+                    .iter()
+                    .map(|j| Ok(job_pb(j, &ledger.leases_of(&j.id)?, now)))
+                    .collect::<ApiResult<Vec<_>>>()?;
+                Ok((jobs, next.map(|id| id.to_string())))
+            })
+            .await?;
+        if cut_page(&mut jobs) {
+            next = jobs.last().map(|j| j.id.clone());
+        }
         Ok(Response::new(pb::ListJobsResponse {
             jobs,
-            next_page_token: next.map(|id| id.to_string()).unwrap_or_default(),
+            next_page_token: next.unwrap_or_default(),
         }))
     }
 
@@ -119,7 +149,7 @@ impl pb::job_service_server::JobService for Api {
         let caller = caller(&request)?;
         let req = request.get_ref();
         let id = parse_job_id("id", &req.id)?;
-        self.visible_job(&caller, &id)?;
+        self.visible_job(&caller, id).await?;
         if req.reason.len() > 1024 {
             return Err(ApiError::invalid("reason", "must be at most 1024 bytes").into());
         }
@@ -129,7 +159,7 @@ impl pb::job_service_server::JobService for Api {
             .await
             .map_err(ApiError::from)?;
         Ok(Response::new(pb::CancelJobResponse {
-            job: Some(self.job_with_leases(&job)?),
+            job: Some(self.job_with_leases(job).await?),
         }))
     }
 
@@ -144,26 +174,37 @@ impl pb::job_service_server::JobService for Api {
         let id = parse_job_id("id", &request.get_ref().id)?;
         // Subscribe before reading, so no change falls between the two.
         let mut events = self.engine.subscribe();
-        let current = self.visible_job(&caller, &id)?;
+        let current = self.visible_job(&caller, id).await?;
         let api = self.clone();
         let stream = async_stream(move |tx| async move {
             let now = crate::domain::UnixMillis::now;
-            let send = |job: &Job, at: crate::domain::UnixMillis| -> Result<pb::WatchJobResponse, Status> {
-                Ok(pb::WatchJobResponse {
-                    job: Some(api.job_with_leases(job)?),
-                    at_unix_ms: at.0 as i64,
-                })
+            let send = |job: Job, at: crate::domain::UnixMillis| {
+                let api = api.clone();
+                async move {
+                    let job = api.job_with_leases(job).await?;
+                    Ok::<_, Status>(pb::WatchJobResponse {
+                        job: Some(job),
+                        at_unix_ms: at.0 as i64,
+                    })
+                }
             };
             let mut last = current.clone();
-            if tx.send(send(&current, now())).await.is_err() || current.state.is_final() {
+            let done = current.state.is_final();
+            if tx.send(send(current, now()).await).await.is_err() || done {
                 return;
             }
             loop {
-                let (job, at) = match events.recv().await {
+                // A client that has gone (cancelled, past its deadline)
+                // ends the watch at once, not at the job's next change.
+                let event = tokio::select! {
+                    e = events.recv() => e,
+                    _ = tx.closed() => return,
+                };
+                let (job, at) = match event {
                     Ok(ev) if ev.job.id == id => (ev.job, ev.at),
                     Ok(_) => continue,
                     // Fell behind: re-read the job rather than miss its end.
-                    Err(RecvError::Lagged(_)) => match api.engine.ledger().get_job(&id) {
+                    Err(RecvError::Lagged(_)) => match api.read(move |l| Ok(l.get_job(&id)?)).await {
                         Ok(Some(j)) => (j, now()),
                         _ => return,
                     },
@@ -178,7 +219,8 @@ impl pb::job_service_server::JobService for Api {
                     continue;
                 }
                 last = job.clone();
-                if tx.send(send(&job, at)).await.is_err() || job.state.is_final() {
+                let done = job.state.is_final();
+                if tx.send(send(job, at).await).await.is_err() || done {
                     return;
                 }
             }
@@ -194,7 +236,7 @@ impl pb::job_service_server::JobService for Api {
         let caller = caller(&request)?;
         let req = request.get_ref();
         let id = parse_job_id("id", &req.id)?;
-        self.visible_job(&caller, &id)?;
+        self.visible_job(&caller, id).await?;
         let limit = match req.limit {
             0 => MAX_LOG_CHUNK,
             n => n.min(MAX_LOG_CHUNK),

@@ -10,20 +10,27 @@ mod nodes;
 pub mod plugins;
 pub mod usage;
 
+#[cfg(test)]
+mod tests;
+
 use std::sync::Arc;
 
 use allot_proto::v1 as pb;
 use tonic::service::Interceptor;
 use tonic::{Request, Status};
 
-use self::error::ApiError;
+use self::error::{ApiError, ApiResult};
 use crate::auth::{Auth, Caller};
 use crate::clock::Clock;
 use crate::domain::Millis;
 use crate::domain::TenantName;
 use crate::engine::EngineHandle;
-use crate::ledger::Role;
+use crate::ledger::{Ledger, Role};
 use crate::policy::PolicyHost;
+
+/// Ledger reads that run at once on blocking threads; more wait their turn
+/// (asynchronously: the async workers stay free for every other call).
+const READ_SLOTS: usize = 8;
 
 /// The state every service shares.
 #[derive(Clone)]
@@ -35,6 +42,8 @@ pub struct Api {
     /// The plugin host; without one, no plugin is ever called and the
     /// PluginService answers `UNAVAILABLE`.
     pub(crate) policy: Option<PolicyHost>,
+    /// Bounds the ledger reads under way (see [`Api::read`]).
+    reads: Arc<tokio::sync::Semaphore>,
 }
 
 impl Api {
@@ -45,7 +54,32 @@ impl Api {
             clock,
             heartbeat_interval,
             policy: None,
+            reads: Arc::new(tokio::sync::Semaphore::new(READ_SLOTS)),
         }
+    }
+
+    /// Runs a ledger read on a blocking thread, never on the async workers,
+    /// so that no query, however large, can starve other calls, the health
+    /// check or a shutdown. At most `READ_SLOTS` run at once; a read whose
+    /// caller has gone still finishes (it holds its slot until then).
+    pub(crate) async fn read<T, F>(&self, f: F) -> ApiResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Ledger) -> ApiResult<T> + Send + 'static,
+    {
+        let permit = self
+            .reads
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ApiError::Unavailable("the server is shutting down".into()))?;
+        let ledger = self.engine.ledger().clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            f(&ledger)
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("a ledger read failed: {e}")))?
     }
 
     /// Serves the plugin registry and calls admission plugins on submit.

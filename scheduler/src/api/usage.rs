@@ -13,15 +13,40 @@ use crate::accounting::budget::{Budget, Standing, parse_gpu_hours};
 use crate::accounting::export::{self, Format, Issuer, Writer};
 use crate::accounting::pricing::{Currency, Money};
 use crate::accounting::usage::{Dimension, UsageQuery, UsageRow};
-use crate::accounting::{GpuTime, HOUR_MS, held};
+use crate::accounting::{DAY_MS, GpuTime, HOUR_MS, MAX_WINDOW_MS, held};
 use crate::domain::{Lease, LeaseId, LeaseState, TenantName, UnixMillis};
 
 fn time(field: &str, v: i64) -> ApiResult<Option<UnixMillis>> {
     match v {
         0 => Ok(None),
         v if v < 0 => Err(ApiError::invalid(field, format!("must not be negative, got {v}"))),
+        v if v as u64 > UnixMillis::MAX.0 => Err(ApiError::invalid(
+            field,
+            format!(
+                "must be before the year 10000 (at most {}), got {v}",
+                UnixMillis::MAX.0
+            ),
+        )),
         v => Ok(Some(UnixMillis(v as u64))),
     }
+}
+
+/// A report's window `[from, to)`: `to` after `from`, and at most
+/// `MAX_WINDOW_MS` long.
+fn window(from: UnixMillis, to: UnixMillis) -> ApiResult<()> {
+    if to <= from {
+        return Err(ApiError::invalid("to_unix_ms", "must be after from_unix_ms"));
+    }
+    if to.0 - from.0 > MAX_WINDOW_MS {
+        return Err(ApiError::invalid(
+            "to_unix_ms",
+            format!(
+                "the window may span at most {} days; ask for a longer period in parts",
+                MAX_WINDOW_MS / DAY_MS
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn row_pb(r: &UsageRow) -> pb::UsageRow {
@@ -44,6 +69,10 @@ fn row_pb(r: &UsageRow) -> pb::UsageRow {
 }
 
 type ExportStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::ExportChunk, Status>> + Send>>;
+
+/// The most `group_by` entries a usage report takes (every dimension once,
+/// and a few tags).
+pub const MAX_GROUP_BY: usize = 16;
 
 /// Bytes per export chunk (well under gRPC's default 4 MiB message limit).
 const EXPORT_CHUNK: usize = 256 * 1024;
@@ -151,13 +180,14 @@ impl pb::usage_service_server::UsageService for Api {
             Some(t) => whole_hour("to_unix_ms", t)?,
             None => UnixMillis(now.0 - now.0 % HOUR_MS + HOUR_MS),
         };
-        if to <= from {
-            return Err(ApiError::invalid("to_unix_ms", "must be after from_unix_ms").into());
-        }
+        window(from, to)?;
         let ledger = self.engine.ledger().clone();
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::ExportChunk, Status>>(4);
-        // Hour by hour off the runtime: the leases of one hour at a time, in
-        // lease-id order, so memory stays small whatever the window.
+        // Off the runtime, from one hour with leases to the next (never
+        // through empty hours), the leases of one hour at a time in lease-id
+        // order, so memory stays small whatever the window. It stops as soon
+        // as the client has gone (cancelled, or past its deadline: the
+        // response stream is dropped and the channel closes).
         tokio::task::spawn_blocking(move || {
             let mut w = Writer::new(format, Issuer::default());
             let mut buf = String::new();
@@ -166,14 +196,22 @@ impl pb::usage_service_server::UsageService for Api {
                 let data = std::mem::take(buf).into_bytes();
                 tx.blocking_send(Ok(pb::ExportChunk { data, rows })).is_ok()
             };
+            let fail = |e: crate::ledger::LedgerError| {
+                let _ = tx.blocking_send(Err(ApiError::from(e).into()));
+            };
             let mut hour = from;
             while hour < to {
+                if tx.is_closed() {
+                    return; // the client went away
+                }
+                hour = match ledger.next_hour_with_leases(hour, to) {
+                    Ok(Some(h)) => h,
+                    Ok(None) => break,
+                    Err(e) => return fail(e),
+                };
                 let leases = match ledger.closed_leases_in_hours(hour, hour) {
                     Ok(l) => l,
-                    Err(e) => {
-                        let _ = tx.blocking_send(Err(ApiError::from(e).into()));
-                        return;
-                    }
+                    Err(e) => return fail(e),
                 };
                 let mine: Vec<Lease> = leases
                     .into_iter()
@@ -242,13 +280,10 @@ impl pb::usage_service_server::UsageService for Api {
             .set_budget(tenant.clone(), budget.clone())
             .await
             .map_err(ApiError::from)?;
-        let status = standing(
-            self.engine.ledger(),
-            &tenant,
-            budget.as_ref(),
-            currency,
-            self.clock.now(),
-        )?;
+        let now = self.clock.now();
+        let status = self
+            .read(move |ledger| standing(ledger, &tenant, budget.as_ref(), currency, now))
+            .await?;
         Ok(Response::new(status))
     }
 
@@ -259,23 +294,27 @@ impl pb::usage_service_server::UsageService for Api {
     ) -> Result<Response<pb::GetBudgetsResponse>, Status> {
         let caller = caller(&request)?;
         let tenant = tenant_scope(&caller, &request.get_ref().tenant, "budgets")?;
-        let ledger = self.engine.ledger();
         let currency = self.engine.rate_card().currency;
         let now = self.clock.now();
-        let budgets = ledger.budgets().map_err(ApiError::from)?;
-        let mut out = Vec::new();
-        match tenant {
-            // One tenant: its standing, budget or not.
-            Some(t) => {
-                let b = budgets.iter().find(|b| b.tenant == t);
-                out.push(standing(ledger, &t, b, currency, now)?);
-            }
-            None => {
-                for b in &budgets {
-                    out.push(standing(ledger, &b.tenant, Some(b), currency, now)?);
+        let out = self
+            .read(move |ledger| {
+                let budgets = ledger.budgets().map_err(ApiError::from)?;
+                let mut out = Vec::new();
+                match tenant {
+                    // One tenant: its standing, budget or not.
+                    Some(t) => {
+                        let b = budgets.iter().find(|b| b.tenant == t);
+                        out.push(standing(ledger, &t, b, currency, now)?);
+                    }
+                    None => {
+                        for b in &budgets {
+                            out.push(standing(ledger, &b.tenant, Some(b), currency, now)?);
+                        }
+                    }
                 }
-            }
-        }
+                Ok(out)
+            })
+            .await?;
         Ok(Response::new(pb::GetBudgetsResponse { budgets: out }))
     }
 
@@ -291,34 +330,43 @@ impl pb::usage_service_server::UsageService for Api {
         let from = time("from_unix_ms", req.from_unix_ms)?
             .ok_or_else(|| ApiError::invalid("from_unix_ms", "is required"))?;
         let to = time("to_unix_ms", req.to_unix_ms)?.unwrap_or(now);
-        if to <= from {
-            return Err(ApiError::invalid("to_unix_ms", "must be after from_unix_ms").into());
+        window(from, to)?;
+        if req.group_by.len() > MAX_GROUP_BY {
+            return Err(ApiError::invalid(
+                "group_by",
+                format!("at most {MAX_GROUP_BY} groupings, got {}", req.group_by.len()),
+            )
+            .into());
         }
-        let group_by = req
-            .group_by
-            .iter()
-            .map(|g| {
-                g.parse::<Dimension>()
-                    .map_err(|e| ApiError::invalid("group_by", e))
-            })
-            .collect::<ApiResult<Vec<_>>>()?;
-        let ledger = self.engine.ledger();
+        let mut group_by: Vec<Dimension> = Vec::new();
+        for g in &req.group_by {
+            let d = g
+                .parse::<Dimension>()
+                .map_err(|e| ApiError::invalid("group_by", e))?;
+            if group_by.contains(&d) {
+                return Err(ApiError::invalid("group_by", format!("{d} is given twice")).into());
+            }
+            group_by.push(d);
+        }
         let q = UsageQuery {
             from,
             to,
             group_by: group_by.clone(),
             tenant,
         };
-        let rows = ledger.usage(&q, now).map_err(ApiError::from)?;
-        let totals = ledger
-            .usage(
-                &UsageQuery {
-                    group_by: vec![],
-                    ..q
-                },
-                now,
-            )
-            .map_err(ApiError::from)?;
+        let (rows, totals) = self
+            .read(move |ledger| {
+                let rows = ledger.usage(&q, now)?;
+                let totals = ledger.usage(
+                    &UsageQuery {
+                        group_by: vec![],
+                        ..q
+                    },
+                    now,
+                )?;
+                Ok((rows, totals))
+            })
+            .await?;
         Ok(Response::new(pb::GetUsageResponse {
             group_by: group_by.iter().map(|d| d.to_string()).collect(),
             rows: rows.iter().map(row_pb).collect(),
@@ -352,6 +400,11 @@ impl pb::usage_service_server::UsageService for Api {
         };
         let from = time("from_unix_ms", req.from_unix_ms)?;
         let to = time("to_unix_ms", req.to_unix_ms)?;
+        if let (Some(f), Some(t)) = (from, to)
+            && t <= f
+        {
+            return Err(ApiError::invalid("to_unix_ms", "must be after from_unix_ms").into());
+        }
         let limit = page_size(req.page_size);
         let after = match req.page_token.trim() {
             "" => None,
@@ -362,20 +415,25 @@ impl pb::usage_service_server::UsageService for Api {
         };
         let now = self.clock.now();
         let (leases, next) = self
-            .engine
-            .ledger()
-            .leases_page(after, limit, |l| {
-                let (start, end) = held(l, now);
-                tenant.as_ref().is_none_or(|t| &l.tenant == t)
-                    && (states.is_empty() || states.contains(&l.state))
-                    && job.is_none_or(|j| l.job_id == j)
-                    && from.is_none_or(|f| end > f || (start == end && start >= f))
-                    && to.is_none_or(|t| start < t)
+            .read(move |ledger| {
+                Ok(ledger.leases_page(after, limit, |l| {
+                    let (start, end) = held(l, now);
+                    tenant.as_ref().is_none_or(|t| &l.tenant == t)
+                        && (states.is_empty() || states.contains(&l.state))
+                        && job.is_none_or(|j| l.job_id == j)
+                        && from.is_none_or(|f| end > f || (start == end && start >= f))
+                        && to.is_none_or(|t| start < t)
+                })?)
             })
-            .map_err(ApiError::from)?;
+            .await?;
+        let mut leases: Vec<pb::Lease> = leases.iter().map(|l| lease_pb(l, now)).collect();
+        let mut next = next.map(|id| id.to_string());
+        if super::jobs::cut_page(&mut leases) {
+            next = leases.last().map(|l| l.id.clone());
+        }
         Ok(Response::new(pb::ListLeasesResponse {
-            leases: leases.iter().map(|l| lease_pb(l, now)).collect(),
-            next_page_token: next.map(|id| id.to_string()).unwrap_or_default(),
+            leases,
+            next_page_token: next.unwrap_or_default(),
         }))
     }
 
@@ -386,11 +444,8 @@ impl pb::usage_service_server::UsageService for Api {
     ) -> Result<Response<pb::CheckLedgerResponse>, Status> {
         let caller = caller(&request)?;
         Self::admin_only(&caller, "checking the ledger")?;
-        let report = self
-            .engine
-            .ledger()
-            .check(self.clock.now())
-            .map_err(ApiError::from)?;
+        let now = self.clock.now();
+        let report = self.read(move |ledger| Ok(ledger.check(now)?)).await?;
         Ok(Response::new(report_pb(&report)))
     }
 }

@@ -120,6 +120,9 @@ impl fmt::Display for Millis {
 pub struct UnixMillis(pub u64);
 
 impl UnixMillis {
+    /// The last millisecond of year 9999: no instant the API takes is later.
+    pub const MAX: UnixMillis = UnixMillis(253_402_300_799_999);
+
     pub fn now() -> Self {
         let d = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

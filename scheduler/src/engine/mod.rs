@@ -364,6 +364,11 @@ impl EngineHandle {
         self.events.subscribe()
     }
 
+    /// How many subscriptions to job changes are open (watch streams).
+    pub fn watchers(&self) -> usize {
+        self.events.receiver_count()
+    }
+
     /// The rate card leases are priced by.
     pub fn rate_card(&self) -> &RateCard {
         &self.rate_card

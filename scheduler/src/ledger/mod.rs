@@ -13,7 +13,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::accounting::budget::Budget;
 use crate::accounting::check::{CheckReport, Derived, check, check_derived};
-use crate::accounting::rollup::{Closing, Rollup, Span, decode_key, decode_tally, encode_tally};
+use crate::accounting::rollup::{
+    Closing, Rollup, Span, decode_key, decode_span_start, decode_tally, encode_tally,
+};
 use crate::accounting::usage::{Dimension, Rows, Tally, UsageQuery, UsageRow};
 use crate::accounting::{DAY_MS, HOUR_MS};
 use crate::domain::{
@@ -117,6 +119,9 @@ pub struct Ledger {
     plugin_artifacts: sled::Tree,
     /// Plugin bindings by scope and extension point ([`BindingRecord`]).
     plugin_bindings: sled::Tree,
+    /// Roll-up seeks of one tenant's reports, for tests of their cost.
+    #[cfg(test)]
+    pub(crate) seeks: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// How long `open` waits for the file lock of a ledger being closed.
@@ -225,6 +230,8 @@ impl Ledger {
             plugin_artifacts: db.open_tree("plugin_artifacts")?,
             plugin_bindings: db.open_tree("plugin_bindings")?,
             db,
+            #[cfg(test)]
+            seeks: Default::default(),
         };
         if ledger.meta.get(ROLLUPS_KEY)?.as_deref() != Some(ROLLUPS_VERSION.as_bytes()) {
             ledger.rebuild_rollups()?;
@@ -739,14 +746,30 @@ impl Ledger {
             Ok(())
         };
         match tenant {
+            // One tenant's cells of each span are under `tag, start, tenant`:
+            // seek from populated span to populated span (never step through
+            // empty ones), so the cost follows the data, not the window.
             Some(tenant) => {
+                let end = rollup.prefix(span, to);
                 let mut at = from;
                 while at < to {
-                    for kv in self
-                        .rollups
-                        .scan_prefix(rollup.tenant_prefix(span, at, tenant.as_str()))
-                    {
-                        add(kv)?;
+                    let want = rollup.tenant_prefix(span, at, tenant.as_str());
+                    let Some(kv) = self.rollups.range(want.as_slice()..end.as_slice()).next() else {
+                        break;
+                    };
+                    let (k, _) = kv?;
+                    #[cfg(test)]
+                    self.seeks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let cell_at = decode_span_start(&k).ok_or(LedgerError::CorruptKey { tree: "rollups" })?;
+                    if cell_at > at {
+                        // Nothing of this tenant's in the spans before.
+                        at = cell_at;
+                        continue;
+                    }
+                    if k.starts_with(&want) {
+                        for kv in self.rollups.scan_prefix(&want) {
+                            add(kv)?;
+                        }
                     }
                     at = UnixMillis(at.0 + span.ms());
                 }
@@ -761,6 +784,33 @@ impl Ledger {
             }
         }
         Ok(())
+    }
+
+    /// The first UTC hour in `[from_hour, to_hour)` with a closed lease in
+    /// it, if any: exports step from hour to hour with data, not through
+    /// every hour of their window.
+    pub fn next_hour_with_leases(
+        &self,
+        from_hour: UnixMillis,
+        to_hour: UnixMillis,
+    ) -> Result<Option<UnixMillis>> {
+        if from_hour >= to_hour {
+            return Ok(None);
+        }
+        let start = from_hour.0.to_be_bytes();
+        let end = to_hour.0.to_be_bytes();
+        match self.lease_hours.range(start..end).keys().next() {
+            None => Ok(None),
+            Some(k) => {
+                let k = k?;
+                let hour = k
+                    .get(..8)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes)
+                    .ok_or(LedgerError::CorruptKey { tree: "lease_hours" })?;
+                Ok(Some(UnixMillis(hour)))
+            }
+        }
     }
 
     /// `allot ledger check`: every invariant, over every job and lease, and

@@ -379,3 +379,85 @@ async fn leases_closed_but_not_rolled_up_are_rolled_up_on_reopen() {
     let report = ledger.check(UnixMillis(10_000_000)).unwrap();
     assert!(report.is_clean(), "{:?}", report.problems);
 }
+
+/// Regression (outside test): a tenant's report over a long window stepped
+/// through every hour (or day) of it, so a window to `i64::MAX` froze the
+/// controller. Its cost now follows the cells with data, not the window.
+#[tokio::test]
+async fn a_tenants_report_over_a_long_window_reads_only_the_spans_with_data() {
+    use crate::accounting::usage::{Dimension, UsageQuery, aggregate};
+    use crate::accounting::{DAY_MS, HOUR_MS, MAX_WINDOW_MS};
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(dir.path()).unwrap();
+    let day0 = UnixMillis(20_000 * DAY_MS);
+    let mut leases = Vec::new();
+    // Two leases of "a", 100 days apart, and one of "b" in between.
+    for (tenant, at) in [
+        ("a", day0.0 + 3 * HOUR_MS),
+        ("b", day0.0 + 50 * DAY_MS),
+        ("a", day0.0 + 100 * DAY_MS),
+    ] {
+        let mut j = job(tenant, JobState::Succeeded);
+        let mut l = lease(&j);
+        l.reserved_at = UnixMillis(at);
+        l.started_at = Some(UnixMillis(at + 1000));
+        l.ended_at = Some(UnixMillis(at + 2 * HOUR_MS + 5));
+        l.state = LeaseState::Closed;
+        l.end_reason = Some(crate::domain::EndReason::Succeeded);
+        j.lease_ids.push(l.id);
+        ledger.put_job(&j, &[&l]).unwrap();
+        leases.push(l);
+    }
+    ledger.roll_up().unwrap();
+    let now = UnixMillis(day0.0 + 200 * DAY_MS);
+    for group_by in [
+        vec![Dimension::Hour],
+        vec![Dimension::Day],
+        vec![Dimension::Project],
+        vec![],
+    ] {
+        let q = UsageQuery {
+            from: day0,
+            to: UnixMillis(day0.0 + MAX_WINDOW_MS),
+            group_by: group_by.clone(),
+            tenant: Some("a".parse().unwrap()),
+        };
+        ledger.seeks.store(0, std::sync::atomic::Ordering::Relaxed);
+        let rows = ledger.usage(&q, now).unwrap();
+        assert_eq!(rows, aggregate(&leases, &q, now), "{group_by:?}");
+        assert!(!rows.is_empty());
+        let seeks = ledger.seeks.load(std::sync::atomic::Ordering::Relaxed);
+        // A handful per span with data (and per stretch of the window), not
+        // one per hour (8,784) or day (366) of it.
+        assert!(seeks <= 12, "{group_by:?}: {seeks} seeks");
+    }
+}
+
+/// Exports step from one hour with leases to the next.
+#[tokio::test]
+async fn the_next_hour_with_leases_skips_empty_hours() {
+    use crate::accounting::HOUR_MS;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(dir.path()).unwrap();
+    let mut j = job("a", JobState::Succeeded);
+    let mut l = lease(&j);
+    let at = 1000 * HOUR_MS;
+    l.reserved_at = UnixMillis(at + 10);
+    l.ended_at = Some(UnixMillis(at + HOUR_MS + 10));
+    l.state = LeaseState::Closed;
+    l.end_reason = Some(crate::domain::EndReason::Succeeded);
+    j.lease_ids.push(l.id);
+    ledger.put_job(&j, &[&l]).unwrap();
+    let h = |n: u64| UnixMillis(n * HOUR_MS);
+    assert_eq!(
+        ledger.next_hour_with_leases(h(0), h(5000)).unwrap(),
+        Some(h(1000))
+    );
+    assert_eq!(
+        ledger.next_hour_with_leases(h(1001), h(5000)).unwrap(),
+        Some(h(1001))
+    );
+    assert_eq!(ledger.next_hour_with_leases(h(1002), h(5000)).unwrap(), None);
+    assert_eq!(ledger.next_hour_with_leases(h(0), h(1000)).unwrap(), None);
+    assert_eq!(ledger.next_hour_with_leases(h(7), h(7)).unwrap(), None);
+}

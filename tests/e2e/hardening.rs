@@ -1,0 +1,134 @@
+//! Regressions from the outside tests of issue 11: a tenant must not be able
+//! to stall the controller, run a job twice, or pose as a node.
+
+use std::time::Duration;
+
+use allot_sdk::{JobSpec, proto};
+use tonic::metadata::MetadataValue;
+
+use crate::harness::*;
+
+/// A raw UsageService client with a bearer token and a deadline per call.
+async fn usage_client(
+    server: &DevServer,
+    token: &str,
+) -> proto::usage_service_client::UsageServiceClient<
+    tonic::service::interceptor::InterceptedService<
+        tonic::transport::Channel,
+        impl tonic::service::Interceptor,
+    >,
+> {
+    let channel = tonic::transport::Endpoint::from_shared(server.addr.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let bearer: MetadataValue<_> = format!("Bearer {token}").parse().unwrap();
+    proto::usage_service_client::UsageServiceClient::with_interceptor(
+        channel,
+        move |mut r: tonic::Request<()>| {
+            r.metadata_mut().insert("authorization", bearer.clone());
+            Ok(r)
+        },
+    )
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+async fn health_serving(server: &DevServer) -> bool {
+    let channel = tonic::transport::Endpoint::from_shared(server.addr.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let mut req = tonic::Request::new(tonic_health::pb::HealthCheckRequest {
+        service: String::new(),
+    });
+    req.set_timeout(Duration::from_secs(5));
+    matches!(health.check(req).await, Ok(r) if r.get_ref().status == 1)
+}
+
+/// Defect 1: `GetUsage` to `i64::MAX` grouped by hour looped once per hour
+/// of the window on the async runtime and froze every RPC. Windows are
+/// bounded now, and a report over the longest window allowed answers at
+/// once, whatever it is grouped by, while the server stays responsive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_cannot_stall_the_controller_with_a_huge_report_window() {
+    let dir = tempdir();
+    let server = DevServer::start(dir.path()).await;
+    let client = server.client().await;
+    let job = client.submit(JobSpec::new("true").gpus(1)).await.unwrap();
+    wait_final(&client, &job.id).await;
+    let mut usage = usage_client(&server, &server.token).await;
+    let hour = 3_600_000;
+    let now = now_ms();
+    let this_hour = now - now % hour;
+    let ask = |from: i64, to: i64, group_by: &[&str]| {
+        let mut r = tonic::Request::new(proto::GetUsageRequest {
+            from_unix_ms: from,
+            to_unix_ms: to,
+            group_by: group_by.iter().map(|s| s.to_string()).collect(),
+            tenant: String::new(),
+        });
+        r.set_timeout(Duration::from_secs(10));
+        r
+    };
+    for group_by in [&["hour"][..], &["day"], &[]] {
+        let err = usage
+            .get_usage(ask(this_hour, i64::MAX, group_by))
+            .await
+            .expect_err("an unbounded window is refused");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{}", err.message());
+        assert!(err.message().contains("to_unix_ms"), "{}", err.message());
+        assert!(health_serving(&server).await, "the server still answers");
+    }
+    // A window of exactly the longest span is answered, grouped by hour too.
+    let year = 366 * 24 * hour;
+    for group_by in [&["hour", "tag:team"][..], &["day", "project"], &["job"], &[]] {
+        let started = std::time::Instant::now();
+        let rows = usage
+            .get_usage(ask(this_hour - year / 2, this_hour + year / 2, group_by))
+            .await
+            .unwrap_or_else(|e| panic!("{group_by:?}: {e}"))
+            .into_inner();
+        assert_eq!(rows.totals.len(), 1, "{group_by:?}: {rows:?}");
+        assert!(started.elapsed() < Duration::from_secs(10), "{group_by:?}");
+    }
+    let err = usage
+        .get_usage(ask(this_hour - year, this_hour + hour, &[]))
+        .await
+        .expect_err("one millisecond over the longest span");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    // The same bounds for exports and lease listings.
+    let mut req = tonic::Request::new(proto::ExportUsageRequest {
+        from_unix_ms: this_hour,
+        to_unix_ms: this_hour + 400 * 24 * hour,
+        tenant: String::new(),
+        format: proto::ExportFormat::Csv as i32,
+    });
+    req.set_timeout(Duration::from_secs(10));
+    let err = usage
+        .export_usage(req)
+        .await
+        .expect_err("an export over a year is refused");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{}", err.message());
+    let err = usage
+        .list_leases(proto::ListLeasesRequest {
+            from_unix_ms: now,
+            to_unix_ms: now - 1000,
+            ..Default::default()
+        })
+        .await
+        .expect_err("from after to");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert_eq!(
+        tonic_types::StatusExt::get_details_bad_request(&err).map(|b| b.field_violations[0].field.clone()),
+        Some("to_unix_ms".to_string())
+    );
+}
