@@ -250,6 +250,8 @@ pub struct DevOptions {
     pub placement_seed: u64,
     /// The plugin host's bounds and failure policies.
     pub plugins: PolicyConfig,
+    /// The longest grace period a job may ask for.
+    pub max_grace: Millis,
 }
 
 /// `allot server --dev`: a controller, two in-process agents with a declared
@@ -275,6 +277,7 @@ pub async fn run_dev(
         policy: opts.policy,
         placement_seed: opts.placement_seed,
         rate_card: Arc::new(opts.rate_card.clone().unwrap_or_else(demo_rate_card)),
+        max_grace: opts.max_grace,
         ..EngineConfig::default()
     };
     let controller = Controller::start(ServerConfig {

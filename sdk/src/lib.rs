@@ -423,12 +423,23 @@ impl Client {
     /// Cancels a job: a pending one at once, a running one with SIGTERM, its
     /// grace period, then SIGKILL. Returns the job as it is after the request.
     pub async fn cancel(&self, id: &str, reason: &str) -> Result<Job> {
+        self.cancel_job(id, reason, false).await
+    }
+
+    /// Kills a job now (SIGKILL, no grace period), also one already being
+    /// stopped, e.g. one that ignores SIGTERM.
+    pub async fn kill(&self, id: &str, reason: &str) -> Result<Job> {
+        self.cancel_job(id, reason, true).await
+    }
+
+    async fn cancel_job(&self, id: &str, reason: &str, force: bool) -> Result<Job> {
         let r = self
             .jobs
             .clone()
             .cancel_job(proto::CancelJobRequest {
                 id: id.into(),
                 reason: reason.into(),
+                force,
             })
             .await?;
         r.into_inner()

@@ -132,3 +132,70 @@ async fn a_tenant_cannot_stall_the_controller_with_a_huge_report_window() {
         Some("to_unix_ms".to_string())
     );
 }
+
+/// Defect 7 (and the messages of 11): every string and list of a spec is
+/// bounded, a refusal names the field, quotes at most a short prefix of
+/// what was sent, and stores nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_specs_are_refused_naming_the_field_with_a_short_message() {
+    let dir = tempdir();
+    let server = DevServer::start(dir.path()).await;
+    let client = server.client().await;
+    let big = "x".repeat(3 << 20);
+    let refuse = |spec: JobSpec, field: &'static str| {
+        let client = &client;
+        async move {
+            let err = client
+                .submit(spec)
+                .await
+                .expect_err(&format!("{field} must be refused"));
+            assert_eq!(
+                err.code(),
+                allot_sdk::Code::InvalidArgument,
+                "{field}: {}",
+                err.message()
+            );
+            assert_eq!(err.field(), Some(field), "{}", err.message());
+            assert!(
+                err.message().len() < 512,
+                "{field}: a {} byte message",
+                err.message().len()
+            );
+        }
+    };
+    refuse(JobSpec::new("true").env("BIG", big.as_str()), "spec.env").await;
+    refuse(JobSpec::new(big.as_str()), "spec.command").await;
+    refuse(JobSpec::new("true").name("n".repeat(300)), "spec.name").await;
+    refuse(
+        JobSpec::new("true").args((0..200_000).map(|i| i.to_string())),
+        "spec.args",
+    )
+    .await;
+    let mut tagged = JobSpec::new("true");
+    for i in 0..10_000 {
+        tagged = tagged.tag(format!("t{i}"), "v");
+    }
+    refuse(tagged, "spec.tags").await;
+    refuse(JobSpec::new("true").tag("k".repeat(1 << 20), "v"), "spec.tags").await;
+    let mut envs = JobSpec::new("true");
+    for i in 0..40 {
+        envs = envs.env(format!("V{i}"), "v".repeat(30_000));
+    }
+    refuse(envs, "spec").await;
+    // Defect 6: a grace period past the server's maximum (10 min by default).
+    refuse(
+        JobSpec::new("true").grace_period_ms(10 * 86_400_000),
+        "spec.grace_period_ms",
+    )
+    .await;
+    // A long command's own name is cut to a name's length, not refused.
+    let long = format!("/{}", "c".repeat(1000));
+    let job = client
+        .submit(JobSpec::new(long.as_str()))
+        .await
+        .expect("a long command is fine");
+    assert_eq!(job.spec.unwrap().name.len(), 256);
+    // Nothing else was stored.
+    let all = client.list_all(Default::default()).await.unwrap();
+    assert_eq!(all.len(), 1, "{all:?}");
+}

@@ -23,7 +23,12 @@ pub struct Budget {
 /// Parses a GPU-hour amount (`"1000"`, `"12.5"`, up to six decimals) exactly.
 pub fn parse_gpu_hours(s: &str) -> Result<GpuTime, String> {
     let s = s.trim();
-    let bad = || format!("invalid GPU-hours {s:?}: use a decimal such as 100 or 12.5");
+    let bad = || {
+        format!(
+            "invalid GPU-hours {}: use a decimal such as 100 or 12.5",
+            crate::domain::validate::quote(s)
+        )
+    };
     let (int, frac) = s.split_once('.').unwrap_or((s, ""));
     if int.is_empty()
         || (s.contains('.') && frac.is_empty())

@@ -38,6 +38,13 @@ impl FromStr for Dimension {
             if tag.is_empty() {
                 return Err("tag: needs a tag name, e.g. tag:team".into());
             }
+            if tag.len() > crate::domain::validate::KEY_BYTES {
+                return Err(format!(
+                    "tag name {} is longer than {} bytes",
+                    crate::domain::validate::quote(tag),
+                    crate::domain::validate::KEY_BYTES
+                ));
+            }
             return Ok(Dimension::Tag(tag.to_string()));
         }
         Ok(match s {
@@ -51,7 +58,8 @@ impl FromStr for Dimension {
             "day" => Dimension::Day,
             _ => {
                 return Err(format!(
-                    "unknown grouping {s:?}: use tenant, project, job, model, mig, node, hour, day or tag:NAME"
+                    "unknown grouping {}: use tenant, project, job, model, mig, node, hour, day or tag:NAME",
+                    crate::domain::validate::quote(s)
                 ));
             }
         })

@@ -14,6 +14,7 @@ use tracing::{debug, info, instrument, warn};
 use super::convert::{device_pb, parse_job_id};
 use super::error::ApiError;
 use super::{Api, caller};
+use crate::domain::validate::quote;
 use crate::domain::{JobId, MiB, MigProfile, MilliCpu, Millis, NodeName};
 use crate::engine::{AgentEvent, AgentOrder, ExitOutcome, JobExit, Registration, RunningPart, StopReason};
 use crate::ledger::Role;
@@ -73,7 +74,7 @@ fn registration(r: &pb::RegisterAgent) -> Result<Registration, ApiError> {
         if g.uuid.is_empty() || !seen.insert(g.uuid.clone()) {
             return Err(ApiError::invalid(
                 "register.gpus.uuid",
-                format!("missing or duplicate GPU UUID {:?}", g.uuid),
+                format!("missing or duplicate GPU UUID {}", quote(&g.uuid)),
             ));
         }
         let gpu = if g.mig_enabled {
@@ -82,7 +83,7 @@ fn registration(r: &pb::RegisterAgent) -> Result<Registration, ApiError> {
                 if m.uuid.is_empty() || !seen.insert(m.uuid.clone()) {
                     return Err(ApiError::invalid(
                         "register.gpus.mig_devices.uuid",
-                        format!("missing or duplicate MIG UUID {:?}", m.uuid),
+                        format!("missing or duplicate MIG UUID {}", quote(&m.uuid)),
                     ));
                 }
                 match m.profile.parse::<MigProfile>() {

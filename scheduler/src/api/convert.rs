@@ -8,6 +8,7 @@ use allot_proto::v1 as pb;
 use super::error::{ApiError, ApiResult};
 use crate::accounting::{self, GpuTime};
 use crate::auth::Caller;
+use crate::domain::validate;
 use crate::domain::{
     Constraints, DeviceGrant, EndReason, GpuRequest, Job, JobId, JobSpec, JobState, Lease, LeaseState, MiB,
     MigProfile, MilliCpu, Millis, Placement, ProjectName, Resources, Share, TenantName, UnixMillis,
@@ -77,6 +78,12 @@ fn resources(r: Option<&pb::Resources>) -> ApiResult<Resources> {
             memory: (gpu_memory > 0).then_some(MiB(gpu_memory)),
         },
         Some(pb::resources::Gpu::MigProfile(p)) => {
+            if p.trim() != p {
+                return Err(ApiError::invalid(
+                    "spec.resources.mig_profile",
+                    format!("{} has leading or trailing whitespace", validate::quote(p)),
+                ));
+            }
             let profile: MigProfile = p
                 .parse()
                 .map_err(|e: String| ApiError::invalid("spec.resources.mig_profile", e))?;
@@ -106,69 +113,74 @@ fn resources(r: Option<&pb::Resources>) -> ApiResult<Resources> {
     })
 }
 
-fn check_key(field: &str, k: &str, what: &str) -> ApiResult<()> {
-    if k.is_empty() {
-        return Err(ApiError::invalid(
-            field,
-            format!("{what} names must not be empty"),
-        ));
+impl From<validate::Violation> for ApiError {
+    fn from(v: validate::Violation) -> Self {
+        ApiError::invalid(v.field, v.description)
     }
-    if k.len() > 128 || k.chars().any(|c| c.is_control() || c == '=') {
-        return Err(ApiError::invalid(
-            field,
-            format!("{what} name {k:?} must be at most 128 printable characters without '='"),
-        ));
-    }
-    Ok(())
 }
 
-/// Validates a submitted spec for `caller`.
+/// Converts a submitted spec for `caller` and checks it against every
+/// bound of `domain::validate` (but the server's grace limit, which the
+/// API checks after admission).
 pub fn job_spec(caller: &Caller, spec: Option<&pb::JobSpec>) -> ApiResult<JobSpec> {
     let spec = spec.ok_or_else(|| ApiError::invalid("spec", "is required"))?;
+    // Sizes first, before anything is copied or echoed.
+    if spec.command.len() > validate::COMMAND_BYTES {
+        return Err(ApiError::invalid(
+            "spec.command",
+            format!(
+                "at most {} bytes, got {}",
+                validate::COMMAND_BYTES,
+                spec.command.len()
+            ),
+        ));
+    }
+    let too_many = |field: &str, what: &str, n: usize, max: usize| -> ApiResult<()> {
+        if n > max {
+            return Err(ApiError::invalid(field, format!("at most {max} {what}, got {n}")));
+        }
+        Ok(())
+    };
+    too_many("spec.args", "arguments", spec.args.len(), validate::ARGS)?;
+    too_many("spec.env", "variables", spec.env.len(), validate::ENV_VARS)?;
+    too_many("spec.tags", "tags", spec.tags.len(), validate::TAGS)?;
+    too_many(
+        "spec.node_labels",
+        "labels",
+        spec.node_labels.len(),
+        validate::NODE_LABELS,
+    )?;
+    too_many(
+        "spec.gpu_models",
+        "GPU models",
+        spec.gpu_models.len(),
+        validate::GPU_MODELS,
+    )?;
     let command = spec.command.trim();
     if command.is_empty() {
         return Err(ApiError::invalid("spec.command", "must not be empty"));
     }
-    if command.contains('\0') || spec.args.iter().any(|a| a.contains('\0')) {
-        return Err(ApiError::invalid("spec.command", "must not contain NUL bytes"));
-    }
     let name = if spec.name.trim().is_empty() {
-        command.rsplit('/').next().unwrap_or(command).to_string()
+        // The command's file name, cut to a name's length.
+        let base = command.rsplit('/').next().unwrap_or(command);
+        validate::truncate(base, validate::NAME_BYTES).to_string()
     } else {
         spec.name.trim().to_string()
     };
-    if name.len() > 256 || name.chars().any(char::is_control) {
-        return Err(ApiError::invalid(
-            "spec.name",
-            "must be at most 256 printable characters",
-        ));
-    }
     let mut env = BTreeMap::new();
     for (k, v) in &spec.env {
-        check_key("spec.env", k, "variable")?;
+        validate::key("spec.env", k, "variable")?;
         if RESERVED_ENV.contains(&k.as_str()) || k.starts_with("ALLOT_") {
             return Err(ApiError::invalid(
                 "spec.env",
                 format!("{k} is set by allot and cannot be overridden"),
             ));
         }
-        if v.contains('\0') {
-            return Err(ApiError::invalid(
-                "spec.env",
-                format!("value of {k} contains a NUL byte"),
-            ));
-        }
         env.insert(k.clone(), v.clone());
     }
     let working_dir = match spec.working_dir.trim() {
         "" => None,
-        d if d.starts_with('/') && !d.contains('\0') => Some(d.to_string()),
-        d => {
-            return Err(ApiError::invalid(
-                "spec.working_dir",
-                format!("must be an absolute path, got {d:?}"),
-            ));
-        }
+        d => Some(d.to_string()),
     };
     let time_limit = match spec.time_limit_ms {
         None => None,
@@ -217,42 +229,19 @@ pub fn job_spec(caller: &Caller, spec: Option<&pb::JobSpec>) -> ApiResult<JobSpe
         "" => ProjectName::default_project(),
         p => p.parse().map_err(|e| ApiError::invalid("spec.project", e))?,
     };
-    let mut tags = BTreeMap::new();
-    for (k, v) in &spec.tags {
-        check_key("spec.tags", k, "tag")?;
-        if v.len() > 256 || v.chars().any(char::is_control) {
-            return Err(ApiError::invalid(
-                "spec.tags",
-                format!("value of tag {k} must be at most 256 printable characters"),
-            ));
-        }
-        tags.insert(k.clone(), v.clone());
-    }
-    let mut gpu_models = Vec::new();
+    let tags: BTreeMap<String, String> = spec.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut gpu_models: Vec<String> = Vec::new();
     for m in &spec.gpu_models {
         let m = m.trim();
-        if m.is_empty() || m.len() > 64 || m.chars().any(|c| c.is_whitespace() || c.is_control() || c == '|')
-        {
-            return Err(ApiError::invalid(
-                "spec.gpu_models",
-                format!("{m:?} is not a GPU model name (e.g. H100-80GB, V100M32)"),
-            ));
-        }
         if !gpu_models.iter().any(|x| x == m) {
             gpu_models.push(m.to_string());
         }
     }
-    let mut node_labels = BTreeMap::new();
-    for (k, v) in &spec.node_labels {
-        check_key("spec.node_labels", k, "label")?;
-        if v.len() > 256 || v.chars().any(char::is_control) {
-            return Err(ApiError::invalid(
-                "spec.node_labels",
-                format!("value of label {k} must be at most 256 printable characters"),
-            ));
-        }
-        node_labels.insert(k.clone(), v.clone());
-    }
+    let node_labels: BTreeMap<String, String> = spec
+        .node_labels
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     let positive = |field: &str, v: Option<i64>| -> ApiResult<Option<Millis>> {
         match v {
             None => Ok(None),
@@ -288,7 +277,7 @@ pub fn job_spec(caller: &Caller, spec: Option<&pb::JobSpec>) -> ApiResult<JobSpe
             "applies only to a job that asks for a GPU",
         ));
     }
-    Ok(JobSpec {
+    let out = JobSpec {
         name,
         command: command.to_string(),
         args: spec.args.clone(),
@@ -310,7 +299,14 @@ pub fn job_spec(caller: &Caller, spec: Option<&pb::JobSpec>) -> ApiResult<JobSpe
         min_runtime,
         checkpoint_interval,
         node_lost_retries,
-    })
+    };
+    validate::spec(
+        &out,
+        &validate::Limits {
+            max_grace: Millis(u64::MAX),
+        },
+    )?;
+    Ok(out)
 }
 
 pub fn share_pb(s: Share) -> pb::Fraction {

@@ -4,6 +4,7 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::auth::AuthError;
+use crate::domain::validate::truncate;
 use crate::engine::EngineError;
 use crate::ledger::LedgerError;
 
@@ -39,14 +40,24 @@ impl ApiError {
     }
 }
 
+/// The most bytes of a status message (and of a field path): a message
+/// goes out in HTTP/2 headers, where a long one would be refused whole and
+/// its code and field lost. Messages quote short prefixes of user input
+/// anyway (`domain::validate::quote`); this is the last guard.
+const MAX_MESSAGE_BYTES: usize = 2048;
+const MAX_FIELD_BYTES: usize = 256;
+
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Status {
-        let msg = e.to_string();
+        let msg = truncate(&e.to_string(), MAX_MESSAGE_BYTES).to_string();
         match e {
             ApiError::InvalidArgument { field, description } => Status::with_error_details(
                 Code::InvalidArgument,
                 msg,
-                ErrorDetails::with_bad_request_violation(field, description),
+                ErrorDetails::with_bad_request_violation(
+                    truncate(&field, MAX_FIELD_BYTES),
+                    truncate(&description, MAX_MESSAGE_BYTES),
+                ),
             ),
             ApiError::NotFound(_) => Status::not_found(msg),
             ApiError::AlreadyExists(_) => Status::already_exists(msg),

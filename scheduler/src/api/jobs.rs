@@ -83,6 +83,9 @@ impl pb::job_service_server::JobService for Api {
         // The tenant's admission plugin (else the global one), off the
         // runtime's workers; a refusal is FAILED_PRECONDITION naming it.
         let spec = self.admit(spec).await?;
+        // Whatever admission made of it is held to every limit again,
+        // the server's grace limit included.
+        crate::domain::validate::spec(&spec, &self.engine.limits()).map_err(ApiError::from)?;
         let job = self.engine.submit(spec).await.map_err(ApiError::from)?;
         Ok(Response::new(pb::SubmitJobResponse {
             job: Some(self.job_with_leases(job).await?),
@@ -150,12 +153,16 @@ impl pb::job_service_server::JobService for Api {
         let req = request.get_ref();
         let id = parse_job_id("id", &req.id)?;
         self.visible_job(&caller, id).await?;
-        if req.reason.len() > 1024 {
-            return Err(ApiError::invalid("reason", "must be at most 1024 bytes").into());
+        if req.reason.len() > crate::domain::validate::REASON_BYTES {
+            return Err(ApiError::invalid(
+                "reason",
+                format!("must be at most {} bytes", crate::domain::validate::REASON_BYTES),
+            )
+            .into());
         }
         let job = self
             .engine
-            .cancel(id, req.reason.trim().to_string())
+            .cancel(id, req.reason.trim().to_string(), req.force)
             .await
             .map_err(ApiError::from)?;
         Ok(Response::new(pb::CancelJobResponse {

@@ -250,7 +250,22 @@ impl pb::usage_service_server::UsageService for Api {
             return Err(ApiError::NotFound(format!("tenant {tenant}")).into());
         }
         let currency = self.engine.rate_card().currency;
-        let spend = match req.spend_limit.trim() {
+        for (field, v) in [
+            ("spend_limit", &req.spend_limit),
+            ("gpu_hours_limit", &req.gpu_hours_limit),
+        ] {
+            if v.trim() != v.as_str() {
+                return Err(ApiError::invalid(
+                    field,
+                    format!(
+                        "{} has leading or trailing whitespace",
+                        crate::domain::validate::quote(v)
+                    ),
+                )
+                .into());
+            }
+        }
+        let spend = match req.spend_limit.as_str() {
             "" => None,
             s => {
                 let minor = Money::parse(s, currency).map_err(|e| ApiError::invalid("spend_limit", e))?;
@@ -260,7 +275,7 @@ impl pb::usage_service_server::UsageService for Api {
                 Some(minor)
             }
         };
-        let gpu = match req.gpu_hours_limit.trim() {
+        let gpu = match req.gpu_hours_limit.as_str() {
             "" => None,
             s => {
                 let g = parse_gpu_hours(s).map_err(|e| ApiError::invalid("gpu_hours_limit", e))?;

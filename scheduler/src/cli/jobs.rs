@@ -329,14 +329,23 @@ pub async fn show(client: &Client, id: &str, json: bool) -> anyhow::Result<i32> 
     Ok(0)
 }
 
-pub async fn cancel(client: &Client, id: &str, reason: &str, json: bool) -> anyhow::Result<i32> {
-    let j = client.cancel(id, reason).await?;
+pub async fn cancel(client: &Client, id: &str, reason: &str, force: bool, json: bool) -> anyhow::Result<i32> {
+    let j = if force {
+        client.kill(id, reason).await?
+    } else {
+        client.cancel(id, reason).await?
+    };
     if json {
         output::print_json(&output::job_json(&j));
     } else if is_final(j.state()) {
         println!("{} {}", j.id, state_name(j.state));
+    } else if force {
+        println!("{} killing (SIGKILL now)", j.id);
     } else {
-        println!("{} stopping (SIGTERM now, SIGKILL after its grace period)", j.id);
+        println!(
+            "{} stopping (SIGTERM now, SIGKILL after its grace period; --force kills it now)",
+            j.id
+        );
     }
     Ok(0)
 }

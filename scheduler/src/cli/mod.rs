@@ -66,12 +66,16 @@ pub enum Command {
         /// Job id.
         id: String,
     },
-    /// Cancel a job (SIGTERM, its grace period, then SIGKILL).
+    /// Cancel a job (SIGTERM, its grace period, then SIGKILL; --force: SIGKILL now).
     Cancel {
         id: String,
         /// Why, kept with the job.
         #[arg(long, default_value = "")]
         reason: String,
+        /// Kill it now with SIGKILL, without its grace period (also a job
+        /// already being stopped that ignores SIGTERM).
+        #[arg(long)]
+        force: bool,
     },
     /// Follow a job's state changes until it ends.
     Watch { id: String },
@@ -375,8 +379,14 @@ pub struct ServerArgs {
     #[arg(long, default_value = "5s")]
     pub heartbeat: String,
     /// How long a node may stay away before its jobs are declared lost.
+    /// Agents stop their jobs before this when they lose the controller (see
+    /// docs/operations.md#fencing).
     #[arg(long, default_value = "2m")]
     pub node_lost_grace: String,
+    /// The longest grace period a job may ask for between SIGTERM and
+    /// SIGKILL; longer ones are refused, and no stop waits longer.
+    #[arg(long, default_value = "10m")]
+    pub max_grace: String,
     /// Placement policy: allot (fragmentation-aware, the default), fgd, best-fit, first-fit.
     #[arg(long, default_value = "allot")]
     pub policy: String,

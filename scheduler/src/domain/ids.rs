@@ -49,7 +49,7 @@ macro_rules! uuid_id {
             fn from_str(s: &str) -> Result<Self, String> {
                 Uuid::parse_str(s.trim())
                     .map($name)
-                    .map_err(|_| format!("{:?} is not a valid {} (expected a UUID)", s, $what))
+                    .map_err(|_| format!("{} is not a valid {} (expected a UUID)", super::validate::quote(s), $what))
             }
         }
     };
@@ -72,7 +72,10 @@ fn check_name(kind: &str, s: &str) -> Result<(), String> {
         return Err(format!("{kind} must not be empty"));
     }
     if s.len() > 63 {
-        return Err(format!("{kind} {s:?} is longer than 63 characters"));
+        return Err(format!(
+            "{kind} {} is longer than 63 characters",
+            super::validate::quote(s)
+        ));
     }
     let first_ok = s
         .chars()
@@ -83,7 +86,8 @@ fn check_name(kind: &str, s: &str) -> Result<(), String> {
         .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'));
     if !first_ok || !rest_ok {
         return Err(format!(
-            "{kind} {s:?} may hold only lowercase letters, digits, '-', '_' and '.', and must start with a letter or digit"
+            "{kind} {} may hold only lowercase letters, digits, '-', '_' and '.', and must start with a letter or digit",
+            super::validate::quote(s)
         ));
     }
     Ok(())

@@ -300,6 +300,9 @@ pub struct Job {
     /// 1 for the first run; grows on requeue.
     pub attempt: u32,
     pub cancel_requested: bool,
+    /// The cancel asked for SIGKILL now (`allot cancel --force`).
+    #[serde(default)]
+    pub cancel_forced: bool,
     /// Being stopped to make room for this (higher-priority) job.
     #[serde(default)]
     pub preempted_by: Option<JobId>,
@@ -350,6 +353,7 @@ impl Job {
             lease_ids: Vec::new(),
             attempt: 1,
             cancel_requested: false,
+            cancel_forced: false,
             preempted_by: None,
             node_lost_requeues: 0,
         }

@@ -177,7 +177,8 @@ impl FromStr for MigProfile {
             Ok(MigProfile(s.to_string()))
         } else {
             Err(format!(
-                "unknown MIG profile {s:?}; known profiles: {}",
+                "unknown MIG profile {}; known profiles: {}",
+                super::validate::quote(s),
                 known_profile_names().join(", ")
             ))
         }

@@ -6,6 +6,7 @@ pub mod lease;
 pub mod mig;
 pub mod money;
 pub mod units;
+pub mod validate;
 
 pub use ids::{JobId, LeaseId, NodeName, PluginName, ProjectName, TenantName};
 pub use job::{

@@ -42,7 +42,8 @@ impl FromStr for Currency {
             Ok(Currency([b[0], b[1], b[2]]))
         } else {
             Err(format!(
-                "{s:?} is not a currency code (three capital letters, e.g. USD)"
+                "{} is not a currency code (three capital letters, e.g. USD)",
+                crate::domain::validate::quote(s)
             ))
         }
     }
@@ -81,8 +82,8 @@ impl Money {
         let r = Rate::parse(s, currency)?;
         if r.0 % 1_000_000 != 0 {
             return Err(format!(
-                "invalid amount {:?}: {currency} has {} decimal places",
-                s.trim(),
+                "invalid amount {}: {currency} has {} decimal places",
+                crate::domain::validate::quote(s.trim()),
                 currency.minor_digits()
             ));
         }
@@ -126,7 +127,12 @@ impl Rate {
     /// Parses a decimal price in major units (`"4.50"` USD) exactly.
     pub fn parse(s: &str, currency: Currency) -> Result<Rate, String> {
         let s = s.trim();
-        let bad = || format!("invalid price {s:?}: use a decimal amount such as 4.50");
+        let bad = || {
+            format!(
+                "invalid price {}: use a decimal amount such as 4.50",
+                crate::domain::validate::quote(s)
+            )
+        };
         let (int, frac) = s.split_once('.').unwrap_or((s, ""));
         let digits = currency.minor_digits() + 6;
         if int.is_empty()

@@ -42,7 +42,8 @@ impl FromStr for Millis {
         let s = s.trim();
         let bad = || {
             ParseError(format!(
-                "invalid duration {s:?}: use e.g. 90s, 30m, 2h, 1h30m, 1d"
+                "invalid duration {}: use e.g. 90s, 30m, 2h, 1h30m, 1d",
+                crate::domain::validate::quote(s)
             ))
         };
         if s.is_empty() {
@@ -181,7 +182,8 @@ impl FromStr for UnixMillis {
         let t = s.trim();
         let bad = || {
             ParseError(format!(
-                "invalid time {t:?}: use e.g. 2026-11-01 or 2026-11-01T12:00:00Z (UTC)"
+                "invalid time {}: use e.g. 2026-11-01 or 2026-11-01T12:00:00Z (UTC)",
+                crate::domain::validate::quote(t)
             ))
         };
         let t2 = t.strip_suffix('Z').unwrap_or(t);
@@ -284,7 +286,12 @@ impl FromStr for MilliCpu {
     /// `4` (cores), `1.5` (cores) or `500m` (milli-cores).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
-        let bad = || ParseError(format!("invalid CPU amount {s:?}: use e.g. 4, 1.5 or 500m"));
+        let bad = || {
+            ParseError(format!(
+                "invalid CPU amount {}: use e.g. 4, 1.5 or 500m",
+                crate::domain::validate::quote(s)
+            ))
+        };
         if let Some(m) = s.strip_suffix('m') {
             return m.parse().map(MilliCpu).map_err(|_| bad());
         }
@@ -320,7 +327,12 @@ impl FromStr for MiB {
     /// units), or a bare number of MiB.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
-        let bad = || ParseError(format!("invalid memory size {s:?}: use e.g. 512MiB, 40GiB"));
+        let bad = || {
+            ParseError(format!(
+                "invalid memory size {}: use e.g. 512MiB, 40GiB",
+                crate::domain::validate::quote(s)
+            ))
+        };
         let split = s
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .unwrap_or(s.len());
@@ -458,7 +470,12 @@ impl FromStr for Share {
     /// `0.25`, `1/4`, `1`, up to six decimals, exactly.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
-        let bad = || ParseError(format!("invalid fraction {s:?}: use e.g. 0.25 or 1/4"));
+        let bad = || {
+            ParseError(format!(
+                "invalid fraction {}: use e.g. 0.25 or 1/4",
+                crate::domain::validate::quote(s)
+            ))
+        };
         if let Some((n, d)) = s.split_once('/') {
             let n: u64 = n.trim().parse().map_err(|_| bad())?;
             let d: u64 = d.trim().parse().map_err(|_| bad())?;

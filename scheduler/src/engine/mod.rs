@@ -45,6 +45,9 @@ pub struct EngineConfig {
     pub min_runtime: Millis,
     /// Prices a lease gets when it is reserved.
     pub rate_card: Arc<RateCard>,
+    /// The longest grace period between SIGTERM and SIGKILL: longer ones
+    /// are refused on submit, and a stop never waits longer.
+    pub max_grace: Millis,
 }
 
 impl Default for EngineConfig {
@@ -58,6 +61,7 @@ impl Default for EngineConfig {
             placement_seed: 0,
             min_runtime: Millis::ZERO,
             rate_card: Arc::new(RateCard::default()),
+            max_grace: crate::domain::validate::DEFAULT_MAX_GRACE,
         }
     }
 }
@@ -207,6 +211,8 @@ pub(crate) enum Command {
     Cancel {
         id: JobId,
         reason: String,
+        /// SIGKILL now, without the grace period.
+        force: bool,
         reply: oneshot::Sender<EngineResult<Job>>,
     },
     ListNodes {
@@ -267,6 +273,7 @@ pub struct EngineHandle {
     events: broadcast::Sender<JobEvent>,
     ledger: Ledger,
     rate_card: Arc<RateCard>,
+    limits: crate::domain::validate::Limits,
 }
 
 fn gone() -> EngineError {
@@ -289,8 +296,17 @@ impl EngineHandle {
         .await?
     }
 
-    pub async fn cancel(&self, id: JobId, reason: String) -> EngineResult<Job> {
-        self.ask(|reply| Command::Cancel { id, reason, reply }).await?
+    /// Cancels a job: a pending one at once, a placed one by stopping it
+    /// (SIGTERM, its grace period, SIGKILL; with `force`, SIGKILL now, also
+    /// for a job already being stopped).
+    pub async fn cancel(&self, id: JobId, reason: String, force: bool) -> EngineResult<Job> {
+        self.ask(|reply| Command::Cancel {
+            id,
+            reason,
+            force,
+            reply,
+        })
+        .await?
     }
 
     pub async fn list_nodes(&self) -> EngineResult<Vec<NodeView>> {
@@ -378,6 +394,11 @@ impl EngineHandle {
     pub fn ledger(&self) -> &Ledger {
         &self.ledger
     }
+
+    /// The limits submitted specs are held to.
+    pub fn limits(&self) -> crate::domain::validate::Limits {
+        self.limits
+    }
 }
 
 /// Loads the state from the ledger and starts the engine task. The task ends
@@ -391,6 +412,9 @@ pub fn start(
     let (tx, rx) = mpsc::channel(4096);
     let (events, _) = broadcast::channel(4096);
     let rate_card = config.rate_card.clone();
+    let limits = crate::domain::validate::Limits {
+        max_grace: config.max_grace,
+    };
     let mut engine = Engine::load(ledger.clone(), clock, config, events.clone())?;
     engine.set_channel(tx.downgrade());
     let task = tokio::spawn(engine.run(rx));
@@ -400,6 +424,7 @@ pub fn start(
             events,
             ledger,
             rate_card,
+            limits,
         },
         task,
     ))

@@ -488,8 +488,9 @@ impl Engine {
             Command::Cancel {
                 id,
                 reason,
+                force,
                 reply: tx,
-            } => match self.cancel(id, &reason) {
+            } => match self.cancel(id, &reason, force) {
                 Ok(()) => self.effects.push(Effect::JobReply(id, tx)),
                 Err(e) => self.effects.push(reply(tx, Err(e))),
             },
@@ -649,6 +650,7 @@ impl Engine {
             lease_ids: Vec::new(),
             attempt: 1,
             cancel_requested: false,
+            cancel_forced: false,
             preempted_by: None,
             node_lost_requeues: 0,
         };
@@ -663,7 +665,7 @@ impl Engine {
         id
     }
 
-    fn cancel(&mut self, id: JobId, reason: &str) -> EngineResult<()> {
+    fn cancel(&mut self, id: JobId, reason: &str, force: bool) -> EngineResult<()> {
         let Some(job) = self.jobs.get_mut(&id) else {
             return match self.ledger.get_job(&id) {
                 Ok(Some(j)) => Err(EngineError::FailedPrecondition(format!(
@@ -687,6 +689,15 @@ impl Engine {
                 job.ended_at = Some(self.clock.now());
                 self.finish(id);
                 info!(job = %id, "pending job cancelled");
+            }
+            _ if force => {
+                // SIGKILL now, whether or not a stop is under way.
+                job.cancel_requested = true;
+                job.cancel_forced = true;
+                job.reason = format!("{why}; killing (forced)");
+                self.persist(id, &[]);
+                self.stop_parts_with(id, StopReason::Cancelled, Some(Millis::ZERO));
+                info!(job = %id, "forced cancel: killing the job");
             }
             _ => {
                 if !job.cancel_requested {
@@ -1445,8 +1456,22 @@ impl Engine {
 
     /// Orders every part of the job that has not ended to stop.
     fn stop_parts(&mut self, id: JobId, reason: StopReason) {
+        self.stop_parts_with(id, reason, None);
+    }
+
+    /// The grace a stop of `job` waits between SIGTERM and SIGKILL: its
+    /// own, never more than the server's limit (a job stored before the
+    /// limit, or under a higher one, is held to it too).
+    fn grace_of(&self, job: &Job) -> Millis {
+        job.spec.grace_period.min(self.config.max_grace)
+    }
+
+    /// Orders every part of the job that has not ended to stop, after
+    /// `grace` (default: the job's own, capped by the server's limit).
+    fn stop_parts_with(&mut self, id: JobId, reason: StopReason, grace: Option<Millis>) {
         let Some(job) = self.jobs.get(&id) else { return };
-        let (attempt, grace) = (job.attempt, job.spec.grace_period);
+        let attempt = job.attempt;
+        let grace = grace.unwrap_or_else(|| self.grace_of(job));
         for node in job.live_nodes() {
             self.effects.push(Effect::Order(
                 node,
@@ -1577,12 +1602,17 @@ impl Engine {
                     None
                 };
                 if let Some(reason) = stop {
+                    let grace = if job.cancel_forced {
+                        Millis::ZERO
+                    } else {
+                        self.grace_of(job)
+                    };
                     self.effects.push(Effect::Order(
                         name.clone(),
                         AgentOrder::Stop {
                             job: id,
                             attempt: job.attempt,
-                            grace: job.spec.grace_period,
+                            grace,
                             reason,
                         },
                     ));
@@ -1758,10 +1788,10 @@ impl Engine {
         let Some(job) = self.jobs.get_mut(&id) else { return };
         job.state = JobState::Running;
         job.started_at = Some(now);
-        let nodes: Vec<String> = job.nodes().map(|n| n.to_string()).collect();
-        job.reason = format!("running on {}", nodes.join(", "));
-        if job.cancel_requested {
-            job.reason.push_str("; stopping (cancel requested)");
+        // A cancel under way keeps its reason (the job ends with it).
+        if !job.cancel_requested {
+            let nodes: Vec<String> = job.nodes().map(|n| n.to_string()).collect();
+            job.reason = format!("running on {}", nodes.join(", "));
         }
     }
 
@@ -2040,6 +2070,7 @@ fn verdict(job: &Job) -> (JobState, String, Option<i32>, Option<i32>) {
         let reason = job
             .reason
             .trim_end_matches("; stopping")
+            .trim_end_matches("; killing (forced)")
             .trim_end_matches("; stopping (cancel requested)")
             .to_string();
         let (code, signal) = parts

@@ -403,7 +403,7 @@ async fn cancelling_a_placed_job_orders_a_stop_with_its_grace() {
     let mut agent = FakeAgent::connect(&h, 1, "n1", vec![], vec![]).await;
     let j = h.engine.submit(spec(1)).await.unwrap();
     agent.expect_launch().await;
-    let after = h.engine.cancel(j.id, "stop it".into()).await.unwrap();
+    let after = h.engine.cancel(j.id, "stop it".into(), false).await.unwrap();
     assert!(after.cancel_requested);
     assert_eq!(after.state, JobState::Starting);
     match agent.next().await {
@@ -439,9 +439,66 @@ async fn cancelling_a_placed_job_orders_a_stop_with_its_grace() {
     let lease = &h.engine.ledger().leases_of(&j.id).unwrap()[0];
     assert_eq!(lease.end_reason, Some(EndReason::ReleasedUnstarted));
     assert_eq!(
-        h.engine.cancel(j.id, String::new()).await.unwrap_err(),
+        h.engine.cancel(j.id, String::new(), false).await.unwrap_err(),
         EngineError::FailedPrecondition(format!("job {} has already ended (CANCELLED)", j.id))
     );
+}
+
+/// Regression (issue 11, defect 6): a stop never waits longer than the
+/// server's grace limit, even for a job stored with a longer grace, and a
+/// forced cancel kills at once, also a job already being stopped.
+#[tokio::test]
+async fn stops_wait_at_most_the_grace_limit_and_a_forced_cancel_kills_now() {
+    let h = harness().await;
+    let mut agent = FakeAgent::connect(&h, 1, "n1", vec![], vec![]).await;
+    let mut s = spec(1);
+    s.grace_period = Millis::from_secs(10 * 86_400);
+    let j = h.engine.submit(s).await.unwrap();
+    agent.expect_launch().await;
+    let stop = |order| match order {
+        AgentOrder::Stop {
+            job, grace, reason, ..
+        } => (job, grace, reason),
+        other => panic!("expected a stop, got {other:?}"),
+    };
+    h.engine.cancel(j.id, String::new(), false).await.unwrap();
+    assert_eq!(
+        stop(agent.next().await),
+        (j.id, config().max_grace, StopReason::Cancelled)
+    );
+    // It ignores SIGTERM: its owner kills it.
+    let after = h.engine.cancel(j.id, "stuck".into(), true).await.unwrap();
+    assert!(after.cancel_forced, "{after:?}");
+    assert_eq!(
+        stop(agent.next().await),
+        (j.id, Millis::ZERO, StopReason::Cancelled)
+    );
+    // A reconnecting agent that still runs it is told to kill it, not to wait.
+    drop(agent);
+    h.engine.agent_disconnected(1, "n1".parse().unwrap()).await;
+    let mut agent = FakeAgent::connect(&h, 2, "n1", vec![(j.id, 1)], vec![]).await;
+    assert_eq!(
+        stop(agent.next().await),
+        (j.id, Millis::ZERO, StopReason::Cancelled)
+    );
+    agent
+        .send(
+            &h,
+            AgentEvent::Exited(JobExit {
+                job: j.id,
+                attempt: 1,
+                outcome: ExitOutcome::Stopped {
+                    exit_code: None,
+                    signal: Some(9),
+                },
+                runtime: None,
+                ended_ago: None,
+            }),
+        )
+        .await;
+    let done = until(&h, j.id, |j| j.state.is_final()).await;
+    assert_eq!(done.state, JobState::Cancelled);
+    assert_eq!(done.reason, "cancelled: stuck");
 }
 
 #[tokio::test]

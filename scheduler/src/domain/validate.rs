@@ -1,0 +1,356 @@
+//! What a job may carry: every string and list of a spec has a documented
+//! bound ([docs/jobs.md](../../../docs/jobs.md#limits)), checked here for
+//! every way a spec comes in: a submission, and a spec an admission plugin
+//! modified. Bad input is refused naming its field, and error messages quote
+//! at most a short prefix of what was sent.
+
+use super::job::JobSpec;
+use super::units::Millis;
+
+/// Bytes of a job's name.
+pub const NAME_BYTES: usize = 256;
+/// Bytes of the command (the program's name or path).
+pub const COMMAND_BYTES: usize = 4096;
+/// Arguments of the command.
+pub const ARGS: usize = 1024;
+/// Bytes of one argument.
+pub const ARG_BYTES: usize = 32 * 1024;
+/// Environment variables of a job.
+pub const ENV_VARS: usize = 256;
+/// Bytes of one environment variable's value.
+pub const ENV_VALUE_BYTES: usize = 32 * 1024;
+/// Bytes of the name of an environment variable, tag or node label.
+pub const KEY_BYTES: usize = 128;
+/// Tags of a job.
+pub const TAGS: usize = 64;
+/// Node labels a job may require.
+pub const NODE_LABELS: usize = 64;
+/// Bytes of a tag's or a node label's value.
+pub const VALUE_BYTES: usize = 256;
+/// GPU models a job may accept.
+pub const GPU_MODELS: usize = 32;
+/// Bytes of one GPU model name.
+pub const GPU_MODEL_BYTES: usize = 64;
+/// Bytes of the working directory.
+pub const WORKING_DIR_BYTES: usize = 4096;
+/// Bytes of a whole spec's strings together (command, arguments, names,
+/// values of env, tags and labels): a job record stays small, and a page
+/// of jobs fits a gRPC message.
+pub const SPEC_BYTES: usize = 64 * 1024;
+/// Bytes of a cancel reason.
+pub const REASON_BYTES: usize = 1024;
+/// The longest grace period a server takes by default (`--max-grace`): a
+/// job that ignores SIGTERM cannot hold its devices for longer than this
+/// past a cancel or a preemption.
+pub const DEFAULT_MAX_GRACE: Millis = Millis::from_secs(600);
+/// Characters of user input quoted in an error message.
+const QUOTED_CHARS: usize = 48;
+
+/// The limits that a server may configure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The longest grace period between SIGTERM and SIGKILL.
+    pub max_grace: Millis,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_grace: DEFAULT_MAX_GRACE,
+        }
+    }
+}
+
+/// A field that breaks a limit: its path in the request and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    pub field: &'static str,
+    pub description: String,
+}
+
+fn violation(field: &'static str, description: impl Into<String>) -> Violation {
+    Violation {
+        field,
+        description: description.into(),
+    }
+}
+
+/// User input as an error message shows it: quoted, and at most a short
+/// prefix of a long value (with its length), never the whole of it.
+pub fn quote(s: &str) -> String {
+    let mut chars = s.char_indices();
+    match chars.nth(QUOTED_CHARS) {
+        None => format!("{s:?}"),
+        Some((cut, _)) => format!("{:?}… ({} bytes)", &s[..cut], s.len()),
+    }
+}
+
+/// `s` cut to at most `max` bytes, at a character boundary.
+pub fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+fn at_most(field: &'static str, what: &str, len: usize, max: usize) -> Result<(), Violation> {
+    if len > max {
+        return Err(violation(field, format!("at most {max} {what}, got {len}")));
+    }
+    Ok(())
+}
+
+/// The name of an env variable, a tag or a label: 1 to `KEY_BYTES` bytes,
+/// printable, no `=`.
+pub fn key(field: &'static str, k: &str, what: &str) -> Result<(), Violation> {
+    if k.is_empty() {
+        return Err(violation(field, format!("{what} names must not be empty")));
+    }
+    if k.len() > KEY_BYTES || k.chars().any(|c| c.is_control() || c == '=') {
+        return Err(violation(
+            field,
+            format!(
+                "{what} name {} must be at most {KEY_BYTES} printable characters without '='",
+                quote(k)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A tag's or label's value: at most `VALUE_BYTES` printable bytes.
+pub fn value(field: &'static str, k: &str, v: &str, what: &str) -> Result<(), Violation> {
+    if v.len() > VALUE_BYTES || v.chars().any(char::is_control) {
+        return Err(violation(
+            field,
+            format!(
+                "value of {what} {} must be at most {VALUE_BYTES} printable characters",
+                quote(k)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Every bound of a spec, and the server's grace limit. The spec is in
+/// domain form (converted from the wire, or modified by a plugin).
+pub fn spec(s: &JobSpec, limits: &Limits) -> Result<(), Violation> {
+    if s.command.is_empty() {
+        return Err(violation("spec.command", "must not be empty"));
+    }
+    at_most("spec.command", "bytes", s.command.len(), COMMAND_BYTES)?;
+    if s.command.contains('\0') {
+        return Err(violation("spec.command", "must not contain NUL bytes"));
+    }
+    if s.name.is_empty() || s.name.len() > NAME_BYTES || s.name.chars().any(char::is_control) {
+        return Err(violation(
+            "spec.name",
+            format!("must be 1 to {NAME_BYTES} printable characters"),
+        ));
+    }
+    at_most("spec.args", "arguments", s.args.len(), ARGS)?;
+    for a in &s.args {
+        at_most("spec.args", "bytes per argument", a.len(), ARG_BYTES)?;
+        if a.contains('\0') {
+            return Err(violation("spec.args", "must not contain NUL bytes"));
+        }
+    }
+    at_most("spec.env", "variables", s.env.len(), ENV_VARS)?;
+    for (k, v) in &s.env {
+        key("spec.env", k, "variable")?;
+        if v.len() > ENV_VALUE_BYTES {
+            return Err(violation(
+                "spec.env",
+                format!(
+                    "value of {} must be at most {ENV_VALUE_BYTES} bytes, got {}",
+                    quote(k),
+                    v.len()
+                ),
+            ));
+        }
+        if v.contains('\0') {
+            return Err(violation(
+                "spec.env",
+                format!("value of {} contains a NUL byte", quote(k)),
+            ));
+        }
+    }
+    if let Some(d) = &s.working_dir {
+        at_most("spec.working_dir", "bytes", d.len(), WORKING_DIR_BYTES)?;
+        if !d.starts_with('/') || d.contains('\0') {
+            return Err(violation(
+                "spec.working_dir",
+                format!("must be an absolute path, got {}", quote(d)),
+            ));
+        }
+    }
+    at_most("spec.tags", "tags", s.tags.len(), TAGS)?;
+    for (k, v) in &s.tags {
+        key("spec.tags", k, "tag")?;
+        value("spec.tags", k, v, "tag")?;
+    }
+    at_most(
+        "spec.node_labels",
+        "labels",
+        s.constraints.node_labels.len(),
+        NODE_LABELS,
+    )?;
+    for (k, v) in &s.constraints.node_labels {
+        key("spec.node_labels", k, "label")?;
+        value("spec.node_labels", k, v, "label")?;
+    }
+    at_most(
+        "spec.gpu_models",
+        "GPU models",
+        s.constraints.gpu_models.len(),
+        GPU_MODELS,
+    )?;
+    for m in &s.constraints.gpu_models {
+        if m.is_empty()
+            || m.len() > GPU_MODEL_BYTES
+            || m.chars().any(|c| c.is_whitespace() || c.is_control() || c == '|')
+        {
+            return Err(violation(
+                "spec.gpu_models",
+                format!("{} is not a GPU model name (e.g. H100-80GB, V100M32)", quote(m)),
+            ));
+        }
+    }
+    let total = s.name.len()
+        + s.command.len()
+        + s.args.iter().map(String::len).sum::<usize>()
+        + s.env.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+        + s.working_dir.as_ref().map_or(0, String::len)
+        + s.tags.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+        + s.constraints
+            .node_labels
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>()
+        + s.constraints.gpu_models.iter().map(String::len).sum::<usize>();
+    if total > SPEC_BYTES {
+        return Err(violation(
+            "spec",
+            format!(
+                "a job's command, arguments, environment, tags and labels may hold at most {SPEC_BYTES} bytes together, got {total}; pass large inputs as files"
+            ),
+        ));
+    }
+    if s.grace_period > limits.max_grace {
+        return Err(violation(
+            "spec.grace_period_ms",
+            format!(
+                "at most {} on this server (its --max-grace), got {}",
+                limits.max_grace, s.grace_period
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Job, JobId};
+
+    fn ok() -> JobSpec {
+        Job::for_tests(JobId::new_v7()).spec
+    }
+
+    #[test]
+    fn quote_shows_a_short_prefix_of_long_input() {
+        assert_eq!(quote("abc"), "\"abc\"");
+        let long = "é".repeat(1 << 20);
+        let q = quote(&long);
+        assert!(q.len() < 200, "{q}");
+        assert!(q.ends_with(&format!("… ({} bytes)", long.len())), "{q}");
+        assert_eq!(truncate("héllo", 2), "h");
+        assert_eq!(truncate("héllo", 3), "hé");
+        assert_eq!(truncate("abc", 10), "abc");
+    }
+
+    #[test]
+    fn every_bound_is_enforced_naming_its_field() {
+        let limits = Limits::default();
+        assert_eq!(spec(&ok(), &limits), Ok(()));
+        let cases: Vec<(&str, Box<dyn Fn(&mut JobSpec)>)> = vec![
+            (
+                "spec.command",
+                Box::new(|s| s.command = "x".repeat(COMMAND_BYTES + 1)),
+            ),
+            ("spec.name", Box::new(|s| s.name = "x".repeat(NAME_BYTES + 1))),
+            ("spec.args", Box::new(|s| s.args = vec![String::new(); ARGS + 1])),
+            (
+                "spec.args",
+                Box::new(|s| s.args = vec!["x".repeat(ARG_BYTES + 1)]),
+            ),
+            (
+                "spec.env",
+                Box::new(|s| s.env = (0..=ENV_VARS).map(|i| (format!("V{i}"), String::new())).collect()),
+            ),
+            (
+                "spec.env",
+                Box::new(|s| {
+                    s.env.insert("BIG".into(), "x".repeat(3 << 20));
+                }),
+            ),
+            (
+                "spec.tags",
+                Box::new(|s| s.tags = (0..=TAGS).map(|i| (format!("t{i}"), String::new())).collect()),
+            ),
+            (
+                "spec.tags",
+                Box::new(|s| {
+                    s.tags.insert("k".repeat(1 << 20), "v".into());
+                }),
+            ),
+            (
+                "spec.node_labels",
+                Box::new(|s| {
+                    s.constraints.node_labels = (0..=NODE_LABELS)
+                        .map(|i| (format!("l{i}"), String::new()))
+                        .collect()
+                }),
+            ),
+            (
+                "spec.gpu_models",
+                Box::new(|s| s.constraints.gpu_models = (0..=GPU_MODELS).map(|i| format!("M{i}")).collect()),
+            ),
+            (
+                "spec.working_dir",
+                Box::new(|s| s.working_dir = Some(format!("/{}", "d".repeat(WORKING_DIR_BYTES)))),
+            ),
+            (
+                "spec",
+                Box::new(|s| s.args = (0..4).map(|_| "x".repeat(ARG_BYTES - 1)).collect()),
+            ),
+            (
+                "spec.grace_period_ms",
+                Box::new(|s| s.grace_period = Millis(DEFAULT_MAX_GRACE.0 + 1)),
+            ),
+        ];
+        for (field, break_it) in cases {
+            let mut s = ok();
+            break_it(&mut s);
+            let v = spec(&s, &limits).expect_err(field);
+            assert_eq!(v.field, field, "{}", v.description);
+            assert!(v.description.len() < 400, "{field}: {}", v.description);
+        }
+        // The grace limit is the server's.
+        let mut s = ok();
+        s.grace_period = Millis::from_secs(3600);
+        assert!(
+            spec(
+                &s,
+                &Limits {
+                    max_grace: Millis::from_secs(7200)
+                }
+            )
+            .is_ok()
+        );
+    }
+}
