@@ -74,6 +74,7 @@ fn job(tenant: usize, project: usize) -> Job {
         lease_ids: vec![],
         attempt: 1,
         cancel_requested: false,
+        cancel_forced: false,
         preempted_by: None,
         node_lost_requeues: 0,
     }

@@ -90,6 +90,7 @@ fn realistic_job() -> JobSpec {
     let caller = Caller {
         role: Role::Tenant("acme".parse().unwrap()),
         token_id: String::new(),
+        node: None,
     };
     convert::job_spec(&caller, Some(&wire)).unwrap()
 }

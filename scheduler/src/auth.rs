@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
-use crate::domain::{TenantName, UnixMillis};
+use crate::domain::{NodeName, TenantName, UnixMillis};
 use crate::ledger::{Ledger, LedgerError, Role, TenantRecord, TokenRecord};
 
 /// The authenticated caller of an RPC.
@@ -15,6 +15,8 @@ use crate::ledger::{Ledger, LedgerError, Role, TenantRecord, TokenRecord};
 pub struct Caller {
     pub role: Role,
     pub token_id: String,
+    /// An agent token's node.
+    pub node: Option<NodeName>,
 }
 
 impl Caller {
@@ -56,6 +58,8 @@ pub enum AuthError {
 pub struct Auth {
     ledger: Ledger,
     by_hash: Arc<RwLock<HashMap<[u8; 32], TokenRecord>>>,
+    /// Ids of tokens as they are revoked, for open streams to end.
+    revoked: tokio::sync::broadcast::Sender<String>,
 }
 
 fn hash(secret: &str) -> [u8; 32] {
@@ -68,6 +72,7 @@ impl Auth {
         Ok(Auth {
             ledger,
             by_hash: Arc::new(RwLock::new(by_hash)),
+            revoked: tokio::sync::broadcast::channel(64).0,
         })
     }
 
@@ -78,6 +83,7 @@ impl Auth {
         map.get(&h).map(|r| Caller {
             role: r.role.clone(),
             token_id: r.id.clone(),
+            node: r.node.clone(),
         })
     }
 
@@ -117,6 +123,26 @@ impl Auth {
         description: String,
         now: UnixMillis,
     ) -> Result<(String, TokenRecord), AuthError> {
+        self.issue_for(role, None, description, now).await
+    }
+
+    /// Issues an agent token that may register only `node`.
+    pub async fn issue_agent(
+        &self,
+        node: NodeName,
+        description: String,
+        now: UnixMillis,
+    ) -> Result<(String, TokenRecord), AuthError> {
+        self.issue_for(Role::Agent, Some(node), description, now).await
+    }
+
+    async fn issue_for(
+        &self,
+        role: Role,
+        node: Option<NodeName>,
+        description: String,
+        now: UnixMillis,
+    ) -> Result<(String, TokenRecord), AuthError> {
         if let Role::Tenant(t) = &role
             && !self.tenant_exists(t)?
         {
@@ -131,6 +157,7 @@ impl Auth {
             role,
             description,
             created_at: now,
+            node,
         };
         self.ledger.put_token(&h, &rec)?;
         self.ledger.flush().await?;
@@ -159,7 +186,20 @@ impl Auth {
         self.ledger.remove_token(&h)?;
         self.ledger.flush().await?;
         self.by_hash.write().unwrap_or_else(|e| e.into_inner()).remove(&h);
+        let _ = self.revoked.send(id.to_string());
         Ok(())
+    }
+
+    /// Token ids as they are revoked from now on: a stream opened with one
+    /// ends when it is.
+    pub fn revocations(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.revoked.subscribe()
+    }
+
+    /// Whether the token of this id is still valid.
+    pub fn is_valid(&self, token_id: &str) -> bool {
+        let map = self.by_hash.read().unwrap_or_else(|e| e.into_inner());
+        map.values().any(|r| r.id == token_id)
     }
 }
 

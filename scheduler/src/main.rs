@@ -5,6 +5,19 @@ use clap::Parser;
 use allot_scheduler::cli::{self, Cli};
 
 fn main() {
+    // A job's supervisor (started by an agent) runs before anything else:
+    // no argument parsing, no tracing, no thread pool.
+    let mut args = std::env::args_os();
+    if args.nth(1).is_some_and(|a| a == "supervise") {
+        let code = match args.next() {
+            Some(dir) => allot_scheduler::agent::supervisor::main(std::path::Path::new(&dir)),
+            None => {
+                eprintln!("usage: allot supervise RUN_DIR (started by the agent, one per job)");
+                2
+            }
+        };
+        std::process::exit(code);
+    }
     let cli = Cli::parse();
     cli::init_tracing(&cli.command);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

@@ -298,18 +298,24 @@ pub async fn run_dev(
         .auth
         .issue(Role::Admin, "dev mode: admin".into(), now)
         .await?;
-    let (agent_token, _) = controller
-        .auth
-        .issue(Role::Agent, "dev mode: in-process agents".into(), now)
-        .await?;
 
+    let supervisor_exe =
+        std::env::current_exe().context("cannot find the allot binary for job supervisors")?;
     let (stop_agents, agents_stopped) = watch::channel(false);
     let mut agent_tasks = Vec::new();
     let fleet = dev_fleet();
     for (node, f) in &fleet {
+        let (agent_token, _) = controller
+            .auth
+            .issue_agent(
+                node.parse().expect("valid name"),
+                format!("dev mode: in-process agent of {node}"),
+                now,
+            )
+            .await?;
         let config = AgentConfig {
             controller: controller.url(),
-            token: agent_token.clone(),
+            token: agent_token,
             node: node.parse().expect("valid name"),
             fleet: Some(f.clone()),
             state_dir: data_dir.join("agents").join(node),
@@ -317,6 +323,8 @@ pub async fn run_dev(
             cpu: None,
             memory: None,
             shutdown_grace: Duration::from_secs(5),
+            supervisor_exe: supervisor_exe.clone(),
+            run_as: None,
         };
         let rx = agents_stopped.clone();
         agent_tasks.push(tokio::spawn(async move {

@@ -820,6 +820,26 @@ impl Admin {
                 role: role as i32,
                 tenant: tenant.unwrap_or_default().into(),
                 description: description.into(),
+                node: String::new(),
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// Issues an agent token that may register only `node`.
+    pub async fn issue_agent_token(
+        &self,
+        node: &str,
+        description: &str,
+    ) -> Result<proto::IssueTokenResponse> {
+        Ok(self
+            .0
+            .clone()
+            .issue_token(proto::IssueTokenRequest {
+                role: proto::Role::Agent as i32,
+                tenant: String::new(),
+                description: description.into(),
+                node: node.into(),
             })
             .await?
             .into_inner())

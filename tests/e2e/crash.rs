@@ -26,7 +26,8 @@ struct Cluster {
     agents: HashMap<String, Child>,
     admin_token: String,
     tenant_token: String,
-    agent_token: String,
+    /// Each node's agent token (bound to it), issued on its first start.
+    agent_tokens: HashMap<String, String>,
     extra: Vec<String>,
 }
 
@@ -60,7 +61,7 @@ impl Cluster {
             agents: HashMap::new(),
             admin_token: String::new(),
             tenant_token: String::new(),
-            agent_token: String::new(),
+            agent_tokens: HashMap::new(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         c.start_server().await;
@@ -73,12 +74,6 @@ impl Cluster {
         c.tenant_token = admin
             .admin()
             .issue_token(proto::Role::Tenant, Some("crash"), "")
-            .await
-            .unwrap()
-            .token;
-        c.agent_token = admin
-            .admin()
-            .issue_token(proto::Role::Agent, None, "")
             .await
             .unwrap()
             .token;
@@ -126,7 +121,18 @@ impl Cluster {
         }
     }
 
-    fn start_agent(&mut self, node: &str, gpus: &str) {
+    async fn start_agent(&mut self, node: &str, gpus: &str) {
+        if !self.agent_tokens.contains_key(node) {
+            let token = self
+                .admin()
+                .await
+                .admin()
+                .issue_agent_token(node, "")
+                .await
+                .unwrap()
+                .token;
+            self.agent_tokens.insert(node.to_string(), token);
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -144,7 +150,7 @@ impl Cluster {
             ])
             .arg("--state-dir")
             .arg(self.dir.join(format!("agent-{node}")))
-            .env("ALLOT_TOKEN", &self.agent_token)
+            .env("ALLOT_TOKEN", &self.agent_tokens[node])
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
@@ -217,11 +223,13 @@ async fn all_jobs(client: &Client) -> Vec<proto::Job> {
 async fn the_ledger_survives_twenty_controller_sigkills_under_a_stream_of_jobs() {
     let dir = tempdir();
     let mut cluster = Cluster::start(dir.path(), &[]).await;
-    cluster.start_agent("crash-1", "4xH100-80GB");
-    cluster.start_agent(
-        "crash-2",
-        "2xA100-80GB,1xH100-80GB/mig=3g.40gb+2g.20gb+1g.10gb+1g.10gb",
-    );
+    cluster.start_agent("crash-1", "4xH100-80GB").await;
+    cluster
+        .start_agent(
+            "crash-2",
+            "2xA100-80GB,1xH100-80GB/mig=3g.40gb+2g.20gb+1g.10gb+1g.10gb",
+        )
+        .await;
     cluster.wait_nodes(2).await;
 
     // A stream of short jobs, submitted as fast as the server takes them;
@@ -375,7 +383,7 @@ async fn the_ledger_survives_twenty_controller_sigkills_under_a_stream_of_jobs()
 async fn a_killed_agent_loses_its_jobs_after_the_grace_period_and_they_are_requeued_or_failed_per_policy() {
     let dir = tempdir();
     let mut cluster = Cluster::start(dir.path(), &["--node-lost-grace", "1s"]).await;
-    cluster.start_agent("doomed", "2xH100-80GB");
+    cluster.start_agent("doomed", "2xH100-80GB").await;
     cluster.wait_nodes(1).await;
     let client = cluster.client().await;
     // One job may be requeued once, one may not.
@@ -417,7 +425,7 @@ async fn a_killed_agent_loses_its_jobs_after_the_grace_period_and_they_are_reque
 
     // The node comes back (a new agent, its processes gone): the requeued
     // job runs there again as attempt 2.
-    cluster.start_agent("doomed", "2xH100-80GB");
+    cluster.start_agent("doomed", "2xH100-80GB").await;
     let back = wait_state(&client, &again.id, JobState::Running).await;
     assert_eq!(back.attempt, 2);
     assert_eq!(back.leases.len(), 2);
@@ -432,7 +440,7 @@ async fn idle_gpu_time_comes_from_the_utilisation_agents_report() {
     let dir = tempdir();
     let mut cluster = Cluster::start(dir.path(), &[]).await;
     // Declared GPUs reporting 0 % utilisation, as NVML would for idle ones.
-    cluster.start_agent("idle", "1xH100-80GB@0%");
+    cluster.start_agent("idle", "1xH100-80GB@0%").await;
     cluster.wait_nodes(1).await;
     let client = cluster.client().await;
     let job = client
@@ -468,4 +476,157 @@ async fn idle_gpu_time_comes_from_the_utilisation_agents_report() {
     .await;
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("IDLE GPU-H"), "{out}");
+}
+
+/// The first line of a job's output on `node`, once written.
+async fn output_line(cluster: &Cluster, node: &str, job: &str) -> String {
+    first_line(
+        &cluster
+            .dir
+            .join(format!("agent-{node}"))
+            .join("logs")
+            .join(format!("allot-{job}.out")),
+    )
+    .await
+}
+
+/// Regression (issue 11, defect 3): an agent killed with SIGKILL used to
+/// leave its jobs running, and after the grace the controller started them
+/// again elsewhere while the first copy still ran. The job's supervisor now
+/// fences it: it is dead on its node before the controller requeues it, and
+/// the agent, brought back later, does not report it as running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_agent_is_killed_stops_before_it_is_started_elsewhere() {
+    let dir = tempdir();
+    let mut cluster = Cluster::start(dir.path(), &["--node-lost-grace", "2s"]).await;
+    cluster.start_agent("fence-1", "1xH100-80GB").await;
+    cluster.wait_nodes(1).await;
+    let client = cluster.client().await;
+    let job = client
+        .submit(
+            JobSpec::new("sh")
+                .args(["-c", "echo $$; exec sleep 600"])
+                .gpus(1)
+                .node_lost_retries(1),
+        )
+        .await
+        .unwrap();
+    wait_state(&client, &job.id, JobState::Running).await;
+    let pid: i32 = output_line(&cluster, "fence-1", &job.id).await.parse().unwrap();
+    // The only other node comes up now, so the requeued job goes there.
+    cluster.start_agent("fence-2", "1xH100-80GB").await;
+    cluster.wait_nodes(2).await;
+    tokio::time::sleep(Duration::from_millis(3 * HEARTBEAT_MS as u64)).await;
+    cluster.kill_agent("fence-1").await;
+    let killed = std::time::Instant::now();
+
+    // Watch both: when the first copy dies, and when the second is placed.
+    let mut died_at = None;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let second = loop {
+        if died_at.is_none() && process_gone(pid) {
+            died_at = Some(now_ms());
+        }
+        let j = client.get(&job.id).await.unwrap();
+        if j.attempt == 2 && !j.leases.iter().all(|l| l.attempt == 1) {
+            break j;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never requeued: {}",
+            j.reason
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let died_at = died_at.expect("the first copy was dead before the second was placed");
+    let placed_at = second
+        .leases
+        .iter()
+        .find(|l| l.attempt == 2)
+        .map(|l| l.reserved_at_unix_ms)
+        .unwrap();
+    assert!(
+        died_at <= placed_at,
+        "died at {died_at}, placed again at {placed_at}"
+    );
+    // Fenced within three quarters of the grace of the last heartbeat.
+    assert!(
+        killed.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        killed.elapsed()
+    );
+    let second = wait_state(&client, &job.id, JobState::Running).await;
+    assert_eq!(second.placement.as_ref().unwrap().node, "fence-2");
+    let first = second.leases.iter().find(|l| l.attempt == 1).unwrap();
+    assert_eq!(first.end_reason(), proto::LeaseEndReason::NodeLost);
+
+    // The agent comes back: it runs nothing, and says so; the requeued
+    // attempt runs on undisturbed.
+    cluster.start_agent("fence-1", "1xH100-80GB").await;
+    cluster.wait_nodes(2).await;
+    tokio::time::sleep(Duration::from_millis(4 * HEARTBEAT_MS as u64)).await;
+    let now = client.get(&job.id).await.unwrap();
+    assert_eq!(
+        (now.state(), now.attempt),
+        (JobState::Running, 2),
+        "{}",
+        now.reason
+    );
+    let nodes = client.nodes().await.unwrap();
+    let back = nodes.iter().find(|n| n.name == "fence-1").unwrap();
+    assert!(
+        back.gpus.iter().all(|g| g.holders.is_empty()),
+        "the returning node holds nothing: {back:?}"
+    );
+    client.cancel(&job.id, "done").await.unwrap();
+    assert_eq!(wait_final(&client, &job.id).await.state(), JobState::Cancelled);
+    let report = cluster.admin().await.check_ledger().await.unwrap();
+    assert!(report.clean, "{:?}", report.problems);
+}
+
+/// Regression (issue 11, defect 4): a job that ended while its agent was
+/// down ran again, and its first run was billed short. Its supervisor
+/// records the exit; the next agent reports the real outcome and end time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_ends_while_its_agent_is_down_is_reported_as_it_ended() {
+    let dir = tempdir();
+    let mut cluster = Cluster::start(dir.path(), &["--node-lost-grace", "30s"]).await;
+    cluster.start_agent("gone", "1xH100-80GB").await;
+    cluster.wait_nodes(1).await;
+    let client = cluster.client().await;
+    let job = client
+        .submit(JobSpec::new("sh").args(["-c", "sleep 1; exit 3"]).gpus(1))
+        .await
+        .unwrap();
+    wait_state(&client, &job.id, JobState::Running).await;
+    cluster.kill_agent("gone").await;
+    // It ends (after a second) while nobody is there to tell.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let down = client.get(&job.id).await.unwrap();
+    assert_eq!(down.state(), JobState::Running, "{}", down.reason);
+    cluster.start_agent("gone", "1xH100-80GB").await;
+    let done = wait_final(&client, &job.id).await;
+    assert_eq!(done.state(), JobState::Failed, "{}", done.reason);
+    assert_eq!(done.exit_code, Some(3));
+    assert_eq!(done.attempt, 1, "it did not run again");
+    assert_eq!(done.leases.len(), 1);
+    let lease = &done.leases[0];
+    assert_eq!(lease.end_reason(), proto::LeaseEndReason::Failed);
+    // Billed for the second it ran, not for the time its agent was away.
+    let measured = lease.agent_runtime_ms.expect("the supervisor's measure");
+    assert!((900..2000).contains(&measured), "{measured} ms");
+    let billed = lease.ended_at_unix_ms - lease.started_at_unix_ms;
+    assert!(
+        (billed - measured).abs() <= 2 * HEARTBEAT_MS,
+        "billed {billed} ms, ran {measured} ms"
+    );
+    let report = cluster.admin().await.check_ledger().await.unwrap();
+    assert!(report.clean, "{:?}", report.problems);
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
 }

@@ -199,3 +199,137 @@ async fn oversized_specs_are_refused_naming_the_field_with_a_short_message() {
     let all = client.list_all(Default::default()).await.unwrap();
     assert_eq!(all.len(), 1, "{all:?}");
 }
+
+/// An agent session opened by hand: the registration of a node with one
+/// fake GPU of model `FAKE`, and the controller's messages.
+async fn open_session(
+    server: &DevServer,
+    token: &str,
+    node: &str,
+) -> Result<
+    (
+        tokio::sync::mpsc::Sender<proto::AgentMessage>,
+        tonic::Streaming<proto::ControllerMessage>,
+    ),
+    tonic::Status,
+> {
+    let channel = tonic::transport::Endpoint::from_shared(server.addr.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let bearer: MetadataValue<_> = format!("Bearer {token}").parse().unwrap();
+    let mut agents = proto::agent_service_client::AgentServiceClient::with_interceptor(
+        channel,
+        move |mut r: tonic::Request<()>| {
+            r.metadata_mut().insert("authorization", bearer.clone());
+            Ok(r)
+        },
+    );
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tx.send(proto::AgentMessage {
+        msg: Some(proto::agent_message::Msg::Register(proto::RegisterAgent {
+            node: node.into(),
+            cpu_millis: 8000,
+            memory_mib: 16384,
+            gpus: (0..8)
+                .map(|i| proto::GpuInfo {
+                    index: i,
+                    uuid: format!("GPU-{node}-{i}"),
+                    model: "FAKE".into(),
+                    memory_mib: 81920,
+                    ..Default::default()
+                })
+                .collect(),
+            discovery: "declared".into(),
+            ..Default::default()
+        })),
+    })
+    .await
+    .unwrap();
+    let mut stream = agents
+        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    match stream.message().await? {
+        Some(proto::ControllerMessage {
+            msg: Some(proto::controller_message::Msg::Registered(r)),
+        }) => {
+            assert_eq!(r.node, node);
+            assert!(r.fence_after_ms > 0, "the controller fences: {r:?}");
+        }
+        other => panic!("expected the registration's answer, got {other:?}"),
+    }
+    Ok((tx, stream))
+}
+
+/// Defect 5: one agent token could register a made-up node, receive other
+/// tenants' launches and report them done; a revoked token's session kept
+/// receiving launches. Agent tokens are bound to one node now, a connected
+/// node cannot be registered twice, and revoking a token ends its session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_tokens_register_only_their_node_and_die_with_their_revocation() {
+    let dir = tempdir();
+    let server = DevServer::start(dir.path()).await;
+    let admin = server.admin().await;
+    let issued = admin.admin().issue_agent_token("lab-1", "").await.unwrap();
+    let token = issued.token.clone();
+    assert_eq!(issued.info.as_ref().unwrap().node, "lab-1");
+    // Another node's name, or a made-up one: refused, nothing registered.
+    for other in ["lab-2", "dev-1"] {
+        let err = open_session(&server, &token, other).await.expect_err(other);
+        assert_eq!(err.code(), tonic::Code::PermissionDenied, "{}", err.message());
+        assert!(err.message().contains("lab-1"), "{}", err.message());
+    }
+    // An agent token must name its node.
+    let err = admin
+        .admin()
+        .issue_token(proto::Role::Agent, None, "")
+        .await
+        .expect_err("an unbound agent token");
+    assert_eq!(err.field(), Some("node"));
+    let nodes = admin.nodes().await.unwrap();
+    assert_eq!(nodes.len(), 2, "only the dev nodes: {nodes:?}");
+
+    // Its own node registers; a second agent for it while it lives does not.
+    let (_tx, mut stream) = open_session(&server, &token, "lab-1").await.unwrap();
+    let err = open_session(&server, &token, "lab-1").await.expect_err("twice");
+    assert_eq!(err.code(), tonic::Code::AlreadyExists, "{}", err.message());
+
+    // Revoked: the session ends at once with UNAUTHENTICATED, the node is
+    // down, and a job only it could run is not launched there.
+    let id = issued.info.unwrap().id;
+    admin.admin().revoke_token(&id).await.unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(1), async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(e) => return Some(e.code()),
+            }
+        }
+    })
+    .await
+    .expect("the session ends within a second of the revocation");
+    assert_eq!(ended, Some(tonic::Code::Unauthenticated));
+    let lab = admin
+        .nodes()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|n| n.name == "lab-1")
+        .unwrap();
+    assert_eq!(lab.state(), proto::NodeState::Down);
+    let client = server.client().await;
+    let job = client
+        .submit(JobSpec::new("true").gpus(1).gpu_model("FAKE"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        client.get(&job.id).await.unwrap().state(),
+        allot_sdk::JobState::Pending
+    );
+    let err = open_session(&server, &token, "lab-1").await.expect_err("revoked");
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+}

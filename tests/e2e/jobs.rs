@@ -358,13 +358,19 @@ async fn a_killed_server_restarts_with_every_job_and_lease() {
     assert_eq!(again.leases.len(), 2);
     // The pending one still waits.
     assert_eq!(client.get(&pending.id).await.unwrap().state(), JobState::Pending);
-    // The running one's process died with its agent's restart; it is lost and its
-    // lease closed, never double-counted.
-    let lost = wait_final(&client, &running.id).await;
-    assert_eq!(lost.state(), JobState::NodeLost, "{}", lost.reason);
-    assert_eq!(lost.leases.len(), 1);
-    assert_eq!(lost.leases[0].end_reason(), proto::LeaseEndReason::NodeLost);
-    assert!(lost.leases[0].ended_at_unix_ms >= lost.leases[0].started_at_unix_ms);
+    // The running one outlived the crash under its supervisor: the new
+    // agent took it over, so it still runs as the same attempt on the same
+    // lease, and ends normally when cancelled.
+    let still = wait_state(&client, &running.id, JobState::Running).await;
+    assert_eq!(still.attempt, 1);
+    assert_eq!(still.leases.len(), 1);
+    assert_eq!(still.leases[0].state(), proto::LeaseState::Active);
+    assert!(!process_gone(pid), "the job's process kept running");
+    client.cancel(&running.id, "done").await.unwrap();
+    let ended = wait_final(&client, &running.id).await;
+    assert_eq!(ended.state(), JobState::Cancelled, "{}", ended.reason);
+    assert_eq!(ended.leases.len(), 1);
+    assert_eq!(ended.leases[0].end_reason(), proto::LeaseEndReason::Cancelled);
     wait_gone(pid).await;
     // And the cluster is usable again.
     let next = client.submit(JobSpec::new("true").gpus(4)).await.unwrap();

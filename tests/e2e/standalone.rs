@@ -83,7 +83,16 @@ async fn server_and_agent_processes_run_jobs_submitted_by_the_cli() {
         cli(&addr, &admin_token, &["token", "issue", "--tenant", "research"]).await;
     assert_eq!(code, 0, "{err}");
     let tenant_token = tenant_token.trim().to_string();
-    let (code, agent_token, err) = cli(&addr, &admin_token, &["token", "issue", "--role", "agent"]).await;
+    // An agent token names its node: without one it is refused.
+    let (code, _, err) = cli(&addr, &admin_token, &["token", "issue", "--role", "agent"]).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("--node"), "{err}");
+    let (code, agent_token, err) = cli(
+        &addr,
+        &admin_token,
+        &["token", "issue", "--role", "agent", "--node", "lab-7"],
+    )
+    .await;
     assert_eq!(code, 0, "{err}");
 
     let agent_log = std::fs::File::create(dir.path().join("agent.log")).unwrap();

@@ -8,6 +8,7 @@
 pub mod discovery;
 pub mod fleet;
 pub mod launcher;
+pub mod supervisor;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -45,6 +46,11 @@ pub struct AgentConfig {
     pub memory: Option<MiB>,
     /// Grace for jobs when the agent itself shuts down.
     pub shutdown_grace: Duration,
+    /// The `allot` binary that runs each job's supervisor
+    /// (`allot supervise`); by default this very binary.
+    pub supervisor_exe: PathBuf,
+    /// Run jobs as this user instead of the agent's own.
+    pub run_as: Option<supervisor::RunAs>,
 }
 
 /// The machine's CPU count, in milli-cores.
@@ -128,6 +134,8 @@ struct AgentState {
     events: mpsc::UnboundedReceiver<LaunchEvent>,
     /// Exits sent but not yet acknowledged, by (job, attempt).
     unacked: BTreeMap<(String, u32), pb::JobExited>,
+    /// The controller's fence (`Registered.fence_after_ms`).
+    fence_after: Option<Duration>,
 }
 
 enum SessionEnd {
@@ -150,16 +158,23 @@ fn msg(m: pb::agent_message::Msg) -> pb::AgentMessage {
 pub async fn run(config: AgentConfig, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("cannot create state dir {}", config.state_dir.display()))?;
-    let reaped = Launcher::reap_orphans(&config.state_dir);
-    if !reaped.is_empty() {
-        warn!(
-            count = reaped.len(),
-            "killed jobs left running by a previous agent"
+    let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+    let mut launcher = Launcher::new(
+        config.state_dir.clone(),
+        config.node.to_string(),
+        ev_tx,
+        config.supervisor_exe.clone(),
+        config.run_as,
+    )
+    .with_context(|| format!("cannot prepare state dir {}", config.state_dir.display()))?;
+    // Jobs a previous agent left running go on under their supervisors.
+    let adopted = launcher.adopt();
+    if !adopted.is_empty() {
+        info!(
+            count = adopted.len(),
+            "took over jobs left running by a previous agent"
         );
     }
-    let (ev_tx, ev_rx) = mpsc::unbounded_channel();
-    let launcher = Launcher::new(config.state_dir.clone(), config.node.to_string(), ev_tx)
-        .with_context(|| format!("cannot prepare state dir {}", config.state_dir.display()))?;
     let inventory = inventory(&config);
     info!(
         node = %config.node,
@@ -174,7 +189,8 @@ pub async fn run(config: AgentConfig, mut shutdown: watch::Receiver<bool>) -> an
         inventory,
         launcher,
         events: ev_rx,
-        unacked: load_exits(&exits_dir(&config_state_dir))?,
+        unacked: load_exits(&launcher::exits_dir(&config_state_dir))?,
+        fence_after: None,
     };
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -197,28 +213,46 @@ pub async fn run(config: AgentConfig, mut shutdown: watch::Receiver<bool>) -> an
     Ok(())
 }
 
-/// Exits not yet acknowledged live on disk too, so an agent restart does
-/// not lose them: `<state dir>/exits/<job>.<attempt>.pb`.
-fn exits_dir(state_dir: &std::path::Path) -> PathBuf {
-    state_dir.join("exits")
-}
-
-fn exit_file(dir: &std::path::Path, job: &str, attempt: u32) -> PathBuf {
-    dir.join(format!("{job}.{attempt}.pb"))
-}
-
-/// Reads the exits a previous agent left unacknowledged.
+/// Reads the exits not acknowledged yet: written by supervisors (or by
+/// the agent, for a job that could not start), kept until the controller
+/// acknowledges them. A report whose writer died between its fsync and its
+/// rename (`<job>.<attempt>.pb.tmp.<pid>`, complete) is taken in; one
+/// still being written by a live supervisor is left alone.
 fn load_exits(dir: &std::path::Path) -> anyhow::Result<BTreeMap<(String, u32), pb::JobExited>> {
     use prost::Message;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut out = BTreeMap::new();
-    for entry in std::fs::read_dir(dir)?.flatten() {
-        let path = entry.path();
-        if path.extension().and_then(|e| e.to_str()) != Some("pb") {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)?.flatten().map(|e| e.path()).collect();
+    paths.sort();
+    for path in paths {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        let is_report = path.extension().and_then(|e| e.to_str()) == Some("pb");
+        let tmp_of = name
+            .rsplit_once(".tmp.")
+            .filter(|(base, _)| base.ends_with(".pb"))
+            .map(|(base, pid)| (base.to_string(), pid.parse::<i32>().ok()));
+        if !is_report && tmp_of.is_none() {
             continue;
         }
+        if let Some((_, Some(pid))) = &tmp_of
+            && std::path::Path::new(&format!("/proc/{pid}")).exists()
+        {
+            continue; // its writer still runs
+        }
         match std::fs::read(&path).map(|b| pb::JobExited::decode(b.as_slice())) {
-            Ok(Ok(e)) => {
+            Ok(Ok(e)) if !e.job_id.is_empty() => {
+                if let Some((base, _)) = tmp_of {
+                    let done = dir.join(base);
+                    if done.exists() {
+                        let _ = std::fs::remove_file(&path);
+                    } else if let Err(err) = std::fs::rename(&path, &done) {
+                        warn!(path = %path.display(), "cannot recover an exit report: {err}");
+                    }
+                }
                 info!(job = %e.job_id, "exit report from before a restart, to send again");
                 out.insert((e.job_id.clone(), e.attempt), e);
             }
@@ -231,26 +265,26 @@ fn load_exits(dir: &std::path::Path) -> anyhow::Result<BTreeMap<(String, u32), p
     Ok(out)
 }
 
-/// Writes one exit report durably (temp file, fsync, rename).
-fn write_exit(dir: &std::path::Path, e: &pb::JobExited) -> std::io::Result<()> {
-    use prost::Message;
-    use std::io::Write;
-    let path = exit_file(dir, &e.job_id, e.attempt);
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&e.encode_to_vec())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, &path)
-}
-
 impl AgentState {
-    /// Keeps an exit until the controller acknowledges it: in memory and on
-    /// disk (written and synced before it is first sent).
+    /// Keeps an exit until the controller acknowledges it (its supervisor
+    /// wrote it to disk before it ended).
     fn keep_exit(&mut self, e: pb::JobExited) {
-        if let Err(err) = write_exit(&exits_dir(&self.config.state_dir), &e) {
-            warn!(job = %e.job_id, "cannot keep the exit report on disk: {err}");
-        }
         self.unacked.insert((e.job_id.clone(), e.attempt), e);
+    }
+
+    /// Renews the lease of this node's jobs: the controller has taken in a
+    /// message this agent sent at `sent_mono_ms`, so the controller will not
+    /// declare the node lost before that plus its grace; the jobs may run
+    /// until that plus the (shorter) fence.
+    fn renew_fence(&self, sent_mono_ms: u64) {
+        let deadline = match self.fence_after {
+            Some(f) => sent_mono_ms + f.as_millis() as u64,
+            // A controller without fencing: no lease to run out.
+            None => u64::MAX / 2,
+        };
+        if let Err(e) = supervisor::write_fence(&launcher::fence_file(&self.config.state_dir), deadline) {
+            warn!("cannot renew the jobs' lease (they stop when it runs out): {e}");
+        }
     }
 
     /// Takes in launcher events that arrived while no session was open.
@@ -291,6 +325,7 @@ impl AgentState {
         let mut register = self.inventory.register.clone();
         register.running = self.launcher.running();
         register.exited = self.unacked.values().cloned().map(aged).collect();
+        let registered_at = supervisor::mono_ms();
         out.send(msg(pb::agent_message::Msg::Register(register))).await?;
         let mut inbound = client
             .session(tokio_stream::wrappers::ReceiverStream::new(out_rx))
@@ -300,11 +335,17 @@ impl AgentState {
         let hello = inbound.message().await?.and_then(|m| m.msg);
         let interval = match hello {
             Some(pb::controller_message::Msg::Registered(r)) => {
+                self.fence_after =
+                    (r.fence_after_ms > 0).then(|| Duration::from_millis(r.fence_after_ms as u64));
                 Duration::from_millis(r.heartbeat_interval_ms.max(100) as u64)
             }
             _ => anyhow::bail!("the controller did not confirm the registration"),
         };
-        info!(node = %self.config.node, "registered with the controller");
+        self.renew_fence(registered_at);
+        info!(node = %self.config.node, fence = ?self.fence_after, "registered with the controller");
+        // Heartbeats sent and not acknowledged yet: (seq, when sent).
+        let mut sent: std::collections::VecDeque<(u64, u64)> = std::collections::VecDeque::new();
+        let mut seq = 0u64;
         *backoff = Duration::from_millis(100);
         let mut heartbeat = tokio::time::interval(interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -312,8 +353,20 @@ impl AgentState {
             tokio::select! {
                 m = inbound.message() => {
                     let Some(m) = m? else { anyhow::bail!("the controller closed the session") };
-                    if let Some(m) = m.msg {
-                        self.on_order(m, &out).await?;
+                    match m.msg {
+                        Some(pb::controller_message::Msg::HeartbeatAck(a)) => {
+                            while let Some(&(s, at)) = sent.front() {
+                                if s > a.seq {
+                                    break;
+                                }
+                                sent.pop_front();
+                                if s == a.seq {
+                                    self.renew_fence(at);
+                                }
+                            }
+                        }
+                        Some(m) => self.on_order(m, &out).await?,
+                        None => {}
                     }
                 }
                 Some(ev) = self.events.recv() => {
@@ -333,9 +386,15 @@ impl AgentState {
                         (None, Some(f)) => f.utilization(self.config.node.as_str()),
                         (None, None) => Vec::new(),
                     };
+                    seq += 1;
+                    sent.push_back((seq, supervisor::mono_ms()));
+                    if sent.len() > 1024 {
+                        sent.pop_front();
+                    }
                     out.send(msg(pb::agent_message::Msg::Heartbeat(pb::Heartbeat {
                         utilization,
                         running: self.launcher.running(),
+                        seq,
                     }))).await?;
                 }
                 _ = shutdown.changed() => {
@@ -367,14 +426,10 @@ impl AgentState {
                 }
             }
             Msg::AckExit(a) => {
-                if self.unacked.remove(&(a.job_id.clone(), a.attempt)).is_some() {
-                    let _ = std::fs::remove_file(exit_file(
-                        &exits_dir(&self.config.state_dir),
-                        &a.job_id,
-                        a.attempt,
-                    ));
-                }
+                self.unacked.remove(&(a.job_id.clone(), a.attempt));
+                self.launcher.acknowledged(&a.job_id, a.attempt);
             }
+            Msg::HeartbeatAck(_) => {}
             Msg::ReadLog(r) => {
                 let chunk = match self.launcher.read_output(&r.job_id, r.offset, r.limit).await {
                     Ok((data, next_offset, path)) => pb::LogChunk {
@@ -431,29 +486,60 @@ impl AgentState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::launcher::exits_dir;
+    use crate::agent::supervisor::{exit_file, write_exit};
 
-    #[test]
-    fn unacknowledged_exits_survive_a_restart() {
-        let dir = tempfile::tempdir().unwrap();
-        let exits = exits_dir(dir.path());
-        std::fs::create_dir_all(&exits).unwrap();
-        let e = |job: &str, code| pb::JobExited {
+    fn report(job: &str, code: i32) -> pb::JobExited {
+        pb::JobExited {
             job_id: job.into(),
             attempt: 2,
             kind: pb::ExitKind::Exited as i32,
             exit_code: Some(code),
             runtime_ms: Some(1234),
             ..Default::default()
-        };
-        write_exit(&exits, &e("j1", 0)).unwrap();
-        write_exit(&exits, &e("j2", 3)).unwrap();
+        }
+    }
+
+    #[test]
+    fn unacknowledged_exits_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let exits = exits_dir(dir.path());
+        std::fs::create_dir_all(&exits).unwrap();
+        write_exit(&exits, &report("j1", 0)).unwrap();
+        write_exit(&exits, &report("j2", 3)).unwrap();
         std::fs::write(exits.join("garbage.pb"), b"\xff\xff\xff").unwrap();
         let loaded = load_exits(&exits).unwrap();
         assert_eq!(loaded.len(), 2);
-        assert_eq!(loaded[&("j2".to_string(), 2)], e("j2", 3));
+        assert_eq!(loaded[&("j2".to_string(), 2)], report("j2", 3));
         assert!(
             !exits.join("garbage.pb").exists(),
             "unreadable reports are removed"
         );
+    }
+
+    /// Regression (issue 11, defect 10): a writer killed between its fsync
+    /// and its rename left a complete `*.tmp` report that was never read
+    /// nor removed. It is taken in now; one whose writer still runs is not
+    /// touched.
+    #[test]
+    fn a_complete_report_left_as_a_temp_file_is_recovered() {
+        use prost::Message;
+        let dir = tempfile::tempdir().unwrap();
+        let exits = exits_dir(dir.path());
+        std::fs::create_dir_all(&exits).unwrap();
+        let mut gone = std::process::Command::new("true").spawn().unwrap();
+        let dead = gone.id();
+        gone.wait().unwrap();
+        let orphan = exits.join(format!("j3.2.pb.tmp.{dead}"));
+        std::fs::write(&orphan, report("j3", 7).encode_to_vec()).unwrap();
+        // Being written by a live process (this one): not ours to take.
+        let live = exits.join(format!("j4.2.pb.tmp.{}", std::process::id()));
+        std::fs::write(&live, b"\x08").unwrap();
+        let loaded = load_exits(&exits).unwrap();
+        assert_eq!(loaded.get(&("j3".to_string(), 2)), Some(&report("j3", 7)));
+        assert!(!orphan.exists());
+        assert!(exit_file(&exits, "j3", 2).exists(), "renamed into place");
+        assert!(live.exists(), "a report still being written is left alone");
+        assert!(!loaded.contains_key(&("j4".to_string(), 2)));
     }
 }

@@ -6,7 +6,7 @@ use tracing::{info, instrument};
 
 use super::error::ApiError;
 use super::{Api, caller};
-use crate::domain::TenantName;
+use crate::domain::{NodeName, TenantName};
 use crate::ledger::{Role, TenantRecord, TokenRecord};
 
 fn tenant_pb(t: &TenantRecord) -> pb::Tenant {
@@ -28,6 +28,7 @@ fn token_pb(t: &TokenRecord) -> pb::TokenInfo {
         tenant,
         description: t.description.clone(),
         created_at_unix_ms: t.created_at.0 as i64,
+        node: t.node.as_ref().map(|n| n.to_string()).unwrap_or_default(),
     }
 }
 
@@ -92,14 +93,30 @@ impl pb::admin_service_server::AdminService for Api {
         if !matches!(role, Role::Tenant(_)) && !req.tenant.trim().is_empty() {
             return Err(ApiError::invalid("tenant", "only a ROLE_TENANT token belongs to a tenant").into());
         }
+        let node = match (&role, req.node.as_str()) {
+            (Role::Agent, "") => {
+                return Err(ApiError::invalid(
+                    "node",
+                    "is required for ROLE_AGENT: an agent token may register only its node",
+                )
+                .into());
+            }
+            (Role::Agent, n) => Some(n.parse::<NodeName>().map_err(|e| ApiError::invalid("node", e))?),
+            (_, "") => None,
+            (_, _) => {
+                return Err(ApiError::invalid("node", "only a ROLE_AGENT token is bound to a node").into());
+            }
+        };
         if req.description.len() > 256 {
             return Err(ApiError::invalid("description", "must be at most 256 bytes").into());
         }
-        let (secret, rec) = self
-            .auth
-            .issue(role, req.description.trim().to_string(), self.clock.now())
-            .await
-            .map_err(ApiError::from)?;
+        let description = req.description.trim().to_string();
+        let now = self.clock.now();
+        let (secret, rec) = match node {
+            Some(n) => self.auth.issue_agent(n, description, now).await,
+            None => self.auth.issue(role, description, now).await,
+        }
+        .map_err(ApiError::from)?;
         info!(token = %rec.id, "token issued");
         Ok(Response::new(pb::IssueTokenResponse {
             token: secret,

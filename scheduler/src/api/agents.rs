@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use allot_proto::v1 as pb;
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, instrument, warn};
@@ -43,6 +43,10 @@ pub(crate) fn exit_from_pb(e: &pb::JobExited) -> Result<JobExit, ApiError> {
             signal: e.signal,
         },
         Ok(pb::ExitKind::LaunchFailed) => ExitOutcome::LaunchFailed(e.message.clone()),
+        // Its node stopped it for want of the controller: lost with the node.
+        Ok(pb::ExitKind::Fenced) => ExitOutcome::Lost(
+            "its node lost the controller for longer than the fence and stopped it".to_string(),
+        ),
         _ => return Err(ApiError::invalid("job_exited.kind", "unknown exit kind")),
     };
     Ok(JobExit {
@@ -189,6 +193,7 @@ fn order_pb(order: AgentOrder) -> pb::ControllerMessage {
             offset,
             limit,
         }),
+        AgentOrder::HeartbeatAck { seq } => Msg::HeartbeatAck(pb::HeartbeatAck { seq }),
     };
     pb::ControllerMessage { msg: Some(msg) }
 }
@@ -204,6 +209,7 @@ fn event_from_pb(msg: pb::agent_message::Msg) -> Result<Option<AgentEvent>, ApiE
                 .map(|u| (u.uuid.clone(), u.gpu_pct.min(100)))
                 .collect(),
             running: running(&h.running),
+            seq: h.seq,
         },
         Msg::JobStarted(s) => AgentEvent::Started {
             job: parse_job_id("job_started.job_id", &s.job_id)?,
@@ -254,44 +260,100 @@ impl pb::agent_service_server::AgentService for Api {
         };
         let reg = registration(&reg)?;
         let node = reg.inventory.name.clone();
+        // An agent token registers its own node and no other.
+        if caller.role == Role::Agent {
+            match &caller.node {
+                Some(own) if *own == node => {}
+                Some(own) => {
+                    return Err(ApiError::PermissionDenied(format!(
+                        "this agent token is bound to node {own}; it cannot register node {node}"
+                    ))
+                    .into());
+                }
+                None => {
+                    return Err(ApiError::PermissionDenied(
+                        "this agent token is bound to no node (issued by an older allot): issue one with `allot token issue --role agent --node NAME`".into(),
+                    )
+                    .into());
+                }
+            }
+        }
         let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, mut orders) = mpsc::unbounded_channel();
+        // Subscribed before the session starts, so no revocation slips by.
+        let mut revoked = self.auth.revocations();
         self.engine
             .agent_connected(conn, reg, tx)
             .await
             .map_err(ApiError::from)?;
         info!(%node, conn, "agent session open");
 
-        let engine = self.engine.clone();
-        let reader_node = node.clone();
-        tokio::spawn(async move {
-            loop {
-                match inbound.message().await {
-                    Ok(Some(pb::AgentMessage { msg: Some(msg) })) => match event_from_pb(msg) {
-                        Ok(Some(ev)) => engine.agent_event(conn, reader_node.clone(), ev).await,
-                        Ok(None) => {}
-                        Err(e) => warn!(node = %reader_node, "bad agent message ignored: {e}"),
-                    },
-                    Ok(Some(_)) => {}
-                    Ok(None) => break,
-                    Err(e) => {
-                        debug!(node = %reader_node, "agent stream error: {e}");
-                        break;
-                    }
-                }
-            }
-            info!(node = %reader_node, conn, "agent session closed");
-            engine.agent_disconnected(conn, reader_node).await;
-        });
-
+        let (out, out_rx) = mpsc::channel::<Result<pb::ControllerMessage, Status>>(256);
         let hello = pb::ControllerMessage {
             msg: Some(pb::controller_message::Msg::Registered(pb::Registered {
                 node: node.to_string(),
                 heartbeat_interval_ms: self.heartbeat_interval.0 as i64,
+                fence_after_ms: self.engine.fence_after().0 as i64,
             })),
         };
-        let orders = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(|o| Ok(order_pb(o)));
-        let stream = futures::stream::once(async move { Ok(hello) }).chain(orders);
-        Ok(Response::new(Box::pin(stream)))
+        let _ = out.try_send(Ok(hello));
+        let engine = self.engine.clone();
+        let auth = self.auth.clone();
+        let token = caller.token_id.clone();
+        // One task per session: what the agent says goes to the engine, what
+        // the engine orders goes to the agent, and the session ends when
+        // either side closes or its token is revoked (at once: a revoked
+        // agent token receives no further launch).
+        tokio::spawn(async move {
+            let mut why = "agent session closed";
+            let mut watching = true;
+            loop {
+                tokio::select! {
+                    m = inbound.message() => match m {
+                        Ok(Some(pb::AgentMessage { msg: Some(msg) })) => match event_from_pb(msg) {
+                            Ok(Some(ev)) => engine.agent_event(conn, node.clone(), ev).await,
+                            Ok(None) => {}
+                            Err(e) => warn!(%node, "bad agent message ignored: {e}"),
+                        },
+                        Ok(Some(_)) => {}
+                        Ok(None) => break,
+                        Err(e) => {
+                            debug!(%node, "agent stream error: {e}");
+                            break;
+                        }
+                    },
+                    order = orders.recv() => match order {
+                        Some(o) => {
+                            if out.send(Ok(order_pb(o))).await.is_err() {
+                                break;
+                            }
+                        }
+                        // The engine dropped this connection (replaced, or stopping).
+                        None => break,
+                    },
+                    r = revoked.recv(), if watching => {
+                        let gone = match r {
+                            Ok(id) => id == token,
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => !auth.is_valid(&token),
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                                watching = false;
+                                false
+                            }
+                        };
+                        if gone {
+                            why = "agent session ended: its token was revoked";
+                            let _ = out.try_send(Err(Status::unauthenticated("the agent's token was revoked")));
+                            break;
+                        }
+                    }
+                    _ = out.closed() => break,
+                }
+            }
+            info!(%node, conn, "{why}");
+            engine.agent_disconnected(conn, node).await;
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(out_rx),
+        )))
     }
 }

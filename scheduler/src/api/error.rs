@@ -74,6 +74,7 @@ impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         match e {
             EngineError::NotFound(what) => ApiError::NotFound(what),
+            EngineError::AlreadyExists(m) => ApiError::AlreadyExists(m),
             EngineError::FailedPrecondition(m) => ApiError::FailedPrecondition(m),
             EngineError::Unavailable(m) => ApiError::Unavailable(m),
             EngineError::Internal(m) => ApiError::Internal(m),

@@ -34,6 +34,7 @@ async fn world() -> World {
     let caller = Caller {
         role: rec.role,
         token_id: rec.id,
+        node: None,
     };
     World {
         api: Api::new(engine, auth, Arc::new(clock), crate::domain::Millis::from_secs(5)),

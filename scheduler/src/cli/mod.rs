@@ -547,6 +547,9 @@ pub enum TokenCommand {
         /// The tenant (for `--role tenant`).
         #[arg(long)]
         tenant: Option<String>,
+        /// The node (for `--role agent`): the only node the token may register.
+        #[arg(long)]
+        node: Option<String>,
         #[arg(long, default_value = "")]
         description: String,
     },

@@ -171,6 +171,7 @@ fn token_json(t: &proto::TokenInfo) -> Value {
         "id": t.id,
         "role": role_name(t.role),
         "tenant": if t.tenant.is_empty() { Value::Null } else { json!(t.tenant) },
+        "node": if t.node.is_empty() { Value::Null } else { json!(t.node) },
         "description": t.description,
         "created_at_unix_ms": t.created_at_unix_ms,
     })
@@ -216,6 +217,7 @@ pub async fn token(client: &Client, cmd: &TokenCommand, json: bool) -> anyhow::R
         TokenCommand::Issue {
             role,
             tenant,
+            node,
             description,
         } => {
             let role = match role {
@@ -226,7 +228,14 @@ pub async fn token(client: &Client, cmd: &TokenCommand, json: bool) -> anyhow::R
             if role == proto::Role::Tenant && tenant.is_none() {
                 anyhow::bail!("--tenant is required for a tenant token");
             }
-            let r = admin.issue_token(role, tenant.as_deref(), description).await?;
+            let r = match (role, node) {
+                (proto::Role::Agent, Some(n)) => admin.issue_agent_token(n, description).await?,
+                (proto::Role::Agent, None) => {
+                    anyhow::bail!("--node is required for an agent token: it may register only that node")
+                }
+                (_, Some(_)) => anyhow::bail!("--node applies only to --role agent"),
+                (_, None) => admin.issue_token(role, tenant.as_deref(), description).await?,
+            };
             if json {
                 let mut v = r.info.as_ref().map(token_json).unwrap_or(Value::Null);
                 v["token"] = json!(r.token);
@@ -250,17 +259,19 @@ pub async fn token(client: &Client, cmd: &TokenCommand, json: bool) -> anyhow::R
                         vec![
                             t.id.clone(),
                             role_name(t.role).into(),
-                            if t.tenant.is_empty() {
-                                "-".into()
-                            } else {
+                            if !t.tenant.is_empty() {
                                 t.tenant.clone()
+                            } else if !t.node.is_empty() {
+                                format!("node {}", t.node)
+                            } else {
+                                "-".into()
                             },
                             output::time(t.created_at_unix_ms),
                             t.description.clone(),
                         ]
                     })
                     .collect();
-                table(&["ID", "ROLE", "TENANT", "CREATED", "DESCRIPTION"], &rows);
+                table(&["ID", "ROLE", "TENANT/NODE", "CREATED", "DESCRIPTION"], &rows);
             }
         }
         TokenCommand::Revoke { id } => {
@@ -277,6 +288,8 @@ pub async fn whoami(client: &Client, json: bool) -> anyhow::Result<i32> {
     let t = client.admin().who_am_i().await?;
     if json {
         output::print_json(&token_json(&t));
+    } else if !t.node.is_empty() {
+        println!("agent token {} for node {}", t.id, t.node);
     } else if t.tenant.is_empty() {
         println!("{} token {}", role_name(t.role), t.id);
     } else {

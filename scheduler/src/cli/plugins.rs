@@ -322,6 +322,7 @@ pub fn test(
                 .map_err(|e: String| anyhow::anyhow!("--tenant: {e}"))?,
         ),
         token_id: String::new(),
+        node: None,
     };
     let spec = convert::job_spec(&caller, Some(&wire))
         .map_err(|e| anyhow::anyhow!("job file {}: {e}", job.display()))?;

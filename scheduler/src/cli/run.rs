@@ -157,6 +157,9 @@ async fn agent(a: &AgentArgs, token: Option<&str>) -> anyhow::Result<i32> {
             .transpose()
             .map_err(|e| anyhow::anyhow!("--memory: {e}"))?,
         shutdown_grace: Duration::from_millis(millis("--shutdown-grace", &a.shutdown_grace)?.0),
+        supervisor_exe: std::env::current_exe()
+            .context("cannot find the allot binary for job supervisors")?,
+        run_as: None,
     };
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(agent::run(config, stopped));

@@ -277,7 +277,8 @@ mod tests {
     fn every_bound_is_enforced_naming_its_field() {
         let limits = Limits::default();
         assert_eq!(spec(&ok(), &limits), Ok(()));
-        let cases: Vec<(&str, Box<dyn Fn(&mut JobSpec)>)> = vec![
+        type Breaker = Box<dyn Fn(&mut JobSpec)>;
+        let cases: Vec<(&str, Breaker)> = vec![
             (
                 "spec.command",
                 Box::new(|s| s.command = "x".repeat(COMMAND_BYTES + 1)),

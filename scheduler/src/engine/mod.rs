@@ -71,6 +71,8 @@ pub enum EngineError {
     #[error("{0} not found")]
     NotFound(String),
     #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
     FailedPrecondition(String),
     #[error("{0}")]
     Unavailable(String),
@@ -135,6 +137,8 @@ pub enum AgentEvent {
     Heartbeat {
         utilization: BTreeMap<String, u32>,
         running: Vec<(JobId, u32)>,
+        /// Acknowledged back (the agent's fence lease rests on it).
+        seq: u64,
     },
     Started {
         job: JobId,
@@ -190,6 +194,10 @@ pub enum AgentOrder {
         job: JobId,
         offset: u64,
         limit: u32,
+    },
+    /// The engine has taken in the agent's heartbeat `seq`.
+    HeartbeatAck {
+        seq: u64,
     },
 }
 
@@ -274,6 +282,14 @@ pub struct EngineHandle {
     ledger: Ledger,
     rate_card: Arc<RateCard>,
     limits: crate::domain::validate::Limits,
+    fence_after: Millis,
+}
+
+/// How long an agent's jobs may run without the controller acknowledging
+/// it: three quarters of the node-lost grace, so that they have stopped a
+/// quarter of the grace before the controller may run them elsewhere.
+pub fn fence_after(node_lost_grace: Millis) -> Millis {
+    Millis(node_lost_grace.0 / 4 * 3)
 }
 
 fn gone() -> EngineError {
@@ -395,6 +411,12 @@ impl EngineHandle {
         &self.ledger
     }
 
+    /// How long an agent's jobs may run without hearing from the
+    /// controller (`Registered.fence_after_ms`).
+    pub fn fence_after(&self) -> Millis {
+        self.fence_after
+    }
+
     /// The limits submitted specs are held to.
     pub fn limits(&self) -> crate::domain::validate::Limits {
         self.limits
@@ -415,6 +437,7 @@ pub fn start(
     let limits = crate::domain::validate::Limits {
         max_grace: config.max_grace,
     };
+    let fence = fence_after(config.node_lost_grace);
     let mut engine = Engine::load(ledger.clone(), clock, config, events.clone())?;
     engine.set_channel(tx.downgrade());
     let task = tokio::spawn(engine.run(rx));
@@ -425,6 +448,7 @@ pub fn start(
             ledger,
             rate_card,
             limits,
+            fence_after: fence,
         },
         task,
     ))

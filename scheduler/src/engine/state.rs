@@ -235,6 +235,7 @@ impl Engine {
             failed: None,
         };
         let active = engine.ledger.active_jobs()?;
+        let seen: HashMap<NodeName, UnixMillis> = engine.ledger.nodes_seen()?.into_iter().collect();
         let (mut pending, mut placed) = (0, 0);
         for job in active {
             let open: Vec<Lease> = engine
@@ -249,11 +250,15 @@ impl Engine {
                     pending += 1;
                 }
                 _ => {
-                    // Its nodes have to come back and say whether they still run it.
+                    // Its nodes have to come back and say whether they still
+                    // run it, within the grace from when each was last heard
+                    // from (kept in the ledger): a restart does not start
+                    // the grace over.
                     for node in job.live_nodes() {
+                        let seen = seen.get(&node).copied().unwrap_or(now).min(now);
                         engine
                             .orphaned
-                            .insert((job.id, node), now.plus(engine.config.node_lost_grace));
+                            .insert((job.id, node), seen.plus(engine.config.node_lost_grace));
                     }
                     placed += 1;
                 }
@@ -297,7 +302,7 @@ impl Engine {
             .map(|b| (b.tenant.clone(), b))
             .collect();
         // When each node was last heard from, for jobs lost with it.
-        for (node, seen) in engine.ledger.nodes_seen()? {
+        for (node, seen) in seen {
             engine.nodes.entry(node).or_default().last_heartbeat = Some(seen);
         }
         info!(pending, placed, "engine state loaded from the ledger");
@@ -1537,7 +1542,20 @@ impl Engine {
         let name = reg.inventory.name.clone();
         let now = self.clock.now();
         if self.agents.contains_key(&name) {
-            warn!(node = %name, "agent reconnected; replacing its previous connection");
+            // A second agent for a node whose agent is alive (heard from
+            // within two heartbeats) is refused: two machines with one
+            // name, or one token used twice. A silent connection is a dead
+            // one not noticed yet: the new one replaces it.
+            let heard = self.nodes.get(&name).and_then(|m| m.last_heartbeat);
+            if let Some(at) = heard
+                && now.since(at).0 < 2 * self.config.heartbeat_interval.0
+            {
+                return Err(EngineError::AlreadyExists(format!(
+                    "node {name} is connected (its agent was heard from {} ago); a second agent cannot register it",
+                    now.since(at)
+                )));
+            }
+            warn!(node = %name, "agent reconnected; replacing its previous, silent connection");
         }
         self.agents.insert(name.clone(), AgentLink { conn, orders });
         // Exits that happened while the agent was away come first.
@@ -1630,9 +1648,12 @@ impl Engine {
             }
         }
         // Lost jobs above closed their leases at the previous heartbeat; from
-        // here on the node is live.
+        // here on the node is live (and a restarted controller knows it).
         if let Some(meta) = self.nodes.get_mut(&name) {
             meta.last_heartbeat = Some(now);
+        }
+        if let Err(e) = self.ledger.put_node_seen(&name, now) {
+            warn!(node = %name, error = %e, "cannot record the registration");
         }
         // Processes the agent runs that the controller does not know: stop them.
         for RunningPart { job: id, attempt, .. } in reg.running {
@@ -1690,7 +1711,17 @@ impl Engine {
 
     fn agent_gone(&mut self, node: &NodeName, why: &str) {
         self.agents.remove(node);
-        let deadline = self.clock.now().plus(self.config.node_lost_grace);
+        // The grace runs from the last time the node was heard from: its
+        // agent's fence (shorter) runs from the last heartbeat it had
+        // acknowledged, so its jobs have stopped by then.
+        let now = self.clock.now();
+        let seen = self
+            .nodes
+            .get(node)
+            .and_then(|m| m.last_heartbeat)
+            .unwrap_or(now)
+            .min(now);
+        let deadline = seen.plus(self.config.node_lost_grace);
         if let Some(meta) = self.nodes.get_mut(node) {
             meta.lost_deadline = Some(deadline);
         }
@@ -1721,7 +1752,17 @@ impl Engine {
             meta.last_heartbeat = Some(now);
         }
         match event {
-            AgentEvent::Heartbeat { utilization, running } => {
+            AgentEvent::Heartbeat {
+                utilization,
+                running,
+                seq,
+            } => {
+                // Straight back, not after a flush: the ack says the engine
+                // has seen the node alive now (its fence rests on it), and a
+                // heartbeat writes nothing that must be durable first.
+                if let Some(link) = self.agents.get(node) {
+                    let _ = link.orders.send(AgentOrder::HeartbeatAck { seq });
+                }
                 self.count_idle(node, &utilization, now);
                 if let Some(meta) = self.nodes.get_mut(node) {
                     meta.utilization = utilization;

@@ -109,11 +109,17 @@ impl FakeAgent {
         }
     }
 
+    /// The next order, acknowledgements of heartbeats aside.
     async fn next(&mut self) -> AgentOrder {
-        tokio::time::timeout(Duration::from_secs(10), self.orders.recv())
-            .await
-            .expect("an order in time")
-            .expect("channel open")
+        loop {
+            let order = tokio::time::timeout(Duration::from_secs(10), self.orders.recv())
+                .await
+                .expect("an order in time")
+                .expect("channel open");
+            if !matches!(order, AgentOrder::HeartbeatAck { .. }) {
+                return order;
+            }
+        }
     }
 
     async fn expect_launch(&mut self) -> LaunchOrder {
@@ -245,6 +251,7 @@ async fn a_resent_exit_report_changes_nothing() {
     assert_eq!(h.engine.ledger().leases_of(&j.id).unwrap(), leases);
     // And on a new session's registration.
     drop(agent);
+    h.engine.agent_disconnected(1, "n1".parse().unwrap()).await;
     let mut again = FakeAgent::connect(&h, 2, "n1", vec![], vec![exit(j.id, 1, 1)]).await;
     assert!(matches!(
         again.next().await,
@@ -275,6 +282,7 @@ async fn a_node_that_stays_away_loses_its_jobs_after_the_grace_period() {
         .send(
             &h,
             AgentEvent::Heartbeat {
+                seq: 0,
                 utilization: BTreeMap::new(),
                 running: vec![(j.id, 1)],
             },
@@ -344,6 +352,7 @@ async fn a_job_whose_node_restarted_before_it_started_is_requeued() {
     assert_eq!(first.attempt, 1);
     // The agent comes back without the job: the launch never took.
     drop(agent);
+    h.engine.agent_disconnected(1, "n1".parse().unwrap()).await;
     let mut agent = FakeAgent::connect(&h, 2, "n1", vec![], vec![]).await;
     let second = agent.expect_launch().await;
     assert_eq!((second.job, second.attempt), (j.id, 2));
@@ -499,6 +508,41 @@ async fn stops_wait_at_most_the_grace_limit_and_a_forced_cancel_kills_now() {
     let done = until(&h, j.id, |j| j.state.is_final()).await;
     assert_eq!(done.state, JobState::Cancelled);
     assert_eq!(done.reason, "cancelled: stuck");
+}
+
+/// Regression (issue 11, defect 5): a node whose agent is connected and
+/// alive cannot be registered a second time; a connection that has gone
+/// silent is a dead one, and a new registration replaces it.
+#[tokio::test]
+async fn a_second_agent_for_a_live_node_is_refused() {
+    let h = harness().await;
+    let _first = FakeAgent::connect(&h, 1, "n1", vec![], vec![]).await;
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let reg = Registration {
+        inventory: inventory("n1", 8),
+        running: vec![],
+        exited: vec![],
+        discovery: "declared".into(),
+        agent_version: "impostor".into(),
+    };
+    let err = h
+        .engine
+        .agent_connected(2, reg.clone(), tx.clone())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EngineError::AlreadyExists(_)), "{err:?}");
+    let nodes = h.engine.list_nodes().await.unwrap();
+    assert_eq!(
+        nodes[0].node.inventory.gpus.len(),
+        2,
+        "the first agent's inventory stands"
+    );
+    assert_ne!(nodes[0].agent_version, "impostor");
+    // Silent for two heartbeats: the old connection is taken for dead.
+    h.clock.advance(Millis(2 * config().heartbeat_interval.0));
+    h.engine.agent_connected(2, reg, tx).await.unwrap();
+    let nodes = h.engine.list_nodes().await.unwrap();
+    assert_eq!(nodes[0].agent_version, "impostor");
 }
 
 #[tokio::test]
@@ -875,6 +919,7 @@ async fn an_exit_reported_after_an_outage_ends_the_lease_when_it_happened() {
         .send(
             &h,
             AgentEvent::Heartbeat {
+                seq: 0,
                 utilization: BTreeMap::new(),
                 running: vec![(a.id, 1), (b.id, 1)],
             },
@@ -959,6 +1004,7 @@ async fn a_job_lost_with_its_node_is_requeued_while_it_has_retries() {
         .send(
             &h,
             AgentEvent::Heartbeat {
+                seq: 0,
                 utilization: BTreeMap::new(),
                 running: vec![(id, 1)],
             },
@@ -1011,6 +1057,7 @@ async fn a_restarted_controller_ends_lost_leases_at_the_last_heartbeat_it_record
         .send(
             &h,
             AgentEvent::Heartbeat {
+                seq: 0,
                 utilization: BTreeMap::new(),
                 running: vec![(id, 1)],
             },
@@ -1096,6 +1143,7 @@ async fn idle_time_comes_from_utilisation_readings_hour_by_hour() {
     let lease = h.engine.ledger().leases_of(&id).unwrap()[0].clone();
     let gpu = lease.device.gpu_uuid.clone();
     let beat = |pct: u32| AgentEvent::Heartbeat {
+        seq: 0,
         utilization: BTreeMap::from([(gpu.clone(), pct), ("GPU-elsewhere".into(), 0)]),
         running: vec![(id, 1)],
     };

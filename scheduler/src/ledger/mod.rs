@@ -77,6 +77,9 @@ pub struct TokenRecord {
     pub role: Role,
     pub description: String,
     pub created_at: UnixMillis,
+    /// An agent token's node: the only one it may register.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeName>,
 }
 
 /// Filter for listing jobs.

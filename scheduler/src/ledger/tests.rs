@@ -144,6 +144,7 @@ async fn tokens_tenants_and_drains_round_trip() {
         role: Role::Tenant("a".parse().unwrap()),
         description: "d".into(),
         created_at: UnixMillis(6),
+        node: None,
     };
     ledger.put_token(&[7; 32], &rec).unwrap();
     assert_eq!(ledger.tokens().unwrap(), vec![([7; 32], rec)]);

@@ -200,6 +200,7 @@ impl PolicyHost {
                 let caller = Caller {
                     role: Role::Tenant(spec.tenant.clone()),
                     token_id: String::new(),
+                    node: None,
                 };
                 match convert::job_spec(&caller, Some(&wire)) {
                     Ok(modified) if &modified == spec => AdmissionDecision::Accept,

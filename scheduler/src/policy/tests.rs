@@ -102,6 +102,7 @@ fn spec(tenant: &str, project: &str, tags: &[(&str, &str)], gpus: i32) -> JobSpe
     let caller = Caller {
         role: Role::Tenant(tenant.parse().unwrap()),
         token_id: String::new(),
+        node: None,
     };
     convert::job_spec(&caller, Some(&wire)).unwrap()
 }

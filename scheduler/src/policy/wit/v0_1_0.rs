@@ -361,6 +361,7 @@ mod tests {
         Caller {
             role: Role::Tenant("acme".parse().unwrap()),
             token_id: "t".into(),
+            node: None,
         }
     }
 
