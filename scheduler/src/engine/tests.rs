@@ -1075,6 +1075,82 @@ async fn a_restarted_controller_ends_lost_leases_at_the_last_heartbeat_it_record
     assert_eq!(lease.ended_at, Some(seen));
 }
 
+/// Regression (issue 11, defect 10): the node-lost grace started over at
+/// every controller restart, so a controller restarted more often than the
+/// grace never declared a node lost. It runs from when the node was last
+/// heard from, which the ledger keeps.
+#[tokio::test]
+async fn the_node_lost_grace_does_not_start_over_when_the_controller_restarts() {
+    let h = harness().await;
+    let mut agent = FakeAgent::connect(&h, 1, "n1", vec![], vec![]).await;
+    let id = run_one(&h, &mut agent, spec(1)).await;
+    agent
+        .send(
+            &h,
+            AgentEvent::Heartbeat {
+                seq: 1,
+                utilization: BTreeMap::new(),
+                running: vec![(id, 1)],
+            },
+        )
+        .await;
+    h.engine.list_nodes().await.unwrap();
+    // Three restarts, each well within the grace of the one before.
+    let mut h = h;
+    for _ in 0..3 {
+        h.clock.advance(Millis(GRACE.0 / 4));
+        h = restart(h);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert_eq!(job(&h, id).await.state, JobState::Running);
+    }
+    // A grace after it was last heard from (not after the last restart).
+    h.clock.advance(Millis(GRACE.0 / 4 + 1000));
+    let lost = until(&h, id, |j| j.state.is_final()).await;
+    assert_eq!(lost.state, JobState::NodeLost, "{}", lost.reason);
+}
+
+/// The engine acknowledges each heartbeat of the live connection at once:
+/// the agent's fence lease rests on it.
+#[tokio::test]
+async fn heartbeats_are_acknowledged_with_their_sequence_number() {
+    let h = harness().await;
+    let mut agent = FakeAgent::connect(&h, 1, "n1", vec![], vec![]).await;
+    for seq in [1, 2, 7] {
+        agent
+            .send(
+                &h,
+                AgentEvent::Heartbeat {
+                    seq,
+                    utilization: BTreeMap::new(),
+                    running: vec![],
+                },
+            )
+            .await;
+        let ack = tokio::time::timeout(Duration::from_secs(5), agent.orders.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(ack, AgentOrder::HeartbeatAck { seq: s } if s == seq),
+            "{ack:?}"
+        );
+    }
+    // A connection the engine no longer takes gets no acknowledgement.
+    h.engine
+        .agent_event(
+            99,
+            "n1".parse().unwrap(),
+            AgentEvent::Heartbeat {
+                seq: 8,
+                utilization: BTreeMap::new(),
+                running: vec![],
+            },
+        )
+        .await;
+    h.engine.list_nodes().await.unwrap();
+    assert!(agent.orders.try_recv().is_err());
+}
+
 #[tokio::test]
 async fn late_reports_date_starts_and_ends_by_what_the_agent_measured() {
     let h = harness().await;
