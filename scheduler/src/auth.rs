@@ -50,6 +50,10 @@ pub enum AuthError {
     NoSuchTenant(TenantName),
     #[error("no token with id {0}")]
     NoSuchToken(String),
+    #[error(
+        "this request id already issued token {0}; a secret is shown only once: revoke it and issue another"
+    )]
+    AlreadyIssued(String),
     #[error(transparent)]
     Ledger(#[from] LedgerError),
 }
@@ -88,12 +92,31 @@ impl Auth {
     }
 
     pub async fn create_tenant(&self, name: TenantName, now: UnixMillis) -> Result<TenantRecord, AuthError> {
-        if self.ledger.get_tenant(name.as_str())?.is_some() {
-            return Err(AuthError::TenantExists(name));
+        self.create_tenant_once(name, None, now).await
+    }
+
+    /// Creates a tenant; a retry under the same idempotency key (within a
+    /// day) returns the tenant the first call created.
+    pub async fn create_tenant_once(
+        &self,
+        name: TenantName,
+        request_id: Option<String>,
+        now: UnixMillis,
+    ) -> Result<TenantRecord, AuthError> {
+        if let Some(existing) = self.ledger.get_tenant(name.as_str())? {
+            let retried = request_id.is_some()
+                && existing.request_id == request_id
+                && now.since(existing.created_at) < crate::engine::REQUEST_ID_TTL;
+            return if retried {
+                Ok(existing)
+            } else {
+                Err(AuthError::TenantExists(name))
+            };
         }
         let rec = TenantRecord {
             name,
             created_at: now,
+            request_id,
         };
         self.ledger.put_tenant(&rec)?;
         self.ledger.flush().await?;
@@ -123,7 +146,7 @@ impl Auth {
         description: String,
         now: UnixMillis,
     ) -> Result<(String, TokenRecord), AuthError> {
-        self.issue_for(role, None, description, now).await
+        self.issue_for(role, None, description, None, now).await
     }
 
     /// Issues an agent token that may register only `node`.
@@ -133,16 +156,29 @@ impl Auth {
         description: String,
         now: UnixMillis,
     ) -> Result<(String, TokenRecord), AuthError> {
-        self.issue_for(Role::Agent, Some(node), description, now).await
+        self.issue_for(Role::Agent, Some(node), description, None, now)
+            .await
     }
 
-    async fn issue_for(
+    /// Issues a token (an agent's when `node` is given) under an
+    /// idempotency key: a retry of a call that did issue one within a day
+    /// is refused naming the token, never answered with a second token.
+    pub async fn issue_for(
         &self,
         role: Role,
         node: Option<NodeName>,
         description: String,
+        request_id: Option<String>,
         now: UnixMillis,
     ) -> Result<(String, TokenRecord), AuthError> {
+        if request_id.is_some() {
+            let map = self.by_hash.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(t) = map.values().find(|t| {
+                t.request_id == request_id && now.since(t.created_at) < crate::engine::REQUEST_ID_TTL
+            }) {
+                return Err(AuthError::AlreadyIssued(t.id.clone()));
+            }
+        }
         if let Role::Tenant(t) = &role
             && !self.tenant_exists(t)?
         {
@@ -158,6 +194,7 @@ impl Auth {
             description,
             created_at: now,
             node,
+            request_id,
         };
         self.ledger.put_token(&h, &rec)?;
         self.ledger.flush().await?;

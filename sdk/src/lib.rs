@@ -320,6 +320,31 @@ pub fn is_final(state: JobState) -> bool {
     )
 }
 
+/// A fresh idempotency key (a UUID).
+pub fn new_request_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// Tries a call that carries a request id again while the server is
+/// unavailable: six tries over about five seconds.
+async fn retrying<T, F, Fut>(mut call: F) -> Result<tonic::Response<T>>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+{
+    let mut wait = Duration::from_millis(100);
+    for _ in 0..5 {
+        match call().await {
+            Err(s) if s.code() == Code::Unavailable => {
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(2));
+            }
+            r => return r.map_err(Error::from),
+        }
+    }
+    call().await.map_err(Error::from)
+}
+
 impl Client {
     /// Connects to `addr` (e.g. `http://127.0.0.1:7070`) with a bearer token.
     pub async fn connect(addr: impl Into<String>, token: impl AsRef<str>) -> Result<Self> {
@@ -364,14 +389,29 @@ impl Client {
     }
 
     /// Submits a job; returns it as queued (or already placed).
+    ///
+    /// The submission carries a fresh request id and is retried on
+    /// `UNAVAILABLE` (the server restarting, a connection cut): a retry of a
+    /// submission the server did take returns the same job, so a job is
+    /// never created twice.
     pub async fn submit(&self, spec: impl Into<JobSpec>) -> Result<Job> {
-        let r = self
-            .jobs
-            .clone()
-            .submit_job(proto::SubmitJobRequest {
-                spec: Some(spec.into().0),
-            })
-            .await?;
+        self.submit_with_request_id(spec, &new_request_id()).await
+    }
+
+    /// [`Client::submit`] with a request id of your own (up to 36 of
+    /// `[A-Za-z0-9._-]`), to retry safely across restarts of your program:
+    /// within a day, the same id returns the job it created.
+    pub async fn submit_with_request_id(&self, spec: impl Into<JobSpec>, request_id: &str) -> Result<Job> {
+        let req = proto::SubmitJobRequest {
+            spec: Some(spec.into().0),
+            request_id: request_id.into(),
+        };
+        let r = retrying(|| {
+            let mut jobs = self.jobs.clone();
+            let req = req.clone();
+            async move { jobs.submit_job(req).await }
+        })
+        .await?;
         r.into_inner()
             .job
             .ok_or_else(|| Error::local(Code::Internal, "empty response"))
@@ -785,12 +825,18 @@ impl Plugins {
 pub struct Admin(AdminServiceClient<Authed>);
 
 impl Admin {
+    /// Creates a tenant (retried on `UNAVAILABLE` under one request id).
     pub async fn create_tenant(&self, name: &str) -> Result<proto::Tenant> {
-        let r = self
-            .0
-            .clone()
-            .create_tenant(proto::CreateTenantRequest { name: name.into() })
-            .await?;
+        let req = proto::CreateTenantRequest {
+            name: name.into(),
+            request_id: new_request_id(),
+        };
+        let r = retrying(|| {
+            let mut admin = self.0.clone();
+            let req = req.clone();
+            async move { admin.create_tenant(req).await }
+        })
+        .await?;
         r.into_inner()
             .tenant
             .ok_or_else(|| Error::local(Code::Internal, "empty response"))
@@ -821,6 +867,7 @@ impl Admin {
                 tenant: tenant.unwrap_or_default().into(),
                 description: description.into(),
                 node: String::new(),
+                request_id: new_request_id(),
             })
             .await?
             .into_inner())
@@ -840,6 +887,7 @@ impl Admin {
                 tenant: String::new(),
                 description: description.into(),
                 node: node.into(),
+                request_id: new_request_id(),
             })
             .await?
             .into_inner())

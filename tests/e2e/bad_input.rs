@@ -101,7 +101,10 @@ async fn malformed_submissions_are_refused_naming_the_field() {
         },
     );
     let err = raw
-        .submit_job(proto::SubmitJobRequest { spec: None })
+        .submit_job(proto::SubmitJobRequest {
+            spec: None,
+            request_id: String::new(),
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);

@@ -233,7 +233,8 @@ async fn the_ledger_survives_twenty_controller_sigkills_under_a_stream_of_jobs()
     cluster.wait_nodes(2).await;
 
     // A stream of short jobs, submitted as fast as the server takes them;
-    // a submission cut off by a kill is tried again.
+    // a submission cut off by a kill is tried again, under its request id,
+    // until it is taken.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let addr = cluster.addr();
     let token = cluster.tenant_token.clone();
@@ -241,28 +242,39 @@ async fn the_ledger_survives_twenty_controller_sigkills_under_a_stream_of_jobs()
         let stop = stop.clone();
         tokio::spawn(async move {
             let mut accepted = Vec::new();
+            let mut retried = 0;
+            let mut client = connect_retrying(&addr, &token).await;
             let mut k = 0u64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let client = connect_retrying(&addr, &token).await;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    k += 1;
-                    let ms = 20 + (k * 37) % 180;
-                    let spec = JobSpec::new("sleep").args([format!("{}.{:03}", ms / 1000, ms % 1000)]);
-                    let spec = match k % 4 {
-                        0 => spec.gpus(2),
-                        1 => spec.gpu_fraction(1, 2),
-                        2 => spec.mig("1g.10gb"),
-                        _ => spec.gpus(1),
-                    };
-                    match client.submit(spec.tag("k", k.to_string())).await {
-                        Ok(j) => accepted.push(j.id),
-                        Err(_) => break,
+                k += 1;
+                let ms = 20 + (k * 37) % 180;
+                let spec = JobSpec::new("sleep").args([format!("{}.{:03}", ms / 1000, ms % 1000)]);
+                let spec = match k % 4 {
+                    0 => spec.gpus(2),
+                    1 => spec.gpu_fraction(1, 2),
+                    2 => spec.mig("1g.10gb"),
+                    _ => spec.gpus(1),
+                };
+                let spec = spec.tag("k", k.to_string());
+                loop {
+                    match client
+                        .submit_with_request_id(spec.clone(), &format!("crash-{k}"))
+                        .await
+                    {
+                        Ok(j) => {
+                            accepted.push(j.id);
+                            break;
+                        }
+                        Err(_) => {
+                            retried += 1;
+                            tokio::time::sleep(Duration::from_millis(30)).await;
+                            client = connect_retrying(&addr, &token).await;
+                        }
                     }
-                    tokio::time::sleep(Duration::from_millis(15)).await;
                 }
-                tokio::time::sleep(Duration::from_millis(30)).await;
+                tokio::time::sleep(Duration::from_millis(15)).await;
             }
-            accepted
+            (accepted, retried)
         })
     };
 
@@ -278,8 +290,9 @@ async fn the_ledger_survives_twenty_controller_sigkills_under_a_stream_of_jobs()
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let accepted = submitter.await.unwrap();
+    let (accepted, retried) = submitter.await.unwrap();
     assert!(accepted.len() >= 40, "only {} jobs were accepted", accepted.len());
+    eprintln!("{retried} submissions were retried after a kill");
 
     // No job stuck: every job the server ever acknowledged ends, and ends well.
     let client = cluster.client().await;
@@ -302,6 +315,18 @@ async fn the_ledger_survives_twenty_controller_sigkills_under_a_stream_of_jobs()
     let ids: std::collections::HashSet<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
     for id in &accepted {
         assert!(ids.contains(id.as_str()), "acknowledged job {id} was lost");
+    }
+    // And none was created twice (issue 11, defect 8): a submission cut
+    // off by a kill and retried under its request id is the same job.
+    let mut seen = std::collections::HashSet::new();
+    for j in &jobs {
+        let k = j
+            .spec
+            .as_ref()
+            .and_then(|s| s.tags.get("k"))
+            .cloned()
+            .unwrap_or_default();
+        assert!(seen.insert(k.clone()), "submission k={k} created two jobs");
     }
 
     // Every lease closed once: the attempt that ran ends with its job; any

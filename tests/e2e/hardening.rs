@@ -333,3 +333,88 @@ async fn agent_tokens_register_only_their_node_and_die_with_their_revocation() {
     let err = open_session(&server, &token, "lab-1").await.expect_err("revoked");
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
 }
+
+/// Defect 8: a submission that failed with a transport error may still have
+/// created its job, and there was no way to retry safely. A request id
+/// makes the retry return that job; the CLI and the SDK set one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submission_retried_with_its_request_id_creates_one_job() {
+    let dir = tempdir();
+    let server = DevServer::start(dir.path()).await;
+    let client = server.client().await;
+    let spec = || JobSpec::new("true").gpus(64);
+    let a = client.submit_with_request_id(spec(), "retry-me-1").await.unwrap();
+    let b = client.submit_with_request_id(spec(), "retry-me-1").await.unwrap();
+    assert_eq!(a.id, b.id);
+    let err = client
+        .submit_with_request_id(spec().gpus(63), "retry-me-1")
+        .await
+        .expect_err("the same id for another spec");
+    assert_eq!(err.field(), Some("request_id"), "{}", err.message());
+    let err = client
+        .submit_with_request_id(spec(), "not a valid id!")
+        .await
+        .expect_err("a malformed id");
+    assert_eq!(err.field(), Some("request_id"));
+    // The id outlives the controller.
+    let mut server = server;
+    server.kill().await;
+    drop(client);
+    let server = DevServer::start(dir.path()).await;
+    let client = server.client().await;
+    let c = client.submit_with_request_id(spec(), "retry-me-1").await.unwrap();
+    assert_eq!(c.id, a.id);
+    assert_eq!(client.list_all(Default::default()).await.unwrap().len(), 1);
+
+    // Tenants and tokens too: a retried create returns the tenant; a
+    // retried issue names the token it issued rather than issuing another.
+    let channel = tonic::transport::Endpoint::from_shared(server.addr.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let bearer: MetadataValue<_> = format!("Bearer {}", server.admin_token).parse().unwrap();
+    let mut admin = proto::admin_service_client::AdminServiceClient::with_interceptor(
+        channel,
+        move |mut r: tonic::Request<()>| {
+            r.metadata_mut().insert("authorization", bearer.clone());
+            Ok(r)
+        },
+    );
+    let create = || proto::CreateTenantRequest {
+        name: "retried".into(),
+        request_id: "t-1".into(),
+    };
+    let t1 = admin.create_tenant(create()).await.unwrap().into_inner();
+    let t2 = admin.create_tenant(create()).await.unwrap().into_inner();
+    assert_eq!(t1, t2);
+    let err = admin
+        .create_tenant(proto::CreateTenantRequest {
+            name: "retried".into(),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::AlreadyExists);
+    let issue = || proto::IssueTokenRequest {
+        role: proto::Role::Tenant as i32,
+        tenant: "retried".into(),
+        request_id: "k-1".into(),
+        ..Default::default()
+    };
+    let first = admin.issue_token(issue()).await.unwrap().into_inner();
+    let err = admin.issue_token(issue()).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::AlreadyExists);
+    assert!(
+        err.message().contains(&first.info.unwrap().id),
+        "{}",
+        err.message()
+    );
+    let tokens = admin
+        .list_tokens(proto::ListTokensRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens;
+    assert_eq!(tokens.iter().filter(|t| t.tenant == "retried").count(), 1);
+}

@@ -6,7 +6,7 @@ use tracing::{info, instrument};
 
 use super::error::ApiError;
 use super::{Api, caller};
-use crate::domain::{NodeName, TenantName};
+use crate::domain::{NodeName, TenantName, validate};
 use crate::ledger::{Role, TenantRecord, TokenRecord};
 
 fn tenant_pb(t: &TenantRecord) -> pb::Tenant {
@@ -46,9 +46,10 @@ impl pb::admin_service_server::AdminService for Api {
         let caller = caller(&request)?;
         Self::admin_only(&caller, "creating a tenant")?;
         let name = tenant_name("name", &request.get_ref().name)?;
+        let request_id = validate::request_id(&request.get_ref().request_id).map_err(ApiError::from)?;
         let rec = self
             .auth
-            .create_tenant(name, self.clock.now())
+            .create_tenant_once(name, request_id, self.clock.now())
             .await
             .map_err(ApiError::from)?;
         info!(tenant = %rec.name, "tenant created");
@@ -112,11 +113,12 @@ impl pb::admin_service_server::AdminService for Api {
         }
         let description = req.description.trim().to_string();
         let now = self.clock.now();
-        let (secret, rec) = match node {
-            Some(n) => self.auth.issue_agent(n, description, now).await,
-            None => self.auth.issue(role, description, now).await,
-        }
-        .map_err(ApiError::from)?;
+        let request_id = validate::request_id(&req.request_id).map_err(ApiError::from)?;
+        let (secret, rec) = self
+            .auth
+            .issue_for(role, node, description, request_id, now)
+            .await
+            .map_err(ApiError::from)?;
         info!(token = %rec.id, "token issued");
         Ok(Response::new(pb::IssueTokenResponse {
             token: secret,

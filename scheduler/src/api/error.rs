@@ -74,6 +74,7 @@ impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         match e {
             EngineError::NotFound(what) => ApiError::NotFound(what),
+            EngineError::RequestReused(m) => ApiError::invalid("request_id", m),
             EngineError::AlreadyExists(m) => ApiError::AlreadyExists(m),
             EngineError::FailedPrecondition(m) => ApiError::FailedPrecondition(m),
             EngineError::Unavailable(m) => ApiError::Unavailable(m),
@@ -94,7 +95,9 @@ impl From<LedgerError> for ApiError {
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
         match e {
-            AuthError::TenantExists(_) => ApiError::AlreadyExists(e.to_string()),
+            AuthError::TenantExists(_) | AuthError::AlreadyIssued(_) => {
+                ApiError::AlreadyExists(e.to_string())
+            }
             AuthError::NoSuchTenant(t) => ApiError::NotFound(format!("tenant {t}")),
             AuthError::NoSuchToken(id) => ApiError::NotFound(format!("token {id}")),
             AuthError::Ledger(l) => l.into(),

@@ -76,7 +76,19 @@ impl pb::job_service_server::JobService for Api {
         request: Request<pb::SubmitJobRequest>,
     ) -> Result<Response<pb::SubmitJobResponse>, Status> {
         let caller = caller(&request)?;
+        let request_id =
+            crate::domain::validate::request_id(&request.get_ref().request_id).map_err(ApiError::from)?;
         let spec = job_spec(&caller, request.get_ref().spec.as_ref())?;
+        // What was asked, before admission: a retry asks the same.
+        let key = request_id.map(|request_id| crate::engine::SubmitKey {
+            request_id,
+            fingerprint: {
+                use sha2::Digest;
+                hex::encode(sha2::Sha256::digest(
+                    serde_json::to_vec(&spec).expect("specs serialize"),
+                ))
+            },
+        });
         if !self.auth.tenant_exists(&spec.tenant).map_err(ApiError::from)? {
             return Err(ApiError::invalid("spec.tenant", format!("unknown tenant {}", spec.tenant)).into());
         }
@@ -86,7 +98,7 @@ impl pb::job_service_server::JobService for Api {
         // Whatever admission made of it is held to every limit again,
         // the server's grace limit included.
         crate::domain::validate::spec(&spec, &self.engine.limits()).map_err(ApiError::from)?;
-        let job = self.engine.submit(spec).await.map_err(ApiError::from)?;
+        let job = self.engine.submit_once(spec, key).await.map_err(ApiError::from)?;
         Ok(Response::new(pb::SubmitJobResponse {
             job: Some(self.job_with_leases(job).await?),
         }))

@@ -74,7 +74,13 @@ async fn a_watch_ends_when_its_client_goes_away() {
     // No node at all: the job stays pending.
     let job = w
         .api
-        .submit_job(request(&w.caller, pb::SubmitJobRequest { spec: Some(spec) }))
+        .submit_job(request(
+            &w.caller,
+            pb::SubmitJobRequest {
+                spec: Some(spec),
+                request_id: String::new(),
+            },
+        ))
         .await
         .unwrap()
         .into_inner()

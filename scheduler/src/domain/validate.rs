@@ -43,6 +43,8 @@ pub const REASON_BYTES: usize = 1024;
 /// job that ignores SIGTERM cannot hold its devices for longer than this
 /// past a cancel or a preemption.
 pub const DEFAULT_MAX_GRACE: Millis = Millis::from_secs(600);
+/// Characters of an idempotency key (`request_id`), as AIP-155 suggests.
+pub const REQUEST_ID_CHARS: usize = 36;
 /// Characters of user input quoted in an error message.
 const QUOTED_CHARS: usize = 48;
 
@@ -102,6 +104,27 @@ fn at_most(field: &'static str, what: &str, len: usize, max: usize) -> Result<()
         return Err(violation(field, format!("at most {max} {what}, got {len}")));
     }
     Ok(())
+}
+
+/// An idempotency key: empty (none), or 1 to 36 of `[A-Za-z0-9._-]`.
+pub fn request_id(id: &str) -> Result<Option<String>, Violation> {
+    if id.is_empty() {
+        return Ok(None);
+    }
+    if id.len() > REQUEST_ID_CHARS
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return Err(violation(
+            "request_id",
+            format!(
+                "{} is not a request id: up to {REQUEST_ID_CHARS} of A-Z a-z 0-9 . _ - (a UUID, say)",
+                quote(id)
+            ),
+        ));
+    }
+    Ok(Some(id.to_string()))
 }
 
 /// The name of an env variable, a tag or a label: 1 to `KEY_BYTES` bytes,

@@ -66,8 +66,22 @@ impl Default for EngineConfig {
     }
 }
 
+/// A submission's idempotency key and what it asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubmitKey {
+    pub request_id: String,
+    /// SHA-256 (hex) of the submitted spec, before admission.
+    pub fingerprint: String,
+}
+
+/// How long an idempotency key is honoured.
+pub const REQUEST_ID_TTL: Millis = Millis::from_secs(86_400);
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EngineError {
+    /// A request id used before for a different request.
+    #[error("{0}")]
+    RequestReused(String),
     #[error("{0} not found")]
     NotFound(String),
     #[error("{0}")]
@@ -214,6 +228,8 @@ pub struct NodeView {
 pub(crate) enum Command {
     Submit {
         spec: Box<JobSpec>,
+        /// The submission's idempotency key, if it has one.
+        request: Option<SubmitKey>,
         reply: oneshot::Sender<EngineResult<Job>>,
     },
     Cancel {
@@ -305,8 +321,16 @@ impl EngineHandle {
 
     /// Queues a validated job. Returns it once durable.
     pub async fn submit(&self, spec: JobSpec) -> EngineResult<Job> {
+        self.submit_once(spec, None).await
+    }
+
+    /// Queues a validated job under an idempotency key: a second
+    /// submission with the same key (within a day) returns the job the
+    /// first one created instead of creating another.
+    pub async fn submit_once(&self, spec: JobSpec, request: Option<SubmitKey>) -> EngineResult<Job> {
         self.ask(|reply| Command::Submit {
             spec: Box::new(spec),
+            request,
             reply,
         })
         .await?

@@ -9,7 +9,7 @@ use tracing::{debug, error, info, warn};
 use super::quota::{QuotaBook, QuotaStanding};
 use super::{
     AgentEvent, AgentOrder, Command, EngineConfig, EngineError, EngineResult, ExitOutcome, JobEvent, JobExit,
-    LaunchOrder, LogSlice, NodeView, Registration, RunningPart, StopReason,
+    LaunchOrder, LogSlice, NodeView, REQUEST_ID_TTL, Registration, RunningPart, StopReason, SubmitKey,
 };
 use crate::accounting::budget::{Budget, Standing};
 use crate::accounting::usage::{Dimension, UsageQuery};
@@ -18,7 +18,7 @@ use crate::domain::{
     EndReason, GpuRequest, Job, JobId, JobSpec, JobState, Lease, LeaseId, LeaseState, MiB, Millis, NodeName,
     PluginPrices, ProjectName, Share, TenantName, UnixMillis,
 };
-use crate::ledger::Ledger;
+use crate::ledger::{Ledger, RequestRecord};
 use crate::placement::preempt::{self, Candidate};
 use crate::placement::{
     Cluster, GpuMode, MICRO, NodeStatus, Placer, Profile, Rejection, Request, WorkloadMix,
@@ -148,6 +148,10 @@ pub struct Engine {
     /// A ledger write failed this turn: memory is ahead of disk, so the engine
     /// stops before acknowledging anything.
     failed: Option<crate::ledger::LedgerError>,
+    /// Idempotency keys of the last day's submissions, by tenant and id.
+    requests: HashMap<(TenantName, String), RequestRecord>,
+    /// When expired keys were last swept.
+    requests_swept: UnixMillis,
 }
 
 /// Counts `gpus` and `memory` as held in `u`.
@@ -233,6 +237,8 @@ impl Engine {
             fresh_asks: 0,
             needs_pass: true,
             failed: None,
+            requests: HashMap::new(),
+            requests_swept: UnixMillis(0),
         };
         let active = engine.ledger.active_jobs()?;
         let seen: HashMap<NodeName, UnixMillis> = engine.ledger.nodes_seen()?.into_iter().collect();
@@ -305,6 +311,12 @@ impl Engine {
         for (node, seen) in seen {
             engine.nodes.entry(node).or_default().last_heartbeat = Some(seen);
         }
+        engine.requests = engine
+            .ledger
+            .requests()?
+            .into_iter()
+            .map(|r| ((r.tenant.clone(), r.request_id.clone()), r))
+            .collect();
         info!(pending, placed, "engine state loaded from the ledger");
         Ok(engine)
     }
@@ -486,10 +498,14 @@ impl Engine {
 
     fn handle(&mut self, cmd: Command) {
         match cmd {
-            Command::Submit { spec, reply: tx } => {
-                let id = self.submit(*spec);
-                self.effects.push(Effect::JobReply(id, tx));
-            }
+            Command::Submit {
+                spec,
+                request,
+                reply: tx,
+            } => match self.submit(*spec, request) {
+                Ok(id) => self.effects.push(Effect::JobReply(id, tx)),
+                Err(e) => self.effects.push(reply(tx, Err(e))),
+            },
             Command::Cancel {
                 id,
                 reason,
@@ -638,13 +654,33 @@ impl Engine {
 
     // --- jobs ---------------------------------------------------------------
 
-    fn submit(&mut self, spec: JobSpec) -> JobId {
+    fn submit(&mut self, spec: JobSpec, request: Option<SubmitKey>) -> EngineResult<JobId> {
+        let now = self.clock.now();
+        // A retry of a submission already taken: the job it created (its
+        // reply waits for the same flush as the first, if that is still on
+        // its way to disk).
+        if let Some(key) = &request
+            && let Some(r) = self
+                .requests
+                .get(&(spec.tenant.clone(), key.request_id.clone()))
+                .filter(|r| now.since(r.at) < REQUEST_ID_TTL)
+        {
+            if r.fingerprint != key.fingerprint {
+                return Err(EngineError::RequestReused(format!(
+                    "{} was used within the last day for a different submission (job {}); use a new request id",
+                    crate::domain::validate::quote(&key.request_id),
+                    r.job
+                )));
+            }
+            info!(job = %r.job, request = %key.request_id, "submission retried; returning the job it created");
+            return Ok(r.job);
+        }
         let job = Job {
             id: JobId::new_v7(),
             spec,
             state: JobState::Pending,
             reason: "waiting for the scheduler".into(),
-            submitted_at: self.clock.now(),
+            submitted_at: now,
             started_at: None,
             ended_at: None,
             exit_code: None,
@@ -661,13 +697,53 @@ impl Engine {
         };
         let id = job.id;
         info!(job = %id, tenant = %job.spec.tenant, name = %job.spec.name, "job submitted");
+        let record = request.map(|key| RequestRecord {
+            tenant: job.spec.tenant.clone(),
+            request_id: key.request_id,
+            job: id,
+            fingerprint: key.fingerprint,
+            at: now,
+        });
         self.remember(Request::of(&job.spec));
         self.queue.push(&job);
+        // The job and its key in one transaction: a retry finds the job
+        // exactly when the job exists.
+        if let Err(e) = self.ledger.put_job_for(&job, &[], record.as_ref()) {
+            error!(job = %id, error = %e, "ledger write failed");
+            self.failed.get_or_insert(e);
+        }
+        self.dirty = true;
+        self.effects.push(Effect::Event(Box::new(job.clone())));
+        if let Some(r) = record {
+            self.requests.insert((r.tenant.clone(), r.request_id.clone()), r);
+        }
         self.jobs.insert(id, job);
         self.leases.insert(id, Vec::new());
-        self.persist(id, &[]);
         self.needs_pass = true;
-        id
+        Ok(id)
+    }
+
+    /// Forgets idempotency keys older than a day (at most once a minute).
+    fn expire_requests(&mut self, now: UnixMillis) {
+        if now.since(self.requests_swept) < Millis::from_secs(60) {
+            return;
+        }
+        self.requests_swept = now;
+        let expired: Vec<RequestRecord> = self
+            .requests
+            .values()
+            .filter(|r| now.since(r.at) >= REQUEST_ID_TTL)
+            .cloned()
+            .collect();
+        if expired.is_empty() {
+            return;
+        }
+        for r in &expired {
+            self.requests.remove(&(r.tenant.clone(), r.request_id.clone()));
+        }
+        if let Err(e) = self.ledger.remove_requests(&expired) {
+            warn!(error = %e, "cannot forget expired request ids");
+        }
     }
 
     fn cancel(&mut self, id: JobId, reason: &str, force: bool) -> EngineResult<()> {
@@ -2024,6 +2100,7 @@ impl Engine {
 
     fn on_tick(&mut self) {
         let now = self.clock.now();
+        self.expire_requests(now);
         // Agents that went silent without closing their stream.
         let silent: Vec<NodeName> = self
             .agents

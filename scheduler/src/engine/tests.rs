@@ -545,6 +545,88 @@ async fn a_second_agent_for_a_live_node_is_refused() {
     assert_eq!(nodes[0].agent_version, "impostor");
 }
 
+/// Regression (issue 11, defect 8): a submission retried after a transport
+/// error could create a second job. Under one request id it creates one,
+/// across a controller restart too; the id with another spec is refused;
+/// after a day the id is forgotten.
+#[tokio::test]
+async fn a_retried_submission_with_its_request_id_creates_one_job() {
+    let h = harness().await;
+    let key = |id: &str, spec: &JobSpec| SubmitKey {
+        request_id: id.into(),
+        fingerprint: format!("{:?}", spec.args),
+    };
+    let s = spec(1);
+    let first = h
+        .engine
+        .submit_once(s.clone(), Some(key("r-1", &s)))
+        .await
+        .unwrap();
+    let again = h
+        .engine
+        .submit_once(s.clone(), Some(key("r-1", &s)))
+        .await
+        .unwrap();
+    assert_eq!(first.id, again.id);
+    // Two at once in one turn: still one job.
+    let (a, b) = tokio::join!(
+        h.engine.submit_once(s.clone(), Some(key("r-2", &s))),
+        h.engine.submit_once(s.clone(), Some(key("r-2", &s)))
+    );
+    assert_eq!(a.unwrap().id, b.unwrap().id);
+    let mut other = s.clone();
+    other.args = vec!["else".into()];
+    let err = h
+        .engine
+        .submit_once(other.clone(), Some(key("r-1", &other)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EngineError::RequestReused(_)), "{err:?}");
+    // Another tenant's id of the same name is its own.
+    let mut theirs = s.clone();
+    theirs.tenant = "t2".parse().unwrap();
+    let t2 = h
+        .engine
+        .submit_once(theirs.clone(), Some(key("r-1", &theirs)))
+        .await
+        .unwrap();
+    assert_ne!(t2.id, first.id);
+    // Across a restart.
+    let h = restart(h);
+    let after = h
+        .engine
+        .submit_once(s.clone(), Some(key("r-1", &s)))
+        .await
+        .unwrap();
+    assert_eq!(after.id, first.id);
+    let (all, _) = h
+        .engine
+        .ledger()
+        .list_jobs(&Default::default(), None, 100)
+        .unwrap();
+    assert_eq!(all.len(), 3, "{all:?}");
+    // A day later the id is forgotten (and gone from the ledger).
+    h.clock.advance(Millis(REQUEST_ID_TTL.0 + 1));
+    let later = h
+        .engine
+        .submit_once(s.clone(), Some(key("r-2", &s)))
+        .await
+        .unwrap();
+    assert_ne!(later.id, first.id);
+    let (all, _) = h
+        .engine
+        .ledger()
+        .list_jobs(&Default::default(), None, 100)
+        .unwrap();
+    assert_eq!(all.len(), 4);
+    // The sweep (at most once a minute) removes expired keys from the ledger.
+    h.clock.advance(Millis::from_secs(61));
+    h.engine.list_nodes().await.unwrap();
+    let kept = h.engine.ledger().requests().unwrap();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(kept[0].job, later.id);
+}
+
 #[tokio::test]
 async fn a_drain_outlives_a_disconnect_and_shows_under_down() {
     let h = harness().await;

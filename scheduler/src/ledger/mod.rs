@@ -58,6 +58,9 @@ const ROLLUPS_VERSION: &str = "5";
 pub struct TenantRecord {
     pub name: TenantName,
     pub created_at: UnixMillis,
+    /// The idempotency key of the call that created it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 /// Who a token speaks for.
@@ -80,6 +83,35 @@ pub struct TokenRecord {
     /// An agent token's node: the only one it may register.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<NodeName>,
+    /// The idempotency key of the call that issued it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+/// A submission's idempotency key (`SubmitJobRequest.request_id`): the
+/// job it created and what was asked, kept for a day.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestRecord {
+    pub tenant: TenantName,
+    pub request_id: String,
+    pub job: JobId,
+    /// SHA-256 of what was asked (the validated spec), hex.
+    pub fingerprint: String,
+    pub at: UnixMillis,
+}
+
+impl RequestRecord {
+    /// `tenant ++ NUL ++ request id`.
+    pub fn key(&self) -> Vec<u8> {
+        request_key(&self.tenant, &self.request_id)
+    }
+}
+
+fn request_key(tenant: &TenantName, request_id: &str) -> Vec<u8> {
+    let mut k = tenant.as_str().as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(request_id.as_bytes());
+    k
 }
 
 /// Filter for listing jobs.
@@ -122,6 +154,8 @@ pub struct Ledger {
     plugin_artifacts: sled::Tree,
     /// Plugin bindings by scope and extension point ([`BindingRecord`]).
     plugin_bindings: sled::Tree,
+    /// Idempotency keys of submissions ([`RequestRecord`]), for a day.
+    requests: sled::Tree,
     /// Roll-up seeks of one tenant's reports, for tests of their cost.
     #[cfg(test)]
     pub(crate) seeks: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -232,6 +266,7 @@ impl Ledger {
             plugin_blobs: db.open_tree("plugin_blobs")?,
             plugin_artifacts: db.open_tree("plugin_artifacts")?,
             plugin_bindings: db.open_tree("plugin_bindings")?,
+            requests: db.open_tree("requests")?,
             db,
             #[cfg(test)]
             seeks: Default::default(),
@@ -300,6 +335,13 @@ impl Ledger {
     /// (once: writing a closed lease again adds nothing); `roll_up` adds the
     /// marked leases.
     pub fn put_job(&self, job: &Job, leases: &[&Lease]) -> Result<()> {
+        self.put_job_for(job, leases, None)
+    }
+
+    /// `put_job` of a job created by a request with an idempotency key:
+    /// the key is recorded in the same transaction, so a retried request
+    /// finds the job whenever the job exists.
+    pub fn put_job_for(&self, job: &Job, leases: &[&Lease], request: Option<&RequestRecord>) -> Result<()> {
         struct Write {
             id: LeaseId,
             bytes: Vec<u8>,
@@ -307,6 +349,7 @@ impl Ledger {
             closing: Option<Vec<[u8; 24]>>,
         }
         let job_bytes = encode(job);
+        let request_write = request.map(|r| (r.key(), encode(r)));
         let writes: Vec<Write> = leases
             .iter()
             .map(|l| Write {
@@ -330,9 +373,13 @@ impl Ledger {
             &self.leases_open,
             &self.lease_hours,
             &self.unrolled,
+            &self.requests,
         )
             .transaction(
-                |(jobs, active, by_tenant, lease_tree, by_job, open, hours, unrolled)| {
+                |(jobs, active, by_tenant, lease_tree, by_job, open, hours, unrolled, requests)| {
+                    if let Some((key, value)) = &request_write {
+                        requests.insert(key.as_slice(), value.as_slice())?;
+                    }
                     jobs.insert(job.id.as_bytes(), job_bytes.as_slice())?;
                     if job.state.is_final() {
                         active.remove(job.id.as_bytes())?;
@@ -858,6 +905,25 @@ impl Ledger {
 
     pub fn job_count(&self) -> usize {
         self.jobs.len()
+    }
+
+    /// Every idempotency key on record.
+    pub fn requests(&self) -> Result<Vec<RequestRecord>> {
+        let mut out = Vec::new();
+        for kv in self.requests.iter() {
+            let (_, v) = kv?;
+            out.push(decode("requests", &v)?);
+        }
+        Ok(out)
+    }
+
+    /// Forgets idempotency keys (they expire after a day).
+    pub fn remove_requests(&self, expired: &[RequestRecord]) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for r in expired {
+            batch.remove(r.key());
+        }
+        Ok(self.requests.apply_batch(batch)?)
     }
 
     // --- tenants and tokens -------------------------------------------------

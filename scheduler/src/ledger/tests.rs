@@ -135,6 +135,7 @@ async fn tokens_tenants_and_drains_round_trip() {
     let t = TenantRecord {
         name: "a".parse().unwrap(),
         created_at: UnixMillis(5),
+        request_id: None,
     };
     ledger.put_tenant(&t).unwrap();
     assert_eq!(ledger.get_tenant("a").unwrap(), Some(t.clone()));
@@ -145,6 +146,7 @@ async fn tokens_tenants_and_drains_round_trip() {
         description: "d".into(),
         created_at: UnixMillis(6),
         node: None,
+        request_id: None,
     };
     ledger.put_token(&[7; 32], &rec).unwrap();
     assert_eq!(ledger.tokens().unwrap(), vec![([7; 32], rec)]);
