@@ -418,3 +418,46 @@ async fn a_submission_retried_with_its_request_id_creates_one_job() {
         .tokens;
     assert_eq!(tokens.iter().filter(|t| t.tenant == "retried").count(), 1);
 }
+
+/// Defect 9: every lease-hour part was rounded to the cent, so short jobs
+/// billed nothing. Five jobs of about a second on four H100s at the dev
+/// rate card's 4.00 USD per GPU-hour cost about 0.44 cents each: 2 cents
+/// together, where the old rounding billed 0.00 USD.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_jobs_are_billed_exactly_not_rounded_away() {
+    let dir = tempdir();
+    let server = DevServer::start(dir.path()).await;
+    let client = server.client().await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let j = client
+            .submit(JobSpec::new("sleep").args(["0.8"]).gpus(4).gpu_model("H100-80GB"))
+            .await
+            .unwrap();
+        ids.push(j.id);
+    }
+    let mut micros = 0i128;
+    let mut from = i64::MAX;
+    let mut to = 0;
+    for id in &ids {
+        let j = wait_final(&client, id).await;
+        for l in &j.leases {
+            let m: i128 = l.cost_micros.parse().unwrap();
+            assert!(m > 0 && m < 1_000_000, "each GPU's lease is under a cent: {m}");
+            micros += m;
+            from = from.min(l.reserved_at_unix_ms);
+            to = to.max(l.ended_at_unix_ms);
+        }
+    }
+    let usage = client.usage(from, to + 1, &["job"], None).await.unwrap();
+    let total = &usage.totals[0];
+    assert_eq!(total.cost_micros, micros.to_string());
+    let cents = (micros + 500_000) / 1_000_000;
+    assert!(cents >= 1, "{micros} micros");
+    assert_eq!(i128::from(total.cost_minor), cents, "{total:?}");
+    // Per job the rows are rounded by running totals: they add up.
+    assert_eq!(
+        usage.rows.iter().map(|r| r.cost_minor).sum::<i64>(),
+        total.cost_minor
+    );
+}

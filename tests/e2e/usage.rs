@@ -15,10 +15,21 @@ preemptible_discount_pct = 50
 "H100-80GB" = "36000.00"
 "#;
 
-fn sum(rows: &[proto::UsageRow]) -> (u128, i64) {
+/// GPU-time and exact cost (micros) of usage rows.
+fn sum(rows: &[proto::UsageRow]) -> (u128, i128) {
     rows.iter().fold((0, 0), |(g, c), r| {
-        (g + r.gpu_time_units.parse::<u128>().unwrap(), c + r.cost_minor)
+        (
+            g + r.gpu_time_units.parse::<u128>().unwrap(),
+            c + r.cost_micros.parse::<i128>().unwrap(),
+        )
     })
+}
+
+/// The rounded costs of the rows add up to the rounded total.
+fn rounded_rows_add_up(u: &proto::GetUsageResponse) {
+    let rows: i64 = u.rows.iter().map(|r| r.cost_minor).sum();
+    let totals: i64 = u.totals.iter().map(|r| r.cost_minor).sum();
+    assert_eq!(rows, totals, "{u:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -74,8 +85,11 @@ async fn usage_adds_up_from_the_leases_and_is_priced_by_the_rate_card() {
         );
         assert!(l.cost_minor > 0);
     }
-    let lease_total: (u128, i64) = leases.iter().fold((0, 0), |(g, c), l| {
-        (g + l.gpu_time_units.parse::<u128>().unwrap(), c + l.cost_minor)
+    let lease_total: (u128, i128) = leases.iter().fold((0, 0), |(g, c), l| {
+        (
+            g + l.gpu_time_units.parse::<u128>().unwrap(),
+            c + l.cost_micros.parse::<i128>().unwrap(),
+        )
     });
 
     // Usage agrees with the leases to the unit, however it is grouped.
@@ -92,6 +106,7 @@ async fn usage_adds_up_from_the_leases_and_is_priced_by_the_rate_card() {
         let u = client.usage(from, to, &by, None).await.unwrap();
         assert_eq!(sum(&u.rows), lease_total, "grouped by {by:?}");
         assert_eq!(sum(&u.totals), lease_total);
+        rounded_rows_add_up(&u);
     }
     let by_team = client.usage(from, to, &["tag:team"], None).await.unwrap();
     assert_eq!(
@@ -288,6 +303,12 @@ async fn focus_export_adds_up_to_usage_and_is_the_same_bytes_every_time() {
     let usage = client.usage(from, to, &[], None).await.unwrap();
     let billed: i64 = body.iter().map(|r| minor(&r[col("BilledCost")])).sum();
     assert_eq!(billed, usage.totals[0].cost_minor);
+    // And exactly, in micros; its rounded lines add up to its rounded total.
+    let micros: i128 = body
+        .iter()
+        .map(|r| r[col("x_CostMicros")].parse::<i128>().unwrap())
+        .sum();
+    assert_eq!(micros.to_string(), usage.totals[0].cost_micros);
 
     // Again: the same bytes. Plain CSV and JSON carry the same rows.
     let mut again = Vec::new();

@@ -72,12 +72,13 @@ pub struct Standing {
     pub exhausted: Option<String>,
 }
 
-/// The amounts of `rows` (usage totals, one per currency) in `currency`.
+/// The amounts of `rows` (usage totals, one per currency) in `currency`:
+/// micros and GPU-time.
 fn amounts(rows: &[UsageRow], currency: Currency) -> (i128, GpuTime) {
     rows.iter().fold((0, GpuTime::ZERO), |(c, g), r| {
         // GPU-time counts whatever the price; money only in its currency.
         let c = if r.currency == currency {
-            c + r.cost_minor
+            c.saturating_add(r.cost_micros)
         } else {
             c
         };
@@ -102,17 +103,18 @@ impl Standing {
         // The rest of the month at the last day's pace, pro rata to the ms.
         let left = period_end.0.saturating_sub(now.0) as i128;
         let day = 24 * HOUR_MS as i128;
-        let projected_minor = spent + burn * left / day;
+        let projected = spent.saturating_add(burn.saturating_mul(left) / day);
         let projected_gpu_time = GpuTime(gpu_time.0 + burn_gpu.0 * left as u128 / day as u128);
         let mut exhausted = None;
         if let Some(b) = budget {
             let money = |minor| Money { minor, currency }.to_string();
+            // Exact: a budget trips on the micro, not on the rounded cent.
             if let Some(limit) = b.spend_limit_minor
-                && spent >= limit
+                && spent >= limit.saturating_mul(super::MICROS_PER_MINOR)
             {
                 exhausted = Some(format!(
                     "spent {} of its {} monthly budget",
-                    money(spent),
+                    money(super::minor_of(spent)),
                     money(limit)
                 ));
             } else if let Some(limit) = b.gpu_time_limit
@@ -125,11 +127,11 @@ impl Standing {
             period_start,
             period_end,
             currency,
-            spent_minor: spent,
+            spent_minor: super::minor_of(spent),
             gpu_time,
-            burn_minor: burn,
+            burn_minor: super::minor_of(burn),
             burn_gpu_time: burn_gpu,
-            projected_minor,
+            projected_minor: super::minor_of(projected),
             projected_gpu_time,
             exhausted,
         }
@@ -145,7 +147,7 @@ mod tests {
             keys: vec![],
             currency,
             gpu_time: GpuTime(hours * UNITS_PER_GPU_HOUR),
-            cost_minor: cost,
+            cost_micros: cost * crate::accounting::MICROS_PER_MINOR,
             leases: 1,
             observed: GpuTime::ZERO,
             idle: GpuTime::ZERO,

@@ -162,16 +162,18 @@ pub fn check(jobs: &[Job], leases: &[Lease], now: UnixMillis) -> CheckReport {
             now,
         )
         .iter()
-        .fold((GpuTime::ZERO, 0), |(g, c), r| (g + r.gpu_time, c + r.cost_minor))
+        .fold((GpuTime::ZERO, 0), |(g, c), r| {
+            (g + r.gpu_time, c + r.cost_micros)
+        })
     };
     let cluster = total.iter().fold((GpuTime::ZERO, 0i128), |(g, c), r| {
-        (g + r.gpu_time, c + r.cost_minor)
+        (g + r.gpu_time, c + r.cost_micros)
     });
     for d in [Dimension::Job, Dimension::Tenant, Dimension::Hour] {
         let s = sum_by(d.clone());
         if s != cluster {
             problems.push(format!(
-                "totals by {d} ({} GPU-h, {} minor units) differ from the cluster's ({} GPU-h, {})",
+                "totals by {d} ({} GPU-h, {} micros) differ from the cluster's ({} GPU-h, {})",
                 s.0, s.1, cluster.0, cluster.1
             ));
         }
@@ -248,8 +250,8 @@ pub fn check_derived(leases: &[Lease], derived: &Derived) -> Vec<String> {
                 .map(|(h, c)| format!("{h} {}/{}/{}", c.tenant, c.project, c.model))
                 .unwrap_or_else(|| "an unreadable key".into());
             problems.push(format!(
-                "roll-up at {at}: holds {} GPU-h, {} minor units, {} leases; the leases say {}, {}, {}",
-                s.gpu_time, s.cost, s.parts, w.gpu_time, w.cost, w.parts
+                "roll-up at {at}: holds {} GPU-h, {} micros, {} leases; the leases say {}, {}, {}",
+                s.gpu_time, s.cost_micros, s.parts, w.gpu_time, w.cost_micros, w.parts
             ));
         }
     }

@@ -2,7 +2,12 @@
 //! FOCUS 1.2 CSV, plain CSV or JSON.
 //!
 //! Rows are the lease hour parts that every other total is made of, so an
-//! export adds up to `allot usage` to the minor unit. They come in a fixed
+//! export adds up to `allot usage`: exactly in micros (`cost_micros`,
+//! `x_CostMicros`), and to the minor unit in its rounded costs, which are
+//! rounded by running totals per currency in row order (each line is the
+//! rounded running total after it less the one before): the lines of a
+//! file add up to its rounded total, and a part worth less than half a
+//! minor unit is carried, not lost. They come in a fixed
 //! order (hour, then lease id) with a stable row id (`<lease>:<hour>`), and
 //! only from closed leases, whose parts never change: re-exporting a period
 //! in which every lease has closed gives the same bytes. A lease still open
@@ -119,6 +124,7 @@ pub const FOCUS_COLUMNS: &[&str] = &[
     "x_GpuTimeUnits",
     "x_IdleGpuHours",
     "x_EndReason",
+    "x_CostMicros",
 ];
 
 /// The plain CSV (and JSON) columns.
@@ -145,6 +151,7 @@ pub const PLAIN_COLUMNS: &[&str] = &[
     "rate_per_gpu_hour",
     "cost",
     "cost_minor",
+    "cost_micros",
     "end_reason",
     "tags",
 ];
@@ -182,8 +189,13 @@ impl Row<'_> {
         }
     }
 
-    fn cost_minor(&self) -> i128 {
+    /// The exact cost of the part, in micros.
+    pub fn cost_micros(&self) -> i128 {
         super::part_cost(self.lease, &self.part)
+    }
+
+    pub fn currency(&self) -> crate::domain::money::Currency {
+        self.lease.rate.map(|r| r.currency).unwrap_or_default()
     }
 
     fn rate(&self) -> String {
@@ -218,9 +230,10 @@ impl Row<'_> {
             .hours_decimal(HOUR_PLACES)
     }
 
-    fn focus(&self, issuer: &Issuer) -> Vec<String> {
+    /// The row's fields; `minor` is its cost rounded (by the writer).
+    fn focus(&self, issuer: &Issuer, minor: i128) -> Vec<String> {
         let l = self.lease;
-        let money = self.money(self.cost_minor());
+        let money = self.money(minor);
         let cost = money.decimal();
         let currency = money.currency.to_string();
         let hour = self.part.hour;
@@ -309,12 +322,13 @@ impl Row<'_> {
             self.part.gpu_time.0.to_string(),
             self.idle_gpu_hours(),
             l.end_reason.map(|r| r.to_string()).unwrap_or_default(),
+            self.cost_micros().to_string(),
         ]
     }
 
-    fn plain(&self) -> Vec<String> {
+    fn plain(&self, minor: i128) -> Vec<String> {
         let l = self.lease;
-        let money = self.money(self.cost_minor());
+        let money = self.money(minor);
         vec![
             self.id(),
             self.part.hour.to_rfc3339_secs(),
@@ -338,6 +352,7 @@ impl Row<'_> {
             self.rate(),
             money.decimal(),
             money.minor.to_string(),
+            self.cost_micros().to_string(),
             l.end_reason.map(|r| r.to_string()).unwrap_or_default(),
             self.tags_json(),
         ]
@@ -370,6 +385,8 @@ pub struct Writer {
     format: Format,
     issuer: Issuer,
     rows: u64,
+    /// Running-total rounding of costs, per currency.
+    rounders: std::collections::HashMap<crate::domain::money::Currency, super::Rounder>,
 }
 
 impl Writer {
@@ -378,6 +395,7 @@ impl Writer {
             format,
             issuer,
             rows: 0,
+            rounders: std::collections::HashMap::new(),
         }
     }
 
@@ -394,16 +412,21 @@ impl Writer {
     }
 
     pub fn row(&mut self, out: &mut String, row: &Row<'_>) {
+        let minor = self
+            .rounders
+            .entry(row.currency())
+            .or_default()
+            .line(row.cost_micros());
         match self.format {
-            Format::Focus => csv_line(out, &row.focus(&self.issuer)),
-            Format::Csv => csv_line(out, &row.plain()),
+            Format::Focus => csv_line(out, &row.focus(&self.issuer, minor)),
+            Format::Csv => csv_line(out, &row.plain(minor)),
             Format::Json => {
                 if self.rows > 0 {
                     out.push(',');
                 }
                 out.push('\n');
                 let mut obj = serde_json::Map::new();
-                for (k, v) in PLAIN_COLUMNS.iter().zip(row.plain()) {
+                for (k, v) in PLAIN_COLUMNS.iter().zip(row.plain(minor)) {
                     let v = match *k {
                         "tags" => serde_json::from_str(&v).expect("tags are JSON"),
                         "attempt" | "duration_ms" | "cost_minor" => {

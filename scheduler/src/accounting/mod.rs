@@ -3,11 +3,15 @@
 //! Everything here is integer. GPU-time is counted in [`GpuTime`] units of
 //! 1/63,000,000 of a GPU-millisecond, so that every share allot hands out
 //! (decimal shares to six places, thirds, ninths, MIG sevenths) times whole
-//! milliseconds is an exact integer. Money is integer minor units of one
-//! currency. A lease is cut at UTC hour boundaries into parts; each part is
-//! priced and rounded once (half to even), and every total — per lease, job,
-//! tenant, cluster, hour — is a sum of those parts, so all of them agree to
-//! the millisecond and to the minor unit.
+//! milliseconds is an exact integer. Money is counted in micros: millionths
+//! of the currency's minor unit (1 micro = 10⁻⁸ USD), the scale of a
+//! [`pricing::Rate`]. A lease is cut at UTC hour boundaries into parts;
+//! each part is priced once (to the micro, half to even), and every total
+//! — per lease, job, tenant, cluster, hour — is a sum of those parts, so
+//! all of them agree to the millisecond and to the micro. Money is rounded
+//! to minor units only where it leaves the system (a report's row, a
+//! lease's cost, an export line), by running-total rounding (see
+//! [`Rounder`]): the rounded lines add up to the rounded total.
 
 pub mod budget;
 pub mod check;
@@ -31,6 +35,44 @@ pub const GPU_TIME_DENOMINATOR: u128 = 63_000_000;
 pub const HOUR_MS: u64 = 3_600_000;
 /// Milliseconds in a UTC day.
 pub const DAY_MS: u64 = 24 * HOUR_MS;
+
+/// Micros (millionths of a minor unit) in one minor unit.
+pub const MICROS_PER_MINOR: i128 = 1_000_000;
+
+/// An amount in micros, rounded half to even to minor units.
+pub fn minor_of(micros: i128) -> i128 {
+    let (q, r) = (
+        micros.div_euclid(MICROS_PER_MINOR),
+        micros.rem_euclid(MICROS_PER_MINOR),
+    );
+    match (2 * r).cmp(&MICROS_PER_MINOR) {
+        std::cmp::Ordering::Less => q,
+        std::cmp::Ordering::Greater => q + 1,
+        std::cmp::Ordering::Equal => q + q.rem_euclid(2),
+    }
+}
+
+/// Rounds a sequence of amounts (in micros) to minor units so that the
+/// rounded lines always add up to the rounded total: each line is the
+/// rounded running total after it less the rounded running total before it
+/// (running-total, or cumulative, rounding). Every line is within one minor
+/// unit of its exact amount, and a line of less than half a minor unit is
+/// not lost: it carries into the next.
+#[derive(Debug, Clone, Default)]
+pub struct Rounder {
+    exact: i128,
+    emitted: i128,
+}
+
+impl Rounder {
+    /// The next line's amount in minor units.
+    pub fn line(&mut self, micros: i128) -> i128 {
+        self.exact = self.exact.saturating_add(micros);
+        let line = minor_of(self.exact) - self.emitted;
+        self.emitted += line;
+        line
+    }
+}
 
 /// The longest window a usage report or an export may span: 366 days (a
 /// calendar year, leap or not). Longer ones are refused, so that no single
@@ -125,15 +167,17 @@ pub fn held(lease: &Lease, now: UnixMillis) -> (UnixMillis, UnixMillis) {
     (lease.reserved_at, end)
 }
 
-/// What a part of a lease costs, in minor units: the pricing plugin's price
-/// for the part's hour when it set one (pro rata for a part cut by a
-/// window, rounded half to even), else the lease's rate × the part's
-/// GPU-time, rounded half to even. A lease without a rate costs nothing.
+/// What a part of a lease costs, in micros: the pricing plugin's price
+/// for the part's hour when it set one (in minor units; pro rata for a part
+/// cut by a window, rounded half to even), else the lease's rate × the
+/// part's GPU-time, rounded half to even. A lease without a rate costs
+/// nothing.
 pub fn part_cost(lease: &Lease, part: &HourPart) -> i128 {
     if let Some(p) = &lease.plugin_prices
         && !p.pending
         && let Some(&price) = p.by_hour.get(&part.hour.0)
     {
+        let price = price.saturating_mul(MICROS_PER_MINOR);
         let (start, end) = held(lease, part.end);
         let full = end.0.min(part.hour.0 + HOUR_MS) - start.0.max(part.hour.0);
         let len = (part.end.0 - part.start.0) as i128;

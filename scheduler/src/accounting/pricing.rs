@@ -23,10 +23,11 @@ fn div_round_half_even(n: u128, d: u128) -> u128 {
     }
 }
 
-/// The cost of GPU-time at a rate, in minor units, rounded half to even.
-/// Applied once per lease-hour part; every total is a sum of parts.
+/// The cost of GPU-time at a rate, in micros (millionths of a minor unit),
+/// rounded half to even. Applied once per lease-hour part; every total is a
+/// sum of parts.
 pub fn cost(gpu_time: GpuTime, rate: Rate) -> i128 {
-    div_round_half_even(gpu_time.0 * rate.0, UNITS_PER_GPU_HOUR * 1_000_000) as i128
+    div_round_half_even(gpu_time.0.saturating_mul(rate.0), UNITS_PER_GPU_HOUR) as i128
 }
 
 /// `[pricing]` in the server configuration.

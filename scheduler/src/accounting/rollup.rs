@@ -177,7 +177,7 @@ pub fn decode_key(k: &[u8]) -> Option<(UnixMillis, Cell)> {
 pub fn encode_tally(t: &Tally) -> [u8; 80] {
     let mut b = [0u8; 80];
     b[..16].copy_from_slice(&t.gpu_time.0.to_le_bytes());
-    b[16..32].copy_from_slice(&t.cost.to_le_bytes());
+    b[16..32].copy_from_slice(&t.cost_micros.to_le_bytes());
     b[32..40].copy_from_slice(&t.parts.to_le_bytes());
     b[40..48].copy_from_slice(&t.starts.to_le_bytes());
     b[48..64].copy_from_slice(&t.observed.0.to_le_bytes());
@@ -192,7 +192,7 @@ pub fn decode_tally(b: &[u8]) -> Option<Tally> {
     let u128_at = |i: usize| b[i..i + 16].try_into().ok().map(u128::from_le_bytes);
     Some(Tally {
         gpu_time: GpuTime(u128_at(0)?),
-        cost: i128::from_le_bytes(b[16..32].try_into().ok()?),
+        cost_micros: i128::from_le_bytes(b[16..32].try_into().ok()?),
         parts: u64::from_le_bytes(b[32..40].try_into().ok()?),
         starts: u64::from_le_bytes(b[40..48].try_into().ok()?),
         observed: GpuTime(u128_at(48)?),

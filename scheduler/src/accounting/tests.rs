@@ -115,12 +115,21 @@ fn prices_parse_exactly_and_costs_round_half_to_even() {
         Rate::parse("4.50", usd).unwrap().discounted(30),
         Rate(315_000_000)
     );
-    // One GPU-hour at 4.50 USD is 450 cents.
-    assert_eq!(cost(GpuTime::of(Share::ONE, HOUR_MS), Rate(450_000_000)), 450);
-    // Half a cent rounds to even: 0.5 → 0, 1.5 → 2.
-    let half_cent_hour = Rate(1_000_000); // 1 cent per GPU-hour
-    assert_eq!(cost(GpuTime::of(Share::ONE, HOUR_MS / 2), half_cent_hour), 0);
-    assert_eq!(cost(GpuTime::of(Share::ONE, HOUR_MS * 3 / 2), half_cent_hour), 2);
+    // One GPU-hour at 4.50 USD is 450 cents (in micros of a cent).
+    assert_eq!(
+        cost(GpuTime::of(Share::ONE, HOUR_MS), Rate(450_000_000)),
+        450_000_000
+    );
+    // Half a cent is half a cent now, not 0; half a micro rounds to even.
+    let cent_hour = Rate(1_000_000); // 1 cent per GPU-hour
+    assert_eq!(cost(GpuTime::of(Share::ONE, HOUR_MS / 2), cent_hour), 500_000);
+    assert_eq!(
+        cost(GpuTime::of(Share::ONE, HOUR_MS * 3 / 2), cent_hour),
+        1_500_000
+    );
+    let micro_hour = Rate(1); // one micro per GPU-hour
+    assert_eq!(cost(GpuTime::of(Share::ONE, HOUR_MS / 2), micro_hour), 0);
+    assert_eq!(cost(GpuTime::of(Share::ONE, HOUR_MS * 3 / 2), micro_hour), 2);
     let m = Money {
         minor: 12345,
         currency: usd,
@@ -184,10 +193,12 @@ fn usage_groups_and_totals_agree() {
     assert_eq!(by_hour.len(), 2);
     assert_eq!(by_hour[0].leases, 2);
     let total = aggregate(&leases, &q(vec![]), UnixMillis(0));
-    let sum: i128 = by_hour.iter().map(|r| r.cost_minor).sum();
-    assert_eq!(total[0].cost_minor, sum);
-    // 1 GPU-hour + 0.375 GPU-hour at 3.50 USD: 350 + 131.25 → parts 350+44 (0.125 h → 43.75) and 87.5 → 88.
-    assert_eq!(total[0].cost_minor, 350 + 44 + 88);
+    let sum: i128 = by_hour.iter().map(|r| r.cost_micros).sum();
+    assert_eq!(total[0].cost_micros, sum);
+    // 1 GPU-hour + 0.375 GPU-hour at 3.50 USD: 350 + 131.25 cents exactly
+    // (parts of 43.75 and 87.5 cents no longer round each to a cent).
+    assert_eq!(total[0].cost_micros, 481_250_000);
+    assert_eq!(super::minor_of(total[0].cost_micros), 481);
     let only_b = aggregate(
         &leases,
         &UsageQuery {
@@ -245,8 +256,8 @@ fn the_check_finds_an_overcommitted_gpu_and_broken_leases() {
 
 proptest! {
     /// Cutting a lease at hours and pricing the parts: the parts always add
-    /// up to the lease, and the cost of the parts stays within half a minor
-    /// unit per part of the exact cost.
+    /// up to the lease, and the cost of the parts stays within half a micro
+    /// per part of the exact cost.
     #[test]
     fn hour_parts_add_up(start in 0u64..10 * HOUR_MS, len in 0u64..30 * HOUR_MS, num in 1u64..8, den in prop::sample::select(vec![1u64, 2, 3, 4, 7, 8, 10, 1000])) {
         prop_assume!(num <= den);
@@ -257,7 +268,43 @@ proptest! {
         prop_assert_eq!(sum, GpuTime::of(share, len));
         let rate = l.rate.unwrap().per_gpu_hour;
         let billed: i128 = parts.iter().map(|p| cost(p.gpu_time, rate)).sum();
-        let exact = sum.0 as f64 * rate.0 as f64 / (UNITS_PER_GPU_HOUR as f64 * 1e6);
-        prop_assert!((billed as f64 - exact).abs() <= 0.5 * parts.len().max(1) as f64 + 1e-6);
+        let exact = sum.0 as f64 * rate.0 as f64 / UNITS_PER_GPU_HOUR as f64;
+        prop_assert!((billed as f64 - exact).abs() <= 0.5 * parts.len().max(1) as f64 + 1e-3);
     }
+}
+
+/// Regression (issue 11, defect 9): each lease-hour part was rounded to the
+/// cent, so every part under half a cent billed nothing (a campaign of
+/// short jobs billed 0.00 USD against an exact 1.84 USD). Costs are exact
+/// to the micro now, and rounded only where they leave, by running totals
+/// that keep the lines adding up to the total.
+#[test]
+fn short_leases_are_billed_exactly_and_rounded_lines_add_up() {
+    // 1,000 leases of 1.5 s of a whole GPU at 3.50 USD/h: 0.1458 cents each.
+    let leases: Vec<Lease> = (0..1000)
+        .map(|i| lease(Share::ONE, T0 + i * 2000, Some(T0 + i * 2000 + 1500), "g1"))
+        .collect();
+    let q = UsageQuery {
+        from: UnixMillis(0),
+        to: UnixMillis(u64::MAX),
+        group_by: vec![Dimension::Job],
+        tenant: None,
+    };
+    let rows = aggregate(&leases, &q, UnixMillis(0));
+    assert_eq!(rows.len(), 1000);
+    let exact: i128 = rows.iter().map(|r| r.cost_micros).sum();
+    // 1000 × 1.5 s × 3.50 USD / 3600 s = 145.8333… cents.
+    // 145,833.33 micros each, to the micro: 145,833.
+    assert_eq!(exact, 145_833_000);
+    let mut r = super::Rounder::default();
+    let lines: Vec<i128> = rows.iter().map(|row| r.line(row.cost_micros)).collect();
+    assert_eq!(lines.iter().sum::<i128>(), super::minor_of(exact));
+    assert_eq!(super::minor_of(exact), 146);
+    // Every line within a cent of its exact amount.
+    for (line, row) in lines.iter().zip(&rows) {
+        assert!((line * 1_000_000 - row.cost_micros).abs() < 1_000_000);
+    }
+    assert_eq!(super::minor_of(-1_500_000), -2);
+    assert_eq!(super::minor_of(2_500_000), 2);
+    assert_eq!(super::minor_of(3_500_000), 4);
 }

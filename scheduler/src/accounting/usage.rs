@@ -98,7 +98,8 @@ pub struct UsageRow {
     pub keys: Vec<String>,
     pub currency: Currency,
     pub gpu_time: GpuTime,
-    pub cost_minor: i128,
+    /// Exact, in micros (millionths of a minor unit); see `minor_of`.
+    pub cost_micros: i128,
     /// Leases that contributed.
     pub leases: u64,
     /// GPU-time held on devices whose agents report utilisation, and the part
@@ -163,7 +164,8 @@ impl Cell {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Tally {
     pub gpu_time: GpuTime,
-    pub cost: i128,
+    /// In micros (millionths of a minor unit).
+    pub cost_micros: i128,
     /// Leases with a part in the hour.
     pub parts: u64,
     /// Leases whose first part is in the hour (they started in it).
@@ -176,7 +178,7 @@ pub struct Tally {
 impl Tally {
     pub fn add(&mut self, o: &Tally) {
         self.gpu_time += o.gpu_time;
-        self.cost += o.cost;
+        self.cost_micros = self.cost_micros.saturating_add(o.cost_micros);
         self.parts += o.parts;
         self.starts += o.starts;
         self.observed += o.observed;
@@ -207,7 +209,7 @@ impl Tally {
             observed,
             idle,
             gpu_time: part.gpu_time,
-            cost: super::part_cost(lease, part),
+            cost_micros: super::part_cost(lease, part),
             parts: 1,
             starts: u64::from(held_start >= part.hour && held_start.0 < part.hour.0 + HOUR_MS),
         }
@@ -253,7 +255,7 @@ impl<'q> Rows<'q> {
         let leases = if self.opens_row(hour) { t.parts } else { t.starts };
         let e = self.rows.entry((keys, cell.currency)).or_default();
         e.gpu_time += t.gpu_time;
-        e.cost += t.cost;
+        e.cost_micros = e.cost_micros.saturating_add(t.cost_micros);
         e.parts += leases;
         e.observed += t.observed;
         e.idle += t.idle;
@@ -283,7 +285,7 @@ impl<'q> Rows<'q> {
                 keys,
                 currency,
                 gpu_time: t.gpu_time,
-                cost_minor: t.cost,
+                cost_micros: t.cost_micros,
                 leases: t.parts,
                 observed: t.observed,
                 idle: t.idle,

@@ -389,7 +389,10 @@ pub fn lease_pb(l: &Lease, now: UnixMillis) -> pb::Lease {
     };
     let parts = accounting::hour_parts(l, now, UnixMillis(0), UnixMillis(u64::MAX));
     let gpu_time = parts.iter().fold(GpuTime::ZERO, |a, p| a + p.gpu_time);
-    let cost_minor: i128 = parts.iter().map(|p| accounting::part_cost(l, p)).sum();
+    let cost_micros: i128 = parts
+        .iter()
+        .fold(0i128, |c, p| c.saturating_add(accounting::part_cost(l, p)));
+    let cost_minor = accounting::minor_of(cost_micros);
     pb::Lease {
         id: l.id.to_string(),
         job_id: l.job_id.to_string(),
@@ -406,7 +409,8 @@ pub fn lease_pb(l: &Lease, now: UnixMillis) -> pb::Lease {
         gpu_time_units: gpu_time.0.to_string(),
         gpu_hours: gpu_time.to_string(),
         currency: l.rate.map(|r| r.currency.to_string()).unwrap_or_default(),
-        cost_minor: cost_minor as i64,
+        cost_minor: i64::try_from(cost_minor).unwrap_or(i64::MAX),
+        cost_micros: cost_micros.to_string(),
         rate_per_gpu_hour: l
             .rate
             .map(|r| r.per_gpu_hour.display(r.currency))

@@ -13,7 +13,7 @@ use crate::accounting::budget::{Budget, Standing, parse_gpu_hours};
 use crate::accounting::export::{self, Format, Issuer, Writer};
 use crate::accounting::pricing::{Currency, Money};
 use crate::accounting::usage::{Dimension, UsageQuery, UsageRow};
-use crate::accounting::{DAY_MS, GpuTime, HOUR_MS, MAX_WINDOW_MS, held};
+use crate::accounting::{DAY_MS, GpuTime, HOUR_MS, MAX_WINDOW_MS, Rounder, held};
 use crate::domain::{Lease, LeaseId, LeaseState, TenantName, UnixMillis};
 
 fn time(field: &str, v: i64) -> ApiResult<Option<UnixMillis>> {
@@ -49,18 +49,28 @@ fn window(from: UnixMillis, to: UnixMillis) -> ApiResult<()> {
     Ok(())
 }
 
-fn row_pb(r: &UsageRow) -> pb::UsageRow {
+/// Rows for the wire, their costs rounded by running totals per currency
+/// (in the order given) so that they add up to their rounded total.
+fn rows_pb(rows: &[UsageRow]) -> Vec<pb::UsageRow> {
+    let mut rounders: std::collections::HashMap<Currency, Rounder> = std::collections::HashMap::new();
+    rows.iter()
+        .map(|r| row_pb(r, rounders.entry(r.currency).or_default().line(r.cost_micros)))
+        .collect()
+}
+
+fn row_pb(r: &UsageRow, minor: i128) -> pb::UsageRow {
     pb::UsageRow {
         keys: r.keys.clone(),
         currency: r.currency.to_string(),
         gpu_time_units: r.gpu_time.0.to_string(),
         gpu_hours: r.gpu_time.to_string(),
-        cost_minor: r.cost_minor as i64,
+        cost_minor: i64::try_from(minor).unwrap_or(if minor < 0 { i64::MIN } else { i64::MAX }),
         cost: Money {
-            minor: r.cost_minor,
+            minor,
             currency: r.currency,
         }
         .to_string(),
+        cost_micros: r.cost_micros.to_string(),
         leases: r.leases,
         observed_gpu_hours: r.observed.to_string(),
         idle_gpu_hours: r.idle.to_string(),
@@ -384,8 +394,8 @@ impl pb::usage_service_server::UsageService for Api {
             .await?;
         Ok(Response::new(pb::GetUsageResponse {
             group_by: group_by.iter().map(|d| d.to_string()).collect(),
-            rows: rows.iter().map(row_pb).collect(),
-            totals: totals.iter().map(row_pb).collect(),
+            rows: rows_pb(&rows),
+            totals: rows_pb(&totals),
             from_unix_ms: from.0 as i64,
             to_unix_ms: to.0 as i64,
         }))

@@ -188,6 +188,7 @@ pub fn lease_json(l: &proto::Lease) -> Value {
         "gpu_time_units": l.gpu_time_units,
         "currency": l.currency,
         "cost_minor": l.cost_minor,
+        "cost_micros": l.cost_micros,
         "rate_per_gpu_hour": l.rate_per_gpu_hour,
         "tags": l.tags,
         "agent_runtime_ms": l.agent_runtime_ms,

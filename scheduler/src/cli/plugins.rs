@@ -516,7 +516,7 @@ fn sample_piece(spec: &JobSpec, now: UnixMillis) -> PriceInput {
     };
     let rate = crate::server::demo_rate_card().rate_for(&gpu_model, spec.preemptible);
     let gpu_time = crate::accounting::GpuTime::of(share, HOUR);
-    let list = crate::accounting::pricing::cost(gpu_time, rate.per_gpu_hour);
+    let list = crate::accounting::minor_of(crate::accounting::pricing::cost(gpu_time, rate.per_gpu_hour));
     PriceInput {
         tenant: spec.tenant.clone(),
         project: spec.project.clone(),

@@ -26,6 +26,7 @@ fn row_json(group_by: &[String], r: &proto::UsageRow) -> Value {
         "gpu_hours": r.gpu_hours,
         "gpu_time_units": r.gpu_time_units,
         "cost_minor": r.cost_minor,
+        "cost_micros": r.cost_micros,
         "currency": r.currency,
         "cost": r.cost,
         "leases": r.leases,

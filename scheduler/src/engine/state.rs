@@ -1215,7 +1215,10 @@ impl Engine {
             for u in [p, &mut total] {
                 u.gpu_ms_in_period += r.gpu_time.gpu_ms_floor() as u64;
                 if r.currency == currency {
-                    u.spend_in_period.minor += r.cost_minor;
+                    u.spend_in_period.minor = u
+                        .spend_in_period
+                        .minor
+                        .saturating_add(crate::accounting::minor_of(r.cost_micros));
                 }
             }
         }
@@ -2144,7 +2147,8 @@ async fn price_lease(policy: &PolicyHost, lease: &Lease, preemptible: bool) -> P
     let mut by_hour = BTreeMap::new();
     let mut plugin = String::new();
     for part in crate::accounting::hour_parts(lease, end, UnixMillis(0), UnixMillis(u64::MAX)) {
-        let list = crate::accounting::pricing::cost(part.gpu_time, rate.per_gpu_hour);
+        let list =
+            crate::accounting::minor_of(crate::accounting::pricing::cost(part.gpu_time, rate.per_gpu_hour));
         let input = PriceInput {
             tenant: lease.tenant.clone(),
             project: lease.project.clone(),

@@ -51,7 +51,8 @@ pub type Result<T, E = LedgerError> = std::result::Result<T, E>;
 const SCHEMA_VERSION: &str = "1";
 /// The layout of the roll-ups; a data dir without this is rebuilt on open.
 const ROLLUPS_KEY: &str = "rollups";
-const ROLLUPS_VERSION: &str = "5";
+/// 6: costs in micros instead of minor units.
+const ROLLUPS_VERSION: &str = "6";
 
 /// A tenant record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
