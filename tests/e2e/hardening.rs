@@ -461,3 +461,177 @@ async fn short_jobs_are_billed_exactly_not_rounded_away() {
         total.cost_minor
     );
 }
+
+/// Raw bytes as a gRPC message, to send what no well-behaved client would.
+#[derive(Debug, Clone, Default)]
+struct Raw;
+
+struct RawEncoder;
+struct RawDecoder;
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawDecoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use bytes::Buf;
+        let mut v = vec![0; src.remaining()];
+        src.copy_to_slice(&mut v);
+        Ok(Some(v))
+    }
+}
+
+impl tonic::codec::Codec for Raw {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawEncoder;
+    type Decoder = RawDecoder;
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+    fn decoder(&mut self) -> RawDecoder {
+        RawDecoder
+    }
+}
+
+async fn raw_call(server: &DevServer, path: &'static str, body: Vec<u8>) -> tonic::Status {
+    let channel = tonic::transport::Endpoint::from_shared(server.addr.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let mut req = tonic::Request::new(body);
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", server.token).parse().unwrap(),
+    );
+    grpc.unary(
+        req,
+        tonic::codegen::http::uri::PathAndQuery::from_static(path),
+        Raw,
+    )
+    .await
+    .expect_err("a malformed message is refused")
+}
+
+/// Defect 11: status codes and messages a client can act on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_messages_get_the_right_codes_and_the_server_reports_every_service() {
+    let dir = tempdir();
+    let server = DevServer::start(dir.path()).await;
+    // GetJobRequest.id (field 1, a string) holding invalid UTF-8.
+    let bad_utf8 = raw_call(
+        &server,
+        "/allot.v1.JobService/GetJob",
+        vec![0x0a, 0x02, 0xc3, 0x28],
+    )
+    .await;
+    assert_eq!(bad_utf8.code(), tonic::Code::InvalidArgument, "{bad_utf8:?}");
+    // A length that runs past the end of the message.
+    let truncated = raw_call(&server, "/allot.v1.JobService/GetJob", vec![0x0a, 0x05, 0x61]).await;
+    assert_eq!(truncated.code(), tonic::Code::InvalidArgument, "{truncated:?}");
+    // Over the 4 MiB a message may have.
+    let mut big = vec![0x0a, 0x80, 0x80, 0x80, 0x03];
+    big.resize(5 + (6 << 20), b'a');
+    let oversize = raw_call(&server, "/allot.v1.JobService/GetJob", big).await;
+    assert_eq!(oversize.code(), tonic::Code::ResourceExhausted, "{oversize:?}");
+    // An unknown method is still UNIMPLEMENTED.
+    let unknown = raw_call(&server, "/allot.v1.JobService/Nope", vec![]).await;
+    assert_eq!(unknown.code(), tonic::Code::Unimplemented);
+
+    // Health: every service by name, and the server.
+    let channel = tonic::transport::Endpoint::from_shared(server.addr.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    for svc in [
+        "",
+        "allot.v1.JobService",
+        "allot.v1.NodeService",
+        "allot.v1.AdminService",
+        "allot.v1.UsageService",
+        "allot.v1.PluginService",
+        "allot.v1.AgentService",
+    ] {
+        let r = health
+            .check(tonic_health::pb::HealthCheckRequest { service: svc.into() })
+            .await
+            .unwrap_or_else(|e| panic!("{svc}: {e}"));
+        assert_eq!(r.into_inner().status, 1, "{svc} is SERVING");
+    }
+
+    // Reflection: a missing symbol is an error answer, and the stream goes on.
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let mut reflection = ServerReflectionClient::new(channel);
+    let asks = [
+        MessageRequest::FileContainingSymbol("allot.v1.NoSuchThing".into()),
+        MessageRequest::ListServices(String::new()),
+        MessageRequest::FileContainingSymbol("allot.v1.JobService".into()),
+    ];
+    let requests = futures::stream::iter(asks.into_iter().map(|m| ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(m),
+    }));
+    let mut answers = reflection
+        .server_reflection_info(requests)
+        .await
+        .unwrap()
+        .into_inner();
+    let mut got = Vec::new();
+    while let Some(a) = answers.message().await.unwrap() {
+        got.push(a.message_response.unwrap());
+        if got.len() == 3 {
+            break;
+        }
+    }
+    assert!(
+        matches!(&got[0], MessageResponse::ErrorResponse(e) if e.error_code == tonic::Code::NotFound as i32),
+        "{:?}",
+        got[0]
+    );
+    match &got[1] {
+        MessageResponse::ListServicesResponse(l) => {
+            assert!(l.service.iter().any(|s| s.name == "allot.v1.JobService"), "{l:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        matches!(&got[2], MessageResponse::FileDescriptorResponse(f) if !f.file_descriptor_proto.is_empty())
+    );
+
+    // A log offset past the end reads nothing from the end, and shows no
+    // path of the node's.
+    let client = server.client().await;
+    let job = client.submit(JobSpec::new("echo").args(["hello"])).await.unwrap();
+    wait_final(&client, &job.id).await;
+    let chunk = client.logs(&job.id, 1 << 40, 0).await.unwrap();
+    assert!(chunk.data.is_empty());
+    assert_eq!(chunk.next_offset, 6);
+    assert!(chunk.complete);
+    assert!(!chunk.path.contains('/'), "{}", chunk.path);
+    // Whitespace around a MIG profile or an amount is refused.
+    let err = client
+        .submit(JobSpec::new("true").mig(" 1g.10gb"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.field(), Some("spec.resources.mig_profile"));
+    let admin = server.admin().await;
+    let err = admin.set_budget("default", " 5.00", "").await.unwrap_err();
+    assert_eq!(err.field(), Some("spend_limit"), "{}", err.message());
+}

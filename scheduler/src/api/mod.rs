@@ -8,6 +8,8 @@ pub mod error;
 mod jobs;
 mod nodes;
 pub mod plugins;
+mod reflection;
+mod status;
 pub mod usage;
 
 #[cfg(test)]
@@ -158,25 +160,50 @@ impl Interceptor for BearerAuth {
 
 /// Builds the router with every allot service behind the bearer check, plus
 /// `grpc.health.v1` and server reflection (open, so `grpcurl` works).
-pub async fn router(api: Api) -> anyhow::Result<tonic::transport::server::Router> {
+/// The router of every service, behind the status-code layer.
+pub type AllotRouter = tonic::transport::server::Router<
+    tower::layer::util::Stack<status::StatusCodes, tower::layer::util::Identity>,
+>;
+
+pub async fn router(api: Api) -> anyhow::Result<AllotRouter> {
     let auth = BearerAuth(api.auth.clone());
     let (health_reporter, health) = tonic_health::server::health_reporter();
+    // Every service, by name, and the server as a whole ("").
     health_reporter
         .set_serving::<pb::job_service_server::JobServiceServer<Api>>()
         .await;
     health_reporter
         .set_serving::<pb::node_service_server::NodeServiceServer<Api>>()
         .await;
+    health_reporter
+        .set_serving::<pb::admin_service_server::AdminServiceServer<Api>>()
+        .await;
+    health_reporter
+        .set_serving::<pb::usage_service_server::UsageServiceServer<Api>>()
+        .await;
+    health_reporter
+        .set_serving::<pb::plugin_service_server::PluginServiceServer<Api>>()
+        .await;
+    health_reporter
+        .set_serving::<pb::agent_service_server::AgentServiceServer<Api>>()
+        .await;
     // v1 for current grpcurl and grpcui, v1alpha for older clients.
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    let reflection_v1 = reflection().build_v1()?;
-    let reflection_v1alpha = reflection().build_v1alpha()?;
+    let index = Arc::new(reflection::Index::new(&[
+        pb::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    ])?);
+    let reflection_v1 = tonic_reflection::pb::v1::server_reflection_server::ServerReflectionServer::new(
+        reflection::v1::Reflection(index.clone()),
+    );
+    let reflection_v1alpha =
+        tonic_reflection::pb::v1alpha::server_reflection_server::ServerReflectionServer::new(
+            reflection::v1alpha::Reflection(index),
+        );
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
+        .layer(status::StatusCodes)
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
