@@ -85,6 +85,10 @@ pub struct ServerConfig {
     pub engine: EngineConfig,
     /// The plugin host's bounds and failure policies.
     pub plugins: PolicyConfig,
+    /// On a data dir without tokens, write the first admin token to
+    /// `<data dir>/admin.token` (not in dev mode, which prints its tokens:
+    /// there the jobs run as the same user as the controller).
+    pub write_admin_token: bool,
 }
 
 /// A running controller.
@@ -115,7 +119,11 @@ impl Controller {
         })?;
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let auth = Auth::load(ledger.clone())?;
-        let bootstrap_admin_token = bootstrap(&auth, &config.data_dir, clock.now()).await?;
+        let bootstrap_admin_token = if config.write_admin_token {
+            bootstrap(&auth, &config.data_dir, clock.now()).await?
+        } else {
+            None
+        };
         let heartbeat = config.engine.heartbeat_interval;
         let policy =
             PolicyHost::new(ledger.clone(), &config.plugins).context("cannot start the plugin host")?;
@@ -285,6 +293,7 @@ pub async fn run_dev(
         data_dir: data_dir.clone(),
         engine,
         plugins: opts.plugins.clone(),
+        write_admin_token: false,
     })
     .await?;
     let now = controller.clock.now();
@@ -325,6 +334,17 @@ pub async fn run_dev(
             shutdown_grace: Duration::from_secs(5),
             supervisor_exe: supervisor_exe.clone(),
             run_as: None,
+            // Jobs run as the same user as everything else here: they
+            // must not see the ledger (every tenant's jobs and env) nor
+            // another node's files.
+            hide: std::iter::once(data_dir.join("ledger"))
+                .chain(
+                    fleet
+                        .iter()
+                        .filter(|(other, _)| other != node)
+                        .map(|(other, _)| data_dir.join("agents").join(other)),
+                )
+                .collect(),
         };
         let rx = agents_stopped.clone();
         agent_tasks.push(tokio::spawn(async move {

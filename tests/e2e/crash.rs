@@ -122,6 +122,10 @@ impl Cluster {
     }
 
     async fn start_agent(&mut self, node: &str, gpus: &str) {
+        self.start_agent_with(node, gpus, &[]).await;
+    }
+
+    async fn start_agent_with(&mut self, node: &str, gpus: &str, extra: &[&str]) {
         if !self.agent_tokens.contains_key(node) {
             let token = self
                 .admin()
@@ -150,6 +154,7 @@ impl Cluster {
             ])
             .arg("--state-dir")
             .arg(self.dir.join(format!("agent-{node}")))
+            .args(extra)
             .env("ALLOT_TOKEN", &self.agent_tokens[node])
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -654,4 +659,62 @@ fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64
+}
+
+/// Defect 12, in production: `allot agent --run-as USER` runs jobs as that
+/// user; the agent's own files (every job's output, exit reports, the
+/// lease) stay out of its reach, and its scratch dir is its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_run_as_another_user_and_cannot_read_the_agents_files() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: running jobs as another user needs an agent running as root");
+        return;
+    }
+    let Ok(Some(nobody)) = nix::unistd::User::from_name("nobody") else {
+        eprintln!("skipped: no user `nobody` on this machine");
+        return;
+    };
+    let dir = tempdir();
+    let mut cluster = Cluster::start(dir.path(), &[]).await;
+    cluster
+        .start_agent_with("runas", "1xH100-80GB", &["--run-as", "nobody"])
+        .await;
+    cluster.wait_nodes(1).await;
+    let client = cluster.client().await;
+    let first = client
+        .submit(JobSpec::new("sh").args(["-c", "echo first-secret"]))
+        .await
+        .unwrap();
+    wait_final(&client, &first.id).await;
+    let out_dir = dir.path().join("agent-runas").join("logs");
+    let probe = format!(
+        "id -u; touch made-here && echo wrote; \
+         cat {out}/allot-{first}.out 2>/dev/null | grep -c first-secret; \
+         cat {state}/fence 2>/dev/null | wc -c",
+        out = out_dir.display(),
+        first = first.id,
+        state = dir.path().join("agent-runas").display()
+    );
+    let job = client
+        .submit(JobSpec::new("sh").args(["-c", &probe]))
+        .await
+        .unwrap();
+    let done = wait_final(&client, &job.id).await;
+    assert_eq!(done.state(), JobState::Succeeded, "{}", done.reason);
+    let out = std::fs::read_to_string(out_dir.join(format!("allot-{}.out", job.id))).unwrap();
+    let lines: Vec<&str> = out.lines().map(str::trim).collect();
+    assert_eq!(
+        lines,
+        [nobody.uid.to_string().as_str(), "wrote", "0", "0"],
+        "{out}"
+    );
+    // The output files are the agent's, not the job user's.
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(out_dir.join(format!("allot-{}.out", job.id))).unwrap();
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (0, 0o600));
+    let scratch = dir.path().join("agent-runas").join("jobs").join(&job.id);
+    assert_eq!(
+        std::fs::metadata(scratch.join("made-here")).unwrap().uid(),
+        nobody.uid.as_raw()
+    );
 }

@@ -635,3 +635,66 @@ async fn malformed_messages_get_the_right_codes_and_the_server_reports_every_ser
     let err = admin.set_budget("default", " 5.00", "").await.unwrap_err();
     assert_eq!(err.field(), Some("spend_limit"), "{}", err.message());
 }
+
+/// Defect 12: in dev mode a tenant's job could read `<data-dir>/admin.token`
+/// and become admin, and read other tenants' output. Dev mode writes no
+/// token file now, and each job runs in a mount namespace where the ledger,
+/// the agents' own files, other nodes' state and other jobs' scratch
+/// directories are empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dev_mode_job_cannot_read_the_admin_token_the_ledger_or_other_jobs_output() {
+    let dir = tempdir();
+    let server = DevServer::start(dir.path()).await;
+    let client = server.client().await;
+    assert!(
+        !dir.path().join("admin.token").exists(),
+        "dev mode writes no token file"
+    );
+    let secret = client
+        .submit(JobSpec::new("sh").args([
+            "-c",
+            "echo tenant-secret; mkdir -p private && echo x > private/f; sleep 30",
+        ]))
+        .await
+        .unwrap();
+    let secret = wait_state(&client, &secret.id, allot_sdk::JobState::Running).await;
+    let node = secret.placement.as_ref().unwrap().node.clone();
+    first_line(&server.output_file(&node, &secret.id)).await;
+    let data = dir.path().display().to_string();
+    let other = if node == "dev-1" { "dev-2" } else { "dev-1" };
+    let probe = format!(
+        "ls -A {data}/ledger | wc -l; \
+         cat {data}/agents/{node}/logs/allot-{id}.out 2>&1 | grep -c tenant-secret; \
+         find {data}/agents/{node}/logs {data}/agents/{node}/exits {data}/agents/{node}/run -mindepth 1 | wc -l; \
+         ls -A {data}/agents/{other} | wc -l; \
+         cat {data}/agents/{node}/jobs/{id}/private/f 2>&1 | grep -c x; \
+         echo mine > own && cat own",
+        id = secret.id
+    );
+    let snoop = client
+        .submit(
+            JobSpec::new("sh")
+                .args(["-c", &probe])
+                .node_label("allot.dev/mode", "dev"),
+        )
+        .await
+        .unwrap();
+    let done = wait_final(&client, &snoop.id).await;
+    assert_eq!(done.state(), allot_sdk::JobState::Succeeded, "{}", done.reason);
+    let node2 = done.placement.as_ref().unwrap().node.clone();
+    let out = std::fs::read_to_string(server.output_file(&node2, &snoop.id)).unwrap();
+    let lines: Vec<&str> = out.lines().map(str::trim).collect();
+    if node2 == node {
+        // Same node: its ledger, logs and the other job's scratch are empty.
+        assert_eq!(lines, ["0", "0", "0", "0", "0", "mine"], "{out}");
+    } else {
+        // The other node: the first node's whole state is hidden.
+        assert_eq!(lines[0], "0", "{out}");
+        assert_eq!(lines[1], "0", "{out}");
+        assert_eq!(lines[4], "0", "{out}");
+        assert_eq!(lines[5], "mine", "{out}");
+    }
+    assert!(!out.contains("warning"), "{out}");
+    client.kill(&secret.id, "done").await.unwrap();
+    wait_final(&client, &secret.id).await;
+}

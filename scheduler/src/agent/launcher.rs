@@ -52,6 +52,8 @@ pub struct Launcher {
     /// The `allot` binary that runs `allot supervise`.
     supervisor_exe: PathBuf,
     run_as: Option<RunAs>,
+    /// Paths jobs must not see, beyond the agent's own files.
+    hide: Vec<PathBuf>,
 }
 
 /// Environment variables passed through from the agent to every job.
@@ -174,9 +176,16 @@ impl Launcher {
         events: mpsc::UnboundedSender<LaunchEvent>,
         supervisor_exe: PathBuf,
         run_as: Option<RunAs>,
+        hide: Vec<PathBuf>,
     ) -> std::io::Result<Self> {
-        for sub in ["logs", "jobs", "run", "exits"] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m));
+        // The agent's files are its own: a job can reach its scratch dir
+        // (0711 on the way), and nothing else of them.
+        mode(&state_dir, 0o711)?;
+        for (sub, m) in [("logs", 0o700), ("jobs", 0o711), ("run", 0o700), ("exits", 0o700)] {
             std::fs::create_dir_all(state_dir.join(sub))?;
+            mode(&state_dir.join(sub), m)?;
         }
         Ok(Launcher {
             state_dir,
@@ -185,6 +194,7 @@ impl Launcher {
             events,
             supervisor_exe,
             run_as,
+            hide,
         })
     }
 
@@ -253,6 +263,12 @@ impl Launcher {
             grace_ms: order.grace_period_ms.max(0) as u64,
             run_as: self.run_as,
             node: self.node.clone(),
+            hide: ["logs", "run", "exits", "fence"]
+                .iter()
+                .map(|p| self.state_dir.join(p))
+                .chain(self.hide.iter().cloned())
+                .collect(),
+            jobs_dir: Some(self.state_dir.join("jobs")),
         };
         let started = std::fs::create_dir_all(&dir)
             .and_then(|_| {

@@ -51,6 +51,9 @@ pub struct AgentConfig {
     pub supervisor_exe: PathBuf,
     /// Run jobs as this user instead of the agent's own.
     pub run_as: Option<supervisor::RunAs>,
+    /// Paths no job may see, beyond the agent's own files (the dev server
+    /// hides its ledger and the other agents' state).
+    pub hide: Vec<PathBuf>,
 }
 
 /// The machine's CPU count, in milli-cores.
@@ -165,6 +168,7 @@ pub async fn run(config: AgentConfig, mut shutdown: watch::Receiver<bool>) -> an
         ev_tx,
         config.supervisor_exe.clone(),
         config.run_as,
+        config.hide.clone(),
     )
     .with_context(|| format!("cannot prepare state dir {}", config.state_dir.display()))?;
     // Jobs a previous agent left running go on under their supervisors.

@@ -59,6 +59,15 @@ pub struct SuperviseSpec {
     #[serde(default)]
     pub run_as: Option<RunAs>,
     pub node: String,
+    /// Paths the job must not see (the agent's own files, the controller's
+    /// data): in the job's mount namespace a directory is an empty
+    /// read-only tmpfs and a file is `/dev/null`.
+    #[serde(default)]
+    pub hide: Vec<PathBuf>,
+    /// The directory of every job's scratch directory: hidden too, but for
+    /// the job's own.
+    #[serde(default)]
+    pub jobs_dir: Option<PathBuf>,
 }
 
 /// A user to run jobs as.
@@ -184,6 +193,186 @@ pub fn write_fence(path: &Path, deadline_mono_ms: u64) -> std::io::Result<()> {
     write_atomically(path, &serde_json::to_vec(&f).expect("serializable"))
 }
 
+/// What the job's process does between fork and exec to keep the node's
+/// private files out of its reach: a mount namespace of its own (with a
+/// user namespace of its own when the supervisor is not root) in which
+/// they are covered, then the job's user. Everything is prepared before
+/// the fork; the child only makes system calls.
+struct Isolation {
+    user_ns: Option<(std::ffi::CString, std::ffi::CString)>,
+    hide_dirs: Vec<std::ffi::CString>,
+    hide_files: Vec<std::ffi::CString>,
+    /// The jobs dir and the job's own scratch dir inside it.
+    scratch: Option<(std::ffi::CString, std::ffi::CString)>,
+}
+
+/// The error a child reports when it could not isolate itself: the spawn
+/// is tried again without (and the job's output says so).
+const ISOLATION_FAILED: i32 = nix::libc::ENOTRECOVERABLE;
+
+fn cstr(p: &Path) -> Option<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(p.as_os_str().as_bytes()).ok()
+}
+
+impl Isolation {
+    fn prepare(spec: &SuperviseSpec, scratch: Option<&Path>) -> Option<Isolation> {
+        if spec.hide.is_empty() && spec.jobs_dir.is_none() {
+            return None;
+        }
+        let euid = nix::unistd::geteuid();
+        let egid = nix::unistd::getegid();
+        let user_ns = (!euid.is_root()).then(|| {
+            (
+                std::ffi::CString::new(format!("{euid} {euid} 1")).expect("no NUL"),
+                std::ffi::CString::new(format!("{egid} {egid} 1")).expect("no NUL"),
+            )
+        });
+        let (mut hide_dirs, mut hide_files) = (Vec::new(), Vec::new());
+        for p in &spec.hide {
+            match std::fs::metadata(p) {
+                Ok(m) if m.is_dir() => hide_dirs.extend(cstr(p)),
+                Ok(_) => hide_files.extend(cstr(p)),
+                Err(_) => {}
+            }
+        }
+        let scratch = match (&spec.jobs_dir, scratch) {
+            (Some(jobs), Some(own)) if jobs.is_dir() && own.starts_with(jobs) => {
+                Some((cstr(jobs)?, cstr(own)?))
+            }
+            (Some(jobs), _) if jobs.is_dir() => {
+                hide_dirs.extend(cstr(jobs));
+                None
+            }
+            _ => None,
+        };
+        Some(Isolation {
+            user_ns,
+            hide_dirs,
+            hide_files,
+            scratch,
+        })
+    }
+
+    /// In the child, before exec. Only system calls.
+    fn apply(&self) -> std::io::Result<()> {
+        use nix::libc;
+        let fail = || std::io::Error::from_raw_os_error(ISOLATION_FAILED);
+        // SAFETY: plain system calls on NUL-terminated strings prepared
+        // before the fork.
+        unsafe {
+            let write_file = |path: &[u8], data: &[u8]| -> bool {
+                let fd = libc::open(path.as_ptr().cast(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return false;
+                }
+                let ok = libc::write(fd, data.as_ptr().cast(), data.len()) == data.len() as isize;
+                libc::close(fd);
+                ok
+            };
+            match &self.user_ns {
+                Some((uid_map, gid_map)) => {
+                    if libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS) != 0
+                        || !write_file(b"/proc/self/setgroups\0", b"deny")
+                        || !write_file(b"/proc/self/uid_map\0", uid_map.as_bytes())
+                        || !write_file(b"/proc/self/gid_map\0", gid_map.as_bytes())
+                    {
+                        return Err(fail());
+                    }
+                }
+                None => {
+                    if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                        return Err(fail());
+                    }
+                }
+            }
+            let null = std::ptr::null::<libc::c_char>();
+            if libc::mount(
+                null,
+                c"/".as_ptr(),
+                null,
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ) != 0
+            {
+                return Err(fail());
+            }
+            let tmpfs = c"tmpfs".as_ptr();
+            let ro = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_RDONLY;
+            for d in &self.hide_dirs {
+                if libc::mount(tmpfs, d.as_ptr(), tmpfs, ro, c"size=4k,mode=0555".as_ptr().cast()) != 0 {
+                    return Err(fail());
+                }
+            }
+            for f in &self.hide_files {
+                if libc::mount(
+                    c"/dev/null".as_ptr(),
+                    f.as_ptr(),
+                    null,
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ) != 0
+                {
+                    return Err(fail());
+                }
+            }
+            if let Some((jobs, own)) = &self.scratch {
+                // Cover every job's scratch dir, then bring back this one's
+                // through a descriptor opened before it was covered (in this
+                // namespace: a bind mount takes no source from another).
+                let fd = libc::open(own.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(fail());
+                }
+                let mut src = *b"/proc/self/fd/\0\0\0\0\0\0\0\0\0\0\0";
+                let mut n = fd as u32;
+                let mut digits = [0u8; 10];
+                let mut len = 0;
+                loop {
+                    digits[len] = b'0' + (n % 10) as u8;
+                    len += 1;
+                    n /= 10;
+                    if n == 0 {
+                        break;
+                    }
+                }
+                for i in 0..len {
+                    src[14 + i] = digits[len - 1 - i];
+                }
+                let rw = libc::MS_NOSUID | libc::MS_NODEV;
+                if libc::mount(
+                    tmpfs,
+                    jobs.as_ptr(),
+                    tmpfs,
+                    rw,
+                    c"size=4k,mode=0711".as_ptr().cast(),
+                ) != 0
+                    || libc::mkdir(own.as_ptr(), 0o700) != 0
+                    || libc::mount(
+                        src.as_ptr().cast(),
+                        own.as_ptr(),
+                        null,
+                        libc::MS_BIND,
+                        std::ptr::null(),
+                    ) != 0
+                    || libc::mount(
+                        null,
+                        jobs.as_ptr(),
+                        null,
+                        libc::MS_REMOUNT | libc::MS_RDONLY | rw,
+                        std::ptr::null(),
+                    ) != 0
+                    || libc::chdir(own.as_ptr()) != 0
+                {
+                    return Err(fail());
+                }
+                libc::close(fd);
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Signals a process group, ignoring "no such process".
 fn signal_group(pgid: i32, sig: Signal) {
     let _ = killpg(Pid::from_raw(pgid), sig);
@@ -268,13 +457,18 @@ pub fn main(dir: &Path) -> i32 {
     0
 }
 
-/// Leaves a line where `allot logs` shows it.
-fn note(spec: &SuperviseSpec, msg: &str) {
-    if let Ok(mut f) = std::fs::OpenOptions::new()
+fn open_output(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(&spec.output)
-    {
+        .mode(0o600)
+        .open(path)
+}
+
+/// Leaves a line where `allot logs` shows it.
+fn note(spec: &SuperviseSpec, msg: &str) {
+    if let Ok(mut f) = open_output(&spec.output) {
         let _ = writeln!(f, "allot: {msg}");
     }
 }
@@ -306,6 +500,10 @@ async fn supervise(dir: &Path, spec: &SuperviseSpec) -> pb::JobExited {
             if let Err(e) = std::fs::create_dir_all(&spec.scratch) {
                 return failed(format!("cannot create the job's scratch directory: {e}"));
             }
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let _ = std::fs::set_permissions(&spec.scratch, std::fs::Permissions::from_mode(0o700));
+            }
             if let Some(u) = spec.run_as {
                 let _ = nix::unistd::chown(
                     &spec.scratch,
@@ -324,43 +522,66 @@ async fn supervise(dir: &Path, spec: &SuperviseSpec) -> pb::JobExited {
             ));
         }
     };
-    let out = match std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&spec.output)
-    {
-        Ok(f) => f,
-        Err(e) => return failed(format!("cannot open the job's output file: {e}")),
-    };
-    let err = match out.try_clone() {
-        Ok(f) => f,
-        Err(e) => return failed(format!("cannot open the job's output file: {e}")),
-    };
+    // The output file is the agent's (0600): the job writes it through the
+    // descriptors it is given, and cannot open it, nor another job's.
+    if let Err(e) = open_output(&spec.output) {
+        return failed(format!("cannot open the job's output file: {e}"));
+    }
     let program = resolve_program(&spec.command, &spec.env, &workdir);
-    let mut cmd = tokio::process::Command::new(program.as_deref().unwrap_or(Path::new(&spec.command)));
-    cmd.arg0(&spec.command)
-        .args(&spec.args)
-        .current_dir(&workdir)
-        .env_clear()
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(out))
-        .stderr(Stdio::from(err))
-        .process_group(0)
-        .kill_on_drop(false);
-    if let Some(u) = spec.run_as {
-        cmd.uid(u.uid).gid(u.gid);
-    }
-    // The job dies with its supervisor, whatever kills it.
-    // SAFETY: prctl is async-signal-safe; nothing else runs in the child.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
-            Ok(())
-        });
-    }
-    let mut child = match cmd.spawn() {
+    let own_scratch = spec.working_dir.is_none().then_some(workdir.as_path());
+    let isolation = Isolation::prepare(spec, own_scratch).map(std::sync::Arc::new);
+    let spawn = |isolation: Option<std::sync::Arc<Isolation>>| {
+        let out = open_output(&spec.output)?;
+        let err = out.try_clone()?;
+        let mut cmd = tokio::process::Command::new(program.as_deref().unwrap_or(Path::new(&spec.command)));
+        cmd.arg0(&spec.command)
+            .args(&spec.args)
+            .current_dir(&workdir)
+            .env_clear()
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .process_group(0)
+            .kill_on_drop(false);
+        let run_as = spec.run_as;
+        // SAFETY: only system calls between fork and exec (the strings are
+        // prepared before).
+        unsafe {
+            cmd.pre_exec(move || {
+                // The namespace first (it takes privileges), then the user.
+                if let Some(i) = &isolation {
+                    i.apply()?;
+                }
+                if let Some(u) = run_as {
+                    let gid = nix::libc::gid_t::from(u.gid);
+                    if nix::libc::setgroups(1, &gid) != 0
+                        || nix::libc::setgid(u.gid) != 0
+                        || nix::libc::setuid(u.uid) != 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                // The job dies with its supervisor, whatever kills it (set
+                // after the change of user, which would clear it).
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
+                Ok(())
+            });
+        }
+        cmd.spawn()
+    };
+    let mut child = match spawn(isolation.clone()) {
         Ok(c) => c,
+        Err(e) if isolation.is_some() && e.raw_os_error() == Some(ISOLATION_FAILED) => {
+            note(
+                spec,
+                "warning: this node cannot give the job a mount namespace of its own; it can see the node's private files",
+            );
+            match spawn(None) {
+                Ok(c) => c,
+                Err(e) => return failed(format!("cannot run {:?}: {e}", spec.command)),
+            }
+        }
         Err(e) => return failed(format!("cannot run {:?}: {e}", spec.command)),
     };
     let spawned = std::time::Instant::now();

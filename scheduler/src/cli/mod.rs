@@ -427,6 +427,16 @@ pub struct AgentArgs {
     /// Grace period for jobs when the agent shuts down.
     #[arg(long, default_value = "10s")]
     pub shutdown_grace: String,
+    /// Run jobs as this user (name or uid) instead of the agent's; the
+    /// agent must run as root. Its own files (output, exit reports, leases)
+    /// stay unreadable to jobs; see docs/operations.md#running-jobs-as-another-user.
+    #[arg(long, value_name = "USER")]
+    pub run_as: Option<String>,
+    /// A path jobs must not see (repeatable): in each job's mount namespace
+    /// a directory is empty and a file is /dev/null. The agent's own files
+    /// are always hidden.
+    #[arg(long, value_name = "PATH")]
+    pub hide: Vec<PathBuf>,
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
 }

@@ -104,6 +104,7 @@ async fn server(a: &ServerArgs) -> anyhow::Result<i32> {
             ..EngineConfig::default()
         },
         plugins,
+        write_admin_token: true,
     };
     let controller = Controller::start(config).await?;
     // A machine-readable line, for scripts and tests that bind port 0.
@@ -159,7 +160,8 @@ async fn agent(a: &AgentArgs, token: Option<&str>) -> anyhow::Result<i32> {
         shutdown_grace: Duration::from_millis(millis("--shutdown-grace", &a.shutdown_grace)?.0),
         supervisor_exe: std::env::current_exe()
             .context("cannot find the allot binary for job supervisors")?,
-        run_as: None,
+        run_as: a.run_as.as_deref().map(run_as_user).transpose()?,
+        hide: a.hide.clone(),
     };
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(agent::run(config, stopped));
@@ -170,6 +172,23 @@ async fn agent(a: &AgentArgs, token: Option<&str>) -> anyhow::Result<i32> {
     }
     task.await??;
     Ok(0)
+}
+
+/// `--run-as USER`: the user (and its primary group) jobs run as.
+fn run_as_user(name: &str) -> anyhow::Result<crate::agent::supervisor::RunAs> {
+    let user = match name.parse::<u32>() {
+        Ok(uid) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)),
+        Err(_) => nix::unistd::User::from_name(name),
+    }
+    .with_context(|| format!("--run-as {name}: cannot look the user up"))?
+    .with_context(|| format!("--run-as {name}: no such user"))?;
+    if !nix::unistd::geteuid().is_root() && user.uid != nix::unistd::geteuid() {
+        anyhow::bail!("--run-as {name}: only an agent running as root can run jobs as another user");
+    }
+    Ok(crate::agent::supervisor::RunAs {
+        uid: user.uid.as_raw(),
+        gid: user.gid.as_raw(),
+    })
 }
 
 /// `allot ledger check --data-dir`: opens the ledger itself (the server must
