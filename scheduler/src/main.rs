@@ -8,7 +8,11 @@ fn main() {
     // A job's supervisor (started by an agent) runs before anything else:
     // no argument parsing, no tracing, no thread pool.
     let mut args = std::env::args_os();
-    if args.nth(1).is_some_and(|a| a == "supervise") {
+    let first = args.nth(1);
+    if first.as_ref().is_some_and(|a| a == "zygote") {
+        std::process::exit(allot_scheduler::agent::supervisor::zygote());
+    }
+    if first.is_some_and(|a| a == "supervise") {
         let code = match args.next() {
             Some(dir) => allot_scheduler::agent::supervisor::main(std::path::Path::new(&dir)),
             None => {

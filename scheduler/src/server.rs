@@ -309,7 +309,7 @@ pub async fn run_dev(
         .await?;
 
     let supervisor_exe =
-        std::env::current_exe().context("cannot find the allot binary for job supervisors")?;
+        crate::agent::supervisor_exe().context("cannot find the allot binary for job supervisors")?;
     let (stop_agents, agents_stopped) = watch::channel(false);
     let mut agent_tasks = Vec::new();
     let fleet = dev_fleet();

@@ -653,7 +653,7 @@ async fn a_dev_mode_job_cannot_read_the_admin_token_the_ledger_or_other_jobs_out
     let secret = client
         .submit(JobSpec::new("sh").args([
             "-c",
-            "echo tenant-secret; mkdir -p private && echo x > private/f; sleep 30",
+            "echo tenant-secret; mkdir -p private && echo private-x > private/f; sleep 30",
         ]))
         .await
         .unwrap();
@@ -664,37 +664,41 @@ async fn a_dev_mode_job_cannot_read_the_admin_token_the_ledger_or_other_jobs_out
     let other = if node == "dev-1" { "dev-2" } else { "dev-1" };
     let probe = format!(
         "ls -A {data}/ledger | wc -l; \
-         cat {data}/agents/{node}/logs/allot-{id}.out 2>&1 | grep -c tenant-secret; \
-         find {data}/agents/{node}/logs {data}/agents/{node}/exits {data}/agents/{node}/run -mindepth 1 | wc -l; \
-         ls -A {data}/agents/{other} | wc -l; \
-         cat {data}/agents/{node}/jobs/{id}/private/f 2>&1 | grep -c x; \
+         cat {data}/agents/{node}/logs/allot-{id}.out 2>/dev/null | grep -c '^tenant-secret$'; \
+         find {data}/agents/{node}/logs {data}/agents/{node}/run -mindepth 1 2>/dev/null | wc -l; \
+         find {data}/agents/{other}/logs {data}/agents/{other}/run -mindepth 1 2>/dev/null | wc -l; \
+         cat {data}/agents/{node}/jobs/{id}/private/f 2>/dev/null | grep -c '^private-x$'; \
          echo mine > own && cat own",
         id = secret.id
     );
-    let snoop = client
-        .submit(
-            JobSpec::new("sh")
-                .args(["-c", &probe])
-                .node_label("allot.dev/mode", "dev"),
-        )
-        .await
-        .unwrap();
-    let done = wait_final(&client, &snoop.id).await;
-    assert_eq!(done.state(), allot_sdk::JobState::Succeeded, "{}", done.reason);
-    let node2 = done.placement.as_ref().unwrap().node.clone();
-    let out = std::fs::read_to_string(server.output_file(&node2, &snoop.id)).unwrap();
-    let lines: Vec<&str> = out.lines().map(str::trim).collect();
-    if node2 == node {
-        // Same node: its ledger, logs and the other job's scratch are empty.
-        assert_eq!(lines, ["0", "0", "0", "0", "0", "mine"], "{out}");
-    } else {
-        // The other node: the first node's whole state is hidden.
-        assert_eq!(lines[0], "0", "{out}");
-        assert_eq!(lines[1], "0", "{out}");
-        assert_eq!(lines[4], "0", "{out}");
-        assert_eq!(lines[5], "mine", "{out}");
+    // From the same node, then (with it drained) from the other one.
+    let admin = server.admin().await;
+    for drain in [false, true] {
+        if drain {
+            admin.drain(&node, "snoop from the other node").await.unwrap();
+        }
+        let snoop = client
+            .submit(
+                JobSpec::new("sh")
+                    .args(["-c", &probe])
+                    .node_label("allot.dev/mode", "dev"),
+            )
+            .await
+            .unwrap();
+        let done = wait_final(&client, &snoop.id).await;
+        assert_eq!(done.state(), allot_sdk::JobState::Succeeded, "{}", done.reason);
+        let node2 = done.placement.as_ref().unwrap().node.clone();
+        assert_eq!(node2 != node, drain);
+        let out = std::fs::read_to_string(server.output_file(&node2, &snoop.id)).unwrap();
+        let lines: Vec<&str> = out.lines().map(str::trim).collect();
+        // The ledger, the node's logs, run files and the other node's state
+        // are empty; the other job's scratch is not there; its own is.
+        assert_eq!(
+            lines,
+            ["0", "0", "0", "0", "0", "mine"],
+            "from {node2} on {node}: {out}"
+        );
     }
-    assert!(!out.contains("warning"), "{out}");
     client.kill(&secret.id, "done").await.unwrap();
     wait_final(&client, &secret.id).await;
 }

@@ -219,9 +219,12 @@ pub async fn wait_gone(pid: i32) {
     }
 }
 
+/// A test's own dir (kept after the test with `ALLOT_E2E_KEEP=1`, to read
+/// its logs).
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::Builder::new()
         .prefix("allot-e2e-")
+        .disable_cleanup(std::env::var_os("ALLOT_E2E_KEEP").is_some())
         .tempdir()
         .expect("temp dir")
 }

@@ -13,6 +13,8 @@ use std::collections::HashMap;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use allot_proto::v1 as pb;
@@ -23,9 +25,11 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::supervisor::{
-    self, MARKER, RunAs, STARTED_LINE, StopOrder, SuperviseSpec, SupervisorState, exit_file, mono_ms,
+    self, RunAs, STARTED_LINE, StopOrder, SuperviseSpec, SupervisorState, exit_file, mono_ms, start_ticks,
 };
 use crate::domain::UnixMillis;
+use std::sync::atomic::AtomicI32;
+use tokio::io::AsyncWriteExt;
 
 /// What the launcher reports to the agent loop.
 #[derive(Debug)]
@@ -38,9 +42,13 @@ struct Running {
     attempt: u32,
     /// When it was launched, by `CLOCK_MONOTONIC` (ms).
     launched_mono_ms: u64,
-    /// Its run dir (`run/<job>.<attempt>`).
+    /// Where its files are (`run/<job>.<attempt>`).
     dir: PathBuf,
-    supervisor_pid: i32,
+    /// 0 until the zygote has forked it.
+    supervisor_pid: Arc<AtomicI32>,
+    /// The supervisor has said the job runs (it takes stop signals from
+    /// then on; a stop ordered before is signalled when it says so).
+    started: Arc<AtomicBool>,
 }
 
 /// The jobs this node runs now.
@@ -54,6 +62,61 @@ pub struct Launcher {
     run_as: Option<RunAs>,
     /// Paths jobs must not see, beyond the agent's own files.
     hide: Vec<PathBuf>,
+    /// The process that forks supervisors (started on the first launch).
+    zygote: Option<Zygote>,
+    /// Where the lines supervisors print go: to their launch's task.
+    routes: Routes,
+}
+
+struct Zygote {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+}
+
+/// What a supervisor (or the zygote, about one) says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum SupLine {
+    Forked { pid: i32, ticks: u64 },
+    Started { pid: i32, at: i64 },
+    Failed(String),
+}
+
+type Routes = Arc<std::sync::Mutex<HashMap<String, mpsc::UnboundedSender<SupLine>>>>;
+
+fn parse_line(line: &str) -> Option<(String, SupLine)> {
+    let mut f = line.splitn(3, ' ');
+    let (kind, key, rest) = (f.next()?, f.next()?, f.next().unwrap_or(""));
+    let mut nums = rest.split_whitespace();
+    let line = match kind {
+        "forked" => SupLine::Forked {
+            pid: nums.next()?.parse().ok()?,
+            ticks: nums.next().and_then(|t| t.parse().ok()).unwrap_or(0),
+        },
+        k if k == STARTED_LINE => SupLine::Started {
+            pid: nums.next()?.parse().ok()?,
+            at: nums
+                .next()
+                .and_then(|t| t.parse().ok())
+                .unwrap_or_else(|| UnixMillis::now().0 as i64),
+        },
+        "failed" => SupLine::Failed(rest.to_string()),
+        _ => return None,
+    };
+    Some((key.to_string(), line))
+}
+
+/// Reads supervisors' lines from `out` and hands each to its launch.
+fn route_lines(out: tokio::process::ChildStdout, routes: Routes) {
+    tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(out).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some((key, l)) = parse_line(&line)
+                && let Some(tx) = routes.lock().unwrap_or_else(|e| e.into_inner()).get(&key)
+            {
+                let _ = tx.send(l);
+            }
+        }
+    });
 }
 
 /// Environment variables passed through from the agent to every job.
@@ -61,8 +124,8 @@ const PASS_ENV: &[&str] = &[
     "PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TERM", "SHELL", "TMPDIR", "TZ",
 ];
 
-/// A job part's run dir: `run/<job>.<attempt>`.
-fn run_dir(state_dir: &Path, job: &str, attempt: u32) -> PathBuf {
+/// A job part's files are beside `run/<job>.<attempt>` (`.json`, `.stop`).
+fn run_base(state_dir: &Path, job: &str, attempt: u32) -> PathBuf {
     state_dir.join("run").join(format!("{job}.{attempt}"))
 }
 
@@ -121,20 +184,25 @@ async fn wait_for_exit(pid: i32, pidfd: Option<OwnedFd>) {
 /// nobody watches it any more.
 fn take_exit(
     state_dir: &Path,
-    dir: &Path,
+    base: &Path,
     job: &str,
     attempt: u32,
     started: Option<SupervisorState>,
 ) -> pb::JobExited {
     use prost::Message;
-    let path = exit_file(&exits_dir(state_dir), job, attempt);
-    if let Ok(e) = std::fs::read(&path)
+    let run = supervisor::read_run_file(base);
+    if let Some(e) = run.as_ref().and_then(|r| r.exit.clone()) {
+        return e;
+    }
+    // An exit report of an older agent's layout.
+    let legacy = exit_file(&exits_dir(state_dir), job, attempt);
+    if let Ok(e) = std::fs::read(&legacy)
         .map_err(|_| ())
         .and_then(|b| pb::JobExited::decode(b.as_slice()).map_err(|_| ()))
     {
         return e;
     }
-    let started = started.or_else(|| read_state(dir));
+    let started = started.or_else(|| run.and_then(|r| r.state));
     if let Some(s) = started
         && process_has_env(s.job_pid, "ALLOT_JOB_ID", job)
     {
@@ -143,7 +211,7 @@ fn take_exit(
     let (kind, message) = match started {
         None => (
             pb::ExitKind::LaunchFailed,
-            "its supervisor ended before starting it (see supervisor.log in its run dir)".to_string(),
+            "its supervisor ended before starting it (see the agent's log)".to_string(),
         ),
         Some(_) => (
             pb::ExitKind::Signaled,
@@ -161,12 +229,87 @@ fn take_exit(
         runtime_ms: started.map(|s| mono_ms().saturating_sub(s.started_mono_ms) as i64),
         ended_ms_ago: None,
     };
-    let _ = supervisor::write_exit(&exits_dir(state_dir), &e);
+    let _ = supervisor::record_exit(base, &e);
     e
 }
 
-fn read_state(dir: &Path) -> Option<SupervisorState> {
-    serde_json::from_slice(&std::fs::read(supervisor::state_file(dir)).ok()?).ok()
+fn read_state(base: &Path) -> Option<SupervisorState> {
+    supervisor::read_run_file(base)?.state
+}
+
+/// Follows one launch: the supervisor forked, the job started (reported,
+/// and a stop ordered meanwhile signalled), the supervisor ended. Returns
+/// an exit only when there is no supervisor to read one from.
+async fn watch_supervisor(
+    mut rx: mpsc::UnboundedReceiver<SupLine>,
+    base: &Path,
+    supervisor_pid: &AtomicI32,
+    started: &AtomicBool,
+    events: &mpsc::UnboundedSender<LaunchEvent>,
+    order: &pb::LaunchJob,
+) -> Option<pb::JobExited> {
+    let failed = |msg: String| pb::JobExited {
+        job_id: order.job_id.clone(),
+        attempt: order.attempt,
+        kind: pb::ExitKind::LaunchFailed as i32,
+        message: msg,
+        agent_time_unix_ms: UnixMillis::now().0 as i64,
+        ..Default::default()
+    };
+    // The supervisor may say the job started before the zygote has said it
+    // forked it (the child can run first): keep that line for after.
+    let mut early = None;
+    let (pid, ticks) = loop {
+        match tokio::time::timeout(Duration::from_secs(30), rx.recv()).await {
+            Ok(Some(SupLine::Forked { pid, ticks })) => break (pid, ticks),
+            Ok(Some(SupLine::Failed(why))) => return Some(failed(why)),
+            Ok(Some(started @ SupLine::Started { .. })) => early = Some(started),
+            Ok(None) | Err(_) => return Some(failed("its supervisor did not start".into())),
+        }
+    };
+    supervisor_pid.store(pid, Ordering::SeqCst);
+    // Still that process (not a reused pid) once the pidfd pins it.
+    let fd = pidfd_open(pid).filter(|_| ticks == 0 || start_ticks(pid) == Some(ticks));
+    let on_start = |pid_job: i32, at: i64| {
+        started.store(true, Ordering::SeqCst);
+        // A stop ordered before it ran is signalled now.
+        if supervisor::stop_file(base).exists() {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGUSR1);
+        }
+        info!(job = %order.job_id, pid = pid_job, "job process started");
+        let _ = events.send(LaunchEvent::Started(pb::JobStarted {
+            job_id: order.job_id.clone(),
+            attempt: order.attempt,
+            pid: pid_job,
+            agent_time_unix_ms: at,
+        }));
+    };
+    if let Some(SupLine::Started { pid: job_pid, at }) = early {
+        on_start(job_pid, at);
+    }
+    if let Some(fd) = fd {
+        let exited = wait_for_exit(pid, Some(fd));
+        tokio::pin!(exited);
+        loop {
+            tokio::select! {
+                line = rx.recv() => match line {
+                    Some(SupLine::Started { pid: job_pid, at }) if !started.load(Ordering::SeqCst) => on_start(job_pid, at),
+                    Some(_) => {}
+                    None => break,
+                },
+                _ = &mut exited => break,
+            }
+        }
+    }
+    // Its last line may come after its end.
+    while let Ok(line) = rx.try_recv() {
+        if let SupLine::Started { pid: job_pid, at } = line
+            && !started.load(Ordering::SeqCst)
+        {
+            on_start(job_pid, at);
+        }
+    }
+    None
 }
 
 impl Launcher {
@@ -183,7 +326,7 @@ impl Launcher {
         // The agent's files are its own: a job can reach its scratch dir
         // (0711 on the way), and nothing else of them.
         mode(&state_dir, 0o711)?;
-        for (sub, m) in [("logs", 0o700), ("jobs", 0o711), ("run", 0o700), ("exits", 0o700)] {
+        for (sub, m) in [("logs", 0o700), ("jobs", 0o711), ("run", 0o700)] {
             std::fs::create_dir_all(state_dir.join(sub))?;
             mode(&state_dir.join(sub), m)?;
         }
@@ -195,6 +338,8 @@ impl Launcher {
             supervisor_exe,
             run_as,
             hide,
+            zygote: None,
+            routes: Arc::new(std::sync::Mutex::new(HashMap::new())),
         })
     }
 
@@ -225,24 +370,26 @@ impl Launcher {
         }
     }
 
-    /// The controller has recorded the exit: its report and run dir go.
+    /// The controller has recorded the exit: the job part's files go.
     pub fn acknowledged(&self, job_id: &str, attempt: u32) {
         let _ = std::fs::remove_file(exit_file(&exits_dir(&self.state_dir), job_id, attempt));
         if self.running.get(job_id).is_none_or(|r| r.attempt != attempt) {
-            let _ = std::fs::remove_dir_all(run_dir(&self.state_dir, job_id, attempt));
+            let base = run_base(&self.state_dir, job_id, attempt);
+            let _ = std::fs::remove_file(supervisor::run_file(&base));
+            let _ = std::fs::remove_file(supervisor::stop_file(&base));
         }
     }
 
     /// Starts a job under a supervisor. Reports `Started` (unless it could
     /// not start), then `Exited`.
-    pub fn launch(&mut self, order: pb::LaunchJob) {
+    pub async fn launch(&mut self, order: pb::LaunchJob) {
         if let Some(r) = self.running.get(&order.job_id)
             && r.attempt == order.attempt
         {
             warn!(job = %order.job_id, "launch order repeated; the job already runs");
             return;
         }
-        let dir = run_dir(&self.state_dir, &order.job_id, order.attempt);
+        let dir = run_base(&self.state_dir, &order.job_id, order.attempt);
         let output = self.output_path(&order.job_id);
         let ctx = JobContext {
             output: output.clone(),
@@ -257,7 +404,6 @@ impl Launcher {
             working_dir: (!order.working_dir.is_empty()).then(|| PathBuf::from(&order.working_dir)),
             scratch: self.state_dir.join("jobs").join(&order.job_id),
             output,
-            exits_dir: exits_dir(&self.state_dir),
             fence_file: fence_file(&self.state_dir),
             time_limit_ms: order.time_limit_ms.map(|ms| ms.max(0) as u64),
             grace_ms: order.grace_period_ms.max(0) as u64,
@@ -270,110 +416,190 @@ impl Launcher {
                 .collect(),
             jobs_dir: Some(self.state_dir.join("jobs")),
         };
-        let started = std::fs::create_dir_all(&dir)
-            .and_then(|_| {
-                supervisor::write_atomically(
-                    &supervisor::spec_file(&dir),
-                    &serde_json::to_vec(&spec).expect("serializable"),
-                )
-            })
-            .and_then(|_| {
-                let log = std::fs::File::create(dir.join("supervisor.log"))?;
-                tokio::process::Command::new(&self.supervisor_exe)
-                    .arg("supervise")
-                    .arg(&dir)
-                    .env_clear()
-                    .env(MARKER, format!("{}.{}", order.job_id, order.attempt))
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::from(log))
-                    .kill_on_drop(false)
-                    .spawn()
-            });
-        let mut child = match started {
-            Ok(c) => c,
-            Err(e) => {
-                let msg = format!("cannot start the job's supervisor: {e}");
-                warn!(job = %order.job_id, "{msg}");
-                let exit = pb::JobExited {
-                    job_id: order.job_id.clone(),
-                    attempt: order.attempt,
-                    kind: pb::ExitKind::LaunchFailed as i32,
-                    message: msg,
-                    agent_time_unix_ms: UnixMillis::now().0 as i64,
-                    ..Default::default()
-                };
-                let _ = supervisor::write_exit(&exits_dir(&self.state_dir), &exit);
-                let _ = self.events.send(LaunchEvent::Exited(exit));
-                return;
-            }
+        let key = format!("{}.{}", order.job_id, order.attempt);
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.routes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.clone(), tx.clone());
+        // Written before the supervisor starts (it reads it once it runs).
+        let written = supervisor::write_spec(&dir, &spec);
+        let asked = match written {
+            Err(e) => Err(e),
+            Ok(()) => self.ask_zygote(&dir).await,
         };
-        let supervisor_pid = child.id().map(|p| p as i32).unwrap_or(0);
+        if let Err(e) = asked {
+            self.routes.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+            let msg = format!("cannot start the job's supervisor: {e}");
+            warn!(job = %order.job_id, "{msg}");
+            let exit = pb::JobExited {
+                job_id: order.job_id.clone(),
+                attempt: order.attempt,
+                kind: pb::ExitKind::LaunchFailed as i32,
+                message: msg,
+                agent_time_unix_ms: UnixMillis::now().0 as i64,
+                ..Default::default()
+            };
+            let _ = supervisor::record_exit(&dir, &exit);
+            let _ = self.events.send(LaunchEvent::Exited(exit));
+            return;
+        }
+        let supervisor_pid = Arc::new(AtomicI32::new(0));
+        let started = Arc::new(AtomicBool::new(false));
         self.running.insert(
             order.job_id.clone(),
             Running {
                 attempt: order.attempt,
                 launched_mono_ms: mono_ms(),
                 dir: dir.clone(),
-                supervisor_pid,
+                supervisor_pid: supervisor_pid.clone(),
+                started: started.clone(),
             },
         );
         let events = self.events.clone();
         let state_dir = self.state_dir.clone();
+        let routes = self.routes.clone();
         tokio::spawn(async move {
-            let stdout = child.stdout.take();
-            if let Some(out) = stdout {
-                let mut lines = tokio::io::BufReader::new(out).lines();
-                if let Ok(Some(line)) = lines.next_line().await
-                    && line == STARTED_LINE
-                {
-                    let state = read_state(&dir);
-                    info!(job = %order.job_id, pid = state.map(|s| s.job_pid).unwrap_or(0), "job process started");
-                    let _ = events.send(LaunchEvent::Started(pb::JobStarted {
-                        job_id: order.job_id.clone(),
-                        attempt: order.attempt,
-                        pid: state.map(|s| s.job_pid).unwrap_or(0),
-                        agent_time_unix_ms: state
-                            .map(|s| s.started_unix_ms as i64)
-                            .unwrap_or_else(|| UnixMillis::now().0 as i64),
-                    }));
-                }
-            }
-            let _ = child.wait().await;
-            let exit = take_exit(&state_dir, &dir, &order.job_id, order.attempt, None);
+            let exit = watch_supervisor(rx, &dir, &supervisor_pid, &started, &events, &order).await;
+            routes.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+            let exit =
+                exit.unwrap_or_else(|| take_exit(&state_dir, &dir, &order.job_id, order.attempt, None));
             info!(job = %order.job_id, kind = exit.kind, code = ?exit.exit_code, signal = ?exit.signal, "job process ended");
             let _ = events.send(LaunchEvent::Exited(exit));
         });
     }
 
+    /// Has the zygote fork a supervisor for the run at `base` (starting the
+    /// zygote, or a new one if it died); without a zygote, starts the
+    /// supervisor as a program of its own.
+    async fn ask_zygote(&mut self, base: &Path) -> std::io::Result<()> {
+        let request = format!("run {}\n", base.display());
+        for _ in 0..2 {
+            if self
+                .zygote
+                .as_mut()
+                .is_none_or(|z| !matches!(z.child.try_wait(), Ok(None)))
+            {
+                self.zygote = self
+                    .start_zygote()
+                    .map_err(|e| warn!("cannot start the supervisor zygote: {e}"))
+                    .ok();
+            }
+            let Some(z) = self.zygote.as_mut() else { break };
+            if z.stdin.write_all(request.as_bytes()).await.is_ok() && z.stdin.flush().await.is_ok() {
+                return Ok(());
+            }
+            self.zygote = None;
+        }
+        // No zygote: a supervisor of its own.
+        let mut child = tokio::process::Command::new(&self.supervisor_exe)
+            .arg("supervise")
+            .arg(base)
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .kill_on_drop(false)
+            .spawn()?;
+        let key = supervisor::key_of(base);
+        let pid = child.id().map(|p| p as i32).unwrap_or(0);
+        if let Some(tx) = self.routes.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            let _ = tx.send(SupLine::Forked {
+                pid,
+                ticks: start_ticks(pid).unwrap_or(0),
+            });
+        }
+        if let Some(out) = child.stdout.take() {
+            route_lines(out, self.routes.clone());
+        }
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+        });
+        Ok(())
+    }
+
+    fn start_zygote(&self) -> std::io::Result<Zygote> {
+        let mut child = tokio::process::Command::new(&self.supervisor_exe)
+            .arg("zygote")
+            .env_clear()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(false)
+            .spawn()?;
+        let stdin = child
+            .stdin
+            .take()
+            .ok_or_else(|| std::io::Error::other("no stdin"))?;
+        if let Some(out) = child.stdout.take() {
+            route_lines(out, self.routes.clone());
+        }
+        Ok(Zygote { child, stdin })
+    }
+
     /// Takes over the supervisors a previous agent on this node left
     /// running: their jobs run on, and their exits are reported when they
     /// come. A job whose supervisor died is killed (nobody could report it).
-    /// Returns the job parts adopted.
-    pub fn adopt(&mut self) -> Vec<(String, u32)> {
+    /// Returns the job parts adopted, and the exits recorded while no
+    /// agent was here (to report).
+    pub fn adopt(&mut self) -> (Vec<(String, u32)>, Vec<pb::JobExited>) {
         let mut adopted = Vec::new();
+        let mut exits = Vec::new();
         let Ok(entries) = std::fs::read_dir(self.state_dir.join("run")) else {
-            return adopted;
+            return (adopted, exits);
         };
         for entry in entries.flatten() {
-            let dir = entry.path();
-            let Some((job, attempt)) = dir
+            let path = entry.path();
+            let name = path
                 .file_name()
                 .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_string();
+            if path.is_dir() {
+                // An older layout's run dir.
+                let _ = std::fs::remove_dir_all(&path);
+                continue;
+            }
+            if name.ends_with(".pid") {
+                // A pid file of an agent from before supervisors: kill its job.
+                reap_legacy(&path);
+                continue;
+            }
+            let Some((job, attempt)) = name
+                .strip_suffix(".json")
                 .and_then(|n| n.rsplit_once('.'))
                 .and_then(|(j, a)| Some((j.to_string(), a.parse::<u32>().ok()?)))
             else {
-                // A pid file of an agent from before supervisors: kill its job.
-                reap_legacy(&dir);
-                continue;
+                continue; // a stop order or a temp file: goes with its job
             };
+            let dir = run_base(&self.state_dir, &job, attempt);
+            // A supervisor still starting (its run file just written) has
+            // not recorded its state yet: give it a moment.
+            let fresh = || {
+                std::fs::metadata(supervisor::run_file(&dir))
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t.elapsed().is_ok_and(|e| e < Duration::from_secs(5)))
+            };
+            for _ in 0..100 {
+                if read_state(&dir).is_some() || !fresh() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let run = supervisor::read_run_file(&dir);
+            if let Some(e) = run.as_ref().and_then(|r| r.exit.clone()) {
+                // Ended while no agent was here: reported at registration
+                // (its file goes once the controller acknowledges it).
+                exits.push(e);
+                continue;
+            }
             let has_exit = exit_file(&exits_dir(&self.state_dir), &job, attempt).exists();
-            let state = read_state(&dir);
+            let state = run.and_then(|r| r.state);
             // The supervisor, if it still runs (checked after the pidfd
             // pins the pid, so it cannot be another process by then).
             let live = state.and_then(|s| {
                 let fd = pidfd_open(s.supervisor_pid);
-                process_has_env(s.supervisor_pid, MARKER, &format!("{job}.{attempt}")).then_some((s, fd))
+                (s.supervisor_start_ticks != 0
+                    && start_ticks(s.supervisor_pid) == Some(s.supervisor_start_ticks))
+                .then_some((s, fd))
             });
             match live {
                 Some((s, fd)) => {
@@ -384,7 +610,8 @@ impl Launcher {
                             attempt,
                             launched_mono_ms: s.started_mono_ms,
                             dir: dir.clone(),
-                            supervisor_pid: s.supervisor_pid,
+                            supervisor_pid: Arc::new(AtomicI32::new(s.supervisor_pid)),
+                            started: Arc::new(AtomicBool::new(true)),
                         },
                     );
                     let events = self.events.clone();
@@ -404,10 +631,11 @@ impl Launcher {
                 None => {
                     let e = take_exit(&self.state_dir, &dir, &job, attempt, state);
                     warn!(%job, attempt, "{}", e.message);
+                    exits.push(e);
                 }
             }
         }
-        adopted
+        (adopted, exits)
     }
 
     /// Stops a job: SIGTERM to its process group, SIGKILL after `grace`
@@ -425,7 +653,14 @@ impl Launcher {
                 if let Err(e) = written {
                     warn!(job = %job_id, "cannot write the stop order: {e}; stopping with the job's own grace");
                 }
-                kill(Pid::from_raw(r.supervisor_pid), Signal::SIGUSR1).is_ok()
+                // Before it runs the job the supervisor is told by the
+                // launch task (which sees the order on file).
+                !r.started.load(Ordering::SeqCst)
+                    || kill(
+                        Pid::from_raw(r.supervisor_pid.load(Ordering::SeqCst)),
+                        Signal::SIGUSR1,
+                    )
+                    .is_ok()
             }
             _ => false,
         }

@@ -56,6 +56,15 @@ pub struct AgentConfig {
     pub hide: Vec<PathBuf>,
 }
 
+/// The program that runs job supervisors: `allot-supervise` beside the
+/// running binary when it is there (it starts much faster), else the
+/// running binary itself (`allot supervise`).
+pub fn supervisor_exe() -> std::io::Result<PathBuf> {
+    let me = std::env::current_exe()?;
+    let small = me.with_file_name("allot-supervise");
+    Ok(if small.is_file() { small } else { me })
+}
+
 /// The machine's CPU count, in milli-cores.
 fn host_cpu() -> MilliCpu {
     let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
@@ -172,7 +181,7 @@ pub async fn run(config: AgentConfig, mut shutdown: watch::Receiver<bool>) -> an
     )
     .with_context(|| format!("cannot prepare state dir {}", config.state_dir.display()))?;
     // Jobs a previous agent left running go on under their supervisors.
-    let adopted = launcher.adopt();
+    let (adopted, ended) = launcher.adopt();
     if !adopted.is_empty() {
         info!(
             count = adopted.len(),
@@ -196,6 +205,10 @@ pub async fn run(config: AgentConfig, mut shutdown: watch::Receiver<bool>) -> an
         unacked: load_exits(&launcher::exits_dir(&config_state_dir))?,
         fence_after: None,
     };
+    for e in ended {
+        info!(job = %e.job_id, "exit from before a restart, to send");
+        state.unacked.insert((e.job_id.clone(), e.attempt), e);
+    }
     let mut backoff = Duration::from_millis(100);
     loop {
         if *shutdown.borrow() {
@@ -217,15 +230,17 @@ pub async fn run(config: AgentConfig, mut shutdown: watch::Receiver<bool>) -> an
     Ok(())
 }
 
-/// Reads the exits not acknowledged yet: written by supervisors (or by
-/// the agent, for a job that could not start), kept until the controller
-/// acknowledges them. A report whose writer died between its fsync and its
+/// Reads the exits not acknowledged yet that an agent of the layout before
+/// run files left in `exits/` (today's are in the run files, see
+/// `supervisor.rs`), kept until the controller acknowledges them. A report whose writer died between its fsync and its
 /// rename (`<job>.<attempt>.pb.tmp.<pid>`, complete) is taken in; one
 /// still being written by a live supervisor is left alone.
 fn load_exits(dir: &std::path::Path) -> anyhow::Result<BTreeMap<(String, u32), pb::JobExited>> {
     use prost::Message;
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut out = BTreeMap::new();
+    if !dir.is_dir() {
+        return Ok(out);
+    }
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)?.flatten().map(|e| e.path()).collect();
     paths.sort();
     for path in paths {
@@ -421,7 +436,7 @@ impl AgentState {
             Msg::Registered(_) => {}
             Msg::Launch(l) => {
                 info!(job = %l.job_id, attempt = l.attempt, "launch order");
-                self.launcher.launch(l);
+                self.launcher.launch(l).await;
             }
             Msg::Stop(s) => {
                 let grace = Duration::from_millis(s.grace_period_ms.max(0) as u64);

@@ -15,13 +15,15 @@
 //!   grace; a later order with a shorter grace shortens the wait) and at
 //!   its time limit.
 //!
-//! Files in the job part's run dir `<state dir>/run/<job>.<attempt>/`:
-//! `spec.json` (written by the agent before the supervisor starts),
-//! `state.json` (the supervisor's and the job's pids, once started),
-//! `stop` (a stop order; the agent writes it, then sends SIGUSR1) and
-//! `supervisor.log`. The supervisor tells the agent that spawned it that the
-//! job started with one line on its stdout; it reports the end only through
-//! the exit report, `<state dir>/exits/<job>.<attempt>.pb`.
+//! A job part's files, beside `<state dir>/run/<job>.<attempt>`: `.json`,
+//! its spec (written by the agent before the supervisor starts) and, once
+//! the job runs, the supervisor's and the job's pids (rewritten in place by
+//! the supervisor); `.stop`, a stop order (the agent writes it, then sends
+//! SIGUSR1). The supervisor tells the agent that spawned it that the job
+//! started with one line on its stdout; it reports the end only through the
+//! exit report, `<state dir>/exits/<job>.<attempt>.pb`. Few files, because
+//! each file made costs an inode per job: at hundreds of jobs a second the
+//! file system's inode allocation shows.
 
 use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
@@ -51,7 +53,6 @@ pub struct SuperviseSpec {
     pub scratch: PathBuf,
     /// Where stdout and stderr go (appended).
     pub output: PathBuf,
-    pub exits_dir: PathBuf,
     pub fence_file: PathBuf,
     pub time_limit_ms: Option<u64>,
     pub grace_ms: u64,
@@ -87,6 +88,10 @@ pub struct SupervisorState {
     /// `CLOCK_MONOTONIC` at the start, in ms (shared by every process of
     /// the machine, so a later agent can tell how long it has run).
     pub started_mono_ms: u64,
+    /// The supervisor's start in clock ticks since boot: a later agent
+    /// checks it before it takes the pid for the supervisor's.
+    #[serde(default)]
+    pub supervisor_start_ticks: u64,
 }
 
 /// A stop order (`stop`).
@@ -104,23 +109,208 @@ pub struct Fence {
     pub deadline_mono_ms: u64,
 }
 
-/// The environment variable that marks a supervisor's process, for an
-/// agent checking that a pid is still the supervisor it was.
-pub const MARKER: &str = "ALLOT_SUPERVISOR";
-
-/// What the supervisor prints on stdout once the job runs.
+/// What the supervisor prints on stdout once the job runs: `started KEY
+/// JOB_PID START_UNIX_MS`, KEY being `<job>.<attempt>`. The zygote prints
+/// `forked KEY PID START_TICKS` for each supervisor it forks, or
+/// `failed KEY REASON`.
 pub const STARTED_LINE: &str = "started";
 
-pub fn spec_file(dir: &Path) -> PathBuf {
-    dir.join("spec.json")
+/// `<job>.<attempt>` of a run base path.
+pub fn key_of(base: &Path) -> String {
+    base.file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .to_string()
 }
 
-pub fn state_file(dir: &Path) -> PathBuf {
-    dir.join("state.json")
+/// When a process started, in clock ticks since boot (`/proc/PID/stat`
+/// field 22): with the pid, it names one process for good (pids are
+/// reused, start times with them are not).
+pub fn start_ticks(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(19)?.parse().ok()
 }
 
-pub fn stop_file(dir: &Path) -> PathBuf {
-    dir.join("stop")
+/// One line to the agent, in one write (lines of several supervisors share
+/// the pipe; a write of less than `PIPE_BUF` is never interleaved).
+fn say(line: &str) {
+    let mut buf = line.as_bytes().to_vec();
+    buf.push(b'\n');
+    // SAFETY: a write of our own buffer to fd 1.
+    let _ = unsafe { nix::libc::write(1, buf.as_ptr().cast(), buf.len()) };
+}
+
+/// `allot-supervise zygote`: started once by an agent, it forks a
+/// supervisor for each `run BASE` line on its stdin. A fork of this small,
+/// single-threaded process costs a tenth of starting a program, so a job's
+/// supervisor adds little to its launch. The supervisors it forks are not
+/// its to wait for (the kernel reaps them: SIGCHLD is ignored here) and
+/// outlive it. It ends when its stdin closes (its agent has gone).
+pub fn zygote() -> i32 {
+    use std::io::BufRead;
+    // SAFETY: setting a signal disposition.
+    unsafe { nix::libc::signal(nix::libc::SIGCHLD, nix::libc::SIG_IGN) };
+    let mut line = String::new();
+    let mut input = std::io::BufReader::new(std::io::stdin());
+    loop {
+        line.clear();
+        match input.read_line(&mut line) {
+            Ok(0) | Err(_) => return 0,
+            Ok(_) => {}
+        }
+        let Some(base) = line.trim_end_matches('\n').strip_prefix("run ") else {
+            continue;
+        };
+        let base = PathBuf::from(base);
+        let key = key_of(&base);
+        // SAFETY: this process is single-threaded (no runtime, no threads).
+        match unsafe { nix::unistd::fork() } {
+            Ok(nix::unistd::ForkResult::Child) => {
+                // SAFETY: plain system calls; the child is single-threaded.
+                unsafe {
+                    nix::libc::signal(nix::libc::SIGCHLD, nix::libc::SIG_DFL);
+                    let null = nix::libc::open(c"/dev/null".as_ptr(), nix::libc::O_RDONLY);
+                    if null >= 0 {
+                        nix::libc::dup2(null, 0);
+                        nix::libc::close(null);
+                    }
+                }
+                std::process::exit(main(&base));
+            }
+            Ok(nix::unistd::ForkResult::Parent { child }) => {
+                let ticks = start_ticks(child.as_raw()).unwrap_or(0);
+                say(&format!("forked {key} {child} {ticks}"));
+            }
+            Err(e) => say(&format!("failed {key} cannot fork a supervisor: {e}")),
+        }
+    }
+}
+
+fn with_suffix(base: &Path, suffix: &str) -> PathBuf {
+    let mut p = base.as_os_str().to_owned();
+    p.push(suffix);
+    PathBuf::from(p)
+}
+
+/// The job part's spec and state: `<base>.json`.
+pub fn run_file(base: &Path) -> PathBuf {
+    with_suffix(base, ".json")
+}
+
+/// A stop order for it: `<base>.stop`.
+pub fn stop_file(base: &Path) -> PathBuf {
+    with_suffix(base, ".stop")
+}
+
+/// An exit report as the run file keeps it (the fields of `JobExited`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitRecord {
+    pub job_id: String,
+    pub attempt: u32,
+    pub kind: i32,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub message: String,
+    pub agent_time_unix_ms: i64,
+    pub runtime_ms: Option<i64>,
+}
+
+impl From<&pb::JobExited> for ExitRecord {
+    fn from(e: &pb::JobExited) -> Self {
+        ExitRecord {
+            job_id: e.job_id.clone(),
+            attempt: e.attempt,
+            kind: e.kind,
+            exit_code: e.exit_code,
+            signal: e.signal,
+            message: e.message.clone(),
+            agent_time_unix_ms: e.agent_time_unix_ms,
+            runtime_ms: e.runtime_ms,
+        }
+    }
+}
+
+impl From<ExitRecord> for pb::JobExited {
+    fn from(e: ExitRecord) -> Self {
+        pb::JobExited {
+            job_id: e.job_id,
+            attempt: e.attempt,
+            kind: e.kind,
+            exit_code: e.exit_code,
+            signal: e.signal,
+            message: e.message,
+            agent_time_unix_ms: e.agent_time_unix_ms,
+            runtime_ms: e.runtime_ms,
+            ended_ms_ago: None,
+        }
+    }
+}
+
+/// One line of a run file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum RunLine {
+    Spec(Box<SuperviseSpec>),
+    State(SupervisorState),
+    Exit(ExitRecord),
+}
+
+/// What a run file says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunFile {
+    pub spec: SuperviseSpec,
+    /// Set by the supervisor once the job runs.
+    pub state: Option<SupervisorState>,
+    /// Set when the job has ended.
+    pub exit: Option<pb::JobExited>,
+}
+
+fn append_line(base: &Path, line: &RunLine, sync: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut bytes = serde_json::to_vec(line).expect("serializable");
+    bytes.push(b'\n');
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(run_file(base))?;
+    f.write_all(&bytes)?;
+    if sync {
+        f.sync_data()?;
+    }
+    Ok(())
+}
+
+/// Starts a run file with the job part's spec (the agent, before it starts
+/// the supervisor).
+pub fn write_spec(base: &Path, spec: &SuperviseSpec) -> std::io::Result<()> {
+    append_line(base, &RunLine::Spec(Box::new(spec.clone())), false)
+}
+
+/// Records the job's end in its run file, durably.
+pub fn record_exit(base: &Path, e: &pb::JobExited) -> std::io::Result<()> {
+    append_line(base, &RunLine::Exit(e.into()), true)
+}
+
+/// Reads a run file (`None` without one, or without its spec). A last line
+/// torn by a power cut is ignored.
+pub fn read_run_file(base: &Path) -> Option<RunFile> {
+    let text = std::fs::read(run_file(base)).ok()?;
+    let (mut spec, mut state, mut exit) = (None, None, None);
+    for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        match serde_json::from_slice::<RunLine>(line) {
+            Ok(RunLine::Spec(s)) => spec = Some(*s),
+            Ok(RunLine::State(s)) => state = Some(s),
+            Ok(RunLine::Exit(e)) => exit = Some(e.into()),
+            Err(_) => {}
+        }
+    }
+    Some(RunFile {
+        spec: spec?,
+        state,
+        exit,
+    })
 }
 
 /// `CLOCK_MONOTONIC` now, in ms.
@@ -139,7 +329,7 @@ pub fn boot_id() -> String {
 
 /// Writes `bytes` to `path` durably and atomically: a temp file named
 /// after this process (so a reader never takes a file another process is
-/// still writing), synced, renamed, and the directory synced.
+/// still writing), synced, then renamed.
 pub fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let file_name = path
         .file_name()
@@ -149,11 +339,9 @@ pub fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+    // No sync of the directory: a rename lost to a power cut leaves the
+    // complete temp file, which the next agent takes in (`load_exits`).
+    std::fs::rename(&tmp, path)
 }
 
 /// Writes a small file atomically (temp file and rename, no sync).
@@ -424,34 +612,27 @@ fn report(
 /// `allot supervise DIR`: runs the job part described in `DIR/spec.json`
 /// to its end, and returns the process's exit code. Called first thing in
 /// `main`, before any thread exists.
-pub fn main(dir: &Path) -> i32 {
+pub fn main(base: &Path) -> i32 {
     // Its own session: the agent's process group or terminal going away
     // does not take the job with it.
     let _ = nix::unistd::setsid();
-    let spec: SuperviseSpec = match std::fs::read(spec_file(dir))
-        .map_err(|e| e.to_string())
-        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-    {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("allot supervise: cannot read {}: {e}", spec_file(dir).display());
-            return 2;
-        }
+    let log = |msg: String| {
+        let _ = writeln!(std::io::stderr(), "allot supervise: {msg}");
+    };
+    let Some(run) = read_run_file(base) else {
+        log(format!("cannot read {}", run_file(base).display()));
+        return 2;
     };
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("allot supervise: cannot start: {e}");
+            log(format!("cannot start: {e}"));
             return 2;
         }
     };
-    let exit = runtime.block_on(supervise(dir, &spec));
-    if let Err(e) = std::fs::create_dir_all(&spec.exits_dir).and_then(|_| write_exit(&spec.exits_dir, &exit))
-    {
-        eprintln!(
-            "allot supervise: cannot write the exit report of job {}: {e}",
-            spec.job_id
-        );
+    let exit = runtime.block_on(supervise(base, &run.spec));
+    if let Err(e) = record_exit(base, &exit) {
+        log(format!("cannot record the end of job {}: {e}", run.spec.job_id));
         return 1;
     }
     0
@@ -478,7 +659,11 @@ fn mono_deadline(deadline_mono_ms: u64) -> tokio::time::Instant {
     tokio::time::Instant::now() + Duration::from_millis(deadline_mono_ms.saturating_sub(mono_ms()))
 }
 
-async fn supervise(dir: &Path, spec: &SuperviseSpec) -> pb::JobExited {
+async fn supervise(base: &Path, spec: &SuperviseSpec) -> pb::JobExited {
+    // Stop orders are caught from the start (SIGUSR1 would end the process
+    // otherwise); the agent sends them only after the "started" line.
+    let mut usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()).ok();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     let failed = |msg: String| {
         note(spec, &msg);
         report(spec, pb::ExitKind::LaunchFailed, None, None, msg, None)
@@ -588,25 +773,24 @@ async fn supervise(dir: &Path, spec: &SuperviseSpec) -> pb::JobExited {
     let pid = child.id().map(|p| p as i32).unwrap_or(0);
     let state = SupervisorState {
         supervisor_pid: std::process::id() as i32,
+        supervisor_start_ticks: start_ticks(std::process::id() as i32).unwrap_or(0),
         job_pid: pid,
         started_unix_ms: UnixMillis::now().0,
         started_mono_ms: mono_ms(),
     };
-    if let Err(e) = write_atomically(
-        &state_file(dir),
-        &serde_json::to_vec(&state).expect("serializable"),
-    ) {
-        eprintln!("allot supervise: cannot write {}: {e}", state_file(dir).display());
+    if let Err(e) = append_line(base, &RunLine::State(state), false) {
+        let _ = writeln!(
+            std::io::stderr(),
+            "allot supervise: cannot record the job's pid: {e}"
+        );
     }
-    // Tell the agent that spawned it (a later agent reads state.json).
-    {
-        let mut stdout = std::io::stdout();
-        let _ = writeln!(stdout, "{STARTED_LINE}");
-        let _ = stdout.flush();
-    }
+    // Tell the agent that started it (a later agent reads the run file).
+    say(&format!(
+        "{STARTED_LINE} {} {pid} {}",
+        key_of(base),
+        state.started_unix_ms
+    ));
 
-    let mut usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()).ok();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     let limit = spec
         .time_limit_ms
         .map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms));
@@ -631,7 +815,7 @@ async fn supervise(dir: &Path, spec: &SuperviseSpec) -> pb::JobExited {
         tokio::select! {
             status = child.wait() => break status,
             _ = async { usr1.as_mut().expect("guarded").recv().await }, if usr1.is_some() => {
-                let grace = std::fs::read(stop_file(dir))
+                let grace = std::fs::read(stop_file(base))
                     .ok()
                     .and_then(|b| serde_json::from_slice::<StopOrder>(&b).ok())
                     .map_or(spec.grace_ms, |o| o.grace_ms);

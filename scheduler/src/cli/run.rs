@@ -158,7 +158,7 @@ async fn agent(a: &AgentArgs, token: Option<&str>) -> anyhow::Result<i32> {
             .transpose()
             .map_err(|e| anyhow::anyhow!("--memory: {e}"))?,
         shutdown_grace: Duration::from_millis(millis("--shutdown-grace", &a.shutdown_grace)?.0),
-        supervisor_exe: std::env::current_exe()
+        supervisor_exe: crate::agent::supervisor_exe()
             .context("cannot find the allot binary for job supervisors")?,
         run_as: a.run_as.as_deref().map(run_as_user).transpose()?,
         hide: a.hide.clone(),

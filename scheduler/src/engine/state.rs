@@ -2104,6 +2104,9 @@ impl Engine {
     fn on_tick(&mut self) {
         let now = self.clock.now();
         self.expire_requests(now);
+        // Log reads whose caller has gone (timed out, cancelled) are not
+        // waited for any longer.
+        self.pending_logs.retain(|_, (_, _, tx)| !tx.is_closed());
         // Agents that went silent without closing their stream.
         let silent: Vec<NodeName> = self
             .agents
