@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build --bin allot
+cargo build --bin allot --bin allot-supervise
 allot="${CARGO_TARGET_DIR:-target}/debug/allot"
 out=$(mktemp -d)
 "$allot" server --dev --listen 127.0.0.1:0 >"$out/server.out" 2>"$out/server.log" &
