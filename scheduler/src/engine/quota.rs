@@ -20,23 +20,48 @@
 //! - **allow** stands until a job of the tenant it did not count is placed
 //!   (its holdings grew past what the plugin saw);
 //! - **hold** stands until the tenant's holdings shrink (a job released its
-//!   devices), or a job it counted leaves without being placed (held,
-//!   denied, cancelled): then the plugin saw more than there is;
+//!   devices), a job it counted leaves (cancelled, ended), or a new period
+//!   begins; without any of those it is asked again only after a back-off,
+//!   per job: [`FRESH`], doubling with every hold in a row, at most
+//!   [`MAX_BACKOFF`], give or take a fifth (so that held jobs do not come
+//!   back in step). A job it counted that is held itself does not make it
+//!   stale: that would have every held job of a tenant make every other
+//!   one's answer stale, and ask again at once, without end;
 //! - **deny** with nothing counted is final; a deny that counted jobs not
 //!   placed yet only holds the job until one of them is placed or leaves,
 //!   and is asked again then, so that no job is failed for a holding that
 //!   never came.
 //!
-//! Every answer is also asked again after [`FRESH`], since time alone
-//! changes the period's GPU-hours and spend.
+//! An allow is also asked again after [`FRESH`], since time alone changes
+//! the period's GPU-hours and spend.
 
 use std::collections::{BTreeSet, HashMap};
 
 use crate::domain::{JobId, Millis, TenantName, UnixMillis};
 use crate::policy::types::QuotaDecision;
 
-/// How long a quota plugin's answer stands at most before it is asked again.
+/// How long an allow stands at most before it is asked again, and the
+/// first back-off of a hold.
 pub const FRESH: Millis = Millis::from_secs(5);
+
+/// The longest a hold waits before it is asked again without a change.
+pub const MAX_BACKOFF: Millis = Millis::from_secs(300);
+
+/// When a job held `holds` times in a row is asked again: [`FRESH`] ×
+/// 2^(holds - 1), at most [`MAX_BACKOFF`], ± a fifth by a hash of the job
+/// (deterministic: the engine replays the same decisions).
+pub fn backoff(job: JobId, holds: u32) -> Millis {
+    let base = FRESH
+        .0
+        .saturating_mul(1u64 << holds.saturating_sub(1).min(20))
+        .min(MAX_BACKOFF.0);
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in job.as_bytes().iter().chain(&holds.to_le_bytes()) {
+        h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    // 0.8 to 1.2 of the base.
+    Millis(base * (800 + h % 401) / 1000)
+}
 
 /// The most jobs allowed ahead that one ask counts as held.
 pub const MAX_COUNTED: usize = 128;
@@ -53,16 +78,21 @@ struct Ask {
     /// Since the ask, a job of the tenant it did not count was placed.
     grew_beyond: bool,
     /// Since the ask, the tenant's holdings shrank, or a job it counted left
-    /// without being placed.
+    /// (cancelled, ended; not: held).
     shrank: bool,
     /// Since the ask, a job it counted was placed.
     settled: bool,
+    /// Holds (and denies counting unplaced jobs) in a row for this job,
+    /// this ask's included once answered: its back-off.
+    holds: u32,
 }
 
 struct Answer {
     decision: QuotaDecision,
     by: String,
     at: UnixMillis,
+    /// A hold is asked again then, without a change before.
+    retry_at: UnixMillis,
 }
 
 impl Ask {
@@ -131,7 +161,14 @@ impl QuotaBook {
         let Some(answer) = &ask.answer else {
             return QuotaStanding::Asking;
         };
-        if now.since(answer.at) >= FRESH || answer.at > now || !ask.stands(&answer.decision) {
+        let waits = matches!(answer.decision, QuotaDecision::Hold(_))
+            || matches!(answer.decision, QuotaDecision::Deny(_)) && !ask.assumed.is_empty();
+        let expired = if waits {
+            now >= answer.retry_at || answer.at.month_start() != now.month_start()
+        } else {
+            now.since(answer.at) >= FRESH
+        };
+        if expired || answer.at > now || !ask.stands(&answer.decision) {
             return QuotaStanding::Unknown;
         }
         match &answer.decision {
@@ -206,6 +243,12 @@ impl QuotaBook {
     pub fn asking(&mut self, job: JobId, tenant: TenantName, assumed: Vec<JobId>) -> u64 {
         self.next_ask += 1;
         self.by_tenant.entry(tenant.clone()).or_default().insert(job);
+        // The back-off carries over, unless what it waited for changed.
+        let holds = self
+            .asks
+            .get(&job)
+            .filter(|a| !a.shrank)
+            .map_or(0, |a| a.holds);
         self.asks.insert(
             job,
             Ask {
@@ -216,6 +259,7 @@ impl QuotaBook {
                 grew_beyond: false,
                 shrank: false,
                 settled: false,
+                holds,
             },
         );
         self.next_ask
@@ -241,12 +285,16 @@ impl QuotaBook {
             return false;
         };
         let stands = entry.stands(&decision);
-        let allowed = decision == QuotaDecision::Allow;
-        let tenant = entry.tenant.clone();
-        entry.answer = Some(Answer { decision, by, at });
-        if !allowed {
-            self.left(&tenant, job);
-        }
+        let waits = matches!(decision, QuotaDecision::Hold(_))
+            || matches!(decision, QuotaDecision::Deny(_)) && !entry.assumed.is_empty();
+        entry.holds = if waits { entry.holds + 1 } else { 0 };
+        let retry_at = at.plus(backoff(job, entry.holds.max(1)));
+        entry.answer = Some(Answer {
+            decision,
+            by,
+            at,
+            retry_at,
+        });
         stands
     }
 
@@ -268,7 +316,8 @@ impl QuotaBook {
     }
 
     /// `job` no longer waits for the plugin (it ended, or its tenant's
-    /// plugin was unbound): it leaves, unplaced.
+    /// plugin was unbound): it leaves, unplaced, and the asks that counted it
+    /// saw more than there is.
     pub fn forget(&mut self, job: JobId) {
         if let Some(ask) = self.remove(job)
             && ask.outstanding()
@@ -282,8 +331,8 @@ impl QuotaBook {
         self.asks.len()
     }
 
-    /// A job that other asks counted as held will not be placed soon: they
-    /// saw more than there is.
+    /// A job that other asks counted as held will not be placed: they saw
+    /// more than there is.
     fn left(&mut self, tenant: &TenantName, job: JobId) {
         self.for_tenant(tenant, |ask| {
             if ask.assumed.contains(&job) {
@@ -403,7 +452,8 @@ mod tests {
         book.forget(allowed);
         assert_eq!(book.standing(held, NOW), QuotaStanding::Unknown);
 
-        // ... or which the plugin holds after all.
+        // ... but not one that the plugin holds too (that would make every
+        // held job's answer stale whenever another is held: a storm).
         let mut book = QuotaBook::default();
         let (first, held) = (job(), job());
         let first_ask = book.asking(first, acme(), vec![]);
@@ -412,12 +462,56 @@ mod tests {
         let ask = book.asking(held, acme(), assumed);
         assert!(book.answered(held, ask, hold(), "p".into(), NOW));
         assert!(book.answered(first, first_ask, hold(), "p".into(), NOW));
-        assert_eq!(book.standing(held, NOW), QuotaStanding::Unknown);
+        assert!(matches!(book.standing(held, NOW), QuotaStanding::Held { .. }));
         assert!(matches!(book.standing(first, NOW), QuotaStanding::Held { .. }));
         assert!(
             book.outstanding(&acme(), job()).is_empty(),
             "held jobs do not count"
         );
+    }
+
+    /// Regression (issue 12, defect 2): 50 jobs held by a plugin that always
+    /// holds were asked ~16,000 times a second. A hold is asked again only
+    /// on a change, or after a back-off that doubles with each hold.
+    #[test]
+    fn held_jobs_are_asked_again_after_a_growing_back_off_not_at_once() {
+        let mut book = QuotaBook::default();
+        let jobs: Vec<JobId> = (0..50).map(|_| job()).collect();
+        let mut asks = 0;
+        let mut now = NOW;
+        let end = UnixMillis(NOW.0 + 600_000);
+        while now < end {
+            // A pass: ask every job whose standing is unknown, counting the
+            // outstanding ones, and answer hold.
+            let mut pending = Vec::new();
+            for j in &jobs {
+                if book.standing(*j, now) == QuotaStanding::Unknown {
+                    let assumed = book.outstanding(&acme(), *j);
+                    pending.push((*j, book.asking(*j, acme(), assumed)));
+                }
+            }
+            for (j, ask) in pending {
+                asks += 1;
+                book.answered(j, ask, hold(), "p".into(), now);
+            }
+            now = UnixMillis(now.0 + 100);
+        }
+        // 10 minutes: each job asked at 0, ~5, ~15, ~35, ~75, ~155, ~315 s
+        // and so on: about 8 times, not once per pass.
+        assert!(asks <= 50 * 9, "{asks} asks in 10 minutes");
+        assert!(asks >= 50 * 6, "{asks} asks: held jobs are asked again");
+        // A release asks again at once, and starts the back-off over.
+        book.released(&acme());
+        assert_eq!(book.standing(jobs[0], now), QuotaStanding::Unknown);
+        let ask = book.asking(jobs[0], acme(), vec![]);
+        book.answered(jobs[0], ask, hold(), "p".into(), now);
+        let next = UnixMillis(now.0 + backoff(jobs[0], 1).0);
+        assert!(backoff(jobs[0], 1) <= Millis(6_000));
+        assert!(matches!(book.standing(jobs[0], UnixMillis(next.0 - 1)), QuotaStanding::Held { .. }));
+        assert_eq!(book.standing(jobs[0], next), QuotaStanding::Unknown);
+        // The back-off is jittered and capped.
+        assert!(backoff(jobs[0], 30) <= Millis(MAX_BACKOFF.0 * 6 / 5));
+        assert_ne!(backoff(jobs[0], 3), backoff(jobs[1], 3));
     }
 
     #[test]

@@ -105,7 +105,13 @@ struct Inner {
     permits: tokio::sync::Semaphore,
     /// Registry changes one at a time (an upload compiles while holding it).
     changes: tokio::sync::Mutex<()>,
+    /// When each plugin's failure was last logged, and how many since.
+    logged: Mutex<HashMap<PluginRef, (Option<std::time::Instant>, u64)>>,
 }
+
+/// A failing plugin is logged at most once per this (its failures are all
+/// recorded and counted; the log says how many it left out).
+pub const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The plugin host the scheduler calls. Cheap to clone.
 #[derive(Clone)]
@@ -145,6 +151,7 @@ impl PolicyHost {
                 cache: Mutex::new(HashMap::new()),
                 stats: Mutex::new(HashMap::new()),
                 changes: tokio::sync::Mutex::new(()),
+                logged: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -439,7 +446,22 @@ impl PolicyHost {
         point: ExtensionPoint,
         failure: &PluginFailure,
     ) {
-        warn!(%plugin, %tenant, %point, kind = %failure.kind, "plugin call failed: {}", failure.message);
+        {
+            let mut logged = self.inner.logged.lock().unwrap_or_else(|e| e.into_inner());
+            let now = std::time::Instant::now();
+            let entry = logged.entry(plugin.clone()).or_insert((None, 0));
+            if entry.0.is_none_or(|at| now.duration_since(at) >= FAILURE_LOG_INTERVAL) {
+                let more = std::mem::take(&mut entry.1);
+                entry.0 = Some(now);
+                if more > 0 {
+                    warn!(%plugin, %tenant, %point, kind = %failure.kind, "plugin call failed: {} (and {more} more failures in the last {}s, not logged)", failure.message, FAILURE_LOG_INTERVAL.as_secs());
+                } else {
+                    warn!(%plugin, %tenant, %point, kind = %failure.kind, "plugin call failed: {}", failure.message);
+                }
+            } else {
+                entry.1 += 1;
+            }
+        }
         let sha256 = self
             .registry()
             .plugins
