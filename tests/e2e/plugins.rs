@@ -621,3 +621,45 @@ async fn a_pricing_plugin_prices_its_tenants_leases_and_usage_shows_it() {
     let report = admin.check_ledger().await.unwrap();
     assert!(report.clean, "{:?}", report.problems);
 }
+
+/// Regression (issue 12, defect 2): the shipped `project_caps` with 30
+/// queued jobs was called ~4,100 times a second (every held job's answer
+/// made every other one's stale). Held jobs are asked again only when
+/// something changes, or after their back-off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_jobs_do_not_storm_their_quota_plugin() {
+    let dir = tempdir();
+    let (_server, a, _b) = two_tenants(dir.path()).await;
+    add_and_bind_own(&a, "caps", "project_caps").await;
+    let sleeper = || JobSpec::new("sleep").args(["60"]).gpus(1).project("vision");
+    let submitted = futures::future::join_all((0..30).map(|_| a.submit(sleeper()))).await;
+    let ids: Vec<String> = submitted.into_iter().map(|j| j.unwrap().id).collect();
+    // The cap of 4 runs; the rest settle as held.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut settled = 0;
+        for id in &ids {
+            let j = a.get(id).await.unwrap();
+            if j.state() == JobState::Running
+                || (j.state() == JobState::Pending && j.reason.contains("held by quota plugin"))
+            {
+                settled += 1;
+            }
+        }
+        if settled == ids.len() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the queue did not settle");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let calls = || async { a.plugins().get("caps", &Scope::Own).await.unwrap().stats.unwrap().calls };
+    let before = calls().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during = calls().await - before;
+    // 26 held jobs: at most a round of re-asks in 3 s (their first back-off
+    // is about 5 s), where the storm made thousands.
+    assert!(during <= 60, "{during} plugin calls in 3 s while nothing changed");
+    for id in &ids {
+        let _ = a.cancel(id, "done").await;
+    }
+}
