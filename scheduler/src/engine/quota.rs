@@ -24,9 +24,11 @@
 //!   begins; without any of those it is asked again only after a back-off,
 //!   per job: [`FRESH`], doubling with every hold in a row, at most
 //!   [`MAX_BACKOFF`], give or take a fifth (so that held jobs do not come
-//!   back in step). A job it counted that is held itself does not make it
-//!   stale: that would have every held job of a tenant make every other
-//!   one's answer stale, and ask again at once, without end;
+//!   back in step). A job it counted that is held or denied itself makes
+//!   it stale once: the job is asked again at once, counting only the jobs
+//!   allowed, not those being asked about (counting those would have held
+//!   jobs make one another's answers stale in turn, without end: the storm
+//!   of issue 12);
 //! - **deny** with nothing counted is final; a deny that counted jobs not
 //!   placed yet only holds the job until one of them is placed or leaves,
 //!   and is asked again then, so that no job is failed for a holding that
@@ -80,6 +82,11 @@ struct Ask {
     /// Since the ask, the tenant's holdings shrank, or a job it counted left
     /// (cancelled, ended; not: held).
     shrank: bool,
+    /// Since the ask, a job it counted was held or denied itself: a hold
+    /// or deny of this ask saw more than there is. The job is asked again,
+    /// counting only jobs allowed (not those being asked about), so that
+    /// re-asks cannot make one another stale in turn.
+    counted_held: bool,
     /// Since the ask, a job it counted was placed.
     settled: bool,
     /// Holds (and denies counting unplaced jobs) in a row for this job,
@@ -100,8 +107,10 @@ impl Ask {
     fn stands(&self, decision: &QuotaDecision) -> bool {
         match decision {
             QuotaDecision::Allow => !self.grew_beyond,
-            QuotaDecision::Hold(_) => !self.shrank,
-            QuotaDecision::Deny(_) => self.assumed.is_empty() || !(self.shrank || self.settled),
+            QuotaDecision::Hold(_) => !(self.shrank || self.counted_held),
+            QuotaDecision::Deny(_) => {
+                self.assumed.is_empty() || !(self.shrank || self.settled || self.counted_held)
+            }
         }
     }
 
@@ -111,6 +120,12 @@ impl Ask {
         self.answer
             .as_ref()
             .is_none_or(|a| a.decision == QuotaDecision::Allow)
+    }
+
+    fn allowed(&self) -> bool {
+        self.answer
+            .as_ref()
+            .is_some_and(|a| a.decision == QuotaDecision::Allow)
     }
 }
 
@@ -202,9 +217,21 @@ impl QuotaBook {
     /// [`MAX_COUNTED`] oldest of them. (Counting fewer is safe: an allow
     /// falls when a job it did not count is placed, and a hold given for
     /// less than is held would be given for more.)
+    ///
+    /// A job asked again because a job its last ask counted was held counts
+    /// only the jobs allowed: a job being asked about may be held too, and
+    /// that would make this answer stale again, and so on.
     pub fn outstanding(&self, tenant: &TenantName, job: JobId) -> Vec<JobId> {
+        let allowed_only = self.asks.get(&job).is_some_and(|a| a.counted_held);
         self.of(tenant)
-            .filter(|j| *j != job && self.asks[j].outstanding())
+            .filter(|j| {
+                *j != job
+                    && if allowed_only {
+                        self.asks[j].allowed()
+                    } else {
+                        self.asks[j].outstanding()
+                    }
+            })
             .take(MAX_COUNTED)
             .collect()
     }
@@ -244,11 +271,7 @@ impl QuotaBook {
         self.next_ask += 1;
         self.by_tenant.entry(tenant.clone()).or_default().insert(job);
         // The back-off carries over, unless what it waited for changed.
-        let holds = self
-            .asks
-            .get(&job)
-            .filter(|a| !a.shrank)
-            .map_or(0, |a| a.holds);
+        let holds = self.asks.get(&job).filter(|a| !a.shrank).map_or(0, |a| a.holds);
         self.asks.insert(
             job,
             Ask {
@@ -258,6 +281,7 @@ impl QuotaBook {
                 answer: None,
                 grew_beyond: false,
                 shrank: false,
+                counted_held: false,
                 settled: false,
                 holds,
             },
@@ -289,12 +313,21 @@ impl QuotaBook {
             || matches!(decision, QuotaDecision::Deny(_)) && !entry.assumed.is_empty();
         entry.holds = if waits { entry.holds + 1 } else { 0 };
         let retry_at = at.plus(backoff(job, entry.holds.max(1)));
+        let allowed = decision == QuotaDecision::Allow;
+        let tenant = entry.tenant.clone();
         entry.answer = Some(Answer {
             decision,
             by,
             at,
             retry_at,
         });
+        if !allowed {
+            self.for_tenant(&tenant, |ask| {
+                if ask.assumed.contains(&job) {
+                    ask.counted_held = true;
+                }
+            });
+        }
         stands
     }
 
@@ -452,22 +485,37 @@ mod tests {
         book.forget(allowed);
         assert_eq!(book.standing(held, NOW), QuotaStanding::Unknown);
 
-        // ... but not one that the plugin holds too (that would make every
-        // held job's answer stale whenever another is held: a storm).
+        // (One that the plugin holds too: see
+        // a_hold_counting_a_job_held_in_turn_is_asked_again_once.)
+    }
+
+    /// A hold that counted a job being asked about, which was then held
+    /// itself, saw more than there is: asked again at once, counting only
+    /// the jobs allowed, and that answer stands however the others end.
+    #[test]
+    fn a_hold_counting_a_job_held_in_turn_is_asked_again_once() {
         let mut book = QuotaBook::default();
-        let (first, held) = (job(), job());
-        let first_ask = book.asking(first, acme(), vec![]);
-        let assumed = book.outstanding(&acme(), held);
-        assert_eq!(assumed, vec![first], "a job being asked about counts");
-        let ask = book.asking(held, acme(), assumed);
-        assert!(book.answered(held, ask, hold(), "p".into(), NOW));
-        assert!(book.answered(first, first_ask, hold(), "p".into(), NOW));
-        assert!(matches!(book.standing(held, NOW), QuotaStanding::Held { .. }));
-        assert!(matches!(book.standing(first, NOW), QuotaStanding::Held { .. }));
-        assert!(
-            book.outstanding(&acme(), job()).is_empty(),
-            "held jobs do not count"
-        );
+        let (allowed, big, small) = (job(), job(), job());
+        ask_and_answer(&mut book, allowed, QuotaDecision::Allow);
+        // big and small asked together: small counts big, being asked.
+        let big_ask = book.asking(big, acme(), book.outstanding(&acme(), big));
+        let counted = book.outstanding(&acme(), small);
+        assert_eq!(counted, vec![allowed, big]);
+        let small_ask = book.asking(small, acme(), counted);
+        assert!(book.answered(small, small_ask, hold(), "p".into(), NOW));
+        assert!(book.answered(big, big_ask, hold(), "p".into(), NOW));
+        // big will not be placed: small's hold counted it.
+        assert_eq!(book.standing(small, NOW), QuotaStanding::Unknown);
+        assert!(matches!(book.standing(big, NOW), QuotaStanding::Held { .. }));
+        // Asked again, small counts only the allowed job, and its answer
+        // stands even when a job asked at the same time is held.
+        assert_eq!(book.outstanding(&acme(), small), vec![allowed]);
+        let other = job();
+        let other_ask = book.asking(other, acme(), book.outstanding(&acme(), other));
+        let small_ask = book.asking(small, acme(), vec![allowed]);
+        assert!(book.answered(small, small_ask, hold(), "p".into(), NOW));
+        assert!(book.answered(other, other_ask, hold(), "p".into(), NOW));
+        assert!(matches!(book.standing(small, NOW), QuotaStanding::Held { .. }));
     }
 
     /// Regression (issue 12, defect 2): 50 jobs held by a plugin that always
@@ -507,7 +555,10 @@ mod tests {
         book.answered(jobs[0], ask, hold(), "p".into(), now);
         let next = UnixMillis(now.0 + backoff(jobs[0], 1).0);
         assert!(backoff(jobs[0], 1) <= Millis(6_000));
-        assert!(matches!(book.standing(jobs[0], UnixMillis(next.0 - 1)), QuotaStanding::Held { .. }));
+        assert!(matches!(
+            book.standing(jobs[0], UnixMillis(next.0 - 1)),
+            QuotaStanding::Held { .. }
+        ));
         assert_eq!(book.standing(jobs[0], next), QuotaStanding::Unknown);
         // The back-off is jittered and capped.
         assert!(backoff(jobs[0], 30) <= Millis(MAX_BACKOFF.0 * 6 / 5));
