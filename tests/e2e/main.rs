@@ -6,6 +6,7 @@ mod crash;
 mod hardening;
 mod harness;
 mod jobs;
+mod plugin_kit;
 mod plugins;
 mod preemption;
 mod sim;

@@ -7,6 +7,7 @@
 //! cpu_budget = "50ms"             # wall-clock CPU budget per call
 //! max_result_bytes = 65536        # strings and lists a plugin returns, in all
 //! max_concurrent_calls = 8        # plugin calls running at once
+//! max_concurrent_calls_per_tenant = 2  # of those, one tenant's (default: 2, at most half the cores)
 //! calls_per_instance = 1000       # calls one instance serves (1: a fresh instance per call)
 //! warm_instances = 32             # instances kept between calls, over all plugins and tenants
 //! admission_on_error = "reject"   # or "accept"
@@ -32,6 +33,9 @@ pub struct PluginsConfigFile {
     pub max_result_bytes: Option<usize>,
     /// Plugin calls running at once.
     pub max_concurrent_calls: Option<usize>,
+    /// Of those, one tenant's calls (its own slots: a tenant whose plugin
+    /// is slow or loops waits on its own calls, not on other tenants').
+    pub max_concurrent_calls_per_tenant: Option<usize>,
     /// Calls one instance of a plugin serves, for one tenant, before it is
     /// replaced by a fresh one (1: every call gets a fresh instance).
     pub calls_per_instance: Option<u32>,
@@ -77,6 +81,14 @@ pub enum PricingOnError {
     ListPrice,
 }
 
+/// One tenant's calls at once by default: 2, but never more than half the
+/// machine's cores (one on a 2-core machine), so that a tenant whose plugin
+/// loops leaves cores to the others.
+pub fn default_per_tenant() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    PolicyConfig::DEFAULT_MAX_CONCURRENT_CALLS_PER_TENANT.min((cores / 2).max(1))
+}
+
 /// The validated `[plugins]` section.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyConfig {
@@ -84,6 +96,7 @@ pub struct PolicyConfig {
     pub cpu_budget: Millis,
     pub max_result_bytes: usize,
     pub max_concurrent_calls: usize,
+    pub max_concurrent_calls_per_tenant: usize,
     pub calls_per_instance: u32,
     pub warm_instances: usize,
     pub admission_on_error: AdmissionOnError,
@@ -97,6 +110,9 @@ impl PolicyConfig {
     pub const DEFAULT_CPU_BUDGET: Millis = Millis(50);
     pub const DEFAULT_MAX_RESULT_BYTES: usize = 64 * 1024;
     pub const DEFAULT_MAX_CONCURRENT_CALLS: usize = 8;
+    /// At most this many calls of one tenant run at once by default (fewer
+    /// on a small machine, see [`default_per_tenant`]).
+    pub const DEFAULT_MAX_CONCURRENT_CALLS_PER_TENANT: usize = 2;
     /// Amortises instantiation to nothing, and bounds what a plugin that
     /// leaks (or keeps state it should not) can accumulate.
     pub const DEFAULT_CALLS_PER_INSTANCE: u32 = 1000;
@@ -142,6 +158,14 @@ impl PolicyConfig {
                 "plugins.max_concurrent_calls: must be between 1 and 256, got {max_concurrent_calls}"
             ));
         }
+        let per_tenant = raw
+            .max_concurrent_calls_per_tenant
+            .unwrap_or(default_per_tenant().min(max_concurrent_calls));
+        if !(1..=max_concurrent_calls).contains(&per_tenant) {
+            return Err(format!(
+                "plugins.max_concurrent_calls_per_tenant: must be between 1 and max_concurrent_calls ({max_concurrent_calls}), got {per_tenant}"
+            ));
+        }
         let calls_per_instance = raw.calls_per_instance.unwrap_or(d.calls_per_instance);
         if !(1..=1_000_000).contains(&calls_per_instance) {
             return Err(format!(
@@ -159,6 +183,7 @@ impl PolicyConfig {
             cpu_budget,
             max_result_bytes,
             max_concurrent_calls,
+            max_concurrent_calls_per_tenant: per_tenant,
             calls_per_instance,
             warm_instances,
             admission_on_error: raw.admission_on_error.unwrap_or_default(),
@@ -183,6 +208,7 @@ impl Default for PolicyConfig {
             cpu_budget: Self::DEFAULT_CPU_BUDGET,
             max_result_bytes: Self::DEFAULT_MAX_RESULT_BYTES,
             max_concurrent_calls: Self::DEFAULT_MAX_CONCURRENT_CALLS,
+            max_concurrent_calls_per_tenant: default_per_tenant(),
             calls_per_instance: Self::DEFAULT_CALLS_PER_INSTANCE,
             warm_instances: Self::DEFAULT_WARM_INSTANCES,
             admission_on_error: AdmissionOnError::default(),
@@ -214,6 +240,7 @@ mod tests {
             cpu_budget = "20ms"
             max_result_bytes = 4096
             max_concurrent_calls = 2
+            max_concurrent_calls_per_tenant = 1
             calls_per_instance = 1
             warm_instances = 0
             admission_on_error = "accept"
@@ -227,6 +254,7 @@ mod tests {
         assert_eq!(c.cpu_budget, Millis(20));
         assert_eq!(c.max_result_bytes, 4096);
         assert_eq!(c.max_concurrent_calls, 2);
+        assert_eq!(c.max_concurrent_calls_per_tenant, 1);
         assert_eq!(c.calls_per_instance, 1);
         assert_eq!(c.warm_instances, 0);
         assert_eq!(c.admission_on_error, AdmissionOnError::Accept);
@@ -241,6 +269,10 @@ mod tests {
             ("cpu_budget = \"0ms\"", "plugins.cpu_budget"),
             ("max_result_bytes = 10", "plugins.max_result_bytes"),
             ("max_concurrent_calls = 0", "plugins.max_concurrent_calls"),
+            (
+                "max_concurrent_calls = 4\nmax_concurrent_calls_per_tenant = 5",
+                "plugins.max_concurrent_calls_per_tenant",
+            ),
             ("calls_per_instance = 0", "plugins.calls_per_instance"),
             ("warm_instances = 5000", "plugins.warm_instances"),
         ] {

@@ -101,12 +101,34 @@ struct Inner {
     /// Loaded plugins by SHA-256: each compiled once, one template each.
     cache: Mutex<HashMap<String, Arc<Loaded>>>,
     stats: Mutex<HashMap<PluginRef, PluginStats>>,
-    /// Plugin calls running at once.
+    /// Plugin calls running at once, over every tenant.
     permits: tokio::sync::Semaphore,
+    /// Each tenant's own slots (`max_concurrent_calls_per_tenant`).
+    tenant_permits: Mutex<HashMap<TenantName, Arc<TenantSlots>>>,
     /// Registry changes one at a time (an upload compiles while holding it).
     changes: tokio::sync::Mutex<()>,
     /// When each plugin's failure was last logged, and how many since.
     logged: Mutex<HashMap<PluginRef, (Option<std::time::Instant>, u64)>>,
+}
+
+/// One tenant's plugin slots, and how many of its calls in a row ran out
+/// of their CPU budget.
+struct TenantSlots {
+    permits: Arc<tokio::sync::Semaphore>,
+    timeouts: std::sync::atomic::AtomicU32,
+}
+
+/// The longest a timed-out call keeps its tenant's slot (see
+/// [`PolicyHost::run`]).
+pub const MAX_TIMEOUT_HOLD: Duration = Duration::from_secs(10);
+
+/// How long a tenant's slot stays taken after a call that ran out of its
+/// CPU budget, the `n`-th such call in a row: one budget, doubling with
+/// each further one, at most [`MAX_TIMEOUT_HOLD`].
+pub fn timeout_hold(budget: Duration, n: u32) -> Duration {
+    budget
+        .saturating_mul(1u32 << n.saturating_sub(1).min(16))
+        .min(MAX_TIMEOUT_HOLD.max(budget))
 }
 
 /// A failing plugin is logged at most once per this (its failures are all
@@ -145,6 +167,7 @@ impl PolicyHost {
             inner: Arc::new(Inner {
                 engine_key: sandbox.compatibility_key(),
                 permits: tokio::sync::Semaphore::new(config.max_concurrent_calls),
+                tenant_permits: Mutex::new(HashMap::new()),
                 sandbox,
                 ledger,
                 registry: RwLock::new(registry),
@@ -329,7 +352,10 @@ impl PolicyHost {
         };
         let plugin = record.plugin_ref();
         let result = self.run(&record, tenant, call).await;
-        if let Err(failure) = &result {
+        // The host's congestion is not the plugin's failure.
+        if let Err(failure) = &result
+            && failure.kind != FailureKind::HostBusy
+        {
             self.record_failure(&plugin, tenant.clone(), point, failure);
         }
         self.count_call(&plugin);
@@ -343,16 +369,37 @@ impl PolicyHost {
         call: impl Fn(&Instance, &mut wasmtime::Store<CallState>, usize) -> Result<R, CallError> + Send + 'static,
     ) -> Result<R, PluginFailure> {
         // A queue longer than a few budgets means every slot is stuck on
-        // slow plugins: fail this call rather than wait without end.
+        // slow plugins: fail this call rather than wait without end. The
+        // tenant's own slots first: a tenant whose plugin is slow or loops
+        // waits on its own calls; then one of the host's, which no tenant
+        // can hold more of than its own slots.
         let wait = (self.config().cpu_budget_duration() * 10).max(Duration::from_millis(500));
-        let permit = tokio::time::timeout(wait, self.inner.permits.acquire())
+        let own = self.tenant_slots(tenant);
+        let _own = tokio::time::timeout(wait, own.permits.clone().acquire_owned())
             .await
             .ok()
             .and_then(Result::ok)
             .ok_or_else(|| {
                 PluginFailure::new(
                     FailureKind::Busy,
-                    format!("every plugin slot stayed busy for {} ms", wait.as_millis()),
+                    format!(
+                        "the tenant's {} plugin slots stayed busy with its own calls for {} ms",
+                        self.config().max_concurrent_calls_per_tenant,
+                        wait.as_millis()
+                    ),
+                )
+            })?;
+        let permit = tokio::time::timeout(wait, self.inner.permits.acquire())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .ok_or_else(|| {
+                PluginFailure::new(
+                    FailureKind::HostBusy,
+                    format!(
+                        "every plugin slot of the host stayed busy for {} ms",
+                        wait.as_millis()
+                    ),
                 )
             })?;
         let host = self.clone();
@@ -372,6 +419,23 @@ impl PolicyHost {
             )
         });
         drop(permit);
+        // A call that ran out of its CPU budget keeps its tenant's slot
+        // for as long again, doubling with each such call in a row (at most
+        // MAX_TIMEOUT_HOLD): a tenant whose plugin loops burns a few percent
+        // of a core per slot, not a core, and its other calls wait on its
+        // own slots (a wait, not a flood of refusals). Even a lowest-
+        // priority spinner costs the other tenants' tail latency on a small
+        // machine, so the host bounds how much it runs, not only its
+        // priority.
+        use std::sync::atomic::Ordering;
+        let timed_out =
+            matches!(&report, Ok(Ok(r)) if r.result.as_ref().is_err_and(|f| f.kind == FailureKind::Timeout));
+        if timed_out {
+            let n = own.timeouts.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+            tokio::time::sleep(timeout_hold(self.config().cpu_budget_duration(), n)).await;
+        } else if matches!(&report, Ok(Ok(_))) {
+            own.timeouts.store(0, Ordering::Relaxed);
+        }
         let report = report??;
         if report.dropped_lines > 0 {
             warn!(
@@ -382,6 +446,24 @@ impl PolicyHost {
             );
         }
         report.result
+    }
+
+    /// A tenant's own plugin slots.
+    fn tenant_slots(&self, tenant: &TenantName) -> Arc<TenantSlots> {
+        self.inner
+            .tenant_permits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(tenant.clone())
+            .or_insert_with(|| {
+                Arc::new(TenantSlots {
+                    permits: Arc::new(tokio::sync::Semaphore::new(
+                        self.config().max_concurrent_calls_per_tenant,
+                    )),
+                    timeouts: Default::default(),
+                })
+            })
+            .clone()
     }
 
     /// The loaded plugin for a record: from the cache, else from its stored
@@ -450,7 +532,10 @@ impl PolicyHost {
             let mut logged = self.inner.logged.lock().unwrap_or_else(|e| e.into_inner());
             let now = std::time::Instant::now();
             let entry = logged.entry(plugin.clone()).or_insert((None, 0));
-            if entry.0.is_none_or(|at| now.duration_since(at) >= FAILURE_LOG_INTERVAL) {
+            if entry
+                .0
+                .is_none_or(|at| now.duration_since(at) >= FAILURE_LOG_INTERVAL)
+            {
                 let more = std::mem::take(&mut entry.1);
                 entry.0 = Some(now);
                 if more > 0 {

@@ -8,13 +8,18 @@
 //!   fresh instance a few page mappings rather than a copy.
 //! - **CPU budget: epochs, not fuel.** A ticker thread increments the
 //!   engine's epoch every [`EPOCH_TICK`] while any call runs (it sleeps
-//!   otherwise); each store's deadline is the budget
-//!   in ticks, so a call that loops traps within one tick of its budget.
-//!   Fuel would count instructions exactly (and so be deterministic), but
-//!   instruments every basic block, which costs the well-behaved calls a
-//!   double-digit percentage; the epoch check is one load and compare at
-//!   function entries and loop headers. The budget is wall-clock time: on a
-//!   busy machine a call gets less CPU within it, never more.
+//!   otherwise); each store's deadline is the budget in ticks. When it
+//!   comes, the store's deadline callback reads the CPU time the call's
+//!   thread has used (`CLOCK_THREAD_CPUTIME_ID`): under the budget, the
+//!   call goes on for the rest of it; at the budget, it traps. So a call is
+//!   charged the CPU it used, not the time it waited for a core while
+//!   other tenants' calls ran, and a loop still traps within one tick of
+//!   its budget. A call also traps at [`WALL_FACTOR`] times its budget of
+//!   wall time, however little CPU it got. Fuel would count instructions
+//!   exactly (and so be deterministic), but instruments every basic block,
+//!   which costs the well-behaved calls a double-digit percentage; the
+//!   epoch check is one load and compare at function entries and loop
+//!   headers.
 //! - **Memory.** [`CallState`] is the store's resource limiter: a memory may
 //!   not grow past the configured limit, and trying traps (recorded as a
 //!   memory failure, not a generic trap).
@@ -146,6 +151,61 @@ pub struct CallState {
     tenant: Arc<str>,
     lines: Vec<LogLine>,
     dropped_lines: usize,
+    /// The call's CPU budget, and the thread's CPU time and the wall clock
+    /// when it began.
+    cpu_budget: Duration,
+    cpu_start: Duration,
+    wall_start: Instant,
+    /// The thread's nice value before this call lowered it.
+    niced_from: Option<i32>,
+}
+
+/// How much lower than the server's own threads a plugin call that runs
+/// long (past [`NICE_AFTER`]) runs from then on (a thread's nice value):
+/// untrusted code that computes yields the cores to the scheduler's work
+/// and to other tenants' short calls. Short calls, most of them, run at the
+/// server's own priority.
+pub const PLUGIN_NICE: i32 = 10;
+
+/// When a call is niced: after this much of its CPU budget.
+pub const NICE_AFTER: Duration = Duration::from_millis(2);
+
+/// Sets this thread's nice value; returns the one it had (`None`: left as
+/// it was).
+fn renice(nice: i32) -> Option<i32> {
+    // SAFETY: plain system calls on this thread (Linux applies nice values
+    // per thread, given its tid).
+    unsafe {
+        let tid = nix::libc::gettid() as nix::libc::id_t;
+        *nix::libc::__errno_location() = 0;
+        let before = nix::libc::getpriority(nix::libc::PRIO_PROCESS, tid);
+        if *nix::libc::__errno_location() != 0 || before >= nice {
+            return None;
+        }
+        (nix::libc::setpriority(nix::libc::PRIO_PROCESS, tid, nice) == 0).then_some(before)
+    }
+}
+
+/// Puts this thread back to `before` (raising a priority back needs
+/// CAP_SYS_NICE unless RLIMIT_NICE allows it; where it fails the pooled
+/// thread stays niced, which only makes it yield more).
+fn unnice(before: i32) {
+    // SAFETY: as above.
+    unsafe {
+        let tid = nix::libc::gettid() as nix::libc::id_t;
+        nix::libc::setpriority(nix::libc::PRIO_PROCESS, tid, before);
+    }
+}
+
+/// A call traps at this many times its CPU budget of wall time, however
+/// little CPU it was given (a machine that busy serves no one).
+pub const WALL_FACTOR: u32 = 20;
+
+/// The CPU time this thread has used.
+fn thread_cpu() -> Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map(|t| Duration::new(t.tv_sec() as u64, t.tv_nsec() as u32))
+        .unwrap_or_default()
 }
 
 impl CallState {
@@ -157,6 +217,36 @@ impl CallState {
         self.memory_refused = None;
         self.lines.clear();
         self.dropped_lines = 0;
+        self.cpu_start = thread_cpu();
+        self.wall_start = Instant::now();
+        self.niced_from = None;
+    }
+
+    /// After a call: the thread back to its priority.
+    fn end(&mut self) {
+        if let Some(before) = self.niced_from.take() {
+            unnice(before);
+        }
+    }
+
+    /// What the epoch deadline does: under the CPU budget, go on for the
+    /// rest of it; else (or past the wall-time bound) stop the call.
+    fn deadline(&mut self) -> wasmtime::UpdateDeadline {
+        let used = thread_cpu().saturating_sub(self.cpu_start);
+        if self.niced_from.is_none() && used >= NICE_AFTER {
+            self.niced_from = renice(PLUGIN_NICE);
+        }
+        if used >= self.cpu_budget || self.wall_start.elapsed() >= self.cpu_budget * WALL_FACTOR {
+            return wasmtime::UpdateDeadline::Interrupt;
+        }
+        // Next look: at the nice point, or at the end of the budget.
+        let next = if used < NICE_AFTER {
+            NICE_AFTER - used
+        } else {
+            self.cpu_budget - used
+        };
+        let tick = EPOCH_TICK.as_micros().max(1);
+        wasmtime::UpdateDeadline::Continue((next.as_micros().div_ceil(tick) as u64).max(1))
     }
 
     /// Keeps a log line (cut to [`MAX_LOG_LINE_BYTES`]) and forwards it to
@@ -328,7 +418,6 @@ pub struct Sandbox {
     engine: Engine,
     linker: Linker<CallState>,
     config: PolicyConfig,
-    deadline_ticks: u64,
     warm: Mutex<WarmSet>,
     /// Calls and instantiations running now; the epoch ticker runs only
     /// while there are any.
@@ -427,14 +516,10 @@ impl Sandbox {
             })?
             .thread()
             .clone();
-        let tick_ms = u64::try_from(EPOCH_TICK.as_millis()).unwrap_or(1).max(1);
         Ok(Sandbox {
             engine,
             linker,
             config: config.clone(),
-            // A store's deadline counts from its creation, whose tick may be
-            // nearly over: one tick more, so no call gets less than its budget.
-            deadline_ticks: config.cpu_budget.0.div_ceil(tick_ms) + 1,
             warm: Mutex::default(),
             running,
             ticker,
@@ -589,11 +674,15 @@ impl Sandbox {
             tenant,
             lines: Vec::new(),
             dropped_lines: 0,
+            cpu_budget: self.config.cpu_budget.as_std(),
+            cpu_start: thread_cpu(),
+            wall_start: Instant::now(),
+            niced_from: None,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| s);
-        store.set_epoch_deadline(self.deadline_ticks);
-        store.epoch_deadline_trap();
+        store.set_epoch_deadline(self.first_ticks());
+        store.epoch_deadline_callback(|mut ctx| Ok(ctx.data_mut().deadline()));
         store
     }
 
@@ -616,6 +705,14 @@ impl Sandbox {
                 &String::from_utf8_lossy(&stderr.contents()),
             )),
         }
+    }
+
+    /// The ticks until a call's first deadline: the nice point (or the
+    /// budget, if shorter).
+    fn first_ticks(&self) -> u64 {
+        let tick = EPOCH_TICK.as_micros().max(1);
+        let first = NICE_AFTER.min(self.config.cpu_budget.as_std());
+        (first.as_micros().div_ceil(tick) as u64).max(1)
     }
 
     /// Instantiates `plugin` in a fresh store and drops it, without a call:
@@ -665,9 +762,10 @@ impl Sandbox {
                 },
             };
             w.store.data_mut().begin(&label);
-            w.store.set_epoch_deadline(self.deadline_ticks);
+            w.store.set_epoch_deadline(self.first_ticks());
             let result = call(&w.instance, &mut w.store, self.config.max_result_bytes)
                 .map_err(|e| self.failure(e, &w));
+            w.store.data_mut().end();
             if let Err(failure) = &result
                 && reused
                 && failure.kind != FailureKind::Timeout

@@ -636,3 +636,74 @@ async fn a_replaced_plugin_leaves_no_instance_behind() {
         .await;
     assert_eq!(outcome.decision, AdmissionDecision::Accept);
 }
+
+// --- fairness between tenants ----------------------------------------------------
+
+#[test]
+fn a_timed_out_call_holds_its_slot_doubling_up_to_the_cap() {
+    let budget = Duration::from_millis(50);
+    let holds: Vec<_> = (1..=10).map(|n| timeout_hold(budget, n)).collect();
+    assert_eq!(holds[0], budget);
+    assert_eq!(holds[1], budget * 2);
+    assert_eq!(holds[4], budget * 16);
+    assert!(holds.windows(2).all(|w| w[0] <= w[1]));
+    assert_eq!(*holds.last().unwrap(), MAX_TIMEOUT_HOLD);
+    assert_eq!(timeout_hold(budget, u32::MAX), MAX_TIMEOUT_HOLD);
+    // A budget above the cap is held once, not cut.
+    assert_eq!(timeout_hold(Duration::from_secs(30), 5), Duration::from_secs(30));
+}
+
+/// A tenant whose plugin loops waits on its own slots: another tenant's
+/// calls, at the same time, run at once and are never its failures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_looping_tenant_waits_on_its_own_slots_and_another_tenant_does_not() {
+    let f = host_with(PolicyConfig {
+        max_concurrent_calls: 4,
+        max_concurrent_calls_per_tenant: 1,
+        ..PolicyConfig::default()
+    });
+    let spin = add_and_bind(&f.host, tenant("acme"), "spin", "hostile_loop_forever").await;
+    let fine = add_and_bind(&f.host, tenant("zeta"), "cc", "require_cost_center").await;
+    // Six of acme's calls at once, one slot: they run one after another,
+    // each holding the slot after its timeout, so the last ones wait past
+    // the queue bound and fail as busy, acme's.
+    let acme: Vec<_> = (0..6)
+        .map(|_| {
+            let host = f.host.clone();
+            tokio::spawn(async move { host.admit(&spec("acme", "vision", &[], 1), NOW).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    for i in 0..20 {
+        let started = Instant::now();
+        let outcome = f
+            .host
+            .admit(
+                &spec("zeta", "vision", &[("cost-center", &format!("cc-{i}"))], 1),
+                NOW,
+            )
+            .await;
+        assert!(
+            matches!(outcome.decision, AdmissionDecision::Accept),
+            "{:?}",
+            outcome.decision
+        );
+        // Far less than acme's 50 ms budget: zeta never waited on acme.
+        assert!(
+            started.elapsed() < Duration::from_millis(40),
+            "zeta waited {:?}",
+            started.elapsed()
+        );
+    }
+    let mut kinds = Vec::new();
+    for call in acme {
+        let outcome = call.await.unwrap();
+        kinds.push(failure_of(&outcome).kind);
+    }
+    assert!(kinds.contains(&FailureKind::Timeout), "{kinds:?}");
+    assert!(kinds.contains(&FailureKind::Busy), "{kinds:?}");
+    assert_eq!(f.host.stats(&fine).failures, 0);
+    let stats = f.host.stats(&spin);
+    assert_eq!(stats.failures, 6);
+    assert!(stats.recent_errors.iter().all(|e| e.tenant.as_str() == "acme"));
+}

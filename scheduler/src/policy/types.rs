@@ -393,8 +393,13 @@ pub enum FailureKind {
     PluginError,
     /// It could not be instantiated, or not loaded at all.
     Instantiate,
-    /// Every plugin slot stayed busy past the call's budget.
+    /// The tenant's own plugin slots stayed busy (its own calls were slow)
+    /// past the wait allowed.
     Busy,
+    /// The host's plugin slots, shared by every tenant, stayed busy: not the
+    /// plugin's failure, and not recorded against it (the failure policy
+    /// still decides the call).
+    HostBusy,
 }
 
 impl FailureKind {
@@ -408,6 +413,7 @@ impl FailureKind {
             FailureKind::PluginError => "plugin_error",
             FailureKind::Instantiate => "instantiate",
             FailureKind::Busy => "busy",
+            FailureKind::HostBusy => "host_busy",
         }
     }
 }
