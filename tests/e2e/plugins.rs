@@ -1,6 +1,7 @@
 //! Policy plugins end to end: real components built from `plugins/`,
 //! uploaded and bound over gRPC, changing what a dev server admits.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use allot_sdk::{Client, Code, JobSpec, JobState, Scope, proto};
@@ -609,4 +610,66 @@ async fn held_jobs_do_not_storm_their_quota_plugin() {
     for id in &ids {
         let _ = a.cancel(id, "done").await;
     }
+}
+
+/// Regression (issue 12, defects 7 and 8): `allot plugin test` panicked
+/// ("Cannot start a runtime from within a runtime") on a plugin that writes
+/// to standard error, which the server runs fine; and printed a price in
+/// minor units as if they were the currency (`280 USD`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_test_runs_a_panicking_plugin_and_prints_money_as_money() {
+    let path = |name: &str| components()[name].display().to_string();
+    let job = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/jobs/train.toml");
+    let job = job.display().to_string();
+    let (code, out, err) = run_allot(
+        &["plugin", "test", &path("hostile_panics"), "--job", &job],
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(code, 2, "the plugin failed: {out}{err}");
+    assert!(!err.contains("panicked at"), "allot itself panicked: {err}");
+    assert!(
+        out.contains("failed (trap)") && out.contains("hostile plugin panicked on job \"train-llama-8b\""),
+        "the plugin's panic message is shown: {out}"
+    );
+    // 09:00 UTC is peak time for time_of_day: 1.25 × the list price.
+    let (code, out, err) = run_allot(
+        &[
+            "plugin",
+            "test",
+            &path("time_of_day"),
+            "--job",
+            &job,
+            "--at",
+            "2026-11-17T09:00Z",
+        ],
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("list price 4.00 USD"), "{out}");
+    assert!(out.contains("price: 5.00 USD (500 minor units)"), "{out}");
+    let (code, out, _) = run_allot(
+        &[
+            "--json",
+            "plugin",
+            "test",
+            &path("time_of_day"),
+            "--job",
+            &job,
+            "--at",
+            "2026-11-17T09:00Z",
+        ],
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (v["minor"].as_u64(), v["price"].as_str(), v["currency"].as_str()),
+        (Some(500), Some("5.00"), Some("USD"))
+    );
 }

@@ -13,7 +13,7 @@ use super::output::{self, table, time};
 use super::{PluginCommand, ScopeArgs};
 use crate::api::convert;
 use crate::auth::Caller;
-use crate::domain::money::Currency;
+use crate::domain::money::{Currency, Money};
 use crate::domain::{GpuRequest, JobSpec, Millis, Share, UnixMillis};
 use crate::ledger::Role;
 use crate::policy::runtime::{CallReport, Sandbox};
@@ -408,17 +408,35 @@ pub fn test(
             let input = sample_piece(&spec, now);
             if !json {
                 println!(
-                    "sample piece: one hour of {} ({} of a GPU) from {}, list price {} {} (the dev rate card)",
-                    input.gpu_model, input.share, input.start, input.list_price_minor, input.currency
+                    "sample piece: one hour of {} ({} of a GPU) from {}, list price {} (the dev rate card)",
+                    input.gpu_model,
+                    input.share,
+                    input.start,
+                    Money {
+                        minor: i128::from(input.list_price_minor),
+                        currency: input.currency,
+                    }
                 );
             }
+            let currency = input.currency;
             let report = sandbox.call(&plugin, label, tenant, |b, store, max| {
                 b.price(store, &input, max)
             });
             finish(report, json, &header, |answer| match answer {
                 Ok(price) => (
-                    json!({"decision": "price", "minor": price}),
-                    format!("price: {price} minor units"),
+                    json!({
+                        "decision": "price",
+                        "minor": price,
+                        "price": Money { minor: i128::from(price), currency }.decimal(),
+                        "currency": currency.as_str(),
+                    }),
+                    format!(
+                        "price: {} ({price} minor units)",
+                        Money {
+                            minor: i128::from(price),
+                            currency
+                        }
+                    ),
                     0,
                 ),
                 Err(e) => (

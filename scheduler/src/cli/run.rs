@@ -318,14 +318,23 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             project,
             at,
         }) => {
-            return plugins::test(
-                file,
-                job,
-                tenant.as_deref(),
-                project.as_deref(),
-                at.as_deref(),
-                cli.json,
-            );
+            // On a thread of its own, outside the runtime: a plugin's
+            // writes to standard error (a panic's message) block on WASI
+            // streams, which must not run on a thread driving the runtime.
+            return std::thread::scope(|s| {
+                s.spawn(|| {
+                    plugins::test(
+                        file,
+                        job,
+                        tenant.as_deref(),
+                        project.as_deref(),
+                        at.as_deref(),
+                        cli.json,
+                    )
+                })
+                .join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("allot plugin test panicked")))
+            });
         }
         _ => {}
     }

@@ -170,9 +170,39 @@ pub const PLUGIN_NICE: i32 = 10;
 /// When a call is niced: after this much of its CPU budget.
 pub const NICE_AFTER: Duration = Duration::from_millis(2);
 
+/// Whether a thread here can be put back to its nice value after being
+/// niced (root, CAP_SYS_NICE or a RLIMIT_NICE that allows it). Plugin calls
+/// run on the runtime's pooled blocking threads, which also serve ledger
+/// reads: where a niced thread would stay niced, calls are not niced at all
+/// (their tenant's slots and the hold after a timeout still bound them).
+/// Tried once, on a thread of its own.
+fn can_unnice() -> bool {
+    static CAN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *CAN.get_or_init(|| {
+        std::thread::spawn(|| {
+            // SAFETY: plain system calls on this thread.
+            unsafe {
+                let tid = nix::libc::gettid() as nix::libc::id_t;
+                *nix::libc::__errno_location() = 0;
+                let before = nix::libc::getpriority(nix::libc::PRIO_PROCESS, tid);
+                if *nix::libc::__errno_location() != 0 || before >= PLUGIN_NICE {
+                    return false;
+                }
+                nix::libc::setpriority(nix::libc::PRIO_PROCESS, tid, PLUGIN_NICE) == 0
+                    && nix::libc::setpriority(nix::libc::PRIO_PROCESS, tid, before) == 0
+            }
+        })
+        .join()
+        .unwrap_or(false)
+    })
+}
+
 /// Sets this thread's nice value; returns the one it had (`None`: left as
-/// it was).
+/// it was, or it could not be put back afterwards).
 fn renice(nice: i32) -> Option<i32> {
+    if !can_unnice() {
+        return None;
+    }
     // SAFETY: plain system calls on this thread (Linux applies nice values
     // per thread, given its tid).
     unsafe {
@@ -187,8 +217,7 @@ fn renice(nice: i32) -> Option<i32> {
 }
 
 /// Puts this thread back to `before` (raising a priority back needs
-/// CAP_SYS_NICE unless RLIMIT_NICE allows it; where it fails the pooled
-/// thread stays niced, which only makes it yield more).
+/// CAP_SYS_NICE unless RLIMIT_NICE allows it: see [`can_unnice`]).
 fn unnice(before: i32) {
     // SAFETY: as above.
     unsafe {
