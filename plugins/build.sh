@@ -16,7 +16,8 @@
 #   hostile_deep_recursion.wasm, hostile_oversized.wasm, hostile_bad_modify.wasm,
 #   hostile_wrong_world.wasm (a component of a world that is not allot's),
 #   hostile_keeps_state.wasm (counts its calls in memory, which shows which calls
-#   shared an instance), hostile_future_version.wasm (built for allot:plugin@9.0.0)
+#   shared an instance), hostile_future_version.wasm (built for allot:plugin@9.0.0),
+#   hostile_price_from_tag.wasm (prices a lease at its `price` tag: 0, max)
 #
 # Progress goes to stderr; stdout gets the absolute path of each component,
 # one per line, so that tests can read them. Each output is checked to be a
@@ -36,7 +37,7 @@ for arg in "$@"; do
         *) echo "usage: $0 [--rust] [--hostile]" >&2; exit 2 ;;
     esac
 done
-hostile_crates=(loop-forever memory-bomb panics deep-recursion oversized bad-modify wrong-world keeps-state future-version)
+hostile_crates=(loop-forever memory-bomb panics deep-recursion oversized bad-modify wrong-world keeps-state future-version price-from-tag)
 
 cd "$plugins"
 packages=(-p require-cost-center -p project-caps -p time-of-day)

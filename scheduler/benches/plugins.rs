@@ -22,7 +22,9 @@ use allot_scheduler::domain::{JobSpec, Millis, Share, UnixMillis};
 use allot_scheduler::ledger::Ledger;
 use allot_scheduler::ledger::Role;
 use allot_scheduler::policy::runtime::{Loaded, Sandbox};
-use allot_scheduler::policy::{AdmissionDecision, Owner, PluginRef, PolicyConfig, PolicyHost, PriceInput};
+use allot_scheduler::policy::{
+    AdmissionDecision, Layer, Owner, PluginRef, PolicyConfig, PolicyHost, PriceInput,
+};
 use criterion::{Criterion, criterion_group, criterion_main};
 
 /// Builds the Rust examples (`plugins/build.sh --rust`) and reads one.
@@ -197,7 +199,9 @@ fn bench(c: &mut Criterion) {
             owner: owner.clone(),
             name: "gate".parse().unwrap(),
         };
-        host.bind(owner, None, plugin, "bench", now).await.unwrap();
+        host.bind(owner, Layer::Operator, None, plugin, "bench", now)
+            .await
+            .unwrap();
     });
     let admit_via_host = || {
         let outcome = runtime.block_on(host.admit(&job, now));

@@ -782,12 +782,26 @@ impl Plugins {
     }
 
     /// Binds a plugin at an extension point (`None`: its own world) for the
-    /// scope; takes effect with the next call.
+    /// scope, in the caller's layer (an admin's is the operator's, a tenant
+    /// token's the tenant's own); takes effect with the next call.
     pub async fn bind(
         &self,
         plugin: &str,
         point: Option<proto::ExtensionPoint>,
         scope: &Scope,
+    ) -> Result<proto::BindPluginResponse> {
+        self.bind_in(plugin, point, scope, proto::PluginLayer::Unspecified)
+            .await
+    }
+
+    /// [`bind`](Self::bind) in a named layer (only admins bind in the
+    /// operator's).
+    pub async fn bind_in(
+        &self,
+        plugin: &str,
+        point: Option<proto::ExtensionPoint>,
+        scope: &Scope,
+        layer: proto::PluginLayer,
     ) -> Result<proto::BindPluginResponse> {
         let (tenant, global) = scope.fields();
         Ok(self
@@ -798,13 +812,27 @@ impl Plugins {
                 point: point.unwrap_or(proto::ExtensionPoint::Unspecified) as i32,
                 tenant,
                 global,
+                layer: layer as i32,
             })
             .await?
             .into_inner())
     }
 
-    /// Removes the binding at an extension point for the scope.
+    /// Removes the binding at an extension point for the scope, in the
+    /// caller's layer.
     pub async fn unbind(&self, point: proto::ExtensionPoint, scope: &Scope) -> Result<proto::PluginBinding> {
+        self.unbind_in(point, scope, proto::PluginLayer::Unspecified)
+            .await
+    }
+
+    /// [`unbind`](Self::unbind) in a named layer (an admin may remove a
+    /// tenant's own binding).
+    pub async fn unbind_in(
+        &self,
+        point: proto::ExtensionPoint,
+        scope: &Scope,
+        layer: proto::PluginLayer,
+    ) -> Result<proto::PluginBinding> {
         let (tenant, global) = scope.fields();
         self.0
             .clone()
@@ -812,6 +840,7 @@ impl Plugins {
                 point: point as i32,
                 tenant,
                 global,
+                layer: layer as i32,
             })
             .await?
             .into_inner()

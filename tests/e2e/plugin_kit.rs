@@ -45,7 +45,12 @@ pub fn wasm(name: &str) -> Vec<u8> {
 
 /// A dev server with a second tenant, `team-b`, and a client for it.
 pub async fn two_tenants(dir: &std::path::Path) -> (DevServer, Client, Client) {
-    let server = DevServer::start(dir).await;
+    two_tenants_with(dir, &[]).await
+}
+
+/// [`two_tenants`] with extra `allot server` arguments.
+pub async fn two_tenants_with(dir: &std::path::Path, extra: &[&str]) -> (DevServer, Client, Client) {
+    let server = DevServer::start_with(dir, extra).await;
     let admin = server.admin().await;
     admin.admin().create_tenant("team-b").await.unwrap();
     let issued = admin

@@ -145,7 +145,7 @@ async fn an_admission_plugin_rejects_modifies_and_stays_with_its_tenant() {
     .await;
     assert_eq!(code, 0, "{err}");
     assert!(
-        out.contains("admission for tenant default -> cost-center"),
+        out.contains("admission for tenant default (tenant layer) -> cost-center"),
         "{out}"
     );
     assert!(
@@ -527,7 +527,19 @@ async fn a_pricing_plugin_prices_its_tenants_leases_and_usage_shows_it() {
     let b = Client::connect(server.addr.clone(), &b_token.token)
         .await
         .unwrap();
-    add_and_bind_own(&a, "tod", "time_of_day").await;
+    // The tenant's plugin, bound by an admin: the operator's price for it.
+    a.plugins()
+        .add("tod", wasm("time_of_day"), &Scope::Own)
+        .await
+        .unwrap();
+    let bound = admin
+        .plugins()
+        .bind("tod", None, &Scope::Tenant("default".into()))
+        .await
+        .unwrap()
+        .binding
+        .unwrap();
+    assert_eq!(bound.layer(), proto::PluginLayer::Operator);
 
     let mine = a
         .submit(JobSpec::new("sleep").args(["0.5"]).gpus(1))
@@ -671,5 +683,177 @@ async fn plugin_test_runs_a_panicking_plugin_and_prints_money_as_money() {
     assert_eq!(
         (v["minor"].as_u64(), v["price"].as_str(), v["currency"].as_str()),
         (Some(500), Some("5.00"), Some("USD"))
+    );
+}
+
+/// Regression (issue 12, defect 1): a tenant bound its own pricing plugin
+/// that answers 0, so its GPU time cost nothing and its spend budget never
+/// tripped while a neighbour with the same work was held as exhausted. A
+/// tenant's own price is showback, recorded beside the bill; the bill and
+/// the budget use the operator's price.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_own_pricing_plugin_cannot_make_its_gpu_time_free() {
+    let dir = tempdir();
+    // 10 USD per H100-second: a second of work spends a 5 USD budget.
+    let config = dir.path().join("allot.toml");
+    std::fs::write(
+        &config,
+        "[pricing]\ncurrency = \"USD\"\n[pricing.models]\n\"H100-80GB\" = \"36000.00\"\n",
+    )
+    .unwrap();
+    let (server, a, b) = two_tenants_with(dir.path(), &["--config", config.to_str().unwrap()]).await;
+    let admin = server.admin().await;
+    add_and_bind_own(&a, "free", "hostile_price_from_tag").await;
+    // A tenant cannot bind in the operator's layer.
+    let err = a
+        .plugins()
+        .bind_in("free", None, &Scope::Own, proto::PluginLayer::Operator)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{}", err.message());
+    // Both tenants get the same budget and do the same work.
+    for t in ["default", "team-b"] {
+        admin.set_budget(t, "5.00", "").await.unwrap();
+    }
+    let work = || {
+        JobSpec::new("sleep")
+            .args(["1"])
+            .gpus(1)
+            .gpu_model("H100-80GB")
+            .tag("price", "0")
+    };
+    let mine = a.submit(work()).await.unwrap();
+    let theirs = b.submit(work()).await.unwrap();
+    wait_final(&a, &mine.id).await;
+    wait_final(&b, &theirs.id).await;
+    let mine = wait_for(&a, &mine.id, "priced", |j| {
+        j.leases
+            .iter()
+            .all(|l| l.priced_by != "pending" && !l.showback_by.is_empty())
+    })
+    .await;
+    let lease = &mine.leases[0];
+    let list = b.get(&theirs.id).await.unwrap().leases[0].clone();
+    // The bill is the rate card's; the tenant's 0 is only its showback.
+    assert_eq!(lease.priced_by, "", "{lease:?}");
+    assert!(lease.cost_minor >= 500, "{lease:?}");
+    assert_eq!(
+        (lease.showback_by.as_str(), lease.showback_cost_minor),
+        ("default/free", 0)
+    );
+    assert_eq!(lease.showback_cost_micros, "0");
+    assert!(list.showback_by.is_empty());
+    // Both budgets tripped, and both tenants' next jobs are held.
+    for (client, tenant) in [(&a, "default"), (&b, "team-b")] {
+        let budget = &client.budgets(None).await.unwrap()[0];
+        assert!(budget.exhausted, "{tenant}: {budget:?}");
+        let next = client
+            .submit(JobSpec::new("true").gpus(1).tag("price", "0"))
+            .await
+            .unwrap();
+        let held = wait_for(client, &next.id, "held by the budget", |j| {
+            j.reason.contains("budget")
+        })
+        .await;
+        assert!(
+            held.reason.starts_with(&format!("held: tenant {tenant} spent")),
+            "{}",
+            held.reason
+        );
+        client.cancel(&next.id, "done").await.unwrap();
+    }
+    // `allot leases` shows who priced it and the showback beside the cost.
+    let (code, out, err) = run_allot(&["leases"], Some(&server.addr), Some(&server.token)).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("PRICED-BY") && out.contains("SHOWBACK"), "{out}");
+    assert!(
+        out.contains("rate card") && out.contains("0.00 USD (default/free)"),
+        "{out}"
+    );
+    let (code, out, _) = run_allot(&["--json", "leases"], Some(&server.addr), Some(&server.token)).await;
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let row = &v.as_array().unwrap()[0];
+    assert_eq!(
+        (row["priced_by"].as_str(), row["showback_by"].as_str()),
+        (Some(""), Some("default/free"))
+    );
+    // The export has both, per hour row.
+    const HOUR: i64 = 3_600_000;
+    let mut json = Vec::new();
+    a.export_usage(
+        proto::ExportUsageRequest {
+            from_unix_ms: lease.reserved_at_unix_ms / HOUR * HOUR,
+            to_unix_ms: (lease.ended_at_unix_ms / HOUR + 1) * HOUR,
+            tenant: String::new(),
+            format: proto::ExportFormat::Json as i32,
+        },
+        &mut json,
+    )
+    .await
+    .unwrap();
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&json).unwrap();
+    assert!(!rows.is_empty());
+    for r in &rows {
+        assert_eq!(
+            (r["priced_by"].as_str(), r["showback_by"].as_str()),
+            (None, Some("default/free")),
+            "the rate card bills: {r}"
+        );
+        assert_eq!(r["showback_cost_micros"].as_str(), Some("0"), "{r}");
+        assert!(
+            r["cost_micros"].as_str().unwrap().parse::<i128>().unwrap() > 0,
+            "{r}"
+        );
+    }
+    let report = admin.check_ledger().await.unwrap();
+    assert!(report.clean, "{:?}", report.problems);
+}
+
+/// Regression (issue 12, defect 1): a tenant's own admission plugin used to
+/// replace the operator's; now the operator's judges what the tenant's
+/// accepted, and a user cannot set the server's `allot.` tags.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_own_admission_plugin_cannot_escape_the_operators() {
+    let dir = tempdir();
+    let (server, a, _b) = two_tenants(dir.path()).await;
+    let admin = server.admin().await;
+    admin
+        .plugins()
+        .add("cost-center", wasm("require_cost_center"), &Scope::Global)
+        .await
+        .unwrap();
+    admin
+        .plugins()
+        .bind("cost-center", None, &Scope::Global)
+        .await
+        .unwrap();
+    // The tenant's own admission plugin rejects nothing it is given... but
+    // the operator's still rejects a job without a cost-center.
+    add_and_bind_own(&a, "mine", "require_cost_center").await;
+    let err = a.submit(JobSpec::new("true")).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    let ok = a
+        .submit(JobSpec::new("true").tag("cost-center", "cc-1"))
+        .await
+        .unwrap();
+    assert!(!ok.id.is_empty());
+    // Both were asked about the accepted job.
+    let global = admin.plugins().get("cost-center", &Scope::Global).await.unwrap();
+    assert_eq!(global.stats.unwrap().calls, 1, "the tenant's rejected the first");
+    // Tags of the reserved prefix are the server's.
+    let err = a
+        .submit(
+            JobSpec::new("true")
+                .tag("cost-center", "cc-1")
+                .tag("allot.admission/modified-by", "global/x"),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("reserved prefix \"allot.\""),
+        "{}",
+        err.message()
     );
 }

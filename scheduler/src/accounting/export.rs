@@ -125,6 +125,9 @@ pub const FOCUS_COLUMNS: &[&str] = &[
     "x_IdleGpuHours",
     "x_EndReason",
     "x_CostMicros",
+    "x_PricedBy",
+    "x_ShowbackBy",
+    "x_ShowbackCostMicros",
 ];
 
 /// The plain CSV (and JSON) columns.
@@ -154,6 +157,9 @@ pub const PLAIN_COLUMNS: &[&str] = &[
     "cost_micros",
     "end_reason",
     "tags",
+    "priced_by",
+    "showback_by",
+    "showback_cost_micros",
 ];
 
 /// Decimal places of GPU-hours in an export (MIG sevenths do not end).
@@ -192,6 +198,30 @@ impl Row<'_> {
     /// The exact cost of the part, in micros.
     pub fn cost_micros(&self) -> i128 {
         super::part_cost(self.lease, &self.part)
+    }
+
+    /// The operator's pricing plugin that priced the part; empty for the
+    /// rate card.
+    fn priced_by(&self) -> String {
+        match &self.lease.plugin_prices {
+            Some(p) if p.by_hour.contains_key(&self.part.hour.0) => p.plugin.clone(),
+            _ => String::new(),
+        }
+    }
+
+    /// The tenant's own pricing plugin, when it priced the part (showback).
+    fn showback_by(&self) -> String {
+        match &self.lease.plugin_prices {
+            Some(p) if p.showback_by_hour.contains_key(&self.part.hour.0) => p.showback_plugin.clone(),
+            _ => String::new(),
+        }
+    }
+
+    /// The part's showback cost in micros; empty without one.
+    fn showback_micros(&self) -> String {
+        super::part_showback(self.lease, &self.part)
+            .map(|m| m.to_string())
+            .unwrap_or_default()
     }
 
     pub fn currency(&self) -> crate::domain::money::Currency {
@@ -323,6 +353,9 @@ impl Row<'_> {
             self.idle_gpu_hours(),
             l.end_reason.map(|r| r.to_string()).unwrap_or_default(),
             self.cost_micros().to_string(),
+            self.priced_by(),
+            self.showback_by(),
+            self.showback_micros(),
         ]
     }
 
@@ -355,6 +388,9 @@ impl Row<'_> {
             self.cost_micros().to_string(),
             l.end_reason.map(|r| r.to_string()).unwrap_or_default(),
             self.tags_json(),
+            self.priced_by(),
+            self.showback_by(),
+            self.showback_micros(),
         ]
     }
 }

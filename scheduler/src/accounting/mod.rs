@@ -167,8 +167,8 @@ pub fn held(lease: &Lease, now: UnixMillis) -> (UnixMillis, UnixMillis) {
     (lease.reserved_at, end)
 }
 
-/// What a part of a lease costs, in micros: the pricing plugin's price
-/// for the part's hour when it set one (in minor units; pro rata for a part
+/// What a part of a lease costs, in micros (what bills): the operator's
+/// pricing plugin's price for the part's hour when it set one (in minor units; pro rata for a part
 /// cut by a window, rounded half to even), else the lease's rate × the
 /// part's GPU-time, rounded half to even. A lease without a rate costs
 /// nothing.
@@ -177,25 +177,53 @@ pub fn part_cost(lease: &Lease, part: &HourPart) -> i128 {
         && !p.pending
         && let Some(&price) = p.by_hour.get(&part.hour.0)
     {
-        let price = price.saturating_mul(MICROS_PER_MINOR);
-        let (start, end) = held(lease, part.end);
-        let full = end.0.min(part.hour.0 + HOUR_MS) - start.0.max(part.hour.0);
-        let len = (part.end.0 - part.start.0) as i128;
-        if full == 0 || len == full as i128 {
-            return price;
-        }
-        let (n, d) = (price * len, full as i128);
-        let (q, r) = (n.div_euclid(d), n.rem_euclid(d));
-        return match (2 * r).cmp(&d) {
-            std::cmp::Ordering::Less => q,
-            std::cmp::Ordering::Greater => q + 1,
-            std::cmp::Ordering::Equal => q + q.rem_euclid(2),
-        };
+        return pro_rata(lease, part, price);
     }
     lease
         .rate
         .map(|r| pricing::cost(part.gpu_time, r.per_gpu_hour))
         .unwrap_or(0)
+}
+
+/// What a part costs by the tenant's own pricing plugin (showback, never
+/// billed), in micros: `None` when it set no price for the part's hour.
+pub fn part_showback(lease: &Lease, part: &HourPart) -> Option<i128> {
+    let p = lease.plugin_prices.as_ref().filter(|p| !p.pending)?;
+    let &price = p.showback_by_hour.get(&part.hour.0)?;
+    Some(pro_rata(lease, part, price))
+}
+
+/// The showback cost of the whole lease (so far), in micros, and the
+/// plugin that set it; `None` without a tenant's own price.
+pub fn showback(lease: &Lease, now: UnixMillis) -> Option<(&str, i128)> {
+    let p = lease
+        .plugin_prices
+        .as_ref()
+        .filter(|p| !p.pending && !p.showback_plugin.is_empty())?;
+    let total = hour_parts(lease, now, UnixMillis(0), UnixMillis(u64::MAX))
+        .iter()
+        .map(|part| part_showback(lease, part).unwrap_or_else(|| part_cost(lease, part)))
+        .fold(0i128, i128::saturating_add);
+    Some((p.showback_plugin.as_str(), total))
+}
+
+/// A price in minor units for a part's whole hour share, in micros, pro
+/// rata for a part a window cuts (rounded half to even; saturating).
+fn pro_rata(lease: &Lease, part: &HourPart, price: i128) -> i128 {
+    let price = price.saturating_mul(MICROS_PER_MINOR);
+    let (start, end) = held(lease, part.end);
+    let full = end.0.min(part.hour.0 + HOUR_MS) - start.0.max(part.hour.0);
+    let len = (part.end.0 - part.start.0) as i128;
+    if full == 0 || len == full as i128 {
+        return price;
+    }
+    let (n, d) = (price.saturating_mul(len), full as i128);
+    let (q, r) = (n.div_euclid(d), n.rem_euclid(d));
+    match (2 * r).cmp(&d) {
+        std::cmp::Ordering::Less => q,
+        std::cmp::Ordering::Greater => q + 1,
+        std::cmp::Ordering::Equal => q + q.rem_euclid(2),
+    }
 }
 
 /// The lease cut at UTC hour boundaries, clipped to `[from, to)`.

@@ -393,6 +393,7 @@ pub fn lease_pb(l: &Lease, now: UnixMillis) -> pb::Lease {
         .iter()
         .fold(0i128, |c, p| c.saturating_add(accounting::part_cost(l, p)));
     let cost_minor = accounting::minor_of(cost_micros);
+    let showback = accounting::showback(l, now);
     pb::Lease {
         id: l.id.to_string(),
         job_id: l.job_id.to_string(),
@@ -423,6 +424,11 @@ pub fn lease_pb(l: &Lease, now: UnixMillis) -> pb::Lease {
             Some(p) if p.pending => "pending".into(),
             Some(p) => p.plugin.clone(),
         },
+        showback_by: showback.map(|(by, _)| by.to_string()).unwrap_or_default(),
+        showback_cost_minor: showback
+            .map(|(_, micros)| i64::try_from(accounting::minor_of(micros)).unwrap_or(i64::MAX))
+            .unwrap_or_default(),
+        showback_cost_micros: showback.map(|(_, micros)| micros.to_string()).unwrap_or_default(),
     }
 }
 

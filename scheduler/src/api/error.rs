@@ -25,6 +25,9 @@ pub enum ApiError {
     FailedPrecondition(String),
     #[error("{0}")]
     Unavailable(String),
+    /// A quota of the caller's is used up (plugins per tenant, their bytes).
+    #[error("{0}")]
+    ResourceExhausted(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -65,6 +68,7 @@ impl From<ApiError> for Status {
             ApiError::Unauthenticated(_) => Status::unauthenticated(msg),
             ApiError::FailedPrecondition(_) => Status::failed_precondition(msg),
             ApiError::Unavailable(_) => Status::unavailable(msg),
+            ApiError::ResourceExhausted(_) => Status::resource_exhausted(msg),
             ApiError::Internal(_) => Status::internal(msg),
         }
     }

@@ -79,6 +79,7 @@ impl pb::job_service_server::JobService for Api {
         let request_id =
             crate::domain::validate::request_id(&request.get_ref().request_id).map_err(ApiError::from)?;
         let spec = job_spec(&caller, request.get_ref().spec.as_ref())?;
+        crate::domain::validate::user_tags(&spec).map_err(ApiError::from)?;
         // What was asked, before admission: a retry asks the same.
         let key = request_id.map(|request_id| crate::engine::SubmitKey {
             request_id,

@@ -16,7 +16,7 @@ use crate::auth::Caller;
 use crate::domain::{JobSpec, PluginName, TenantName};
 use crate::ledger::Role;
 use crate::policy::{
-    AdmissionDecision, AdmissionOnError, BindingRecord, DecidedBy, ErrorRecord, ExtensionPoint, Owner,
+    AdmissionDecision, AdmissionOnError, BindingRecord, DecidedBy, ErrorRecord, ExtensionPoint, Layer, Owner,
     PluginRecord, PluginRef, PluginStats, RegistryError,
 };
 
@@ -30,6 +30,7 @@ impl From<RegistryError> for ApiError {
             RegistryError::Invalid(v) => ApiError::invalid("wasm", v.to_string()),
             RegistryError::NotFound(what) => ApiError::NotFound(what),
             RegistryError::Conflict(m) => ApiError::FailedPrecondition(m),
+            RegistryError::Limit(m) => ApiError::ResourceExhausted(m),
             RegistryError::Ledger(l) => l.into(),
             RegistryError::Internal(m) => ApiError::Internal(m),
         }
@@ -83,6 +84,25 @@ fn binding_pb(b: &BindingRecord) -> pb::PluginBinding {
         plugin_global: b.plugin.owner == Owner::Global,
         bound_at_unix_ms: b.bound_at.0 as i64,
         bound_by: b.bound_by.clone(),
+        layer: match b.layer {
+            Layer::Operator => pb::PluginLayer::Operator,
+            Layer::Tenant => pb::PluginLayer::Tenant,
+        } as i32,
+    }
+}
+
+/// The layer a caller binds in: its own by default; only admins bind in
+/// the operator's.
+fn layer_of(caller: &Caller, layer: i32) -> ApiResult<Layer> {
+    let admin = matches!(caller.role, Role::Admin);
+    match pb::PluginLayer::try_from(layer) {
+        Ok(pb::PluginLayer::Unspecified) if admin => Ok(Layer::Operator),
+        Ok(pb::PluginLayer::Unspecified | pb::PluginLayer::Tenant) => Ok(Layer::Tenant),
+        Ok(pb::PluginLayer::Operator) if admin => Ok(Layer::Operator),
+        Ok(pb::PluginLayer::Operator) => Err(ApiError::PermissionDenied(
+            "only an admin token may bind in the operator's layer".into(),
+        )),
+        Err(_) => Err(ApiError::invalid("layer", format!("unknown layer {layer}"))),
     }
 }
 
@@ -306,12 +326,14 @@ impl pb::plugin_service_server::PluginService for Api {
         let record = self.find_plugin(&owner, &req.name, true)?;
         let host = self.plugins()?;
         let plugin_ref = record.plugin_ref();
-        // Bindings and failures of a global plugin involve every tenant.
+        // Bindings and failures of a global plugin involve every tenant: a
+        // tenant sees the global bindings and its own (what ListPlugins
+        // shows it too), not other tenants'.
         let full_view = caller.is_admin() || record.owner != Owner::Global;
         let bindings = host
             .bindings_of(&plugin_ref)
             .iter()
-            .filter(|b| full_view || b.scope.tenant() == caller.tenant())
+            .filter(|b| full_view || b.scope == Owner::Global || b.scope.tenant() == caller.tenant())
             .map(binding_pb)
             .collect();
         Ok(Response::new(pb::GetPluginResponse {
@@ -348,6 +370,10 @@ impl pb::plugin_service_server::PluginService for Api {
         let caller = caller(&request)?;
         let req = request.get_ref();
         let scope = self.managed_owner(&caller, &req.tenant, req.global, "bind plugins")?;
+        let layer = layer_of(&caller, req.layer)?;
+        if scope == Owner::Global && layer == Layer::Tenant {
+            return Err(ApiError::invalid("layer", "a global binding is the operator's").into());
+        }
         let point = point_from_pb("point", req.point)?;
         plugin_name("plugin", &req.plugin)?;
         let record = self.find_plugin(&scope, &req.plugin, true).map_err(|e| match e {
@@ -358,6 +384,7 @@ impl pb::plugin_service_server::PluginService for Api {
             .plugins()?
             .bind(
                 scope,
+                layer,
                 point,
                 record.plugin_ref(),
                 &caller.token_id,
@@ -379,10 +406,11 @@ impl pb::plugin_service_server::PluginService for Api {
         let caller = caller(&request)?;
         let req = request.get_ref();
         let scope = self.managed_owner(&caller, &req.tenant, req.global, "unbind plugins")?;
+        let layer = layer_of(&caller, req.layer)?;
         let point = required_point("point", req.point)?;
         let removed = self
             .plugins()?
-            .unbind(scope, point)
+            .unbind(scope, layer, point)
             .await
             .map_err(ApiError::from)?;
         Ok(Response::new(pb::UnbindPluginResponse {

@@ -183,13 +183,19 @@ pub enum PluginCommand {
         scope: ScopeArgs,
     },
     /// Call a plugin at an extension point: for a tenant (its own or a global
-    /// plugin), or for every tenant without its own binding (--global).
+    /// plugin), or for every tenant without an operator binding of its own
+    /// (--global). An admin binds in the operator's layer (what bills and
+    /// what the tenant cannot escape), a tenant token in the tenant's own
+    /// (only stricter; pricing is showback). See docs/plugins.md.
     Bind {
         /// The plugin's name.
         name: String,
         /// admission, quota or pricing [default: the world the plugin exports].
         #[arg(long)]
         point: Option<String>,
+        /// operator or tenant [default: an admin's is operator, a tenant's tenant].
+        #[arg(long, value_enum)]
+        layer: Option<LayerArg>,
         #[command(flatten)]
         scope: ScopeArgs,
     },
@@ -198,6 +204,9 @@ pub enum PluginCommand {
         /// admission, quota or pricing.
         #[arg(long)]
         point: String,
+        /// operator or tenant [default: the caller's, as for bind].
+        #[arg(long, value_enum)]
+        layer: Option<LayerArg>,
         #[command(flatten)]
         scope: ScopeArgs,
     },
@@ -352,6 +361,25 @@ pub struct SimArgs {
     /// sampled trace meets a cluster its size.
     #[arg(long, default_value_t = 1.0)]
     pub cluster_fraction: f64,
+}
+
+/// A binding's layer, on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LayerArg {
+    /// The operator's: bills, and binds every tenant it applies to.
+    Operator,
+    /// The tenant's own: only stricter; pricing is showback.
+    Tenant,
+}
+
+impl LayerArg {
+    pub fn pb(layer: Option<LayerArg>) -> allot_sdk::proto::PluginLayer {
+        match layer {
+            None => allot_sdk::proto::PluginLayer::Unspecified,
+            Some(LayerArg::Operator) => allot_sdk::proto::PluginLayer::Operator,
+            Some(LayerArg::Tenant) => allot_sdk::proto::PluginLayer::Tenant,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

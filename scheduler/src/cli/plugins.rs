@@ -77,18 +77,28 @@ fn binding_json(b: &proto::PluginBinding) -> Value {
         "plugin_owner": if b.plugin_global { "global".to_string() } else { b.tenant.clone() },
         "bound_at": time(b.bound_at_unix_ms),
         "bound_by": b.bound_by,
+        "layer": layer_name(b.layer),
     })
+}
+
+fn layer_name(layer: i32) -> &'static str {
+    match proto::PluginLayer::try_from(layer) {
+        Ok(proto::PluginLayer::Operator) => "operator",
+        Ok(proto::PluginLayer::Tenant) => "tenant",
+        _ => "?",
+    }
 }
 
 fn binding_line(b: &proto::PluginBinding) -> String {
     format!(
-        "{} for {} -> {}{}",
+        "{} for {} ({} layer) -> {}{}",
         point_name(b.point),
         if b.global {
             "every tenant (global)".to_string()
         } else {
             format!("tenant {}", b.tenant)
         },
+        layer_name(b.layer),
         if b.plugin_global { "global/" } else { "" },
         b.plugin
     )
@@ -238,9 +248,16 @@ pub async fn run(client: &Client, cmd: &PluginCommand, json: bool) -> anyhow::Re
                 println!("removed plugin {} ({})", p.name, owner(&p.tenant, p.global));
             }
         }
-        PluginCommand::Bind { name, point, scope } => {
+        PluginCommand::Bind {
+            name,
+            point,
+            layer,
+            scope,
+        } => {
             let point = point.as_deref().map(parse_point).transpose()?;
-            let r = plugins.bind(name, point, &scope.scope()).await?;
+            let r = plugins
+                .bind_in(name, point, &scope.scope(), super::LayerArg::pb(*layer))
+                .await?;
             let b = r.binding.unwrap_or_default();
             if json {
                 output::print_json(&json!({
@@ -254,8 +271,10 @@ pub async fn run(client: &Client, cmd: &PluginCommand, json: bool) -> anyhow::Re
                 }
             }
         }
-        PluginCommand::Unbind { point, scope } => {
-            let b = plugins.unbind(parse_point(point)?, &scope.scope()).await?;
+        PluginCommand::Unbind { point, layer, scope } => {
+            let b = plugins
+                .unbind_in(parse_point(point)?, &scope.scope(), super::LayerArg::pb(*layer))
+                .await?;
             if json {
                 output::print_json(&binding_json(&b));
             } else {

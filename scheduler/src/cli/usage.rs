@@ -211,11 +211,15 @@ pub async fn leases(client: &Client, a: &LeasesArgs, json: bool) -> anyhow::Resu
                     r => r.to_string(),
                 },
                 l.gpu_hours.clone(),
-                crate::domain::money::Money {
-                    minor: l.cost_minor as i128,
-                    currency: l.currency.parse().unwrap_or(crate::domain::money::Currency::USD),
-                }
-                .to_string(),
+                money(l.cost_minor, &l.currency),
+                match l.priced_by.as_str() {
+                    "" => "rate card".to_string(),
+                    by => by.to_string(),
+                },
+                match l.showback_by.as_str() {
+                    "" => "-".to_string(),
+                    by => format!("{} ({by})", money(l.showback_cost_minor, &l.currency)),
+                },
             ]
         })
         .collect();
@@ -231,6 +235,8 @@ pub async fn leases(client: &Client, a: &LeasesArgs, json: bool) -> anyhow::Resu
             "END",
             "GPU-HOURS",
             "COST",
+            "PRICED-BY",
+            "SHOWBACK",
         ],
         &rows,
     );

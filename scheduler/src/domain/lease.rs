@@ -107,14 +107,23 @@ pub struct Lease {
 
 /// What a pricing plugin charged for a closed lease: minor units per UTC
 /// hour part (ms since the epoch of the hour's start → price).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PluginPrices {
     /// The plugin, `owner/name`.
     pub plugin: String,
     /// Still being asked: until the answers are in, the parts cost the rate
     /// card's price, and the lease stays out of the roll-ups and exports.
     pub pending: bool,
+    /// The operator's plugin's prices, which bill; empty when only the
+    /// tenant's own plugin priced the lease (then the rate card bills).
     pub by_hour: BTreeMap<u64, i128>,
+    /// The tenant's own pricing plugin (`owner/name`), empty without one:
+    /// its showback prices per hour part, recorded beside the bill and
+    /// never billed.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub showback_plugin: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub showback_by_hour: BTreeMap<u64, i128>,
 }
 
 impl Lease {

@@ -127,6 +127,34 @@ pub fn request_id(id: &str) -> Result<Option<String>, Violation> {
     Ok(Some(id.to_string()))
 }
 
+/// Tags whose key starts with this are the server's (e.g.
+/// `allot.admission/modified-by`): refused in what users submit, and a
+/// plugin cannot set or remove them.
+pub const RESERVED_TAG_PREFIX: &str = "allot.";
+
+/// The spec's tags with the reserved prefix.
+pub fn reserved_tags(s: &JobSpec) -> Vec<(&str, &str)> {
+    s.tags
+        .iter()
+        .filter(|(k, _)| k.starts_with(RESERVED_TAG_PREFIX))
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect()
+}
+
+/// A spec as a user submits it: no tag with the reserved prefix.
+pub fn user_tags(s: &JobSpec) -> Result<(), Violation> {
+    match reserved_tags(s).first() {
+        Some((k, _)) => Err(violation(
+            "spec.tags",
+            format!(
+                "tag {} has the reserved prefix {RESERVED_TAG_PREFIX:?}: those tags are set by the server",
+                quote(k)
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// The name of an env variable, a tag or a label: 1 to `KEY_BYTES` bytes,
 /// printable, no `=`.
 pub fn key(field: &'static str, k: &str, what: &str) -> Result<(), Violation> {

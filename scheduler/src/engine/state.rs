@@ -932,9 +932,8 @@ impl Engine {
         for lease in self.leases.get_mut(&id).into_iter().flatten() {
             if lease.state == LeaseState::Closed && lease.plugin_prices.is_none() {
                 lease.plugin_prices = Some(PluginPrices {
-                    plugin: String::new(),
                     pending: true,
-                    by_hour: BTreeMap::new(),
+                    ..PluginPrices::default()
                 });
                 asks.push(lease.clone());
             }
@@ -2149,6 +2148,8 @@ async fn price_lease(policy: &PolicyHost, lease: &Lease, preemptible: bool) -> P
     let rate = lease.rate.unwrap_or_default();
     let mut by_hour = BTreeMap::new();
     let mut plugin = String::new();
+    let mut showback_by_hour = BTreeMap::new();
+    let mut showback_plugin = String::new();
     for part in crate::accounting::hour_parts(lease, end, UnixMillis(0), UnixMillis(u64::MAX)) {
         let list =
             crate::accounting::minor_of(crate::accounting::pricing::cost(part.gpu_time, rate.per_gpu_hour));
@@ -2165,16 +2166,26 @@ async fn price_lease(policy: &PolicyHost, lease: &Lease, preemptible: bool) -> P
             currency: rate.currency,
             list_price_minor: u64::try_from(list).unwrap_or(u64::MAX),
         };
+        // What bills: the operator's plugin, else the rate card (no entry).
         let outcome = policy.price(&input).await;
         if let Some(p) = outcome.decided_by.plugin() {
             plugin = p.to_string();
+            by_hour.insert(part.hour.0, i128::from(outcome.decision));
         }
-        by_hour.insert(part.hour.0, i128::from(outcome.decision));
+        // Beside it, never billed: the tenant's own plugin's showback.
+        if let Some(outcome) = policy.showback(&input).await
+            && let Some(p) = outcome.decided_by.plugin()
+        {
+            showback_plugin = p.to_string();
+            showback_by_hour.insert(part.hour.0, i128::from(outcome.decision));
+        }
     }
     PluginPrices {
         plugin,
         pending: false,
         by_hour,
+        showback_plugin,
+        showback_by_hour,
     }
 }
 

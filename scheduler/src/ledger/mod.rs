@@ -21,7 +21,7 @@ use crate::accounting::{DAY_MS, HOUR_MS};
 use crate::domain::{
     Job, JobId, JobState, Lease, LeaseId, LeaseState, NodeName, PluginPrices, TenantName, UnixMillis,
 };
-use crate::policy::types::{BindingRecord, ExtensionPoint, Owner, PluginRecord, PluginRef};
+use crate::policy::types::{BindingRecord, ExtensionPoint, Layer, Owner, PluginRecord, PluginRef};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
@@ -153,7 +153,7 @@ pub struct Ledger {
     plugin_blobs: sled::Tree,
     /// Compiled plugins by `<sha256>/<engine compatibility key>`.
     plugin_artifacts: sled::Tree,
-    /// Plugin bindings by scope and extension point ([`BindingRecord`]).
+    /// Plugin bindings by scope, layer and extension point ([`BindingRecord`]).
     plugin_bindings: sled::Tree,
     /// Idempotency keys of submissions ([`RequestRecord`]), for a day.
     requests: sled::Tree,
@@ -1104,18 +1104,20 @@ impl Ledger {
     /// Binds a plugin, replacing the binding of the same scope and point.
     pub fn put_plugin_binding(&self, b: &BindingRecord) -> Result<()> {
         self.plugin_bindings
-            .insert(binding_key(&b.scope, b.point), encode(b))?;
+            .insert(binding_key(&b.scope, b.layer, b.point), encode(b))?;
         Ok(())
     }
 
-    /// Removes the binding of a scope and point; returns it if there was one.
+    /// Removes the binding of a scope, layer and point; returns it if there
+    /// was one.
     pub fn remove_plugin_binding(
         &self,
         scope: &Owner,
+        layer: Layer,
         point: ExtensionPoint,
     ) -> Result<Option<BindingRecord>> {
         self.plugin_bindings
-            .remove(binding_key(scope, point))?
+            .remove(binding_key(scope, layer, point))?
             .map(|b| decode("plugin_bindings", &b))
             .transpose()
     }
@@ -1143,8 +1145,14 @@ fn plugin_key(plugin: &PluginRef) -> String {
     owner_key(&plugin.owner, plugin.name.as_str())
 }
 
-fn binding_key(scope: &Owner, point: ExtensionPoint) -> String {
-    owner_key(scope, point.as_str())
+/// `g/<point>` for a global binding, `t/<tenant>/<point>` for a tenant's
+/// own (as before layers existed), `o/<tenant>/<point>` for the operator's
+/// binding for one tenant.
+fn binding_key(scope: &Owner, layer: Layer, point: ExtensionPoint) -> String {
+    match (scope, layer) {
+        (Owner::Tenant(t), Layer::Operator) => format!("o/{t}/{}", point.as_str()),
+        _ => owner_key(scope, point.as_str()),
+    }
 }
 
 #[cfg(test)]

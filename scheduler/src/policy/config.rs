@@ -4,7 +4,7 @@
 //! ```toml
 //! [plugins]
 //! memory_limit = "64MiB"          # linear memory per call
-//! cpu_budget = "50ms"             # wall-clock CPU budget per call
+//! cpu_budget = "50ms"             # CPU time per call
 //! max_result_bytes = 65536        # strings and lists a plugin returns, in all
 //! max_concurrent_calls = 8        # plugin calls running at once
 //! max_concurrent_calls_per_tenant = 2  # of those, one tenant's (default: 2, at most half the cores)
@@ -13,6 +13,9 @@
 //! admission_on_error = "reject"   # or "accept"
 //! quota_on_error = "hold"         # or "deny", "allow"
 //! pricing_on_error = "list-price" # the rate card's price
+//! max_price_factor = 100          # a price above 100 × the list price is refused
+//! max_plugins_per_tenant = 16     # plugins one tenant may keep
+//! max_plugin_bytes_per_tenant = "128MiB"  # their components' bytes, in all
 //! ```
 
 use std::time::Duration;
@@ -44,6 +47,13 @@ pub struct PluginsConfigFile {
     pub admission_on_error: Option<AdmissionOnError>,
     pub quota_on_error: Option<QuotaOnError>,
     pub pricing_on_error: Option<PricingOnError>,
+    /// A pricing plugin's answer above this many times the piece's list
+    /// price is refused (`invalid_result`) and the list price charged.
+    pub max_price_factor: Option<u64>,
+    /// Plugins one tenant may keep (global plugins do not count).
+    pub max_plugins_per_tenant: Option<usize>,
+    /// The bytes of one tenant's components, in all (`128MiB`).
+    pub max_plugin_bytes_per_tenant: Option<String>,
 }
 
 /// What a failed admission plugin does to the submission.
@@ -102,9 +112,16 @@ pub struct PolicyConfig {
     pub admission_on_error: AdmissionOnError,
     pub quota_on_error: QuotaOnError,
     pub pricing_on_error: PricingOnError,
+    pub max_price_factor: u64,
+    pub max_plugins_per_tenant: usize,
+    pub max_plugin_bytes_per_tenant: MiB,
 }
 
 impl PolicyConfig {
+    pub const DEFAULT_MAX_PRICE_FACTOR: u64 = 100;
+    pub const DEFAULT_MAX_PLUGINS_PER_TENANT: usize = 16;
+    /// Room for a few Python plugins (about 18 MiB each) beside Rust ones.
+    pub const DEFAULT_MAX_PLUGIN_BYTES_PER_TENANT: MiB = MiB(128);
     /// Enough for the Python example (an interpreter needs about 16 MiB).
     pub const DEFAULT_MEMORY_LIMIT: MiB = MiB(64);
     pub const DEFAULT_CPU_BUDGET: Millis = Millis(50);
@@ -178,7 +195,33 @@ impl PolicyConfig {
                 "plugins.warm_instances: must be between 0 and 1024, got {warm_instances}"
             ));
         }
+        let max_price_factor = raw.max_price_factor.unwrap_or(d.max_price_factor);
+        if !(1..=10_000).contains(&max_price_factor) {
+            return Err(format!(
+                "plugins.max_price_factor: must be between 1 and 10000, got {max_price_factor}"
+            ));
+        }
+        let max_plugins_per_tenant = raw.max_plugins_per_tenant.unwrap_or(d.max_plugins_per_tenant);
+        if !(1..=10_000).contains(&max_plugins_per_tenant) {
+            return Err(format!(
+                "plugins.max_plugins_per_tenant: must be between 1 and 10000, got {max_plugins_per_tenant}"
+            ));
+        }
+        let max_plugin_bytes_per_tenant = match &raw.max_plugin_bytes_per_tenant {
+            None => d.max_plugin_bytes_per_tenant,
+            Some(s) => s
+                .parse::<MiB>()
+                .map_err(|e| format!("plugins.max_plugin_bytes_per_tenant: {e}"))?,
+        };
+        if max_plugin_bytes_per_tenant.0 < 1 || max_plugin_bytes_per_tenant.0 > 1 << 20 {
+            return Err(format!(
+                "plugins.max_plugin_bytes_per_tenant: must be between 1MiB and 1TiB, got {max_plugin_bytes_per_tenant}"
+            ));
+        }
         Ok(PolicyConfig {
+            max_price_factor,
+            max_plugins_per_tenant,
+            max_plugin_bytes_per_tenant,
             memory_limit,
             cpu_budget,
             max_result_bytes,
@@ -199,6 +242,13 @@ impl PolicyConfig {
     pub fn cpu_budget_duration(&self) -> Duration {
         self.cpu_budget.as_std()
     }
+
+    /// The most a pricing plugin may charge for a piece of this list price
+    /// (saturating: never wraps). A piece the rate card gives away may only
+    /// be priced 0.
+    pub fn max_price(&self, list_price_minor: u64) -> u64 {
+        list_price_minor.saturating_mul(self.max_price_factor)
+    }
 }
 
 impl Default for PolicyConfig {
@@ -214,6 +264,9 @@ impl Default for PolicyConfig {
             admission_on_error: AdmissionOnError::default(),
             quota_on_error: QuotaOnError::default(),
             pricing_on_error: PricingOnError::default(),
+            max_price_factor: Self::DEFAULT_MAX_PRICE_FACTOR,
+            max_plugins_per_tenant: Self::DEFAULT_MAX_PLUGINS_PER_TENANT,
+            max_plugin_bytes_per_tenant: Self::DEFAULT_MAX_PLUGIN_BYTES_PER_TENANT,
         }
     }
 }

@@ -36,7 +36,9 @@ use self::runtime::{CallReport, CallState, Loaded, Sandbox, ValidationError};
 pub use self::types::*;
 use self::wit::{CallError, Instance, RawAdmission, RawQuota};
 use crate::api::convert;
+use crate::api::error::ApiError;
 use crate::auth::Caller;
+use crate::domain::validate::{RESERVED_TAG_PREFIX, reserved_tags};
 use crate::domain::{JobSpec, PluginName, TenantName, UnixMillis};
 use crate::ledger::{Ledger, LedgerError, Role};
 
@@ -59,6 +61,9 @@ pub enum RegistryError {
     /// a binding at the wrong extension point).
     #[error("{0}")]
     Conflict(String),
+    /// The owner's plugins would exceed a limit of `[plugins]`.
+    #[error("{0}")]
+    Limit(String),
     #[error(transparent)]
     Ledger(#[from] LedgerError),
     #[error("{0}")]
@@ -69,18 +74,29 @@ pub enum RegistryError {
 #[derive(Default)]
 struct Registry {
     plugins: BTreeMap<PluginRef, PluginRecord>,
-    bindings: BTreeMap<(Owner, ExtensionPoint), BindingRecord>,
+    bindings: BTreeMap<(Owner, Layer, ExtensionPoint), BindingRecord>,
 }
 
 impl Registry {
-    /// The plugin bound at `point` for `tenant`: its own binding, else the
-    /// global one.
-    fn resolve(&self, tenant: &TenantName, point: ExtensionPoint) -> Option<&PluginRecord> {
-        let binding = self
-            .bindings
-            .get(&(Owner::Tenant(tenant.clone()), point))
-            .or_else(|| self.bindings.get(&(Owner::Global, point)))?;
+    /// The plugin bound at `point` for `tenant` in `layer`: the operator's
+    /// binding for the tenant, else the global one; or the tenant's own.
+    fn resolve(&self, tenant: &TenantName, point: ExtensionPoint, layer: Layer) -> Option<&PluginRecord> {
+        let own = (Owner::Tenant(tenant.clone()), layer, point);
+        let binding = match layer {
+            Layer::Operator => self
+                .bindings
+                .get(&own)
+                .or_else(|| self.bindings.get(&(Owner::Global, Layer::Operator, point)))?,
+            Layer::Tenant => self.bindings.get(&own)?,
+        };
         self.plugins.get(&binding.plugin)
+    }
+
+    fn insert(&mut self, mut b: BindingRecord) -> Option<BindingRecord> {
+        if b.scope == Owner::Global {
+            b.layer = Layer::Operator;
+        }
+        self.bindings.insert((b.scope.clone(), b.layer, b.point), b)
     }
 
     fn bindings_of(&self, plugin: &PluginRef) -> Vec<BindingRecord> {
@@ -161,7 +177,7 @@ impl PolicyHost {
             registry.plugins.insert(p.plugin_ref(), p);
         }
         for b in ledger.plugin_bindings()? {
-            registry.bindings.insert((b.scope.clone(), b.point), b);
+            registry.insert(b);
         }
         Ok(PolicyHost {
             inner: Arc::new(Inner {
@@ -183,10 +199,13 @@ impl PolicyHost {
         self.inner.sandbox.config()
     }
 
-    /// Whether a plugin applies at `point` to `tenant`'s jobs (its own
-    /// binding, or a global one).
+    /// Whether a plugin applies at `point` to `tenant`'s jobs, in either
+    /// layer.
     pub fn bound(&self, tenant: &TenantName, point: ExtensionPoint) -> bool {
-        self.registry().resolve(tenant, point).is_some()
+        let registry = self.registry();
+        [Layer::Operator, Layer::Tenant]
+            .into_iter()
+            .any(|layer| registry.resolve(tenant, point, layer).is_some())
     }
 
     fn registry(&self) -> std::sync::RwLockReadGuard<'_, Registry> {
@@ -195,17 +214,50 @@ impl PolicyHost {
 
     // --- decisions -----------------------------------------------------------
 
-    /// Asks the admission plugin bound for the spec's tenant about a
-    /// submission (validated already). A modified spec comes back validated
-    /// like a submission and tagged [`MODIFIED_BY_TAG`]; an invalid one
-    /// rejects the job (the contract says so) and is recorded as the
-    /// plugin's failure. Other failures follow `admission_on_error`.
+    /// Asks the admission plugins bound for the spec's tenant about a
+    /// submission (validated already): the tenant's own first, then the
+    /// operator's on what the tenant's made of it. A tenant's plugin can so
+    /// only reject, or change the job into one the tenant could have
+    /// submitted itself, which the operator's plugin then judges: it cannot
+    /// grant what the operator's policy refuses.
+    ///
+    /// A modified spec comes back validated like a submission and tagged
+    /// [`MODIFIED_BY_TAG`] (the plugins that modified it, in order); an
+    /// invalid one rejects the job (the contract says so) and is recorded
+    /// as the plugin's failure. Other failures follow `admission_on_error`.
     pub async fn admit(&self, spec: &JobSpec, now: UnixMillis) -> AdmissionOutcome {
+        let mut current: Option<JobSpec> = None;
+        let mut decided_by = DecidedBy::Default;
+        for layer in [Layer::Tenant, Layer::Operator] {
+            let outcome = self.admit_in(layer, current.as_ref().unwrap_or(spec), now).await;
+            match outcome.decision {
+                AdmissionDecision::Reject(_) => return outcome,
+                AdmissionDecision::Modify(modified) => current = Some(*modified),
+                AdmissionDecision::Accept => {}
+            }
+            if outcome.decided_by != DecidedBy::Default {
+                decided_by = outcome.decided_by;
+            }
+        }
+        Outcome {
+            decision: match current {
+                Some(modified) if &modified != spec => AdmissionDecision::Modify(Box::new(modified)),
+                _ => AdmissionDecision::Accept,
+            },
+            decided_by,
+        }
+    }
+
+    /// [`admit`](Self::admit) by the plugin of one layer.
+    async fn admit_in(&self, layer: Layer, spec: &JobSpec, now: UnixMillis) -> AdmissionOutcome {
         let submitted = spec.clone();
         let invoked = self
-            .invoke(&spec.tenant, ExtensionPoint::Admission, move |b, store, max| {
-                b.admit(store, &submitted, now, max)
-            })
+            .invoke(
+                &spec.tenant,
+                ExtensionPoint::Admission,
+                layer,
+                move |b, store, max| b.admit(store, &submitted, now, max),
+            )
             .await;
         let (plugin, result) = match invoked {
             Invoked::Unbound => return default_outcome(AdmissionDecision::Accept),
@@ -232,10 +284,26 @@ impl PolicyHost {
                     token_id: String::new(),
                     node: None,
                 };
-                match convert::job_spec(&caller, Some(&wire)) {
+                let checked = convert::job_spec(&caller, Some(&wire)).and_then(|modified| {
+                    // The host's own tags (`allot.` keys) are the host's: a
+                    // plugin may neither set nor drop them.
+                    if reserved_tags(&modified) == reserved_tags(spec) {
+                        Ok(modified)
+                    } else {
+                        Err(ApiError::invalid(
+                            "spec.tags",
+                            format!("tags with the reserved prefix {RESERVED_TAG_PREFIX:?} are the server's; a plugin cannot set or remove them"),
+                        ))
+                    }
+                });
+                match checked {
                     Ok(modified) if &modified == spec => AdmissionDecision::Accept,
                     Ok(mut modified) => {
-                        modified.tags.insert(MODIFIED_BY_TAG.into(), plugin.to_string());
+                        let by = match spec.tags.get(MODIFIED_BY_TAG) {
+                            Some(before) => format!("{before},{plugin}"),
+                            None => plugin.to_string(),
+                        };
+                        modified.tags.insert(MODIFIED_BY_TAG.into(), by);
                         AdmissionDecision::Modify(Box::new(modified))
                     }
                     Err(e) => {
@@ -263,14 +331,31 @@ impl PolicyHost {
         }
     }
 
-    /// Asks the quota plugin bound for the job's tenant whether the job may
-    /// be placed now. Failures follow `quota_on_error` (hold by default).
+    /// Asks the quota plugins bound for the job's tenant whether the job
+    /// may be placed now: the operator's, then (when it allows) the
+    /// tenant's own, which can only hold or deny more. Failures follow
+    /// `quota_on_error` (hold by default).
     pub async fn quota(&self, input: &QuotaInput) -> QuotaOutcome {
+        let operator = self.quota_in(Layer::Operator, input).await;
+        if operator.decision != QuotaDecision::Allow {
+            return operator;
+        }
+        let own = self.quota_in(Layer::Tenant, input).await;
+        if own.decision == QuotaDecision::Allow && own.decided_by == DecidedBy::Default {
+            return operator;
+        }
+        own
+    }
+
+    async fn quota_in(&self, layer: Layer, input: &QuotaInput) -> QuotaOutcome {
         let request = input.clone();
         let invoked = self
-            .invoke(&input.job.tenant, ExtensionPoint::Quota, move |b, store, max| {
-                b.check(store, &request, max)
-            })
+            .invoke(
+                &input.job.tenant,
+                ExtensionPoint::Quota,
+                layer,
+                move |b, store, max| b.check(store, &request, max),
+            )
             .await;
         match invoked {
             Invoked::Unbound => default_outcome(QuotaDecision::Allow),
@@ -300,54 +385,76 @@ impl PolicyHost {
         }
     }
 
-    /// Asks the pricing plugin bound for the lease's tenant the price of one
-    /// hour piece. A plugin's error, or any failure, charges the list price
+    /// The price of one hour piece of a lease that bills and counts against
+    /// budgets: the operator's pricing plugin's (bound for the lease's
+    /// tenant, else globally), else the list price. A tenant's own pricing
+    /// plugin never sets it (see [`showback`](Self::showback)). A plugin's
+    /// error, an answer out of range or any failure charges the list price
     /// (`pricing_on_error`).
     pub async fn price(&self, input: &PriceInput) -> PriceOutcome {
-        let request = input.clone();
-        let invoked = self
-            .invoke(&input.tenant, ExtensionPoint::Pricing, move |b, store, max| {
-                b.price(store, &request, max)
-            })
-            .await;
-        match invoked {
-            Invoked::Unbound => default_outcome(input.list_price_minor),
-            Invoked::Called {
-                plugin,
-                result: Ok(Ok(price)),
-            } => Outcome {
-                decision: price,
-                decided_by: DecidedBy::Plugin(plugin),
-            },
-            Invoked::Called {
-                plugin,
-                result: Ok(Err(message)),
-            } => {
-                let failure = PluginFailure::new(FailureKind::PluginError, message);
-                self.record_failure(&plugin, input.tenant.clone(), ExtensionPoint::Pricing, &failure);
-                let PricingOnError::ListPrice = self.config().pricing_on_error;
-                failed(plugin, failure, input.list_price_minor)
-            }
-            Invoked::Called {
-                plugin,
-                result: Err(failure),
-            } => {
-                let PricingOnError::ListPrice = self.config().pricing_on_error;
-                failed(plugin, failure, input.list_price_minor)
-            }
-        }
+        self.price_in(Layer::Operator, input)
+            .await
+            .unwrap_or_else(|| default_outcome(input.list_price_minor))
     }
 
-    /// Resolves the plugin for `tenant` at `point` and runs `call` on it, on
+    /// The tenant's own pricing plugin's price of a piece (its internal
+    /// chargeback to its projects), recorded beside the bill and never
+    /// billed: `None` without one. Its failures fall back to the list price
+    /// like the operator's.
+    pub async fn showback(&self, input: &PriceInput) -> Option<PriceOutcome> {
+        self.price_in(Layer::Tenant, input).await
+    }
+
+    async fn price_in(&self, layer: Layer, input: &PriceInput) -> Option<PriceOutcome> {
+        let request = input.clone();
+        let invoked = self
+            .invoke(
+                &input.tenant,
+                ExtensionPoint::Pricing,
+                layer,
+                move |b, store, max| b.price(store, &request, max),
+            )
+            .await;
+        let PricingOnError::ListPrice = self.config().pricing_on_error;
+        let (plugin, result) = match invoked {
+            Invoked::Unbound => return None,
+            Invoked::Called { plugin, result } => (plugin, result),
+        };
+        let failure = match result {
+            Ok(Ok(price)) => match self.config().max_price(input.list_price_minor) {
+                max if price <= max => {
+                    return Some(Outcome {
+                        decision: price,
+                        decided_by: DecidedBy::Plugin(plugin),
+                    });
+                }
+                max => PluginFailure::new(
+                    FailureKind::InvalidResult,
+                    format!(
+                        "priced a piece at {price} minor units, above the most a plugin may charge for it: {max} ({} × its list price of {})",
+                        self.config().max_price_factor,
+                        input.list_price_minor
+                    ),
+                ),
+            },
+            Ok(Err(message)) => PluginFailure::new(FailureKind::PluginError, message),
+            Err(failure) => return Some(failed(plugin, failure, input.list_price_minor)),
+        };
+        self.record_failure(&plugin, input.tenant.clone(), ExtensionPoint::Pricing, &failure);
+        Some(failed(plugin, failure, input.list_price_minor))
+    }
+
+    /// Resolves the plugin for `tenant` at `point` in `layer` and runs `call` on it, on
     /// a blocking thread, within the concurrency bound; counts the call and
     /// records a failure.
     async fn invoke<R: Send + 'static>(
         &self,
         tenant: &TenantName,
         point: ExtensionPoint,
+        layer: Layer,
         call: impl Fn(&Instance, &mut wasmtime::Store<CallState>, usize) -> Result<R, CallError> + Send + 'static,
     ) -> Invoked<R> {
-        let Some(record) = self.registry().resolve(tenant, point).cloned() else {
+        let Some(record) = self.registry().resolve(tenant, point, layer).cloned() else {
             return Invoked::Unbound;
         };
         let plugin = record.plugin_ref();
@@ -585,11 +692,38 @@ impl PolicyHost {
         now: UnixMillis,
     ) -> Result<(PluginRecord, Option<PluginRecord>), RegistryError> {
         let _change = self.inner.changes.lock().await;
+        // A tenant's limits, before anything is compiled (a replacement
+        // counts instead of the plugin it replaces).
+        if let Owner::Tenant(tenant) = &owner {
+            let config = self.config();
+            let (count, bytes) = self
+                .registry()
+                .plugins
+                .values()
+                .filter(|p| p.owner == owner && p.name != name)
+                .fold((0usize, 0u64), |(n, b), p| (n + 1, b.saturating_add(p.size)));
+            if count >= config.max_plugins_per_tenant {
+                return Err(RegistryError::Limit(format!(
+                    "tenant {tenant} has {count} plugins, the most it may keep (plugins.max_plugins_per_tenant); remove one first"
+                )));
+            }
+            let limit = config.max_plugin_bytes_per_tenant.0.saturating_mul(1 << 20);
+            let total = bytes.saturating_add(wasm.len() as u64);
+            if total > limit {
+                return Err(RegistryError::Limit(format!(
+                    "tenant {tenant}'s plugins would weigh {:.1} MiB with this one ({:.1} MiB), more than the {} it may keep (plugins.max_plugin_bytes_per_tenant); remove one first",
+                    total as f64 / f64::from(1 << 20),
+                    wasm.len() as f64 / f64::from(1 << 20),
+                    config.max_plugin_bytes_per_tenant
+                )));
+            }
+        }
         let host = self.clone();
-        let (validated, wasm) =
-            tokio::task::spawn_blocking(move || (host.inner.sandbox.validate(&wasm), wasm))
-                .await
-                .map_err(|e| RegistryError::Internal(format!("plugin validation panicked: {e}")))?;
+        let (validated, wasm) = tokio::task::spawn_blocking(move || {
+            (runtime::niced(|| host.inner.sandbox.validate(&wasm)), wasm)
+        })
+        .await
+        .map_err(|e| RegistryError::Internal(format!("plugin validation panicked: {e}")))?;
         let validated = validated?;
         let plugin_ref = PluginRef {
             owner: owner.clone(),
@@ -727,6 +861,7 @@ impl PolicyHost {
     pub async fn bind(
         &self,
         scope: Owner,
+        layer: Layer,
         point: Option<ExtensionPoint>,
         plugin: PluginRef,
         bound_by: &str,
@@ -756,8 +891,14 @@ impl PolicyHost {
                 record.point.export_name()
             )));
         }
+        let layer = if scope == Owner::Global {
+            Layer::Operator
+        } else {
+            layer
+        };
         let binding = BindingRecord {
             scope: scope.clone(),
+            layer,
             point,
             plugin,
             bound_at: now,
@@ -770,28 +911,39 @@ impl PolicyHost {
             .registry
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .bindings
-            .insert((scope, point), binding.clone());
-        info!(scope = %binding.scope, %point, plugin = %binding.plugin, "plugin bound");
+            .insert(binding.clone());
+        info!(scope = %binding.scope, %layer, %point, plugin = %binding.plugin, "plugin bound");
         Ok((binding, replaced))
     }
 
     /// Removes the binding at `point` for `scope`.
-    pub async fn unbind(&self, scope: Owner, point: ExtensionPoint) -> Result<BindingRecord, RegistryError> {
+    pub async fn unbind(
+        &self,
+        scope: Owner,
+        layer: Layer,
+        point: ExtensionPoint,
+    ) -> Result<BindingRecord, RegistryError> {
         let _change = self.inner.changes.lock().await;
+        let layer = if scope == Owner::Global {
+            Layer::Operator
+        } else {
+            layer
+        };
         let removed = self
             .inner
             .ledger
-            .remove_plugin_binding(&scope, point)?
-            .ok_or_else(|| RegistryError::NotFound(format!("a {point} binding for {scope}")))?;
+            .remove_plugin_binding(&scope, layer, point)?
+            .ok_or_else(|| {
+                RegistryError::NotFound(format!("a {point} binding for {scope} ({layer} layer)"))
+            })?;
         self.inner.ledger.flush().await?;
         self.inner
             .registry
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .bindings
-            .remove(&(scope, point));
-        info!(scope = %removed.scope, %point, plugin = %removed.plugin, "plugin unbound");
+            .remove(&(scope, layer, point));
+        info!(scope = %removed.scope, %layer, %point, plugin = %removed.plugin, "plugin unbound");
         Ok(removed)
     }
 }

@@ -216,6 +216,18 @@ fn renice(nice: i32) -> Option<i32> {
     }
 }
 
+/// Runs `f` on this thread at [`PLUGIN_NICE`] (where the thread can be put
+/// back afterwards, see [`can_unnice`]): compiling an upload yields the
+/// cores to scheduling and to other tenants' calls.
+pub fn niced<R>(f: impl FnOnce() -> R) -> R {
+    let before = renice(PLUGIN_NICE);
+    let r = f();
+    if let Some(before) = before {
+        unnice(before);
+    }
+    r
+}
+
 /// Puts this thread back to `before` (raising a priority back needs
 /// CAP_SYS_NICE unless RLIMIT_NICE allows it: see [`can_unnice`]).
 fn unnice(before: i32) {
@@ -517,6 +529,9 @@ impl Sandbox {
             .epoch_interruption(true)
             .max_wasm_stack(MAX_WASM_STACK)
             .memory_init_cow(true)
+            // An upload compiles on its one (niced) thread, not on every
+            // core: it must not slow the scheduling of other tenants.
+            .parallel_compilation(false)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&c).map_err(|e| anyhow::anyhow!("cannot start the plugin engine: {e}"))?;
         let mut linker = Linker::new(&engine);

@@ -66,8 +66,23 @@ fn tenant(t: &str) -> Owner {
 }
 
 /// Uploads `component` as `name` for `owner` and binds it at its world for
-/// `owner`.
+/// `owner`, in the operator's layer (as an admin binds).
 async fn add_and_bind(host: &PolicyHost, owner: Owner, name: &str, component: &str) -> PluginRef {
+    add_and_bind_in(host, owner, Layer::Operator, name, component).await
+}
+
+/// The same, in the tenant's own layer (as a tenant token binds).
+async fn add_and_bind_own(host: &PolicyHost, owner: Owner, name: &str, component: &str) -> PluginRef {
+    add_and_bind_in(host, owner, Layer::Tenant, name, component).await
+}
+
+async fn add_and_bind_in(
+    host: &PolicyHost,
+    owner: Owner,
+    layer: Layer,
+    name: &str,
+    component: &str,
+) -> PluginRef {
     let (record, _) = host
         .add_plugin(
             owner.clone(),
@@ -78,7 +93,7 @@ async fn add_and_bind(host: &PolicyHost, owner: Owner, name: &str, component: &s
         )
         .await
         .unwrap();
-    host.bind(owner, None, record.plugin_ref(), "test", UnixMillis(2))
+    host.bind(owner, layer, None, record.plugin_ref(), "test", UnixMillis(2))
         .await
         .unwrap();
     record.plugin_ref()
@@ -241,7 +256,7 @@ async fn without_a_binding_the_defaults_decide() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tenants_binding_wins_over_the_global_one_and_applies_to_it_alone() {
+async fn an_operator_binding_for_a_tenant_wins_over_the_global_one_and_applies_to_it_alone() {
     let f = host();
     let global = add_and_bind(&f.host, Owner::Global, "reject_big", "require_cost_center").await;
     let own = add_and_bind(&f.host, tenant("acme"), "oversized", "hostile_oversized").await;
@@ -255,7 +270,7 @@ async fn a_tenants_binding_wins_over_the_global_one_and_applies_to_it_alone() {
     assert_eq!(f.host.stats(&own).calls, 1);
     // Unbinding acme's plugin falls back to the global one at once.
     f.host
-        .unbind(tenant("acme"), ExtensionPoint::Admission)
+        .unbind(tenant("acme"), Layer::Operator, ExtensionPoint::Admission)
         .await
         .unwrap();
     let acme = f
@@ -311,6 +326,7 @@ async fn the_registry_refuses_what_would_break_a_binding() {
         .host
         .bind(
             tenant("acme"),
+            Layer::Tenant,
             Some(ExtensionPoint::Admission),
             caps.clone(),
             "t",
@@ -322,14 +338,14 @@ async fn the_registry_refuses_what_would_break_a_binding() {
     // A global binding takes only global plugins.
     let err = f
         .host
-        .bind(Owner::Global, None, caps.clone(), "t", NOW)
+        .bind(Owner::Global, Layer::Operator, None, caps.clone(), "t", NOW)
         .await
         .unwrap_err();
     assert!(matches!(err, RegistryError::Conflict(_)), "{err}");
     // Another tenant cannot bind it: for them it does not exist.
     let err = f
         .host
-        .bind(tenant("globex"), None, caps.clone(), "t", NOW)
+        .bind(tenant("globex"), Layer::Tenant, None, caps.clone(), "t", NOW)
         .await
         .unwrap_err();
     assert!(matches!(err, RegistryError::NotFound(_)), "{err}");
@@ -349,7 +365,7 @@ async fn the_registry_refuses_what_would_break_a_binding() {
     assert_eq!(f.host.plugin(&caps).unwrap().point, ExtensionPoint::Quota);
     // Unbound, it goes, bytes and all.
     f.host
-        .unbind(tenant("acme"), ExtensionPoint::Quota)
+        .unbind(tenant("acme"), Layer::Operator, ExtensionPoint::Quota)
         .await
         .unwrap();
     let removed = f.host.remove_plugin(&caps).await.unwrap();
@@ -706,4 +722,210 @@ async fn a_looping_tenant_waits_on_its_own_slots_and_another_tenant_does_not() {
     let stats = f.host.stats(&spin);
     assert_eq!(stats.failures, 6);
     assert!(stats.recent_errors.iter().all(|e| e.tenant.as_str() == "acme"));
+}
+
+// --- the trust model: operator and tenant layers ----------------------------------
+
+/// Regression (issue 12, defect 1): a tenant's own binding replaced the
+/// operator's, so a tenant could escape the operator's admission, quota and
+/// prices. Its own plugins now run besides the operator's and can only be
+/// stricter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_own_admission_plugin_runs_before_the_operators_and_cannot_escape_it() {
+    let f = host();
+    let operator = add_and_bind(&f.host, Owner::Global, "gate", "hostile_keeps_state").await;
+    let own = add_and_bind_own(&f.host, tenant("acme"), "cc", "require_cost_center").await;
+    // The tenant's plugin rejects first: the operator's is not asked.
+    let outcome = f.host.admit(&spec("acme", "vision", &[], 1), NOW).await;
+    assert!(
+        matches!(outcome.decision, AdmissionDecision::Reject(ref m) if m.contains("cost-center")),
+        "{:?}",
+        outcome.decision
+    );
+    assert_eq!(outcome.decided_by, DecidedBy::Plugin(own.clone()));
+    assert_eq!(f.host.stats(&operator).calls, 0);
+    // Accepted by the tenant's, the job still goes to the operator's, which
+    // rejects it (the tenant's binding used to replace the global one).
+    let outcome = f
+        .host
+        .admit(&spec("acme", "vision", &[("cost-center", "cc-1")], 1), NOW)
+        .await;
+    assert!(
+        matches!(outcome.decision, AdmissionDecision::Reject(ref m) if m.starts_with("call ")),
+        "{:?}",
+        outcome.decision
+    );
+    assert_eq!(outcome.decided_by, DecidedBy::Plugin(operator.clone()));
+    assert_eq!(f.host.stats(&operator).calls, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_modification_by_the_tenants_plugin_is_judged_by_the_operators() {
+    let f = host();
+    // The tenant's plugin makes sandbox jobs preemptible with a time limit;
+    // the operator's requires a cost-center tag, which it does not add.
+    let own = add_and_bind_own(&f.host, tenant("acme"), "sandbox", "require_cost_center").await;
+    let operator = add_and_bind(&f.host, Owner::Global, "cc", "require_cost_center").await;
+    let outcome = f
+        .host
+        .admit(&spec("acme", "sandbox", &[("cost-center", "cc-1")], 1), NOW)
+        .await;
+    let AdmissionDecision::Modify(modified) = &outcome.decision else {
+        panic!("{:?}", outcome.decision);
+    };
+    assert!(modified.preemptible);
+    // Both modified it (the same change: the second found it done and
+    // accepted), and the tag names who did.
+    assert_eq!(modified.tags.get(MODIFIED_BY_TAG), Some(&own.to_string()));
+    assert_eq!(f.host.stats(&operator).calls, 1);
+}
+
+/// A quota ask about a `gpus`-GPU job of acme's project `vision`, which
+/// holds `held` GPUs.
+fn quota_ask(gpus: i32, held: u64) -> QuotaInput {
+    let usage = Usage {
+        gpus_held: Share::new(held, 1).unwrap(),
+        ..Usage::zero(Currency::USD)
+    };
+    QuotaInput {
+        job: spec("acme", "vision", &[], gpus),
+        job_gpus: Share::new(gpus as u64, 1).unwrap(),
+        now: NOW,
+        period_start: NOW.month_start(),
+        tenant_usage: usage.clone(),
+        projects: BTreeMap::from([("vision".parse::<ProjectName>().unwrap(), usage)]),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_own_quota_plugin_can_only_hold_more() {
+    let f = host();
+    let own = add_and_bind_own(&f.host, tenant("acme"), "caps", "project_caps").await;
+    // No operator plugin: the tenant's caps decide (vision: 4 GPUs).
+    let over = quota_ask(1, 4);
+    let outcome = f.host.quota(&over).await;
+    assert!(
+        matches!(outcome.decision, QuotaDecision::Hold(_)),
+        "{:?}",
+        outcome.decision
+    );
+    assert_eq!(outcome.decided_by, DecidedBy::Plugin(own.clone()));
+    // With the operator's caps too: both allow a small job...
+    let operator = add_and_bind(&f.host, Owner::Global, "ops-caps", "project_caps").await;
+    let outcome = f.host.quota(&quota_ask(1, 2)).await;
+    assert_eq!(outcome.decision, QuotaDecision::Allow);
+    assert_eq!(f.host.stats(&operator).calls, 1);
+    assert_eq!(f.host.stats(&own).calls, 2);
+    // ...and the operator's hold holds, the tenant's not asked after it.
+    let outcome = f.host.quota(&over).await;
+    assert!(matches!(outcome.decision, QuotaDecision::Hold(_)));
+    assert_eq!(outcome.decided_by, DecidedBy::Plugin(operator));
+    assert_eq!(f.host.stats(&own).calls, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_own_pricing_plugin_is_showback_and_never_the_bill() {
+    let f = host();
+    let own = add_and_bind_own(&f.host, tenant("acme"), "free", "hostile_price_from_tag").await;
+    let mut free = piece("acme", "USD");
+    free.tags.insert("price".into(), "0".into());
+    // The bill: the list price, whatever the tenant's plugin says.
+    let billed = f.host.price(&free).await;
+    assert_eq!((billed.decision, billed.decided_by), (400, DecidedBy::Default));
+    // Beside it: the tenant's own price.
+    let showback = f.host.showback(&free).await.unwrap();
+    assert_eq!(
+        (showback.decision, showback.decided_by),
+        (0, DecidedBy::Plugin(own))
+    );
+    // Another tenant has no showback.
+    assert!(f.host.showback(&piece("globex", "USD")).await.is_none());
+}
+
+/// Regression (issue 12, defect 4): `u64::MAX` became −0.01 USD on the
+/// lease and 1.8 × 10¹⁷ USD in usage. An answer above `max_price_factor` ×
+/// the list price is refused as `invalid_result`, and the list price bills.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_price_out_of_range_is_refused_and_the_list_price_bills() {
+    let f = host();
+    let plugin = add_and_bind(&f.host, Owner::Global, "wild", "hostile_price_from_tag").await;
+    let at = |price: &str| {
+        let mut p = piece("acme", "USD");
+        p.tags.insert("price".into(), price.into());
+        p
+    };
+    for wild in ["max", "40001"] {
+        let outcome = f.host.price(&at(wild)).await;
+        assert_eq!(outcome.decision, 400, "{wild}: the list price");
+        let failure = failure_of(&outcome);
+        assert_eq!(failure.kind, FailureKind::InvalidResult, "{failure}");
+        assert!(
+            failure
+                .message
+                .contains("above the most a plugin may charge for it: 40000"),
+            "{failure}"
+        );
+    }
+    // The edges of the range are prices.
+    for fine in ["0", "40000"] {
+        let outcome = f.host.price(&at(fine)).await;
+        assert_eq!(outcome.decided_by, DecidedBy::Plugin(plugin.clone()));
+        assert_eq!(outcome.decision, fine.parse::<u64>().unwrap());
+    }
+    // A piece the rate card gives away may only be priced 0.
+    let mut free = at("1");
+    free.list_price_minor = 0;
+    assert_eq!(
+        failure_of(&f.host.price(&free).await).kind,
+        FailureKind::InvalidResult
+    );
+    let stats = f.host.stats(&plugin);
+    assert_eq!((stats.calls, stats.failures), (5, 3));
+}
+
+/// Regression (issue 12, defect 6): a tenant could keep any number of
+/// plugins (60 were accepted). Per-tenant limits on count and bytes,
+/// checked before anything is compiled; global plugins do not count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_keeps_at_most_its_limits_of_plugins() {
+    let f = host_with(PolicyConfig {
+        max_plugins_per_tenant: 2,
+        max_plugin_bytes_per_tenant: MiB(1),
+        ..PolicyConfig::default()
+    });
+    let add = |owner: Owner, name: &str, wasm: Vec<u8>| {
+        let host = f.host.clone();
+        let name = name.to_string();
+        async move {
+            host.add_plugin(owner, name.parse().unwrap(), wasm, "t", NOW)
+                .await
+        }
+    };
+    add(tenant("acme"), "one", wasm("require_cost_center"))
+        .await
+        .unwrap();
+    add(tenant("acme"), "two", wasm("project_caps")).await.unwrap();
+    let err = add(tenant("acme"), "three", wasm("time_of_day"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::Limit(_)), "{err}");
+    assert!(
+        err.to_string().contains("has 2 plugins, the most it may keep"),
+        "{err}"
+    );
+    // Replacing one is not one more; another tenant and global plugins
+    // have limits of their own.
+    add(tenant("acme"), "two", wasm("time_of_day")).await.unwrap();
+    add(tenant("globex"), "three", wasm("time_of_day")).await.unwrap();
+    add(Owner::Global, "three", wasm("time_of_day")).await.unwrap();
+    // Bytes: refused before it is even looked at (this is no component).
+    let err = add(tenant("globex"), "big", vec![0u8; 1 << 20])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::Limit(_)), "{err}");
+    assert!(
+        err.to_string().contains("more than the 1MiB it may keep"),
+        "{err}"
+    );
+    assert_eq!(f.host.plugins().len(), 4);
 }

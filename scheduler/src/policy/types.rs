@@ -208,12 +208,50 @@ impl PluginRecord {
     }
 }
 
+/// Whose policy a binding carries: it decides what the binding's plugin may
+/// do (the trust model, docs/plugins.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Layer {
+    /// The operator's: global bindings, and bindings an admin made for one
+    /// tenant (which stand in for the global one for that tenant). Its
+    /// pricing plugin sets the price that bills and counts against budgets.
+    Operator,
+    /// The tenant's own, made with a tenant token. Called besides the
+    /// operator's, never instead: its admission plugin runs first and may
+    /// reject or modify (the result is checked like a submission, then goes
+    /// to the operator's); its quota plugin may only hold or deny more; its
+    /// pricing plugin sets a showback price recorded beside the bill.
+    #[default]
+    Tenant,
+}
+
+impl Layer {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Layer::Operator => "operator",
+            Layer::Tenant => "tenant",
+        }
+    }
+}
+
+impl fmt::Display for Layer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Which plugin is called at one extension point, for one tenant or
 /// globally.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BindingRecord {
-    /// `Global`: every tenant without a binding of its own at this point.
+    /// `Global`: every tenant without an operator binding of its own at
+    /// this point.
     pub scope: Owner,
+    /// A global binding is always the operator's. (Bindings stored before
+    /// layers existed read as the tenant's: they never set a bill.)
+    #[serde(default)]
+    pub layer: Layer,
     pub point: ExtensionPoint,
     pub plugin: PluginRef,
     pub bound_at: UnixMillis,
