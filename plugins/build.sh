@@ -17,7 +17,8 @@
 #   hostile_wrong_world.wasm (a component of a world that is not allot's),
 #   hostile_keeps_state.wasm (counts its calls in memory, which shows which calls
 #   shared an instance), hostile_future_version.wasm (built for allot:plugin@9.0.0),
-#   hostile_price_from_tag.wasm (prices a lease at its `price` tag: 0, max)
+#   hostile_price_from_tag.wasm (prices a lease at its `price` tag: 0, max),
+#   hostile_bad_utf8.wasm (rejects with a message that is not UTF-8)
 #
 # Progress goes to stderr; stdout gets the absolute path of each component,
 # one per line, so that tests can read them. Each output is checked to be a
@@ -37,7 +38,7 @@ for arg in "$@"; do
         *) echo "usage: $0 [--rust] [--hostile]" >&2; exit 2 ;;
     esac
 done
-hostile_crates=(loop-forever memory-bomb panics deep-recursion oversized bad-modify wrong-world keeps-state future-version price-from-tag)
+hostile_crates=(loop-forever memory-bomb panics deep-recursion oversized bad-modify wrong-world keeps-state future-version price-from-tag bad-utf8)
 
 cd "$plugins"
 packages=(-p require-cost-center -p project-caps -p time-of-day)

@@ -692,6 +692,9 @@ impl Client {
 /// The largest plugin upload the server accepts, message included.
 pub const MAX_PLUGIN_MESSAGE: usize = 33 << 20;
 
+/// The largest component a plugin may be.
+pub const MAX_COMPONENT_BYTES: usize = 32 << 20;
+
 /// Whose plugin or binding a call is about.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Scope {
@@ -723,6 +726,19 @@ impl Plugins {
     /// Uploads a component as `name` (replacing a plugin of that name: its
     /// bindings call the new build from the next call on).
     pub async fn add(&self, name: &str, wasm: Vec<u8>, scope: &Scope) -> Result<proto::AddPluginResponse> {
+        // Refused here with the limit, rather than as a transport error
+        // when the message outgrows what the server decodes.
+        if wasm.len() > MAX_COMPONENT_BYTES {
+            return Err(Error {
+                code: Code::InvalidArgument,
+                message: format!(
+                    "wasm: the component is {:.1} MiB; a plugin may be at most {} MiB",
+                    wasm.len() as f64 / f64::from(1 << 20),
+                    MAX_COMPONENT_BYTES >> 20
+                ),
+                field: Some("wasm".into()),
+            });
+        }
         let (tenant, global) = scope.fields();
         Ok(self
             .0

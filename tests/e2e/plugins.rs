@@ -857,3 +857,78 @@ async fn a_tenants_own_admission_plugin_cannot_escape_the_operators() {
         err.message()
     );
 }
+
+/// Regression (issue 12, defect 8): what a user needs to see. A 33 MiB
+/// upload got "h2 protocol error"; `plugin show` had no latency and no
+/// failures by kind; an unreadable answer was recorded as `instantiate`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_show_has_latency_and_failures_by_kind_and_a_big_upload_gets_the_size() {
+    let dir = tempdir();
+    let (server, a, _b) = two_tenants(dir.path()).await;
+    let big = vec![0u8; 33 << 20];
+    let err = a
+        .plugins()
+        .add("big", big.clone(), &Scope::Own)
+        .await
+        .unwrap_err();
+    assert_eq!((err.code(), err.field()), (Code::InvalidArgument, Some("wasm")));
+    assert!(
+        err.message()
+            .contains("the component is 33.0 MiB; a plugin may be at most 32 MiB"),
+        "{}",
+        err.message()
+    );
+    let file = dir.path().join("big.wasm");
+    std::fs::write(&file, &big).unwrap();
+    let (code, _, err) = run_allot(
+        &["plugin", "add", file.to_str().unwrap()],
+        Some(&server.addr),
+        Some(&server.token),
+    )
+    .await;
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("at most 32 MiB") && !err.contains("h2 protocol"),
+        "{err}"
+    );
+
+    add_and_bind_own(&a, "garbled", "hostile_bad_utf8").await;
+    for _ in 0..3 {
+        let err = a.submit(JobSpec::new("true")).await.unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition);
+        assert!(err.message().contains("invalid_result"), "{}", err.message());
+    }
+    let stats = a
+        .plugins()
+        .get("garbled", &Scope::Own)
+        .await
+        .unwrap()
+        .stats
+        .unwrap();
+    assert_eq!(
+        stats.failures_by_kind.get("invalid_result"),
+        Some(&3),
+        "{stats:?}"
+    );
+    let (p50, p99) = (stats.p50_us.unwrap(), stats.p99_us.unwrap());
+    assert!(p50 > 0 && p50 <= p99, "{p50} {p99}");
+    let (code, out, err) = run_allot(
+        &["plugin", "show", "garbled"],
+        Some(&server.addr),
+        Some(&server.token),
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("  latency:     p50 "), "{out}");
+    assert!(out.contains("  failures:    3 invalid_result"), "{out}");
+    // list and show agree on the binding.
+    let (_, list, _) = run_allot(&["plugin", "list"], Some(&server.addr), Some(&server.token)).await;
+    assert!(
+        list.contains("admission for tenant default (tenant layer) -> garbled"),
+        "{list}"
+    );
+    assert!(
+        out.contains("admission for tenant default (tenant layer) -> garbled"),
+        "{out}"
+    );
+}

@@ -122,6 +122,13 @@ fn stats_pb(s: &PluginStats) -> pb::PluginStats {
         calls: s.calls,
         failures: s.failures,
         recent_errors: s.recent_errors.iter().map(error_pb).collect(),
+        p50_us: s.latency_quantile_us(0.5),
+        p99_us: s.latency_quantile_us(0.99),
+        failures_by_kind: s
+            .failures_by_kind
+            .iter()
+            .map(|(k, n)| (k.as_str().to_string(), *n))
+            .collect(),
     }
 }
 

@@ -185,6 +185,9 @@ pub async fn run(client: &Client, cmd: &PluginCommand, json: bool) -> anyhow::Re
                     "stats": r.stats.as_ref().map(|s| json!({
                         "calls": s.calls,
                         "failures": s.failures,
+                        "failures_by_kind": s.failures_by_kind,
+                        "p50_us": s.p50_us,
+                        "p99_us": s.p99_us,
                         "recent_errors": s.recent_errors.iter().map(|e| json!({
                             "at": time(e.at_unix_ms),
                             "kind": e.kind,
@@ -222,6 +225,26 @@ pub async fn run(client: &Client, cmd: &PluginCommand, json: bool) -> anyhow::Re
                     "  calls:       {} since the server started, {} failed",
                     s.calls, s.failures
                 );
+                if let (Some(p50), Some(p99)) = (s.p50_us, s.p99_us) {
+                    println!(
+                        "  latency:     p50 {}, p99 {} (the last {} calls, waits included)",
+                        micros(p50),
+                        micros(p99),
+                        s.calls.min(1024)
+                    );
+                }
+                if !s.failures_by_kind.is_empty() {
+                    let mut kinds: Vec<_> = s.failures_by_kind.iter().collect();
+                    kinds.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+                    println!(
+                        "  failures:    {}",
+                        kinds
+                            .iter()
+                            .map(|(k, n)| format!("{n} {k}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                }
                 if !s.recent_errors.is_empty() {
                     println!();
                     let rows: Vec<Vec<String>> = s
@@ -300,6 +323,15 @@ fn human_size(bytes: u64) -> String {
         b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1 << 20) as f64),
         b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
         b => format!("{b} B"),
+    }
+}
+
+/// `850 µs`, `3.4 ms`, `1.20 s`.
+fn micros(us: u64) -> String {
+    match us {
+        us if us < 1_000 => format!("{us} µs"),
+        us if us < 1_000_000 => format!("{:.1} ms", us as f64 / 1e3),
+        us => format!("{:.2} s", us as f64 / 1e6),
     }
 }
 

@@ -458,14 +458,16 @@ impl PolicyHost {
             return Invoked::Unbound;
         };
         let plugin = record.plugin_ref();
+        let started = std::time::Instant::now();
         let result = self.run(&record, tenant, call).await;
+        let took = started.elapsed();
         // The host's congestion is not the plugin's failure.
         if let Err(failure) = &result
             && failure.kind != FailureKind::HostBusy
         {
             self.record_failure(&plugin, tenant.clone(), point, failure);
         }
-        self.count_call(&plugin);
+        self.count_call(&plugin, took);
         Invoked::Called { plugin, result }
     }
 
@@ -623,9 +625,11 @@ impl PolicyHost {
         Ok(loaded)
     }
 
-    fn count_call(&self, plugin: &PluginRef) {
+    fn count_call(&self, plugin: &PluginRef, took: Duration) {
         let mut stats = self.inner.stats.lock().unwrap_or_else(|e| e.into_inner());
-        stats.entry(plugin.clone()).or_default().calls += 1;
+        let s = stats.entry(plugin.clone()).or_default();
+        s.calls += 1;
+        s.record_latency(took);
     }
 
     fn record_failure(
@@ -663,6 +667,7 @@ impl PolicyHost {
         let mut stats = self.inner.stats.lock().unwrap_or_else(|e| e.into_inner());
         let s = stats.entry(plugin.clone()).or_default();
         s.failures += 1;
+        *s.failures_by_kind.entry(failure.kind).or_default() += 1;
         let mut recent: VecDeque<ErrorRecord> = std::mem::take(&mut s.recent_errors).into();
         if recent.len() >= RECENT_ERRORS {
             recent.pop_front();

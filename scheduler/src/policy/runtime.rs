@@ -745,6 +745,7 @@ impl Sandbox {
             }),
             Err(e) => Err(classify(
                 &e,
+                FailureKind::Instantiate,
                 store.data(),
                 &String::from_utf8_lossy(&stderr.contents()),
             )),
@@ -842,9 +843,15 @@ impl Sandbox {
                     self.config.max_result_bytes
                 ),
             ),
-            CallError::Wasm(e) => {
-                classify(&e, w.store.data(), &String::from_utf8_lossy(&w.stderr.contents()))
-            }
+            // An error of a call that is not a trap is the host refusing
+            // what the plugin returned (bad UTF-8, a pointer out of bounds, a
+            // bad discriminant, a realloc that misbehaved): its answer.
+            CallError::Wasm(e) => classify(
+                &e,
+                FailureKind::InvalidResult,
+                w.store.data(),
+                &String::from_utf8_lossy(&w.stderr.contents()),
+            ),
         }
     }
 
@@ -947,7 +954,9 @@ fn first_line(e: &wasmtime::Error) -> String {
 
 /// What kind of failure `e` is, with a message for the operator: the trap,
 /// and the end of what the plugin wrote to standard error (a panic message).
-fn classify(e: &wasmtime::Error, state: &CallState, stderr: &str) -> PluginFailure {
+/// An error that is not a trap is `otherwise` (an instantiation that failed,
+/// or an answer the host could not read).
+fn classify(e: &wasmtime::Error, otherwise: FailureKind, state: &CallState, stderr: &str) -> PluginFailure {
     let mut failure = if let Some(asked) = state.memory_refused {
         PluginFailure::new(
             FailureKind::Memory,
@@ -959,16 +968,39 @@ fn classify(e: &wasmtime::Error, state: &CallState, stderr: &str) -> PluginFailu
         )
     } else {
         match e.downcast_ref::<Trap>() {
-            Some(Trap::Interrupt) => PluginFailure::new(
-                FailureKind::Timeout,
-                "ran past its CPU budget and was stopped".to_string(),
-            ),
+            Some(Trap::Interrupt) => {
+                let (cpu, wall) = (
+                    thread_cpu().saturating_sub(state.cpu_start),
+                    state.wall_start.elapsed(),
+                );
+                PluginFailure::new(
+                    FailureKind::Timeout,
+                    if cpu >= state.cpu_budget {
+                        format!(
+                            "ran past its CPU budget and was stopped ({:.1} ms of CPU in {:.1} ms; the budget is {} ms)",
+                            cpu.as_secs_f64() * 1e3,
+                            wall.as_secs_f64() * 1e3,
+                            state.cpu_budget.as_millis()
+                        )
+                    } else {
+                        format!(
+                            "ran past {WALL_FACTOR} × its CPU budget of wall time and was stopped ({:.1} ms of CPU in {:.1} ms; the machine is too busy to run it)",
+                            cpu.as_secs_f64() * 1e3,
+                            wall.as_secs_f64() * 1e3
+                        )
+                    },
+                )
+            }
             Some(Trap::StackOverflow) => PluginFailure::new(
                 FailureKind::Trap,
                 "stack overflow (recursion too deep)".to_string(),
             ),
             Some(trap) => PluginFailure::new(FailureKind::Trap, trap.to_string()),
-            None => PluginFailure::new(FailureKind::Instantiate, first_line(e)),
+            None if otherwise == FailureKind::InvalidResult => PluginFailure::new(
+                otherwise,
+                format!("returned an answer the host cannot read: {}", first_line(e)),
+            ),
+            None => PluginFailure::new(otherwise, first_line(e)),
         }
     };
     let stderr = stderr.trim();

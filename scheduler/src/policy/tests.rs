@@ -412,6 +412,15 @@ async fn an_infinite_loop_is_stopped_at_its_cpu_budget() {
     let (failure, stats) = contained("hostile_loop_forever").await;
     assert_eq!(failure.kind, FailureKind::Timeout, "{failure}");
     assert!(started.elapsed() >= Duration::from_millis(50));
+    // Stopped within a few ticks of its budget of CPU (issue 12, defect 8:
+    // calls of 51–69 ms passed a 50 ms budget).
+    let cpu: f64 = failure
+        .message
+        .split_once('(')
+        .and_then(|(_, rest)| rest.split_once(" ms of CPU"))
+        .map(|(ms, _)| ms.parse().unwrap())
+        .unwrap_or_else(|| panic!("{failure}"));
+    assert!((50.0..55.0).contains(&cpu), "{failure}");
     assert_eq!((stats.calls, stats.failures), (1, 1));
     assert_eq!(stats.recent_errors[0].kind, FailureKind::Timeout);
 }
@@ -433,6 +442,21 @@ async fn a_panic_is_a_trap_with_its_message() {
             .contains("hostile plugin panicked on job \"train\""),
         "{failure}"
     );
+}
+
+/// Regression (issue 12, defect 8): an answer the host cannot read was
+/// recorded as `instantiate`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_that_is_not_utf8_is_an_invalid_result() {
+    let (failure, stats) = contained("hostile_bad_utf8").await;
+    assert_eq!(failure.kind, FailureKind::InvalidResult, "{failure}");
+    assert!(
+        failure
+            .message
+            .starts_with("returned an answer the host cannot read: invalid utf-8"),
+        "{failure}"
+    );
+    assert_eq!(stats.recent_errors[0].kind, FailureKind::InvalidResult);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

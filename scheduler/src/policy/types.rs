@@ -411,7 +411,7 @@ pub type PriceOutcome = Outcome<u64>;
 // --- failures ----------------------------------------------------------------
 
 /// How a plugin call failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum FailureKind {
@@ -497,8 +497,39 @@ pub struct ErrorRecord {
 pub struct PluginStats {
     pub calls: u64,
     pub failures: u64,
+    /// Failures by kind, since the server started.
+    pub failures_by_kind: BTreeMap<FailureKind, u64>,
     /// The most recent failures, newest last.
     pub recent_errors: Vec<ErrorRecord>,
+    /// How long the most recent calls took ([`LATENCY_SAMPLES`] at most),
+    /// in microseconds, waits for a slot included: what the caller waited.
+    pub latencies_us: std::collections::VecDeque<u64>,
+}
+
+/// Calls whose latency a plugin's stats keep.
+pub const LATENCY_SAMPLES: usize = 1024;
+
+impl PluginStats {
+    /// Records a call's latency, dropping the oldest past [`LATENCY_SAMPLES`].
+    pub fn record_latency(&mut self, took: std::time::Duration) {
+        if self.latencies_us.len() >= LATENCY_SAMPLES {
+            self.latencies_us.pop_front();
+        }
+        self.latencies_us
+            .push_back(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
+    }
+
+    /// The `q`-quantile (0 to 1) of the recent calls' latencies, in µs
+    /// (nearest rank); `None` before any call.
+    pub fn latency_quantile_us(&self, q: f64) -> Option<u64> {
+        if self.latencies_us.is_empty() {
+            return None;
+        }
+        let mut sorted: Vec<u64> = self.latencies_us.iter().copied().collect();
+        sorted.sort_unstable();
+        let rank = ((q.clamp(0.0, 1.0) * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+        Some(sorted[rank - 1])
+    }
 }
 
 #[cfg(test)]
