@@ -732,8 +732,8 @@ impl Plugins {
             return Err(Error {
                 code: Code::InvalidArgument,
                 message: format!(
-                    "wasm: the component is {:.1} MiB; a plugin may be at most {} MiB",
-                    wasm.len() as f64 / f64::from(1 << 20),
+                    "wasm: the component is {} bytes; a plugin may be at most {MAX_COMPONENT_BYTES} bytes ({} MiB)",
+                    wasm.len(),
                     MAX_COMPONENT_BYTES >> 20
                 ),
                 field: Some("wasm".into()),

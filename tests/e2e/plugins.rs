@@ -874,7 +874,7 @@ async fn plugin_show_has_latency_and_failures_by_kind_and_a_big_upload_gets_the_
     assert_eq!((err.code(), err.field()), (Code::InvalidArgument, Some("wasm")));
     assert!(
         err.message()
-            .contains("the component is 33.0 MiB; a plugin may be at most 32 MiB"),
+            .contains("the component is 34603008 bytes; a plugin may be at most 33554432 bytes (32 MiB)"),
         "{}",
         err.message()
     );
@@ -888,7 +888,7 @@ async fn plugin_show_has_latency_and_failures_by_kind_and_a_big_upload_gets_the_
     .await;
     assert_ne!(code, 0);
     assert!(
-        err.contains("at most 32 MiB") && !err.contains("h2 protocol"),
+        err.contains("at most 33554432 bytes (32 MiB)") && !err.contains("h2 protocol"),
         "{err}"
     );
 
