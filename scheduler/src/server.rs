@@ -335,9 +335,10 @@ pub async fn run_dev(
             supervisor_exe: supervisor_exe.clone(),
             run_as: None,
             // Jobs run as the same user as everything else here: they
-            // must not see the ledger (every tenant's jobs and env) nor
-            // another node's files.
-            hide: std::iter::once(data_dir.join("ledger"))
+            // must not see the ledger (every tenant's jobs and env), the
+            // plugins (every tenant's code) nor another node's files.
+            hide: [data_dir.join("ledger"), data_dir.join(crate::ledger::PLUGIN_DIR)]
+                .into_iter()
                 .chain(
                     fleet
                         .iter()

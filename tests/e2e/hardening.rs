@@ -650,6 +650,17 @@ async fn a_dev_mode_job_cannot_read_the_admin_token_the_ledger_or_other_jobs_out
         !dir.path().join("admin.token").exists(),
         "dev mode writes no token file"
     );
+    // A tenant's plugin: its code is in the data dir's plugin files.
+    client
+        .plugins()
+        .add(
+            "cc",
+            crate::plugin_kit::wasm("require_cost_center"),
+            &allot_sdk::Scope::Own,
+        )
+        .await
+        .unwrap();
+    assert!(std::fs::read_dir(dir.path().join("plugins")).unwrap().count() >= 2);
     let secret = client
         .submit(JobSpec::new("sh").args([
             "-c",
@@ -664,6 +675,7 @@ async fn a_dev_mode_job_cannot_read_the_admin_token_the_ledger_or_other_jobs_out
     let other = if node == "dev-1" { "dev-2" } else { "dev-1" };
     let probe = format!(
         "ls -A {data}/ledger | wc -l; \
+         ls -A {data}/plugins | wc -l; \
          cat {data}/agents/{node}/logs/allot-{id}.out 2>/dev/null | grep -c '^tenant-secret$'; \
          find {data}/agents/{node}/logs {data}/agents/{node}/run -mindepth 1 2>/dev/null | wc -l; \
          find {data}/agents/{other}/logs {data}/agents/{other}/run -mindepth 1 2>/dev/null | wc -l; \
@@ -691,11 +703,11 @@ async fn a_dev_mode_job_cannot_read_the_admin_token_the_ledger_or_other_jobs_out
         assert_eq!(node2 != node, drain);
         let out = std::fs::read_to_string(server.output_file(&node2, &snoop.id)).unwrap();
         let lines: Vec<&str> = out.lines().map(str::trim).collect();
-        // The ledger, the node's logs, run files and the other node's state
-        // are empty; the other job's scratch is not there; its own is.
+        // The ledger, the plugin files, the node's logs, run files and the
+        // other node's state are empty; the other job's scratch is not there; its own is.
         assert_eq!(
             lines,
-            ["0", "0", "0", "0", "0", "mine"],
+            ["0", "0", "0", "0", "0", "0", "mine"],
             "from {node2} on {node}: {out}"
         );
     }

@@ -4,6 +4,8 @@
 //! tree it touches. Writes become durable at `flush`, which the engine calls
 //! once per batch of commands before it acknowledges anything (group commit).
 
+pub mod blobs;
+
 use std::path::Path;
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
@@ -27,6 +29,9 @@ use crate::policy::types::{BindingRecord, ExtensionPoint, Layer, Owner, PluginRe
 pub enum LedgerError {
     #[error("storage error: {0}")]
     Sled(#[from] sled::Error),
+    /// A plugin file could not be read or written.
+    #[error("plugin file error: {0}")]
+    Blob(String),
     #[error("corrupt record in tree {tree}: {source}")]
     Corrupt {
         tree: &'static str,
@@ -149,10 +154,9 @@ pub struct Ledger {
     meta: sled::Tree,
     /// Policy plugins by owner and name ([`PluginRecord`]).
     plugins: sled::Tree,
-    /// Plugin components by SHA-256 (hex).
-    plugin_blobs: sled::Tree,
-    /// Compiled plugins by `<sha256>/<engine compatibility key>`.
-    plugin_artifacts: sled::Tree,
+    /// Plugin components and compiled artifacts, as files
+    /// (`<data-dir>/plugins/`, see [`blobs`]).
+    blobs: blobs::Blobs,
     /// Plugin bindings by scope, layer and extension point ([`BindingRecord`]).
     plugin_bindings: sled::Tree,
     /// Idempotency keys of submissions ([`RequestRecord`]), for a day.
@@ -160,6 +164,22 @@ pub struct Ledger {
     /// Roll-up seeks of one tenant's reports, for tests of their cost.
     #[cfg(test)]
     pub(crate) seeks: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// The plugin files' directory, under the data dir.
+pub const PLUGIN_DIR: &str = "plugins";
+
+/// The names of the trees the database holds.
+fn db_trees(db: &sled::Db) -> Result<Vec<String>> {
+    Ok(db
+        .tree_names()
+        .iter()
+        .map(|n| String::from_utf8_lossy(n).into_owned())
+        .collect())
+}
+
+fn blob_error(e: std::io::Error) -> LedgerError {
+    LedgerError::Blob(e.to_string())
 }
 
 /// How long `open` waits for the file lock of a ledger being closed.
@@ -264,8 +284,7 @@ impl Ledger {
             budgets: db.open_tree("budgets")?,
             meta,
             plugins: db.open_tree("plugins")?,
-            plugin_blobs: db.open_tree("plugin_blobs")?,
-            plugin_artifacts: db.open_tree("plugin_artifacts")?,
+            blobs: blobs::Blobs::open(&dir.join(PLUGIN_DIR)).map_err(blob_error)?,
             plugin_bindings: db.open_tree("plugin_bindings")?,
             requests: db.open_tree("requests")?,
             db,
@@ -277,7 +296,47 @@ impl Ledger {
         }
         // Leases a crash left closed but not rolled up.
         ledger.roll_up()?;
+        ledger.migrate_plugin_blobs(&db_trees(&ledger.db)?)?;
+        let kept: HashSet<String> = ledger.plugins()?.into_iter().map(|p| p.sha256).collect();
+        let swept = ledger.blobs.sweep(&kept).map_err(blob_error)?;
+        if swept > 0 {
+            tracing::info!(
+                swept,
+                "removed plugin files no plugin names (a crash mid-upload or mid-removal)"
+            );
+        }
         Ok(ledger)
+    }
+
+    /// Moves plugin components and artifacts that a version before the blob
+    /// files kept in sled (trees `plugin_blobs`, `plugin_artifacts`) to
+    /// files, then drops those trees.
+    fn migrate_plugin_blobs(&self, trees: &[String]) -> Result<()> {
+        for (name, artifacts) in [("plugin_blobs", false), ("plugin_artifacts", true)] {
+            if !trees.iter().any(|t| t == name) {
+                continue;
+            }
+            let tree = self.db.open_tree(name)?;
+            let mut moved = 0usize;
+            for kv in tree.iter() {
+                let (k, v) = kv?;
+                let key = String::from_utf8_lossy(&k).into_owned();
+                let written = if artifacts {
+                    match key.split_once('/') {
+                        Some((sha, engine)) => self.blobs.put_artifact(sha, engine, &v),
+                        None => Ok(()),
+                    }
+                } else {
+                    self.blobs.put_component(&key, &v)
+                };
+                written.map_err(blob_error)?;
+                moved += 1;
+            }
+            self.db.drop_tree(name)?;
+            self.db.flush()?;
+            tracing::info!(tree = name, moved, "moved plugin blobs out of sled into files");
+        }
+        Ok(())
     }
 
     /// Rebuilds the open-lease set, the hour index and the roll-ups from the
@@ -1046,17 +1105,17 @@ impl Ledger {
         engine_key: &str,
         artifact: &[u8],
     ) -> Result<()> {
-        self.plugin_blobs.insert(rec.sha256.as_bytes(), wasm)?;
+        self.blobs.put_component(&rec.sha256, wasm).map_err(blob_error)?;
         self.put_plugin_artifact(&rec.sha256, engine_key, artifact)?;
         self.plugins.insert(plugin_key(&rec.plugin_ref()), encode(rec))?;
         Ok(())
     }
 
-    /// Stores a compiled artifact of a stored component.
+    /// Stores a compiled artifact of a stored component (durable on return).
     pub fn put_plugin_artifact(&self, sha256: &str, engine_key: &str, artifact: &[u8]) -> Result<()> {
-        self.plugin_artifacts
-            .insert(format!("{sha256}/{engine_key}"), artifact)?;
-        Ok(())
+        self.blobs
+            .put_artifact(sha256, engine_key, artifact)
+            .map_err(blob_error)
     }
 
     /// Every plugin record.
@@ -1069,13 +1128,18 @@ impl Ledger {
     }
 
     /// A stored component.
-    pub fn plugin_blob(&self, sha256: &str) -> Result<Option<sled::IVec>> {
-        Ok(self.plugin_blobs.get(sha256.as_bytes())?)
+    pub fn plugin_blob(&self, sha256: &str) -> Result<Option<Vec<u8>>> {
+        self.blobs.component(sha256).map_err(blob_error)
     }
 
     /// A stored artifact compiled under `engine_key`.
-    pub fn plugin_artifact(&self, sha256: &str, engine_key: &str) -> Result<Option<sled::IVec>> {
-        Ok(self.plugin_artifacts.get(format!("{sha256}/{engine_key}"))?)
+    pub fn plugin_artifact(&self, sha256: &str, engine_key: &str) -> Result<Option<Vec<u8>>> {
+        self.blobs.artifact(sha256, engine_key).map_err(blob_error)
+    }
+
+    /// Where the plugin files are (jobs must not see it).
+    pub fn plugin_dir(&self) -> &Path {
+        self.blobs.dir()
     }
 
     /// Removes a plugin's record, and its component and artifacts when no
@@ -1094,11 +1158,7 @@ impl Ledger {
         if self.plugins()?.iter().any(|p| p.sha256 == sha256) {
             return Ok(());
         }
-        self.plugin_blobs.remove(sha256.as_bytes())?;
-        for key in self.plugin_artifacts.scan_prefix(format!("{sha256}/")).keys() {
-            self.plugin_artifacts.remove(key?)?;
-        }
-        Ok(())
+        self.blobs.remove(sha256).map_err(blob_error)
     }
 
     /// Binds a plugin, replacing the binding of the same scope and point.

@@ -464,3 +464,67 @@ async fn the_next_hour_with_leases_skips_empty_hours() {
     assert_eq!(ledger.next_hour_with_leases(h(0), h(1000)).unwrap(), None);
     assert_eq!(ledger.next_hour_with_leases(h(7), h(7)).unwrap(), None);
 }
+
+/// Plugin blobs kept in sled by an older version move to files at open
+/// (sled kept ~80 MB of memory per large value written and removed); files
+/// no record names are swept.
+#[tokio::test]
+async fn plugin_blobs_in_sled_move_to_files_and_orphans_are_swept() {
+    use crate::policy::types::{ExtensionPoint, Owner, PluginRecord};
+    let dir = tempfile::tempdir().unwrap();
+    let sha = "ab".repeat(32);
+    let orphan = "cd".repeat(32);
+    let record = PluginRecord {
+        name: "gate".parse().unwrap(),
+        owner: Owner::Tenant("acme".parse().unwrap()),
+        sha256: sha.clone(),
+        point: ExtensionPoint::Admission,
+        wit_version: "0.1.0".parse().unwrap(),
+        size: 4,
+        uploaded_at: UnixMillis(1),
+        uploaded_by: "t".into(),
+    };
+    {
+        let ledger = Ledger::open(dir.path()).unwrap();
+        ledger.put_plugin(&record, b"wasm", "e1", b"code").unwrap();
+        ledger.flush().await.unwrap();
+    }
+    // As an older version left it: the bytes in sled, no files; and an
+    // orphan file a crash mid-upload left.
+    std::fs::remove_dir_all(dir.path().join(PLUGIN_DIR)).unwrap();
+    {
+        let db = sled::open(dir.path().join("ledger")).unwrap();
+        db.open_tree("plugin_blobs")
+            .unwrap()
+            .insert(sha.as_bytes(), &b"old wasm"[..])
+            .unwrap();
+        db.open_tree("plugin_artifacts")
+            .unwrap()
+            .insert(format!("{sha}/e0"), &b"old code"[..])
+            .unwrap();
+        db.flush().unwrap();
+    }
+    std::fs::create_dir_all(dir.path().join(PLUGIN_DIR)).unwrap();
+    std::fs::write(dir.path().join(PLUGIN_DIR).join(format!("{orphan}.wasm")), b"x").unwrap();
+    let ledger = Ledger::open(dir.path()).unwrap();
+    assert_eq!(
+        ledger.plugin_blob(&sha).unwrap().as_deref(),
+        Some(&b"old wasm"[..])
+    );
+    assert_eq!(
+        ledger.plugin_artifact(&sha, "e0").unwrap().as_deref(),
+        Some(&b"old code"[..])
+    );
+    assert_eq!(ledger.plugin_blob(&orphan).unwrap(), None, "swept");
+    let trees = db_trees(&ledger.db).unwrap();
+    assert!(
+        !trees
+            .iter()
+            .any(|t| t == "plugin_blobs" || t == "plugin_artifacts"),
+        "{trees:?}"
+    );
+    // Removing the record removes its files.
+    ledger.remove_plugin(&record.plugin_ref()).unwrap();
+    assert_eq!(ledger.plugin_blob(&sha).unwrap(), None);
+    assert_eq!(std::fs::read_dir(ledger.plugin_dir()).unwrap().count(), 0);
+}

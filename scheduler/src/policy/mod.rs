@@ -725,7 +725,9 @@ impl PolicyHost {
         }
         let host = self.clone();
         let (validated, wasm) = tokio::task::spawn_blocking(move || {
-            (runtime::niced(|| host.inner.sandbox.validate(&wasm)), wasm)
+            let validated = runtime::niced(|| host.inner.sandbox.validate(&wasm));
+            runtime::release_freed_memory();
+            (validated, wasm)
         })
         .await
         .map_err(|e| RegistryError::Internal(format!("plugin validation panicked: {e}")))?;
@@ -850,6 +852,7 @@ impl PolicyHost {
             .plugins
             .remove(plugin);
         self.forget_unused(&removed.sha256);
+        runtime::release_freed_memory();
         self.inner
             .stats
             .lock()
