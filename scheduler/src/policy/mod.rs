@@ -20,6 +20,7 @@
 
 pub mod config;
 pub mod runtime;
+mod tail;
 #[cfg(test)]
 mod tests;
 pub mod types;

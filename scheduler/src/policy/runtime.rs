@@ -59,10 +59,10 @@ use wasmtime::component::{Component, Linker, ResourceTable, types::ComponentItem
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store, Trap,
 };
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::config::PolicyConfig;
+use super::tail::TailPipe;
 use super::types::{ExtensionPoint, FailureKind, PluginFailure, WitVersion};
 use super::wit::{self, Bindings, CallError, Instance};
 
@@ -133,6 +133,18 @@ pub fn truncate(s: &mut String, max: usize) {
         }
         s.truncate(end);
         s.push('…');
+    }
+}
+
+/// Cuts `s` to its last `max` bytes (at a character boundary), marking the
+/// cut: the end of a plugin's standard error is what explains it.
+fn keep_end(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut start = s.len() - max;
+        while !s.is_char_boundary(start) {
+            start += 1;
+        }
+        *s = format!("…{}", &s[start..]);
     }
 }
 
@@ -455,7 +467,7 @@ struct Warm {
     tenant: Arc<str>,
     store: Store<CallState>,
     instance: Instance,
-    stderr: MemoryOutputPipe,
+    stderr: TailPipe,
     calls: u32,
 }
 
@@ -711,7 +723,7 @@ impl Sandbox {
     }
 
     /// A fresh store with this host's bounds.
-    fn store(&self, label: Arc<str>, tenant: Arc<str>, stderr: MemoryOutputPipe) -> Store<CallState> {
+    fn store(&self, label: Arc<str>, tenant: Arc<str>, stderr: TailPipe) -> Store<CallState> {
         let wasi = WasiCtxBuilder::new()
             .stderr(stderr)
             .wall_clock(EpochClock)
@@ -744,7 +756,7 @@ impl Sandbox {
 
     /// A fresh instance of `plugin` in a fresh store, for `tenant`.
     fn fresh(&self, plugin: &Loaded, label: &Arc<str>, tenant: &Arc<str>) -> Result<Warm, PluginFailure> {
-        let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
+        let stderr = TailPipe::new(STDERR_CAPACITY);
         let mut store = self.store(label.clone(), tenant.clone(), stderr.clone());
         match plugin.bindings.instantiate(&mut store) {
             Ok(instance) => Ok(Warm {
@@ -759,7 +771,7 @@ impl Sandbox {
                 &e,
                 FailureKind::Instantiate,
                 store.data(),
-                &String::from_utf8_lossy(&stderr.contents()),
+                &stderr.tail().0,
             )),
         }
     }
@@ -858,12 +870,9 @@ impl Sandbox {
             // An error of a call that is not a trap is the host refusing
             // what the plugin returned (bad UTF-8, a pointer out of bounds, a
             // bad discriminant, a realloc that misbehaved): its answer.
-            CallError::Wasm(e) => classify(
-                &e,
-                FailureKind::InvalidResult,
-                w.store.data(),
-                &String::from_utf8_lossy(&w.stderr.contents()),
-            ),
+            CallError::Wasm(e) => {
+                classify(&e, FailureKind::InvalidResult, w.store.data(), &w.stderr.tail().0)
+            }
         }
     }
 
@@ -889,7 +898,7 @@ impl Sandbox {
         if w.calls >= self.config.calls_per_instance
             || self.config.warm_instances == 0
             || memory > WARM_MEMORY
-            || !w.stderr.contents().is_empty()
+            || !w.stderr.is_empty()
         {
             return;
         }
@@ -1026,7 +1035,7 @@ fn classify(e: &wasmtime::Error, otherwise: FailureKind, state: &CallState, stde
             .rev()
             .collect::<Vec<_>>()
             .join(" | ");
-        truncate(&mut tail, 512);
+        keep_end(&mut tail, 512);
         failure.message = format!("{}; stderr: {tail}", failure.message);
     }
     failure

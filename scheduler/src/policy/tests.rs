@@ -434,6 +434,9 @@ async fn a_memory_bomb_is_stopped_at_its_memory_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panic_is_a_trap_with_its_message() {
+    // Regression (issue 12, defect 8): the plugin writes 16 KiB to standard
+    // error before it panics; the host kept the first 4 KiB (and trapped the
+    // write past them), so the panic's message was lost.
     let (failure, _) = contained("hostile_panics").await;
     assert_eq!(failure.kind, FailureKind::Trap, "{failure}");
     assert!(
@@ -442,6 +445,8 @@ async fn a_panic_is_a_trap_with_its_message() {
             .contains("hostile plugin panicked on job \"train\""),
         "{failure}"
     );
+    assert!(!failure.message.contains("noise line 000"), "{failure}");
+    assert!(failure.message.len() < 2048, "{failure}");
 }
 
 /// Regression (issue 12, defect 8): an answer the host cannot read was
