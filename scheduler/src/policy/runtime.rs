@@ -294,6 +294,24 @@ impl CallState {
         }
     }
 
+    /// A call that answered, but past its CPU budget once the host had
+    /// read its answer: the copy of an answer counts in the call's time,
+    /// like the plugin's own work.
+    fn past_budget(&self) -> Option<PluginFailure> {
+        let cpu = thread_cpu().saturating_sub(self.cpu_start);
+        (cpu > self.cpu_budget).then(|| {
+            PluginFailure::new(
+                FailureKind::Timeout,
+                format!(
+                    "answered past its CPU budget, the copy of its answer counted ({:.1} ms of CPU in {:.1} ms; the budget is {} ms)",
+                    cpu.as_secs_f64() * 1e3,
+                    self.wall_start.elapsed().as_secs_f64() * 1e3,
+                    self.cpu_budget.as_millis()
+                ),
+            )
+        })
+    }
+
     /// What the epoch deadline does: under the CPU budget, go on for the
     /// rest of it; else (or past the wall-time bound) stop the call.
     fn deadline(&mut self) -> wasmtime::UpdateDeadline {
@@ -833,7 +851,11 @@ impl Sandbox {
             w.store.data_mut().begin(&label);
             w.store.set_epoch_deadline(self.first_ticks());
             let result = call(&w.instance, &mut w.store, self.config.max_result_bytes)
-                .map_err(|e| self.failure(e, &w));
+                .map_err(|e| self.failure(e, &w))
+                .and_then(|answer| match w.store.data().past_budget() {
+                    Some(failure) => Err(failure),
+                    None => Ok(answer),
+                });
             w.store.data_mut().end();
             if let Err(failure) = &result
                 && reused
@@ -863,7 +885,7 @@ impl Sandbox {
             CallError::Oversized(size) => PluginFailure::new(
                 FailureKind::Oversized,
                 format!(
-                    "the answer holds {size} bytes of strings and lists; the limit is {}",
+                    "the answer's strings and lists hold more than the limit of {} bytes (refused, uncopied, at {size})",
                     self.config.max_result_bytes
                 ),
             ),

@@ -475,7 +475,112 @@ async fn deep_recursion_is_a_stack_overflow() {
 async fn an_oversized_answer_is_refused() {
     let (failure, _) = contained("hostile_oversized").await;
     assert_eq!(failure.kind, FailureKind::Oversized, "{failure}");
-    assert!(failure.message.contains("1048576 bytes"), "{failure}");
+    assert!(
+        failure.message.contains("the limit of 65536 bytes") && failure.message.contains("at 1048576"),
+        "{failure}"
+    );
+}
+
+/// What this thread allocates while [`counting::counted`] runs: the host's
+/// copies of a plugin's answer, for the test below.
+mod counting {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    pub struct Counting;
+
+    thread_local! {
+        static ON: Cell<bool> = const { Cell::new(false) };
+        static BYTES: Cell<usize> = const { Cell::new(0) };
+    }
+
+    fn count(bytes: usize) {
+        let _ = ON.try_with(|on| {
+            if on.get() {
+                BYTES.with(|b| b.set(b.get() + bytes));
+            }
+        });
+    }
+
+    // SAFETY: every call is the system allocator's; counting allocates nothing.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            count(layout.size());
+            unsafe { System.alloc(layout) }
+        }
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            count(layout.size());
+            unsafe { System.alloc_zeroed(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            unsafe { System.dealloc(ptr, layout) }
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            count(new_size.saturating_sub(layout.size()));
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    /// Runs `f` and returns the bytes this thread allocated meanwhile.
+    pub fn counted<R>(f: impl FnOnce() -> R) -> (R, usize) {
+        BYTES.with(|b| b.set(0));
+        ON.with(|on| on.set(true));
+        let r = f();
+        ON.with(|on| on.set(false));
+        (r, BYTES.with(Cell::get))
+    }
+}
+
+#[global_allocator]
+static COUNTING: counting::Counting = counting::Counting;
+
+/// Regression (issue 12, defect 5): an answer was copied into the host
+/// before its size was checked; five million empty arguments took the server
+/// to 831 MB. The plugin returns two million (~48 MB as host strings): the
+/// host must refuse it from the list's length, having copied nothing of it.
+#[test]
+fn a_huge_answer_is_refused_before_the_host_copies_it() {
+    let config = PolicyConfig::default();
+    let sandbox = runtime::Sandbox::new(&config).unwrap();
+    let plugin = sandbox.validate(&wasm("hostile_oversized")).unwrap().plugin;
+    let mut job = spec("acme", "vision", &[], 1);
+    job.name = "many-args".into();
+    let call = || {
+        sandbox.call(
+            &plugin,
+            "acme/oversized".into(),
+            "acme".into(),
+            |i, store, max| i.admit(store, &job, NOW, max),
+        )
+    };
+    // A first call warms what is allocated once (type information, caches).
+    let _ = call();
+    let (report, bytes) = counting::counted(call);
+    let failure = report.result.unwrap_err();
+    assert_eq!(failure.kind, FailureKind::Oversized, "{failure}");
+    assert!(failure.message.contains("the limit of 65536 bytes"), "{failure}");
+    assert!(
+        bytes < 4 << 20,
+        "the host allocated {bytes} bytes for an answer it refused"
+    );
+
+    // The same for a pricing plugin's 10 MiB error (`result<u64, string>`).
+    let plugin = sandbox.validate(&wasm("hostile_price_from_tag")).unwrap().plugin;
+    let mut input = piece("acme", "USD");
+    input.tags.insert("price".into(), "huge-error".into());
+    let call = || {
+        sandbox.call(&plugin, "acme/price".into(), "acme".into(), |i, store, max| {
+            i.price(store, &input, max)
+        })
+    };
+    let _ = call();
+    let (report, bytes) = counting::counted(call);
+    let failure = report.result.unwrap_err();
+    assert_eq!(failure.kind, FailureKind::Oversized, "{failure}");
+    assert!(
+        bytes < 4 << 20,
+        "the host allocated {bytes} bytes for an answer it refused"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,6 +8,7 @@
 //! to [`Bindings`], and the version to [`SUPPORTED`]. Older modules stay:
 //! plugins built for them keep working unchanged.
 
+mod bounded;
 pub mod v0_1_0;
 
 use wasmtime::Store;
@@ -59,7 +60,8 @@ pub enum Bindings {
 /// or an answer too large to accept.
 pub enum CallError {
     Wasm(wasmtime::Error),
-    /// The answer's strings and lists, in bytes.
+    /// The answer's strings and lists are past the limit: the bytes
+    /// counted when the lift was refused.
     Oversized(usize),
 }
 

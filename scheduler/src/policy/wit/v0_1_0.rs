@@ -9,8 +9,11 @@ use std::collections::{BTreeMap, HashMap};
 
 use allot_proto::v1 as pb;
 use wasmtime::Store;
-use wasmtime::component::{HasSelf, InstancePre, Linker};
+use wasmtime::component::{
+    ComponentNamedList, ComponentType, HasSelf, InstancePre, Lift, Linker, Lower, TypedFunc,
+};
 
+use super::bounded::{BList, BStr, lifted_within};
 use super::{CallError, RawAdmission, RawQuota};
 use crate::domain::money::Money;
 use crate::domain::{GpuRequest, JobSpec, Share, UnixMillis};
@@ -83,12 +86,142 @@ fn wrong_world(point: ExtensionPoint) -> CallError {
     ))
 }
 
-/// Fails when an answer's strings and lists add up to more than `max` bytes.
-fn bounded(size: usize, max: usize) -> Result<(), CallError> {
-    if size > max {
+// What plugins answer, as the WIT has it, with every string and list
+// bounded while it is lifted (see `bounded`): `bindgen!`'s own types would
+// copy an answer of any size into the host before it could be refused.
+
+/// `job-spec`, as an admission plugin returns it in `modify`.
+#[derive(ComponentType, Lift)]
+#[component(record)]
+pub struct JobSpecAnswer {
+    #[component(name = "name")]
+    name: BStr,
+    #[component(name = "command")]
+    command: BStr,
+    #[component(name = "args")]
+    args: BList<BStr>,
+    #[component(name = "env")]
+    env: BList<(BStr, BStr)>,
+    #[component(name = "working-dir")]
+    working_dir: Option<BStr>,
+    #[component(name = "gpu")]
+    gpu: GpuRequestAnswer,
+    #[component(name = "cpu-millis")]
+    cpu_millis: u64,
+    #[component(name = "memory-mib")]
+    memory_mib: u64,
+    #[component(name = "gpu-models")]
+    gpu_models: BList<BStr>,
+    #[component(name = "node-labels")]
+    node_labels: BList<(BStr, BStr)>,
+    #[component(name = "spread")]
+    spread: bool,
+    #[component(name = "priority")]
+    priority: i32,
+    #[component(name = "preemptible")]
+    preemptible: bool,
+    #[component(name = "time-limit-ms")]
+    time_limit_ms: Option<u64>,
+    #[component(name = "grace-period-ms")]
+    grace_period_ms: u64,
+    #[component(name = "min-runtime-ms")]
+    min_runtime_ms: Option<u64>,
+    #[component(name = "checkpoint-interval-ms")]
+    checkpoint_interval_ms: Option<u64>,
+    #[component(name = "tags")]
+    tags: BList<(BStr, BStr)>,
+}
+
+/// `gpu-request`, as returned.
+#[derive(ComponentType, Lift)]
+#[component(variant)]
+pub enum GpuRequestAnswer {
+    #[component(name = "none")]
+    None,
+    #[component(name = "whole")]
+    Whole(u32),
+    #[component(name = "fraction")]
+    Fraction(types::FractionShare),
+    #[component(name = "mig")]
+    Mig(BStr),
+}
+
+/// `admission-decision`. (Lifted by value, one per call: wasmtime cannot
+/// lift into a `Box`.)
+#[allow(clippy::large_enum_variant)]
+#[derive(ComponentType, Lift)]
+#[component(variant)]
+pub enum AdmissionAnswer {
+    #[component(name = "accept")]
+    Accept,
+    #[component(name = "reject")]
+    Reject(BStr),
+    #[component(name = "modify")]
+    Modify(JobSpecAnswer),
+}
+
+/// `quota-decision`.
+#[derive(ComponentType, Lift)]
+#[component(variant)]
+pub enum QuotaAnswer {
+    #[component(name = "allow")]
+    Allow,
+    #[component(name = "deny")]
+    Deny(BStr),
+    #[component(name = "hold")]
+    Hold(BStr),
+}
+
+/// `price`'s `result<u64, string>`.
+pub type PriceAnswer = Result<u64, BStr>;
+
+impl From<JobSpecAnswer> for types::JobSpec {
+    fn from(a: JobSpecAnswer) -> types::JobSpec {
+        types::JobSpec {
+            name: a.name.0,
+            command: a.command.0,
+            args: a.args.strings(),
+            env: a.env.pairs(),
+            working_dir: a.working_dir.map(String::from),
+            gpu: match a.gpu {
+                GpuRequestAnswer::None => types::GpuRequest::None,
+                GpuRequestAnswer::Whole(n) => types::GpuRequest::Whole(n),
+                GpuRequestAnswer::Fraction(f) => types::GpuRequest::Fraction(f),
+                GpuRequestAnswer::Mig(p) => types::GpuRequest::Mig(p.0),
+            },
+            cpu_millis: a.cpu_millis,
+            memory_mib: a.memory_mib,
+            gpu_models: a.gpu_models.strings(),
+            node_labels: a.node_labels.pairs(),
+            spread: a.spread,
+            priority: a.priority,
+            preemptible: a.preemptible,
+            time_limit_ms: a.time_limit_ms,
+            grace_period_ms: a.grace_period_ms,
+            min_runtime_ms: a.min_runtime_ms,
+            checkpoint_interval_ms: a.checkpoint_interval_ms,
+            tags: a.tags.pairs(),
+        }
+    }
+}
+
+/// Calls `f`, its answer's strings and lists held to `max` bytes while they
+/// are lifted.
+fn bounded_call<P, R>(
+    f: &TypedFunc<P, (R,)>,
+    store: &mut Store<CallState>,
+    params: P,
+    max: usize,
+) -> Result<R, CallError>
+where
+    P: ComponentNamedList + Lower,
+    R: Lift,
+{
+    let (answer, over) = lifted_within(max, || f.call(&mut *store, params));
+    if let Some(size) = over {
         return Err(CallError::Oversized(size));
     }
-    Ok(())
+    Ok(answer?.0)
 }
 
 impl Bindings {
@@ -100,20 +233,31 @@ impl Bindings {
         })
     }
 
+    /// A fresh instance, its export typed with the bounded answers (the
+    /// world's own bindings checked the component's types at load).
     pub fn instantiate(&self, store: &mut Store<CallState>) -> wasmtime::Result<Instance> {
         Ok(match self {
-            Bindings::Admission(pre) => Instance::Admission(pre.instantiate(store)?),
-            Bindings::Quota(pre) => Instance::Quota(pre.instantiate(store)?),
-            Bindings::Pricing(pre) => Instance::Pricing(pre.instantiate(store)?),
+            Bindings::Admission(pre) => {
+                let i = pre.instance_pre().instantiate(&mut *store)?;
+                Instance::Admission(i.get_typed_func(&mut *store, "admit")?)
+            }
+            Bindings::Quota(pre) => {
+                let i = pre.instance_pre().instantiate(&mut *store)?;
+                Instance::Quota(i.get_typed_func(&mut *store, "check")?)
+            }
+            Bindings::Pricing(pre) => {
+                let i = pre.instance_pre().instantiate(&mut *store)?;
+                Instance::Pricing(i.get_typed_func(&mut *store, "price")?)
+            }
         })
     }
 }
 
-/// A live instance of a plugin, typed by its world.
+/// A live instance of a plugin: its world's export.
 pub enum Instance {
-    Admission(admission::Admission),
-    Quota(quota::Quota),
-    Pricing(pricing::Pricing),
+    Admission(TypedFunc<(admission::AdmissionRequest,), (AdmissionAnswer,)>),
+    Quota(TypedFunc<(quota::QuotaRequest,), (QuotaAnswer,)>),
+    Pricing(TypedFunc<(pricing::PricingRequest,), (PriceAnswer,)>),
 }
 
 impl Instance {
@@ -124,7 +268,7 @@ impl Instance {
         now: UnixMillis,
         max_result_bytes: usize,
     ) -> Result<RawAdmission, CallError> {
-        let Instance::Admission(instance) = self else {
+        let Instance::Admission(admit) = self else {
             return Err(wrong_world(ExtensionPoint::Admission));
         };
         let request = admission::AdmissionRequest {
@@ -133,16 +277,10 @@ impl Instance {
             job: job_spec(spec),
             now_ms: now.0,
         };
-        Ok(match instance.call_admit(&mut *store, &request)? {
-            admission::AdmissionDecision::Accept => RawAdmission::Accept,
-            admission::AdmissionDecision::Reject(message) => {
-                bounded(message.len(), max_result_bytes)?;
-                RawAdmission::Reject(message)
-            }
-            admission::AdmissionDecision::Modify(job) => {
-                bounded(spec_size(&job), max_result_bytes)?;
-                RawAdmission::Modify(Box::new(job_spec_pb(job, spec)))
-            }
+        Ok(match bounded_call(admit, store, (request,), max_result_bytes)? {
+            AdmissionAnswer::Accept => RawAdmission::Accept,
+            AdmissionAnswer::Reject(message) => RawAdmission::Reject(message.0),
+            AdmissionAnswer::Modify(job) => RawAdmission::Modify(Box::new(job_spec_pb(job.into(), spec))),
         })
     }
 
@@ -152,7 +290,7 @@ impl Instance {
         input: &QuotaInput,
         max_result_bytes: usize,
     ) -> Result<RawQuota, CallError> {
-        let Instance::Quota(instance) = self else {
+        let Instance::Quota(check) = self else {
             return Err(wrong_world(ExtensionPoint::Quota));
         };
         let request = quota::QuotaRequest {
@@ -172,16 +310,10 @@ impl Instance {
                 })
                 .collect(),
         };
-        Ok(match instance.call_check(&mut *store, &request)? {
-            quota::QuotaDecision::Allow => RawQuota::Allow,
-            quota::QuotaDecision::Deny(reason) => {
-                bounded(reason.len(), max_result_bytes)?;
-                RawQuota::Deny(reason)
-            }
-            quota::QuotaDecision::Hold(reason) => {
-                bounded(reason.len(), max_result_bytes)?;
-                RawQuota::Hold(reason)
-            }
+        Ok(match bounded_call(check, store, (request,), max_result_bytes)? {
+            QuotaAnswer::Allow => RawQuota::Allow,
+            QuotaAnswer::Deny(reason) => RawQuota::Deny(reason.0),
+            QuotaAnswer::Hold(reason) => RawQuota::Hold(reason.0),
         })
     }
 
@@ -191,7 +323,7 @@ impl Instance {
         input: &PriceInput,
         max_result_bytes: usize,
     ) -> Result<Result<u64, String>, CallError> {
-        let Instance::Pricing(instance) = self else {
+        let Instance::Pricing(price) = self else {
             return Err(wrong_world(ExtensionPoint::Pricing));
         };
         let request = pricing::PricingRequest {
@@ -207,11 +339,7 @@ impl Instance {
             currency: input.currency.to_string(),
             list_price_minor: input.list_price_minor,
         };
-        let answer = instance.call_price(&mut *store, &request)?;
-        if let Err(message) = &answer {
-            bounded(message.len(), max_result_bytes)?;
-        }
-        Ok(answer)
+        Ok(bounded_call(price, store, (request,), max_result_bytes)?.map_err(String::from))
     }
 }
 
@@ -275,26 +403,6 @@ pub fn job_spec(s: &JobSpec) -> types::JobSpec {
         checkpoint_interval_ms: s.checkpoint_interval.map(|t| t.0),
         tags: pairs(&s.tags),
     }
-}
-
-/// The bytes of strings in a returned spec (plus a word per list item), to
-/// hold it to the result cap.
-fn spec_size(s: &types::JobSpec) -> usize {
-    let strings = |v: &[String]| v.iter().map(|x| x.len() + 8).sum::<usize>();
-    let pairs = |v: &[(String, String)]| v.iter().map(|(k, x)| k.len() + x.len() + 8).sum::<usize>();
-    let gpu = match &s.gpu {
-        types::GpuRequest::Mig(p) => p.len(),
-        _ => 0,
-    };
-    s.name.len()
-        + s.command.len()
-        + strings(&s.args)
-        + pairs(&s.env)
-        + s.working_dir.as_ref().map_or(0, String::len)
-        + gpu
-        + strings(&s.gpu_models)
-        + pairs(&s.node_labels)
-        + pairs(&s.tags)
 }
 
 /// A number the wire form holds as `i64`: values past `i64::MAX` become -1,
