@@ -3,6 +3,7 @@
 #
 #   plugins/build.sh            # all examples (needs scripts/setup.sh run once)
 #   plugins/build.sh --rust     # the Rust examples only (needs only the wasm32-wasip2 target)
+#   plugins/build.sh --python   # the Python examples only
 #   plugins/build.sh --hostile  # also the hostile test plugins of tests/hostile/
 #                               # (flags combine: --rust --hostile)
 #
@@ -11,6 +12,8 @@
 #   project_caps.wasm         quota      (Rust)
 #   time_of_day.wasm          pricing    (Rust)
 #   gpu_limit_py.wasm         admission  (Python, componentize-py)
+#   gpu_cap_py.wasm           quota      (Python, componentize-py)
+#   discount_py.wasm          pricing    (Python, componentize-py)
 # and with --hostile, plugins that misbehave on purpose (the host's tests):
 #   hostile_loop_forever.wasm, hostile_memory_bomb.wasm, hostile_panics.wasm,
 #   hostile_deep_recursion.wasm, hostile_oversized.wasm, hostile_bad_modify.wasm,
@@ -30,31 +33,46 @@ set -euo pipefail
 plugins="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 out="$plugins/target/wasm32-wasip2/release"
 rust_only=false
+python_only=false
 hostile=false
 for arg in "$@"; do
     case "$arg" in
         --rust) rust_only=true ;;
+        --python) python_only=true ;;
         --hostile) hostile=true ;;
-        *) echo "usage: $0 [--rust] [--hostile]" >&2; exit 2 ;;
+        *) echo "usage: $0 [--rust | --python] [--hostile]" >&2; exit 2 ;;
     esac
 done
+if $rust_only && $python_only; then
+    echo "usage: $0 [--rust | --python] [--hostile]: --rust and --python exclude each other" >&2
+    exit 2
+fi
 hostile_crates=(loop-forever memory-bomb panics deep-recursion oversized bad-modify wrong-world keeps-state future-version price-from-tag bad-utf8)
 
 cd "$plugins"
-packages=(-p require-cost-center -p project-caps -p time-of-day)
+packages=()
+components=()
+if ! $python_only; then
+    packages+=(-p require-cost-center -p project-caps -p time-of-day)
+    components+=("$out/require_cost_center.wasm" "$out/project_caps.wasm" "$out/time_of_day.wasm")
+fi
 if $hostile; then
     for crate in "${hostile_crates[@]}"; do packages+=(-p "hostile-$crate"); done
 fi
-echo "building the Rust plugins (cargo build --release --target wasm32-wasip2)" >&2
-# --target-dir: the outputs are where this script looks for them, whatever
-# CARGO_TARGET_DIR the caller has set.
-cargo build --locked --release --target wasm32-wasip2 --target-dir "$plugins/target" "${packages[@]}" >&2
-components=("$out/require_cost_center.wasm" "$out/project_caps.wasm" "$out/time_of_day.wasm")
+if [[ ${#packages[@]} -gt 0 ]]; then
+    echo "building the Rust plugins (cargo build --release --target wasm32-wasip2)" >&2
+    # --target-dir: the outputs are where this script looks for them, whatever
+    # CARGO_TARGET_DIR the caller has set.
+    cargo build --locked --release --target wasm32-wasip2 --target-dir "$plugins/target" "${packages[@]}" >&2
+fi
 
 if ! $rust_only; then
-    echo "building examples/gpu-limit-py (componentize-py)" >&2
-    examples/gpu-limit-py/build.sh "$out/gpu_limit_py.wasm"
-    components+=("$out/gpu_limit_py.wasm")
+    for example in gpu-limit-py gpu-cap-py discount-py; do
+        echo "building examples/$example (componentize-py)" >&2
+        file="$out/${example//-/_}.wasm"
+        "examples/$example/build.sh" "$file"
+        components+=("$file")
+    done
 fi
 if $hostile; then
     for crate in "${hostile_crates[@]}"; do components+=("$out/hostile_${crate//-/_}.wasm"); done

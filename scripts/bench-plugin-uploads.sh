@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Whether plugin uploads slow other tenants' submissions (issue 12): the
+# load generator (one job in flight, ROUNDS rounds of JOBS jobs) against a
+# fresh `allot server --dev`, alternating rounds with nothing else going on
+# and rounds while an admin uploads the Python example gpu-limit-py back to
+# back (each upload validated and compiled; the plugin is never bound, so
+# only the uploads' cost shows).
+#
+#   scripts/bench-plugin-uploads.sh [ROUNDS] [JOBS]
+#
+# ROUNDS defaults to 3, JOBS to 300. Build first:
+#   cargo build --release -p allot-scheduler --bin allot
+#   cargo build --release -p allot-sdk --example loadgen
+# Needs scripts/setup.sh for componentize-py. Prints the load generator's
+# report of each round under its label; the medians are for you to take.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+rounds="${1:-3}"
+jobs="${2:-300}"
+target="${CARGO_TARGET_DIR:-target}/release"
+allot="$target/allot"
+loadgen="$target/examples/loadgen"
+for bin in "$allot" "$loadgen"; do
+    [[ -x "$bin" ]] || { echo "error: $bin not found (see the build commands in $0)" >&2; exit 1; }
+done
+out=$(mktemp -d)
+plugins/examples/gpu-limit-py/build.sh "$out/gpu_limit_py.wasm" 2>/dev/null
+"$allot" server --dev --listen 127.0.0.1:0 >"$out/server.out" 2>"$out/server.log" &
+server=$!
+uploads=
+trap 'kill $uploads "$server" 2>/dev/null; wait 2>/dev/null; rm -rf "$out"' EXIT
+for _ in $(seq 1 200); do
+    grep -q '^export ALLOT_ADMIN_TOKEN=' "$out/server.out" && break
+    kill -0 "$server" 2>/dev/null || { cat "$out/server.log"; exit 1; }
+    sleep 0.05
+done
+eval "$(grep '^export ' "$out/server.out")"
+
+upload_loop() {
+    while true; do
+        ALLOT_TOKEN="$ALLOT_ADMIN_TOKEN" "$allot" plugin add "$out/gpu_limit_py.wasm" --name churn --global >/dev/null
+    done
+}
+
+for round in $(seq 1 "$rounds"); do
+    echo "== round $round: idle"
+    "$loadgen" --jobs "$jobs" --concurrency 1
+    upload_loop &
+    uploads=$!
+    sleep 2 # the first upload is compiling
+    echo "== round $round: during back-to-back uploads"
+    "$loadgen" --jobs "$jobs" --concurrency 1
+    kill "$uploads"
+    wait "$uploads" 2>/dev/null || true
+    uploads=
+    sleep 12 # the upload in flight finishes compiling (~9 s) before the next idle round
+done
