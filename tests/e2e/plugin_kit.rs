@@ -34,6 +34,31 @@ pub fn components() -> &'static HashMap<String, PathBuf> {
     })
 }
 
+/// Builds the Python example plugins once per test run
+/// (`plugins/build.sh --python`, componentize-py from scripts/setup.sh);
+/// file name → path.
+pub fn python_components() -> &'static HashMap<String, PathBuf> {
+    static BUILT: OnceLock<HashMap<String, PathBuf>> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugins/build.sh");
+        let out = std::process::Command::new(&script)
+            .arg("--python")
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+        assert!(
+            out.status.success(),
+            "{} --python failed (is componentize-py installed? run scripts/setup.sh):\n{}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(PathBuf::from)
+            .map(|p| (p.file_stem().expect("a file").to_string_lossy().into_owned(), p))
+            .collect()
+    })
+}
+
 pub fn wasm(name: &str) -> Vec<u8> {
     std::fs::read(
         components()

@@ -686,6 +686,90 @@ async fn plugin_test_runs_a_panicking_plugin_and_prints_money_as_money() {
     );
 }
 
+/// Regression (issue 12, defect 9): the docs showed Python for the
+/// admission world only. The Python examples of all three worlds, built as
+/// the docs say (`plugins/build.sh --python`), answer through the server's
+/// sandbox as their own unit tests say: a reject, a deny, a price and a
+/// pricing error (raised as `Err`), each with its log line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_plugins_of_every_world_answer_through_the_sandbox() {
+    let py = python_components();
+    let path = |name: &str| py[name].display().to_string();
+    let dir = tempdir();
+    let job = |file: &str, text: &str| {
+        let p = dir.path().join(file);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let nine_gpus = job(
+        "nine.toml",
+        "name = \"wide\"\ncommand = \"true\"\n[resources]\ngpus = 9\n[tags]\nteam = \"nlp\"\n",
+    );
+    let intern = job(
+        "intern.toml",
+        "name = \"big\"\ncommand = \"true\"\nproject = \"interns\"\n[resources]\ngpus = 2\n",
+    );
+    let discount = job(
+        "discount.toml",
+        "name = \"train\"\ncommand = \"true\"\n[resources]\ngpus = 1\n[tags]\ndiscount = \"10\"\n",
+    );
+    let malformed = job(
+        "malformed.toml",
+        "name = \"train\"\ncommand = \"true\"\n[resources]\ngpus = 1\n[tags]\ndiscount = \"ten\"\n",
+    );
+    let (admission, quota, pricing, pricing_error) = (
+        path("gpu_limit_py"),
+        path("gpu_cap_py"),
+        path("discount_py"),
+        path("discount_py"),
+    );
+    // 2026-11-21 is a Saturday: half the list price, then 10 % off.
+    let saturday = "2026-11-21T09:00Z";
+    let test = |plugin: &str, job: &str| {
+        let args: Vec<String> = ["--json", "plugin", "test", plugin, "--job", job, "--at", saturday]
+            .map(String::from)
+            .into();
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let (code, out, err) = run_allot(&args, None, None).await;
+            let v: serde_json::Value =
+                serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
+            (code, v)
+        }
+    };
+    let (a, q, p, e) = tokio::join!(
+        test(&admission, &nine_gpus),
+        test(&quota, &intern),
+        test(&pricing, &discount),
+        test(&pricing_error, &malformed),
+    );
+    assert_eq!((a.0, a.1["decision"].as_str()), (1, Some("reject")), "{}", a.1);
+    assert_eq!(
+        a.1["message"],
+        "job asks for 9 GPUs; at most 8 per job (split the work into several jobs)"
+    );
+    assert_eq!((q.0, q.1["decision"].as_str()), (1, Some("deny")), "{}", q.1);
+    assert_eq!(
+        q.1["reason"],
+        "the job asks for 2 GPUs; project interns may hold at most 1"
+    );
+    assert_eq!(q.1["logs"][0]["level"], "info", "{}", q.1);
+    assert_eq!((p.0, p.1["decision"].as_str()), (0, Some("price")), "{}", p.1);
+    // The dev rate card's H100 hour is 4.00 USD: 400 × 1/2 × 90 % = 180.
+    assert_eq!(
+        (p.1["list_price_minor"].as_u64(), p.1["minor"].as_u64()),
+        (Some(400), Some(180)),
+        "{}",
+        p.1
+    );
+    assert_eq!((e.0, e.1["decision"].as_str()), (2, Some("error")), "{}", e.1);
+    assert_eq!(
+        e.1["error"],
+        "discount tag 'ten': expected a whole percent, 0 to 100"
+    );
+    assert_eq!(e.1["logs"][0]["level"], "warn", "{}", e.1);
+}
+
 /// Regression (issue 12, defect 1): a tenant bound its own pricing plugin
 /// that answers 0, so its GPU time cost nothing and its spend budget never
 /// tripped while a neighbour with the same work was held as exhausted. A

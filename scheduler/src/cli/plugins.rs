@@ -469,7 +469,7 @@ pub fn test(
                     }
                 );
             }
-            let currency = input.currency;
+            let (currency, list_price_minor) = (input.currency, input.list_price_minor);
             let report = sandbox.call(&plugin, label, tenant, |b, store, max| {
                 b.price(store, &input, max)
             });
@@ -480,6 +480,7 @@ pub fn test(
                         "minor": price,
                         "price": Money { minor: i128::from(price), currency }.decimal(),
                         "currency": currency.as_str(),
+                        "list_price_minor": list_price_minor,
                     }),
                     format!(
                         "price: {} ({price} minor units)",
@@ -491,7 +492,7 @@ pub fn test(
                     0,
                 ),
                 Err(e) => (
-                    json!({"decision": "error", "error": e}),
+                    json!({"decision": "error", "error": e, "list_price_minor": list_price_minor}),
                     format!("error: {e} (the server would charge the list price)"),
                     2,
                 ),
