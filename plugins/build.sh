@@ -21,7 +21,8 @@
 #   hostile_keeps_state.wasm (counts its calls in memory, which shows which calls
 #   shared an instance), hostile_future_version.wasm (built for allot:plugin@9.0.0),
 #   hostile_price_from_tag.wasm (prices a lease at its `price` tag: 0, max),
-#   hostile_bad_utf8.wasm (rejects with a message that is not UTF-8)
+#   hostile_bad_utf8.wasm (rejects with a message that is not UTF-8),
+#   and old_v0_1_0_pricing.wasm (built for allot:plugin@0.1.0, from tests/old/)
 #
 # Progress goes to stderr; stdout gets the absolute path of each component,
 # one per line, so that tests can read them. Each output is checked to be a
@@ -58,6 +59,7 @@ if ! $python_only; then
 fi
 if $hostile; then
     for crate in "${hostile_crates[@]}"; do packages+=(-p "hostile-$crate"); done
+    packages+=(-p old-v0-1-0-pricing)
 fi
 if [[ ${#packages[@]} -gt 0 ]]; then
     echo "building the Rust plugins (cargo build --release --target wasm32-wasip2)" >&2
@@ -76,6 +78,7 @@ if ! $rust_only; then
 fi
 if $hostile; then
     for crate in "${hostile_crates[@]}"; do components+=("$out/hostile_${crate//-/_}.wasm"); done
+    components+=("$out/old_v0_1_0_pricing.wasm")
 fi
 
 # A component starts with the magic `\0asm` and the component layer's

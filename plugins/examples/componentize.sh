@@ -6,7 +6,7 @@
 #
 # Runs the decision's unit tests (`python3 -m unittest` in DIR), then
 # componentize-py (installed into plugins/.venv by scripts/setup.sh) on
-# DIR/app.py against WORLD of wit/v0.1.0.
+# DIR/app.py against WORLD of wit/v0.2.0.
 #
 # `--stub-wasi` replaces the WASI imports of the Python runtime with traps, so
 # the component imports only `allot:plugin/log` (and the types it uses): like
@@ -33,5 +33,5 @@ mkdir -p "$(dirname "$out")"
 out="$(cd "$(dirname "$out")" && pwd)/$(basename "$out")"
 cd "$dir"
 PYTHONDONTWRITEBYTECODE=1 python3 -m unittest --quiet >&2
-"$componentize_py" --wit-path "$plugins/wit/v0.1.0" --world "$world" \
+"$componentize_py" --wit-path "$plugins/wit/v0.2.0" --world "$world" \
     componentize --stub-wasi --python-path . app --output "$out" >&2

@@ -119,6 +119,7 @@ fn lease(j: &Job, rng: &mut Rng, at: u64) -> Lease {
         rate: Some(LeaseRate {
             currency: Currency::USD,
             per_gpu_hour: Rate(450 * 1_000_000),
+            undiscounted: None,
         }),
         tags,
         agent_runtime: None,

@@ -110,6 +110,7 @@ fn piece(job: &JobSpec) -> PriceInput {
         tags: job.tags.clone(),
         currency: "USD".parse().unwrap(),
         list_price_minor: 400,
+        undiscounted_price_minor: 400,
     }
 }
 

@@ -21,7 +21,7 @@ async fn an_admission_plugin_rejects_modifies_and_stays_with_its_tenant() {
     let plugin = added.plugin.unwrap();
     assert_eq!(
         (plugin.tenant.as_str(), plugin.wit_version.as_str()),
-        ("default", "0.1.0")
+        ("default", "0.2.0")
     );
     assert_eq!(plugin.point(), proto::ExtensionPoint::Admission);
     a.plugins().bind("cost-center", None, &Scope::Own).await.unwrap();

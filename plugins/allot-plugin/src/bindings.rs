@@ -1,4 +1,4 @@
-//! Bindings generated from the WIT contract `allot:plugin@0.1.0`.
+//! Bindings generated from the WIT contract `allot:plugin@0.2.0`.
 //!
 //! One `generate!` per world. The admission world generates the shared
 //! interfaces (`types`, `log`); the other worlds reuse them through `with`, so
@@ -15,11 +15,11 @@
 /// The `admission` world, and the interfaces shared by every world.
 pub mod admission {
     wit_bindgen::generate!({
-        path: "../wit/v0.1.0",
+        path: "../wit/v0.2.0",
         world: "admission",
         additional_derives: [PartialEq, Eq],
         with: {
-            "allot:plugin/types@0.1.0/fraction": allot_plugin::Fraction,
+            "allot:plugin/types@0.2.0/fraction": allot_plugin::Fraction,
         },
         pub_export_macro: true,
         export_macro_name: "export_world",
@@ -31,12 +31,12 @@ pub mod admission {
 /// The `quota` world.
 pub mod quota {
     wit_bindgen::generate!({
-        path: "../wit/v0.1.0",
+        path: "../wit/v0.2.0",
         world: "quota",
         additional_derives: [PartialEq, Eq],
         with: {
-            "allot:plugin/types@0.1.0": allot_plugin::__private::types,
-            "allot:plugin/log@0.1.0": allot_plugin::__private::log,
+            "allot:plugin/types@0.2.0": allot_plugin::__private::types,
+            "allot:plugin/log@0.2.0": allot_plugin::__private::log,
         },
         pub_export_macro: true,
         export_macro_name: "export_world",
@@ -48,12 +48,12 @@ pub mod quota {
 /// The `pricing` world.
 pub mod pricing {
     wit_bindgen::generate!({
-        path: "../wit/v0.1.0",
+        path: "../wit/v0.2.0",
         world: "pricing",
         additional_derives: [PartialEq, Eq],
         with: {
-            "allot:plugin/types@0.1.0": allot_plugin::__private::types,
-            "allot:plugin/log@0.1.0": allot_plugin::__private::log,
+            "allot:plugin/types@0.2.0": allot_plugin::__private::types,
+            "allot:plugin/log@0.2.0": allot_plugin::__private::log,
         },
         pub_export_macro: true,
         export_macro_name: "export_world",

@@ -1,7 +1,7 @@
 //! Write [allot](https://github.com/allot-sched/allot) policy plugins in Rust.
 //!
 //! A plugin is a WebAssembly component that implements one extension point
-//! of the WIT contract `allot:plugin@0.1.0`:
+//! of the WIT contract `allot:plugin@0.2.0`:
 //!
 //! | extension point | trait | export macro | called |
 //! |---|---|---|---|

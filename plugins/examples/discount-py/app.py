@@ -1,13 +1,13 @@
 """Pricing plugin in Python: half price on weekends, and a job's `discount` tag.
 
 Built into a WebAssembly component by componentize-py (see build.sh), against
-the world `pricing` of `allot:plugin@0.1.0`. The decision itself lives in
+the world `pricing` of `allot:plugin@0.2.0`. The decision itself lives in
 policy.py; this module only converts between the WIT types and it.
 
 `price` returns `result<u64, string>`: in Python the method returns the
 price as an `int`, and raises `componentize_py_types.Err(message)` for the
 error case (any other exception is a trap). `componentize-py --wit-path
-../../wit/v0.1.0 --world pricing bindings DIR` writes the types out to read.
+../../wit/v0.2.0 --world pricing bindings DIR` writes the types out to read.
 
 Bound by an operator (globally or for a tenant) its prices bill; bound by a
 tenant for itself they are that tenant's showback, recorded beside the bill

@@ -1,14 +1,14 @@
 """Quota plugin in Python: caps each project's GPUs and its GPU-hours per month.
 
 Built into a WebAssembly component by componentize-py (see build.sh), against
-the world `quota` of `allot:plugin@0.1.0`. The decision itself lives in
+the world `quota` of `allot:plugin@0.2.0`. The decision itself lives in
 policy.py; this module only converts between the WIT types and it.
 
 componentize-py names the WIT types in Python: the request is
 `wit_world.QuotaRequest`, and each case of the `quota-decision` variant is a
 class of its own, `QuotaDecision_Allow()`, `QuotaDecision_Deny(reason)` and
 `QuotaDecision_Hold(reason)`. Shared types (`fraction`, `money`, `job-spec`)
-are in `wit_world.imports.types`. `componentize-py --wit-path ../../wit/v0.1.0
+are in `wit_world.imports.types`. `componentize-py --wit-path ../../wit/v0.2.0
 --world quota bindings DIR` writes them all out to read.
 """
 

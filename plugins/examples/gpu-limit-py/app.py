@@ -2,7 +2,7 @@
 for more than 8 whole GPUs.
 
 Built into a WebAssembly component by componentize-py (see build.sh), against
-the world `admission` of `allot:plugin@0.1.0`. The decision itself lives in
+the world `admission` of `allot:plugin@0.2.0`. The decision itself lives in
 policy.py; this module only converts between the WIT types and it.
 """
 

@@ -100,13 +100,15 @@ impl RateCard {
     /// The rate of a GPU-hour on `model` for a job (preemptible or not).
     pub fn rate_for(&self, model: &str, preemptible: bool) -> LeaseRate {
         let base = self.by_model.get(model).copied().unwrap_or(self.default);
+        let per_gpu_hour = if preemptible {
+            base.discounted(self.preemptible_discount_pct)
+        } else {
+            base
+        };
         LeaseRate {
             currency: self.currency,
-            per_gpu_hour: if preemptible {
-                base.discounted(self.preemptible_discount_pct)
-            } else {
-                base
-            },
+            per_gpu_hour,
+            undiscounted: (per_gpu_hour != base).then_some(base),
         }
     }
 }

@@ -42,6 +42,7 @@ fn lease(share: Share, start: u64, end: Option<u64>, gpu: &str) -> Lease {
         rate: Some(LeaseRate {
             currency: Currency::USD,
             per_gpu_hour: Rate::parse("3.50", Currency::USD).unwrap(),
+            undiscounted: None,
         }),
         tags: BTreeMap::from([("team".to_string(), "nlp".to_string())]),
         agent_runtime: None,
@@ -157,6 +158,16 @@ fn the_rate_card_prices_by_model_and_discounts_preemptible_work() {
     let card = RateCard::from_config(&raw).unwrap();
     assert_eq!(card.rate_for("H100-80GB", false).per_gpu_hour, Rate(400_000_000));
     assert_eq!(card.rate_for("H100-80GB", true).per_gpu_hour, Rate(300_000_000));
+    // The lease keeps the rate before the discount, for pricing plugins
+    // (WIT 0.2.0), and only where there was one.
+    assert_eq!(card.rate_for("H100-80GB", true).undiscounted(), Rate(400_000_000));
+    assert_eq!(card.rate_for("H100-80GB", false).undiscounted, None);
+    // A lease written without it (as every lease before) reads back as
+    // undiscounted at its own rate.
+    let stored = serde_json::to_string(&card.rate_for("H100-80GB", false)).unwrap();
+    assert!(!stored.contains("undiscounted"), "{stored}");
+    let legacy: LeaseRate = serde_json::from_str(&stored).unwrap();
+    assert_eq!(legacy.undiscounted(), Rate(400_000_000));
     assert_eq!(card.rate_for("L4", false).per_gpu_hour, Rate(200_000_000));
     assert_eq!(card.rate_for("L4", false).currency.as_str(), "EUR");
     assert!(toml::from_str::<super::pricing::PricingConfig>("curency = \"USD\"").is_err());

@@ -586,7 +586,8 @@ fn sample_piece(spec: &JobSpec, now: UnixMillis) -> PriceInput {
     };
     let rate = crate::server::demo_rate_card().rate_for(&gpu_model, spec.preemptible);
     let gpu_time = crate::accounting::GpuTime::of(share, HOUR);
-    let list = crate::accounting::minor_of(crate::accounting::pricing::cost(gpu_time, rate.per_gpu_hour));
+    let minor = |r| crate::accounting::minor_of(crate::accounting::pricing::cost(gpu_time, r));
+    let (list, undiscounted) = (minor(rate.per_gpu_hour), minor(rate.undiscounted()));
     PriceInput {
         tenant: spec.tenant.clone(),
         project: spec.project.clone(),
@@ -599,5 +600,6 @@ fn sample_piece(spec: &JobSpec, now: UnixMillis) -> PriceInput {
         tags: spec.tags.clone(),
         currency: rate.currency,
         list_price_minor: u64::try_from(list).unwrap_or(0),
+        undiscounted_price_minor: u64::try_from(undiscounted).unwrap_or(0),
     }
 }

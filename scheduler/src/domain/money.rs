@@ -176,4 +176,16 @@ impl Rate {
 pub struct LeaseRate {
     pub currency: Currency,
     pub per_gpu_hour: Rate,
+    /// The rate before the rate card's preemptible discount, where there
+    /// was one (`None`: the same as `per_gpu_hour`, or a lease reserved
+    /// before this was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub undiscounted: Option<Rate>,
+}
+
+impl LeaseRate {
+    /// The rate before the preemptible discount.
+    pub fn undiscounted(&self) -> Rate {
+        self.undiscounted.unwrap_or(self.per_gpu_hour)
+    }
 }

@@ -2151,8 +2151,8 @@ async fn price_lease(policy: &PolicyHost, lease: &Lease, preemptible: bool) -> P
     let mut showback_by_hour = BTreeMap::new();
     let mut showback_plugin = String::new();
     for part in crate::accounting::hour_parts(lease, end, UnixMillis(0), UnixMillis(u64::MAX)) {
-        let list =
-            crate::accounting::minor_of(crate::accounting::pricing::cost(part.gpu_time, rate.per_gpu_hour));
+        let minor = |r| crate::accounting::minor_of(crate::accounting::pricing::cost(part.gpu_time, r));
+        let (list, undiscounted) = (minor(rate.per_gpu_hour), minor(rate.undiscounted()));
         let input = PriceInput {
             tenant: lease.tenant.clone(),
             project: lease.project.clone(),
@@ -2165,6 +2165,7 @@ async fn price_lease(policy: &PolicyHost, lease: &Lease, preemptible: bool) -> P
             tags: lease.tags.clone(),
             currency: rate.currency,
             list_price_minor: u64::try_from(list).unwrap_or(u64::MAX),
+            undiscounted_price_minor: u64::try_from(undiscounted).unwrap_or(u64::MAX),
         };
         // What bills: the operator's plugin, else the rate card (no entry).
         let outcome = policy.price(&input).await;

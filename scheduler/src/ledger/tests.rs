@@ -235,6 +235,7 @@ mod rollups {
         l.rate = Some(LeaseRate {
             currency: Currency::USD,
             per_gpu_hour: Rate(3_333_333 * (1 + model as u128)),
+            undiscounted: None,
         });
         l.reserved_at = UnixMillis(T0 + start);
         l.started_at = Some(l.reserved_at);

@@ -217,6 +217,7 @@ fn piece(tenant: &str, currency: &str) -> PriceInput {
         tags: BTreeMap::new(),
         currency: currency.parse().unwrap(),
         list_price_minor: 400,
+        undiscounted_price_minor: 400,
     }
 }
 
@@ -240,6 +241,38 @@ async fn the_pricing_example_prices_and_its_errors_charge_the_list_price() {
     let stats = f.host.stats(&plugin);
     assert_eq!((stats.calls, stats.failures), (3, 1));
     assert_eq!(stats.recent_errors[0].tenant.as_str(), "initech");
+}
+
+/// Issue 12, defect 9: the pricing request carries the undiscounted price
+/// beside the list price, in a new WIT version (0.2.0), while a plugin built
+/// for 0.1.0 runs on, unchanged, on the 0.1.0 bindings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_0_2_0_plugin_sees_the_undiscounted_price_and_a_0_1_0_plugin_runs_on() {
+    let f = host();
+    let new = add_and_bind(&f.host, tenant("acme"), "new", "hostile_price_from_tag").await;
+    let old = add_and_bind(&f.host, tenant("initech"), "old", "old_v0_1_0_pricing").await;
+    let version = |p: &PluginRef| f.host.plugin(p).unwrap().wit_version.to_string();
+    assert_eq!((version(&new), version(&old)), ("0.2.0".into(), "0.1.0".into()));
+
+    // A preemptible piece: 300 after the rate card's discount, 400 before.
+    let mut preemptible = piece("acme", "USD");
+    preemptible.preemptible = true;
+    preemptible.list_price_minor = 300;
+    preemptible.tags.insert("price".into(), "undiscounted".into());
+    let priced = f.host.price(&preemptible).await;
+    assert_eq!(
+        (priced.decision, priced.decided_by),
+        (400, DecidedBy::Plugin(new))
+    );
+
+    let mut piece = piece("initech", "USD");
+    piece.list_price_minor = 300;
+    let priced = f.host.price(&piece).await;
+    assert_eq!(
+        (priced.decision, priced.decided_by),
+        (301, DecidedBy::Plugin(old.clone()))
+    );
+    assert_eq!(f.host.stats(&old).failures, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -616,7 +649,7 @@ async fn uploads_that_are_not_plugins_are_refused_clearly() {
         (wasm("hostile_wrong_world"), "it exports greet"),
         (
             wasm("hostile_future_version"),
-            "built for allot:plugin@9.0.0, which this server does not support (it supports 0.1.0)",
+            "built for allot:plugin@9.0.0, which this server does not support (it supports 0.2.0, 0.1.0)",
         ),
     ];
     for (bytes, expected) in cases {

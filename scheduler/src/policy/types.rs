@@ -338,6 +338,9 @@ pub struct PriceInput {
     /// What the built-in rate card charges for the piece, in minor units:
     /// the fallback when the plugin fails.
     pub list_price_minor: u64,
+    /// What the rate card charges for the piece before its preemptible
+    /// discount (the list price when there is none).
+    pub undiscounted_price_minor: u64,
 }
 
 // --- decisions: what a plugin answers --------------------------------------

@@ -154,6 +154,7 @@ mod tests {
             tags: Vec::new(),
             currency: "USD".into(),
             list_price_minor: 400,
+            undiscounted_price_minor: 400,
         }
     }
 

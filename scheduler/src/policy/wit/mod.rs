@@ -3,13 +3,17 @@
 //! bindings.
 //!
 //! To support a new version `vX.Y.Z`: add a module generated from
-//! `plugins/wit/vX.Y.Z` beside [`v0_1_0`] with the same functions (`new`,
-//! `admit`, `check`, `price`) converting from the host's types, a variant
-//! to [`Bindings`], and the version to [`SUPPORTED`]. Older modules stay:
-//! plugins built for them keep working unchanged.
+//! `plugins/wit/vX.Y.Z` beside [`v0_2_0`] (by [`version::version_bindings`]
+//! when it differs from the last only by fields it names, else written out
+//! with the same functions: `new`, `admit`, `check`, `price`), a variant to
+//! [`Bindings`] and [`Instance`], its linker to [`add_to_linker`], and the
+//! version to [`SUPPORTED`]. Older modules stay: plugins built for them keep
+//! working unchanged.
 
 mod bounded;
 pub mod v0_1_0;
+pub mod v0_2_0;
+mod version;
 
 use wasmtime::Store;
 use wasmtime::component::{InstancePre, Linker};
@@ -19,7 +23,7 @@ use super::types::{ExtensionPoint, PriceInput, QuotaInput, WitVersion};
 use crate::domain::{JobSpec, UnixMillis};
 
 /// The versions of `allot:plugin` this host has bindings for, newest first.
-pub const SUPPORTED: &[WitVersion] = &[WitVersion::new(0, 1, 0)];
+pub const SUPPORTED: &[WitVersion] = &[WitVersion::new(0, 2, 0), WitVersion::new(0, 1, 0)];
 
 /// The host bindings a plugin built for `built_for` runs on: the newest
 /// supported version it is semver-compatible with.
@@ -30,6 +34,7 @@ pub fn host_version_for(built_for: WitVersion) -> Option<WitVersion> {
 /// Adds the imports every world of every version shares (`types`, `log`)
 /// to the linker.
 pub fn add_to_linker(linker: &mut Linker<CallState>) -> wasmtime::Result<()> {
+    v0_2_0::add_to_linker(linker)?;
     v0_1_0::add_to_linker(linker)
 }
 
@@ -54,6 +59,7 @@ pub enum RawQuota {
 /// was built for.
 pub enum Bindings {
     V0_1_0(v0_1_0::Bindings),
+    V0_2_0(v0_2_0::Bindings),
 }
 
 /// Why a call did not produce an answer: a trap or host error from wasmtime,
@@ -81,6 +87,7 @@ impl Bindings {
     ) -> wasmtime::Result<Bindings> {
         match (version.major, version.minor) {
             (0, 1) => Ok(Bindings::V0_1_0(v0_1_0::Bindings::new(point, pre)?)),
+            (0, 2) => Ok(Bindings::V0_2_0(v0_2_0::Bindings::new(point, pre)?)),
             _ => Err(wasmtime::format_err!(
                 "no host bindings for allot:plugin@{version}"
             )),
@@ -91,6 +98,7 @@ impl Bindings {
     pub fn instantiate(&self, store: &mut Store<CallState>) -> wasmtime::Result<Instance> {
         match self {
             Bindings::V0_1_0(b) => b.instantiate(store).map(Instance::V0_1_0),
+            Bindings::V0_2_0(b) => b.instantiate(store).map(Instance::V0_2_0),
         }
     }
 }
@@ -98,6 +106,7 @@ impl Bindings {
 /// A live instance of a plugin, in the version it was built for.
 pub enum Instance {
     V0_1_0(v0_1_0::Instance),
+    V0_2_0(v0_2_0::Instance),
 }
 
 impl Instance {
@@ -110,6 +119,7 @@ impl Instance {
     ) -> Result<RawAdmission, CallError> {
         match self {
             Instance::V0_1_0(i) => i.admit(store, spec, now, max_result_bytes),
+            Instance::V0_2_0(i) => i.admit(store, spec, now, max_result_bytes),
         }
     }
 
@@ -121,6 +131,7 @@ impl Instance {
     ) -> Result<RawQuota, CallError> {
         match self {
             Instance::V0_1_0(i) => i.check(store, input, max_result_bytes),
+            Instance::V0_2_0(i) => i.check(store, input, max_result_bytes),
         }
     }
 
@@ -132,6 +143,7 @@ impl Instance {
     ) -> Result<Result<u64, String>, CallError> {
         match self {
             Instance::V0_1_0(i) => i.price(store, input, max_result_bytes),
+            Instance::V0_2_0(i) => i.price(store, input, max_result_bytes),
         }
     }
 }
