@@ -19,15 +19,9 @@ allot="${2:-${CARGO_TARGET_DIR:-target}/release/allot}"
 [[ -x "$allot" ]] || { echo "error: $allot not found; build it: cargo build --release -p allot-scheduler --bin allot" >&2; exit 1; }
 out=$(mktemp -d)
 plugins/examples/gpu-limit-py/build.sh "$out/gpu_limit_py.wasm" 2>/dev/null
-"$allot" server --dev --listen 127.0.0.1:0 >"$out/server.out" 2>"$out/server.log" &
-server=$!
-trap 'kill "$server" 2>/dev/null; wait "$server" 2>/dev/null; rm -rf "$out"' EXIT
-for _ in $(seq 1 200); do
-    grep -q '^export ALLOT_ADMIN_TOKEN=' "$out/server.out" && break
-    kill -0 "$server" 2>/dev/null || { cat "$out/server.log"; exit 1; }
-    sleep 0.05
-done
-eval "$(grep '^export ' "$out/server.out")"
+. scripts/dev-server.sh
+trap 'stop_dev_server; rm -rf "$out"' EXIT
+start_dev_server "$allot" "$out"
 
 kib() { awk -v k="$1" '$1 == k":" { print $2 }' "/proc/$server/status"; }
 row() {

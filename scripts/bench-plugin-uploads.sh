@@ -26,16 +26,10 @@ for bin in "$allot" "$loadgen"; do
 done
 out=$(mktemp -d)
 plugins/examples/gpu-limit-py/build.sh "$out/gpu_limit_py.wasm" 2>/dev/null
-"$allot" server --dev --listen 127.0.0.1:0 >"$out/server.out" 2>"$out/server.log" &
-server=$!
 uploads=
-trap 'kill $uploads "$server" 2>/dev/null; wait 2>/dev/null; rm -rf "$out"' EXIT
-for _ in $(seq 1 200); do
-    grep -q '^export ALLOT_ADMIN_TOKEN=' "$out/server.out" && break
-    kill -0 "$server" 2>/dev/null || { cat "$out/server.log"; exit 1; }
-    sleep 0.05
-done
-eval "$(grep '^export ' "$out/server.out")"
+. scripts/dev-server.sh
+trap '[[ -n "$uploads" ]] && kill "$uploads" 2>/dev/null; stop_dev_server; rm -rf "$out"' EXIT
+start_dev_server "$allot" "$out"
 
 upload_loop() {
     while true; do

@@ -8,17 +8,10 @@ cd "$(dirname "$0")/.."
 cargo build --bin allot --bin allot-supervise
 allot="${CARGO_TARGET_DIR:-target}/debug/allot"
 out=$(mktemp -d)
-"$allot" server --dev --listen 127.0.0.1:0 >"$out/server.out" 2>"$out/server.log" &
-server=$!
-trap 'kill "$server" 2>/dev/null; wait "$server" 2>/dev/null; rm -rf "$out"' EXIT
-
-for _ in $(seq 1 200); do
-    grep -q '^export ALLOT_ADMIN_TOKEN=' "$out/server.out" && break
-    kill -0 "$server" 2>/dev/null || { cat "$out/server.log"; exit 1; }
-    sleep 0.05
-done
+. scripts/dev-server.sh
+trap 'stop_dev_server; rm -rf "$out"' EXIT
+start_dev_server "$allot" "$out"
 cat "$out/server.out"
-eval "$(grep '^export ' "$out/server.out")"
 
 step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
 step allot submit --gpus 1 -- sh -c "'echo hello from \$ALLOT_JOB_ID on \$CUDA_VISIBLE_DEVICES'"

@@ -14,24 +14,7 @@ use crate::harness::*;
 /// (`plugins/build.sh --rust --hostile`); file name → path.
 pub fn components() -> &'static HashMap<String, PathBuf> {
     static BUILT: OnceLock<HashMap<String, PathBuf>> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugins/build.sh");
-        let out = std::process::Command::new(&script)
-            .args(["--rust", "--hostile"])
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-        assert!(
-            out.status.success(),
-            "{} --rust --hostile failed (is the wasm32-wasip2 target installed? run scripts/setup.sh):\n{}",
-            script.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(PathBuf::from)
-            .map(|p| (p.file_stem().expect("a file").to_string_lossy().into_owned(), p))
-            .collect()
-    })
+    BUILT.get_or_init(|| build(&["--rust", "--hostile"], "is the wasm32-wasip2 target installed?"))
 }
 
 /// Builds the Python example plugins once per test run
@@ -39,24 +22,29 @@ pub fn components() -> &'static HashMap<String, PathBuf> {
 /// file name → path.
 pub fn python_components() -> &'static HashMap<String, PathBuf> {
     static BUILT: OnceLock<HashMap<String, PathBuf>> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugins/build.sh");
-        let out = std::process::Command::new(&script)
-            .arg("--python")
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-        assert!(
-            out.status.success(),
-            "{} --python failed (is componentize-py installed? run scripts/setup.sh):\n{}",
-            script.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(PathBuf::from)
-            .map(|p| (p.file_stem().expect("a file").to_string_lossy().into_owned(), p))
-            .collect()
-    })
+    BUILT.get_or_init(|| build(&["--python"], "is componentize-py installed?"))
+}
+
+/// Runs `plugins/build.sh` with `flags`; the components it printed, by file
+/// name.
+fn build(flags: &[&str], hint: &str) -> HashMap<String, PathBuf> {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugins/build.sh");
+    let out = std::process::Command::new(&script)
+        .args(flags)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "{} {} failed ({hint} run scripts/setup.sh):\n{}",
+        script.display(),
+        flags.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(PathBuf::from)
+        .map(|p| (p.file_stem().expect("a file").to_string_lossy().into_owned(), p))
+        .collect()
 }
 
 pub fn wasm(name: &str) -> Vec<u8> {
