@@ -420,3 +420,19 @@ async fn wait_for_nodes(engine: &EngineHandle, n: usize, timeout: Duration) -> a
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The example configuration that docs/operations.md shows is one the
+    /// server accepts, and its `[plugins]` values are the defaults it says
+    /// they are.
+    #[test]
+    fn the_example_config_is_valid_and_its_plugin_values_are_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/allot.toml");
+        let config = ConfigFile::read(&path).unwrap();
+        config.rate_card().unwrap();
+        assert_eq!(config.plugins().unwrap(), PolicyConfig::default());
+    }
+}
