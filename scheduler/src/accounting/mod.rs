@@ -27,9 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{Lease, Share, UnixMillis};
 
-/// The denominator of GPU-time: 2^6 · 3^2 · 5^6 · 7. Every share whose
-/// reduced denominator divides it is exact (see `exact_share`).
-pub const GPU_TIME_DENOMINATOR: u128 = 63_000_000;
+pub use crate::domain::units::GPU_TIME_DENOMINATOR;
 
 /// Milliseconds in an hour.
 pub const HOUR_MS: u64 = 3_600_000;
@@ -84,7 +82,7 @@ pub const UNITS_PER_GPU_HOUR: u128 = GPU_TIME_DENOMINATOR * HOUR_MS as u128;
 
 /// Whether `share` × whole milliseconds is exact in [`GpuTime`] units.
 pub fn exact_share(share: Share) -> bool {
-    GPU_TIME_DENOMINATOR.is_multiple_of(share.denominator() as u128)
+    share.is_exact_gpu_time()
 }
 
 /// GPU-time, exactly: share × milliseconds, in 1/63,000,000 GPU-ms.

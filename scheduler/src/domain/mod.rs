@@ -5,6 +5,7 @@ pub mod job;
 pub mod lease;
 pub mod mig;
 pub mod money;
+pub mod plugin;
 pub mod units;
 pub mod validate;
 

@@ -378,7 +378,17 @@ fn gcd(mut a: u64, mut b: u64) -> u64 {
     a
 }
 
+/// The denominator of GPU-time: 2^6 · 3^2 · 5^6 · 7. Every share whose
+/// reduced denominator divides it is exact (see [`Share::is_exact_gpu_time`]).
+pub const GPU_TIME_DENOMINATOR: u128 = 63_000_000;
+
 impl Share {
+    /// Whether this share × whole milliseconds is exact in GPU-time units
+    /// (1/[`GPU_TIME_DENOMINATOR`] of a GPU-millisecond).
+    pub fn is_exact_gpu_time(self) -> bool {
+        GPU_TIME_DENOMINATOR.is_multiple_of(self.denominator() as u128)
+    }
+
     pub const ZERO: Share = Share { num: 0, den: 1 };
     pub const ONE: Share = Share { num: 1, den: 1 };
 

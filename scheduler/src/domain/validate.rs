@@ -4,8 +4,15 @@
 //! modified. Bad input is refused naming its field, and error messages quote
 //! at most a short prefix of what was sent.
 
-use super::job::JobSpec;
-use super::units::Millis;
+use std::collections::BTreeMap;
+use std::num::NonZeroU32;
+
+use allot_proto::v1 as pb;
+
+use super::ids::{ProjectName, TenantName};
+use super::job::{Constraints, GpuRequest, JobSpec, Resources};
+use super::mig::MigProfile;
+use super::units::{MiB, MilliCpu, Millis, Share};
 
 /// Bytes of a job's name.
 pub const NAME_BYTES: usize = 256;
@@ -69,6 +76,14 @@ pub struct Violation {
     pub field: &'static str,
     pub description: String,
 }
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.description)
+    }
+}
+
+impl std::error::Error for Violation {}
 
 fn violation(field: &'static str, description: impl Into<String>) -> Violation {
     Violation {
@@ -301,6 +316,253 @@ pub fn spec(s: &JobSpec, limits: &Limits) -> Result<(), Violation> {
         ));
     }
     Ok(())
+}
+
+// --- the wire form of a spec -----------------------------------------------
+
+const RESERVED_ENV: &[&str] = &["CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES"];
+const MAX_GPUS: i32 = 1024;
+
+fn fraction(field: &'static str, f: &pb::Fraction) -> Result<Share, Violation> {
+    if f.denominator == 0 {
+        return Err(violation(field, "denominator must not be zero"));
+    }
+    let share = Share::new(f.numerator, f.denominator).expect("denominator checked");
+    if share.is_zero() || share > Share::ONE {
+        return Err(violation(
+            field,
+            format!("must be in (0, 1], got {}/{}", f.numerator, f.denominator),
+        ));
+    }
+    if !share.is_exact_gpu_time() {
+        return Err(violation(
+            field,
+            format!(
+                "{share} cannot be accounted exactly: use a decimal share (up to six places) or a fraction whose denominator divides 63000000, such as 1/3 or 1/7"
+            ),
+        ));
+    }
+    Ok(share)
+}
+
+fn non_negative(field: &'static str, v: i64) -> Result<u64, Violation> {
+    u64::try_from(v).map_err(|_| violation(field, format!("must not be negative, got {v}")))
+}
+
+fn resources(r: Option<&pb::Resources>) -> Result<Resources, Violation> {
+    let default = pb::Resources::default();
+    let r = r.unwrap_or(&default);
+    let gpu_memory = non_negative("spec.resources.gpu_memory_mib", r.gpu_memory_mib)?;
+    let gpu = match &r.gpu {
+        None => GpuRequest::None,
+        Some(pb::resources::Gpu::Gpus(n)) => {
+            if *n < 1 {
+                return Err(violation(
+                    "spec.resources.gpus",
+                    format!("must be at least 1, got {n} (leave it unset for a CPU-only job)"),
+                ));
+            }
+            if *n > MAX_GPUS {
+                return Err(violation(
+                    "spec.resources.gpus",
+                    format!("must be at most {MAX_GPUS}, got {n}"),
+                ));
+            }
+            GpuRequest::Whole(NonZeroU32::new(*n as u32).expect("checked >= 1"))
+        }
+        Some(pb::resources::Gpu::GpuFraction(f)) => GpuRequest::Fraction {
+            share: fraction("spec.resources.gpu_fraction", f)?,
+            memory: (gpu_memory > 0).then_some(MiB(gpu_memory)),
+        },
+        Some(pb::resources::Gpu::MigProfile(p)) => {
+            if p.trim() != p {
+                return Err(violation(
+                    "spec.resources.mig_profile",
+                    format!("{} has leading or trailing whitespace", quote(p)),
+                ));
+            }
+            let profile: MigProfile = p
+                .parse()
+                .map_err(|e: String| violation("spec.resources.mig_profile", e))?;
+            GpuRequest::Mig(profile)
+        }
+    };
+    if gpu_memory > 0 && !matches!(gpu, GpuRequest::Fraction { .. }) {
+        return Err(violation(
+            "spec.resources.gpu_memory_mib",
+            "applies only to a gpu_fraction request",
+        ));
+    }
+    let cpu = non_negative("spec.resources.cpu_millis", r.cpu_millis)?;
+    let memory = non_negative("spec.resources.memory_mib", r.memory_mib)?;
+    Ok(Resources {
+        gpu,
+        cpu: if cpu == 0 {
+            Resources::DEFAULT_CPU
+        } else {
+            MilliCpu(cpu)
+        },
+        memory: if memory == 0 {
+            Resources::DEFAULT_MEMORY
+        } else {
+            MiB(memory)
+        },
+    })
+}
+
+/// Converts a submitted spec for `caller` and checks it against every
+/// bound of `domain::validate` (but the server's grace limit, which the
+/// API checks after admission).
+/// Turns a submitted spec (the wire form) into a [`JobSpec`] of `tenant`
+/// (whose right to submit the caller has checked), every field checked,
+/// with the field's path in the request and why on the first that is not
+/// valid. The API's `SubmitJob` and the plugin host (a spec an admission
+/// plugin returned) both go through it. The server's own limits (the
+/// longest grace) are checked after, by [`spec`] with them.
+pub fn job_spec(spec: &pb::JobSpec, tenant: TenantName) -> Result<JobSpec, Violation> {
+    // Sizes first, before anything is copied or echoed.
+    if spec.command.len() > COMMAND_BYTES {
+        return Err(violation(
+            "spec.command",
+            format!("at most {} bytes, got {}", COMMAND_BYTES, spec.command.len()),
+        ));
+    }
+    let too_many = |field: &'static str, what: &str, n: usize, max: usize| -> Result<(), Violation> {
+        if n > max {
+            return Err(violation(field, format!("at most {max} {what}, got {n}")));
+        }
+        Ok(())
+    };
+    too_many("spec.args", "arguments", spec.args.len(), ARGS)?;
+    too_many("spec.env", "variables", spec.env.len(), ENV_VARS)?;
+    too_many("spec.tags", "tags", spec.tags.len(), TAGS)?;
+    too_many("spec.node_labels", "labels", spec.node_labels.len(), NODE_LABELS)?;
+    too_many("spec.gpu_models", "GPU models", spec.gpu_models.len(), GPU_MODELS)?;
+    let command = spec.command.trim();
+    if command.is_empty() {
+        return Err(violation("spec.command", "must not be empty"));
+    }
+    let name = if spec.name.trim().is_empty() {
+        // The command's file name, cut to a name's length.
+        let base = command.rsplit('/').next().unwrap_or(command);
+        truncate(base, NAME_BYTES).to_string()
+    } else {
+        spec.name.trim().to_string()
+    };
+    let mut env = BTreeMap::new();
+    for (k, v) in &spec.env {
+        key("spec.env", k, "variable")?;
+        if RESERVED_ENV.contains(&k.as_str()) || k.starts_with("ALLOT_") {
+            return Err(violation(
+                "spec.env",
+                format!("{k} is set by allot and cannot be overridden"),
+            ));
+        }
+        env.insert(k.clone(), v.clone());
+    }
+    let working_dir = match spec.working_dir.trim() {
+        "" => None,
+        d => Some(d.to_string()),
+    };
+    let time_limit = match spec.time_limit_ms {
+        None => None,
+        Some(ms) if ms <= 0 => {
+            return Err(violation(
+                "spec.time_limit_ms",
+                format!("must be greater than 0, got {ms} (leave it unset for no limit)"),
+            ));
+        }
+        Some(ms) => Some(Millis(ms as u64)),
+    };
+    let grace_period = match spec.grace_period_ms {
+        None => JobSpec::DEFAULT_GRACE,
+        Some(ms) if ms < 0 => {
+            return Err(violation(
+                "spec.grace_period_ms",
+                format!("must not be negative, got {ms}"),
+            ));
+        }
+        Some(ms) => Millis(ms as u64),
+    };
+    let project = match spec.project.trim() {
+        "" => ProjectName::default_project(),
+        p => p.parse().map_err(|e| violation("spec.project", e))?,
+    };
+    let tags: BTreeMap<String, String> = spec.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut gpu_models: Vec<String> = Vec::new();
+    for m in &spec.gpu_models {
+        let m = m.trim();
+        if !gpu_models.iter().any(|x| x == m) {
+            gpu_models.push(m.to_string());
+        }
+    }
+    let node_labels: BTreeMap<String, String> = spec
+        .node_labels
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let positive = |field: &'static str, v: Option<i64>| -> Result<Option<Millis>, Violation> {
+        match v {
+            None => Ok(None),
+            Some(ms) if ms <= 0 => Err(violation(field, format!("must be greater than 0, got {ms}"))),
+            Some(ms) => Ok(Some(Millis(ms as u64))),
+        }
+    };
+    let min_runtime = positive("spec.min_runtime_ms", spec.min_runtime_ms)?;
+    let checkpoint_interval = positive("spec.checkpoint_interval_ms", spec.checkpoint_interval_ms)?;
+    let node_lost_retries = match spec.node_lost_retries {
+        None => JobSpec::DEFAULT_NODE_LOST_RETRIES,
+        Some(n) if n > JobSpec::MAX_NODE_LOST_RETRIES => {
+            return Err(violation(
+                "spec.node_lost_retries",
+                format!("at most {}, got {n}", JobSpec::MAX_NODE_LOST_RETRIES),
+            ));
+        }
+        Some(n) => n,
+    };
+    let resources = resources(spec.resources.as_ref())?;
+    if spec.spread && !matches!(resources.gpu, GpuRequest::Whole(_)) {
+        return Err(violation(
+            "spec.spread",
+            "applies only to a job that asks for whole GPUs",
+        ));
+    }
+    if !gpu_models.is_empty() && resources.gpu == GpuRequest::None {
+        return Err(violation(
+            "spec.gpu_models",
+            "applies only to a job that asks for a GPU",
+        ));
+    }
+    let out = JobSpec {
+        name,
+        command: command.to_string(),
+        args: spec.args.clone(),
+        env,
+        working_dir,
+        resources,
+        constraints: Constraints {
+            gpu_models,
+            node_labels,
+            spread: spec.spread,
+        },
+        priority: spec.priority,
+        preemptible: spec.preemptible,
+        time_limit,
+        grace_period,
+        tenant,
+        project,
+        tags,
+        min_runtime,
+        checkpoint_interval,
+        node_lost_retries,
+    };
+    self::spec(
+        &out,
+        &Limits {
+            max_grace: Millis(u64::MAX),
+        },
+    )?;
+    Ok(out)
 }
 
 #[cfg(test)]

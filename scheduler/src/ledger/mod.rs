@@ -20,10 +20,10 @@ use crate::accounting::rollup::{
 };
 use crate::accounting::usage::{Dimension, Rows, Tally, UsageQuery, UsageRow};
 use crate::accounting::{DAY_MS, HOUR_MS};
+use crate::domain::plugin::{BindingRecord, ExtensionPoint, Layer, Owner, PluginRecord, PluginRef};
 use crate::domain::{
     Job, JobId, JobState, Lease, LeaseId, LeaseState, NodeName, PluginPrices, TenantName, UnixMillis,
 };
-use crate::policy::types::{BindingRecord, ExtensionPoint, Layer, Owner, PluginRecord, PluginRef};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {

@@ -471,7 +471,7 @@ async fn the_next_hour_with_leases_skips_empty_hours() {
 /// no record names are swept.
 #[tokio::test]
 async fn plugin_blobs_in_sled_move_to_files_and_orphans_are_swept() {
-    use crate::policy::types::{ExtensionPoint, Owner, PluginRecord};
+    use crate::domain::plugin::{ExtensionPoint, Owner, PluginRecord};
     let dir = tempfile::tempdir().unwrap();
     let sha = "ab".repeat(32);
     let orphan = "cd".repeat(32);

@@ -36,12 +36,9 @@ pub use self::config::{AdmissionOnError, PolicyConfig, PricingOnError, QuotaOnEr
 use self::runtime::{CallReport, CallState, Loaded, Sandbox, ValidationError};
 pub use self::types::*;
 use self::wit::{CallError, Instance, RawAdmission, RawQuota};
-use crate::api::convert;
-use crate::api::error::ApiError;
-use crate::auth::Caller;
-use crate::domain::validate::{RESERVED_TAG_PREFIX, reserved_tags};
+use crate::domain::validate::{self, RESERVED_TAG_PREFIX, Violation, reserved_tags};
 use crate::domain::{JobSpec, PluginName, TenantName, UnixMillis};
-use crate::ledger::{Ledger, LedgerError, Role};
+use crate::ledger::{Ledger, LedgerError};
 
 /// The tag a job modified by an admission plugin carries: the plugin, as
 /// `<tenant>/<name>` or `global/<name>`.
@@ -280,21 +277,17 @@ impl PolicyHost {
             RawAdmission::Accept => AdmissionDecision::Accept,
             RawAdmission::Reject(message) => AdmissionDecision::Reject(message),
             RawAdmission::Modify(wire) => {
-                let caller = Caller {
-                    role: Role::Tenant(spec.tenant.clone()),
-                    token_id: String::new(),
-                    node: None,
-                };
-                let checked = convert::job_spec(&caller, Some(&wire)).and_then(|modified| {
+                // Validated as the tenant's own submission would be.
+                let checked = validate::job_spec(&wire, spec.tenant.clone()).and_then(|modified| {
                     // The host's own tags (`allot.` keys) are the host's: a
                     // plugin may neither set nor drop them.
                     if reserved_tags(&modified) == reserved_tags(spec) {
                         Ok(modified)
                     } else {
-                        Err(ApiError::invalid(
-                            "spec.tags",
-                            format!("tags with the reserved prefix {RESERVED_TAG_PREFIX:?} are the server's; a plugin cannot set or remove them"),
-                        ))
+                        Err(Violation {
+                            field: "spec.tags",
+                            description: format!("tags with the reserved prefix {RESERVED_TAG_PREFIX:?} are the server's; a plugin cannot set or remove them"),
+                        })
                     }
                 });
                 match checked {

@@ -114,12 +114,7 @@ fn spec(tenant: &str, project: &str, tags: &[(&str, &str)], gpus: i32) -> JobSpe
         }),
         ..Default::default()
     };
-    let caller = Caller {
-        role: Role::Tenant(tenant.parse().unwrap()),
-        token_id: String::new(),
-        node: None,
-    };
-    convert::job_spec(&caller, Some(&wire)).unwrap()
+    validate::job_spec(&wire, tenant.parse().unwrap()).unwrap()
 }
 
 const NOW: UnixMillis = UnixMillis(1_794_906_000_000); // Tuesday 2026-11-17, 09:00 UTC.

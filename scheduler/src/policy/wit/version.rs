@@ -473,20 +473,14 @@ macro_rules! version_bindings {
         #[cfg(test)]
         mod tests {
             use super::*;
-            use crate::api::convert;
-            use crate::auth::Caller;
-            use crate::ledger::Role;
+            use crate::domain::validate;
 
-            fn caller() -> Caller {
-                Caller {
-                    role: Role::Tenant("acme".parse().unwrap()),
-                    token_id: "t".into(),
-                    node: None,
-                }
+            fn validated(spec: &pb::JobSpec) -> Result<JobSpec, validate::Violation> {
+                validate::job_spec(spec, "acme".parse().unwrap())
             }
 
             fn submitted(spec: pb::JobSpec) -> JobSpec {
-                convert::job_spec(&caller(), Some(&spec)).unwrap()
+                validated(&spec).unwrap()
             }
 
             #[test]
@@ -529,11 +523,11 @@ macro_rules! version_bindings {
                 });
                 let mut wit = job_spec(&original);
                 wit.time_limit_ms = Some(u64::MAX);
-                let err = convert::job_spec(&caller(), Some(&job_spec_pb(wit, &original))).unwrap_err();
+                let err = validated(&job_spec_pb(wit, &original)).unwrap_err();
                 assert!(err.to_string().starts_with("spec.time_limit_ms"), "{err}");
                 let mut wit = job_spec(&original);
                 wit.cpu_millis = 0;
-                let err = convert::job_spec(&caller(), Some(&job_spec_pb(wit, &original))).unwrap_err();
+                let err = validated(&job_spec_pb(wit, &original)).unwrap_err();
                 assert!(err.to_string().starts_with("spec.resources.cpu_millis"), "{err}");
             }
         }
