@@ -17,7 +17,9 @@ use crate::api::{self, Api};
 use crate::auth::Auth;
 use crate::clock::{Clock, SystemClock};
 use crate::domain::{MiB, MilliCpu, Millis, TenantName};
-use crate::engine::{self, EngineConfig, EngineHandle};
+/// The engine's settings, part of [`ServerConfig`] (for `allot server`).
+pub use crate::engine::EngineConfig;
+use crate::engine::{self, EngineHandle};
 use crate::ledger::{Ledger, Role};
 use crate::placement::NodeStatus;
 use crate::policy::PolicyHost;
@@ -419,6 +421,13 @@ async fn wait_for_nodes(engine: &EngineHandle, n: usize, timeout: Duration) -> a
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// `allot ledger check --data-dir`: the ledger's self-check on a stopped
+/// server's ledger, in the form `CheckLedger` answers.
+pub fn check_ledger(ledger: &Ledger) -> anyhow::Result<allot_proto::v1::CheckLedgerResponse> {
+    let report = ledger.check(crate::domain::UnixMillis::now())?;
+    Ok(crate::api::usage::report_pb(&report))
 }
 
 #[cfg(test)]

@@ -11,11 +11,9 @@ use serde_json::{Value, json};
 use super::jobfile::JobFile;
 use super::output::{self, table, time};
 use super::{PluginCommand, ScopeArgs};
-use crate::api::convert;
-use crate::auth::Caller;
 use crate::domain::money::{Currency, Money};
-use crate::domain::{GpuRequest, JobSpec, Millis, Share, UnixMillis};
-use crate::ledger::Role;
+use crate::domain::validate;
+use crate::domain::{GpuRequest, JobSpec, Millis, Share, TenantName, UnixMillis};
 use crate::policy::runtime::{CallReport, Sandbox};
 use crate::policy::wit::{RawAdmission, RawQuota};
 use crate::policy::{ExtensionPoint, PolicyConfig, PriceInput, QuotaInput, Usage};
@@ -366,17 +364,13 @@ pub fn test(
     if wire.tenant.is_empty() {
         wire.tenant = "default".into();
     }
-    let caller = Caller {
-        role: Role::Tenant(
-            wire.tenant
-                .parse()
-                .map_err(|e: String| anyhow::anyhow!("--tenant: {e}"))?,
-        ),
-        token_id: String::new(),
-        node: None,
-    };
-    let spec = convert::job_spec(&caller, Some(&wire))
-        .map_err(|e| anyhow::anyhow!("job file {}: {e}", job.display()))?;
+    let tenant: TenantName = wire
+        .tenant
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("--tenant: {e}"))?;
+    // Validated as the server validates a submission of the tenant's.
+    let spec =
+        validate::job_spec(&wire, tenant).map_err(|e| anyhow::anyhow!("job file {}: {e}", job.display()))?;
     let now = match at {
         Some(s) => s
             .parse::<UnixMillis>()
@@ -420,7 +414,7 @@ pub fn test(
                     format!("reject: {m}"),
                     1,
                 ),
-                RawAdmission::Modify(wire) => match convert::job_spec(&caller, Some(&wire)) {
+                RawAdmission::Modify(wire) => match validate::job_spec(&wire, spec.tenant.clone()) {
                     Ok(modified) => {
                         let changes = spec_changes(&spec, &modified);
                         let text = format!(

@@ -13,7 +13,7 @@ use super::{
 use crate::agent::fleet::Fleet;
 use crate::agent::{self, AgentConfig};
 use crate::domain::{MiB, MilliCpu, Millis};
-use crate::engine::EngineConfig;
+use crate::server::EngineConfig;
 use crate::server::{self, ConfigFile, Controller, DevOptions, ServerConfig};
 
 /// Logs to stderr; `RUST_LOG` sets the filter (default: `info` for servers and
@@ -207,8 +207,8 @@ fn ledger_check_offline(dir: &std::path::Path, json: bool) -> anyhow::Result<i32
             dir.display()
         )
     })?;
-    let report = ledger.check(crate::domain::UnixMillis::now())?;
-    Ok(usage::print_check(&crate::api::usage::report_pb(&report), json))
+    let report = crate::server::check_ledger(&ledger)?;
+    Ok(usage::print_check(&report, json))
 }
 
 fn sim(a: &super::SimArgs, json: bool) -> anyhow::Result<i32> {
