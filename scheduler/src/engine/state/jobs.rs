@@ -1,0 +1,495 @@
+//! A job's life in the engine: submission, cancellation, its end, its
+//! leases' closing and pricing, and requeueing.
+
+use super::*;
+
+impl Engine {
+    pub(super) fn submit(&mut self, spec: JobSpec, request: Option<SubmitKey>) -> EngineResult<JobId> {
+        let now = self.clock.now();
+        // A retry of a submission already taken: the job it created (its
+        // reply waits for the same flush as the first, if that is still on
+        // its way to disk).
+        if let Some(key) = &request
+            && let Some(r) = self
+                .requests
+                .get(&(spec.tenant.clone(), key.request_id.clone()))
+                .filter(|r| now.since(r.at) < REQUEST_ID_TTL)
+        {
+            if r.fingerprint != key.fingerprint {
+                return Err(EngineError::RequestReused(format!(
+                    "{} was used within the last day for a different submission (job {}); use a new request id",
+                    crate::domain::validate::quote(&key.request_id),
+                    r.job
+                )));
+            }
+            info!(job = %r.job, request = %key.request_id, "submission retried; returning the job it created");
+            return Ok(r.job);
+        }
+        let job = Job {
+            id: JobId::new_v7(),
+            spec,
+            state: JobState::Pending,
+            reason: "waiting for the scheduler".into(),
+            submitted_at: now,
+            started_at: None,
+            ended_at: None,
+            exit_code: None,
+            signal: None,
+            placements: Vec::new(),
+            parts_started: Vec::new(),
+            parts_exited: Vec::new(),
+            lease_ids: Vec::new(),
+            attempt: 1,
+            cancel_requested: false,
+            cancel_forced: false,
+            preempted_by: None,
+            node_lost_requeues: 0,
+        };
+        let id = job.id;
+        info!(job = %id, tenant = %job.spec.tenant, name = %job.spec.name, "job submitted");
+        let record = request.map(|key| RequestRecord {
+            tenant: job.spec.tenant.clone(),
+            request_id: key.request_id,
+            job: id,
+            fingerprint: key.fingerprint,
+            at: now,
+        });
+        self.remember(Request::of(&job.spec));
+        self.queue.push(&job);
+        // The job and its key in one transaction: a retry finds the job
+        // exactly when the job exists.
+        if let Err(e) = self.ledger.put_job_for(&job, &[], record.as_ref()) {
+            error!(job = %id, error = %e, "ledger write failed");
+            self.failed.get_or_insert(e);
+        }
+        self.dirty = true;
+        self.effects.push(Effect::Event(Box::new(job.clone())));
+        if let Some(r) = record {
+            self.requests.insert((r.tenant.clone(), r.request_id.clone()), r);
+        }
+        self.jobs.insert(id, job);
+        self.leases.insert(id, Vec::new());
+        self.needs_pass = true;
+        Ok(id)
+    }
+
+    /// Forgets idempotency keys older than a day (at most once a minute).
+    pub(super) fn expire_requests(&mut self, now: UnixMillis) {
+        if now.since(self.requests_swept) < Millis::from_secs(60) {
+            return;
+        }
+        self.requests_swept = now;
+        let expired: Vec<RequestRecord> = self
+            .requests
+            .values()
+            .filter(|r| now.since(r.at) >= REQUEST_ID_TTL)
+            .cloned()
+            .collect();
+        if expired.is_empty() {
+            return;
+        }
+        for r in &expired {
+            self.requests.remove(&(r.tenant.clone(), r.request_id.clone()));
+        }
+        if let Err(e) = self.ledger.remove_requests(&expired) {
+            warn!(error = %e, "cannot forget expired request ids");
+        }
+    }
+
+    pub(super) fn cancel(&mut self, id: JobId, reason: &str, force: bool) -> EngineResult<()> {
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return match self.ledger.get_job(&id) {
+                Ok(Some(j)) => Err(EngineError::FailedPrecondition(format!(
+                    "job {id} has already ended ({})",
+                    j.state
+                ))),
+                Ok(None) => Err(EngineError::NotFound(format!("job {id}"))),
+                Err(e) => Err(EngineError::Internal(e.to_string())),
+            };
+        };
+        let why = if reason.is_empty() {
+            "cancelled by request".to_string()
+        } else {
+            format!("cancelled: {reason}")
+        };
+        match job.state {
+            JobState::Pending => {
+                self.queue.remove(&id);
+                job.state = JobState::Cancelled;
+                job.reason = why;
+                job.ended_at = Some(self.clock.now());
+                self.finish(id);
+                info!(job = %id, "pending job cancelled");
+            }
+            _ if force => {
+                // SIGKILL now, whether or not a stop is under way.
+                job.cancel_requested = true;
+                job.cancel_forced = true;
+                job.reason = format!("{why}; killing (forced)");
+                self.persist(id, &[]);
+                self.stop_parts_with(id, StopReason::Cancelled, Some(Millis::ZERO));
+                info!(job = %id, "forced cancel: killing the job");
+            }
+            _ => {
+                if !job.cancel_requested {
+                    job.cancel_requested = true;
+                    job.reason = format!("{why}; stopping");
+                    self.persist(id, &[]);
+                    self.stop_parts(id, StopReason::Cancelled);
+                    info!(job = %id, "cancel requested; stopping the job");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn job_snapshot(&self, id: JobId) -> EngineResult<Job> {
+        match self.jobs.get(&id) {
+            Some(j) => Ok(j.clone()),
+            None => self
+                .ledger
+                .get_job(&id)
+                .map_err(|e| EngineError::Internal(e.to_string()))?
+                .ok_or_else(|| EngineError::NotFound(format!("job {id}"))),
+        }
+    }
+
+    /// Removes a job that reached a final state: closes its open leases with
+    /// the matching end reason, releases its resources, writes it.
+    pub(super) fn finish(&mut self, id: JobId) {
+        let now = self.clock.now();
+        let Some(job) = self.jobs.get(&id) else { return };
+        let state = job.state;
+        self.close_leases(id, state, now);
+        self.release_all(id);
+        self.quota.forget(id);
+        self.queue.remove(&id);
+        self.orphaned.retain(|(j, _), _| *j != id);
+        self.last_seen.retain(|(j, _), _| *j != id);
+        // A preemptor that ends releases its reservation; a victim that ends
+        // some other way is one fewer to wait for.
+        self.nominations.remove(&id);
+        if let Some(by) = self.jobs.get(&id).and_then(|j| j.preempted_by)
+            && let Some(n) = self.nominations.get_mut(&by)
+        {
+            n.victims.retain(|v| *v != id);
+        }
+        let touched = self.all_lease_ids(&id);
+        self.persist(id, &touched);
+        self.jobs.remove(&id);
+        self.leases.remove(&id);
+        self.needs_pass = true;
+    }
+
+    /// When the leases on `node` of a job ending now end: when its part there
+    /// ended (see `exit_time`), or now.
+    pub(super) fn part_end(&self, job: &Job, node: &NodeName, now: UnixMillis) -> UnixMillis {
+        job.parts_exited
+            .iter()
+            .find(|e| &e.node == node)
+            .and_then(|e| e.at)
+            .unwrap_or(now)
+            .min(now)
+    }
+
+    /// When a part that exited on `node` ended, by the controller's clock: when
+    /// the agent says it ended (so long ago), else its start plus the runtime
+    /// the agent measured; but never before the last time the controller saw
+    /// it running, nor after now. (Agent times bound; they never bill.)
+    /// Without either: now.
+    pub(super) fn exit_time(
+        &self,
+        id: JobId,
+        node: &NodeName,
+        exit: &JobExit,
+        now: UnixMillis,
+    ) -> UnixMillis {
+        let started = self
+            .leases
+            .get(&id)
+            .and_then(|ls| {
+                ls.iter()
+                    .filter(|l| &l.node == node)
+                    .filter_map(|l| l.started_at)
+                    .min()
+            })
+            .or_else(|| self.jobs.get(&id).and_then(|j| j.started_at));
+        let estimate = match (exit.ended_ago, started, exit.runtime) {
+            (Some(ago), _, _) => UnixMillis(now.0.saturating_sub(ago.0)),
+            (None, Some(started), Some(runtime)) => started.plus(runtime),
+            _ => return now,
+        };
+        let lower = started.map(|s| {
+            self.last_seen
+                .get(&(id, node.clone()))
+                .copied()
+                .unwrap_or(s)
+                .max(s)
+                .min(now)
+        });
+        estimate.clamp(lower.unwrap_or(UnixMillis(0)), now)
+    }
+
+    /// When a part lost with its node ended: the last time it was seen
+    /// running there (or the node's last heartbeat), never after now.
+    pub(super) fn lost_time(&self, id: JobId, node: &NodeName, now: UnixMillis) -> UnixMillis {
+        self.last_seen
+            .get(&(id, node.clone()))
+            .copied()
+            .or_else(|| self.nodes.get(node).and_then(|m| m.last_heartbeat))
+            .unwrap_or(now)
+            .min(now)
+    }
+
+    pub(super) fn close_leases(&mut self, id: JobId, state: JobState, now: UnixMillis) {
+        let Some(job) = self.jobs.get(&id) else { return };
+        // Its tenant's budget standing changes with what it has spent.
+        self.budget_holds.remove(&job.spec.tenant);
+        let ends: HashMap<NodeName, UnixMillis> = job
+            .nodes()
+            .map(|n| (n.clone(), self.part_end(job, n, now)))
+            .collect();
+        let runtimes: HashMap<&NodeName, Millis> = job
+            .parts_exited
+            .iter()
+            .filter_map(|e| e.runtime.map(|r| (&e.node, r)))
+            .collect();
+        let Some(leases) = self.leases.get_mut(&id) else {
+            return;
+        };
+        for lease in leases.iter_mut().filter(|l| l.state != LeaseState::Closed) {
+            let end = ends.get(&lease.node).copied().unwrap_or(now);
+            let reason = match (lease.state, EndReason::for_final_state(state)) {
+                (LeaseState::Reserved, _) | (_, None) => EndReason::ReleasedUnstarted,
+                (_, Some(r)) => r,
+            };
+            lease.state = LeaseState::Closed;
+            // Never before it started (a node last heard from before the
+            // part's start report still ran it until then).
+            lease.ended_at = Some(end.max(lease.started_at.unwrap_or(lease.reserved_at)));
+            lease.end_reason = Some(reason);
+            lease.agent_runtime = runtimes.get(&lease.node).copied();
+        }
+        self.ask_prices(id);
+    }
+
+    /// Leases of the job that closed just now, of a tenant with a pricing
+    /// plugin, are priced by it: marked pending (the close writes the mark,
+    /// so the roll-ups and exports wait for the price), then asked off the
+    /// engine loop; the answers come back as `Command::Priced`.
+    pub(super) fn ask_prices(&mut self, id: JobId) {
+        let Some(policy) = self.policy.clone() else { return };
+        let Some(job) = self.jobs.get(&id) else { return };
+        if !policy.bound(&job.spec.tenant, ExtensionPoint::Pricing) {
+            return;
+        }
+        let preemptible = job.spec.preemptible;
+        let mut asks = Vec::new();
+        for lease in self.leases.get_mut(&id).into_iter().flatten() {
+            if lease.state == LeaseState::Closed && lease.plugin_prices.is_none() {
+                lease.plugin_prices = Some(PluginPrices {
+                    pending: true,
+                    ..PluginPrices::default()
+                });
+                asks.push(lease.clone());
+            }
+        }
+        for lease in asks {
+            self.spawn_pricing(policy.clone(), lease, preemptible);
+        }
+    }
+
+    /// Asks the pricing plugin the price of each hour part of a closed lease.
+    pub(super) fn spawn_pricing(&self, policy: PolicyHost, lease: Lease, preemptible: bool) {
+        let Some(me) = self.me.as_ref().and_then(|w| w.upgrade()) else {
+            return;
+        };
+        tokio::spawn(async move {
+            let prices = price_lease(&policy, &lease, preemptible).await;
+            let _ = me
+                .send(Command::Priced {
+                    lease: lease.id,
+                    prices,
+                })
+                .await;
+        });
+    }
+
+    /// Puts a placed job that never started back in the queue.
+    pub(super) fn requeue_unstarted(&mut self, id: JobId, why: &str) {
+        if !self.jobs.contains_key(&id) {
+            return;
+        }
+        let now = self.clock.now();
+        if let Some(leases) = self.leases.get_mut(&id) {
+            for lease in leases.iter_mut().filter(|l| l.state != LeaseState::Closed) {
+                lease.state = LeaseState::Closed;
+                lease.ended_at = Some(now.max(lease.reserved_at));
+                lease.end_reason = Some(EndReason::ReleasedUnstarted);
+            }
+        }
+        self.ask_prices(id);
+        self.release_all(id);
+        let touched = self.all_lease_ids(&id);
+        let job = self.jobs.get_mut(&id).expect("checked above");
+        job.next_attempt();
+        job.reason = why.to_string();
+        self.queue.push(job);
+        self.orphaned.retain(|(j, _), _| *j != id);
+        self.persist(id, &touched);
+        self.leases.insert(id, Vec::new());
+        self.needs_pass = true;
+    }
+}
+
+/// A closed lease priced hour part by hour part by the tenant's pricing
+/// plugin (the list price where it fails or no plugin applies any more).
+pub(super) async fn price_lease(policy: &PolicyHost, lease: &Lease, preemptible: bool) -> PluginPrices {
+    let end = lease.ended_at.unwrap_or(lease.reserved_at);
+    let rate = lease.rate.unwrap_or_default();
+    let mut by_hour = BTreeMap::new();
+    let mut plugin = String::new();
+    let mut showback_by_hour = BTreeMap::new();
+    let mut showback_plugin = String::new();
+    for part in crate::accounting::hour_parts(lease, end, UnixMillis(0), UnixMillis(u64::MAX)) {
+        let minor = |r| crate::accounting::minor_of(crate::accounting::pricing::cost(part.gpu_time, r));
+        let (list, undiscounted) = (minor(rate.per_gpu_hour), minor(rate.undiscounted()));
+        let input = PriceInput {
+            tenant: lease.tenant.clone(),
+            project: lease.project.clone(),
+            gpu_model: lease.device.gpu_model.clone(),
+            mig_profile: lease.device.mig_profile.clone(),
+            share: lease.device.share,
+            start: part.start,
+            duration: Millis(part.end.0 - part.start.0),
+            preemptible,
+            tags: lease.tags.clone(),
+            currency: rate.currency,
+            list_price_minor: u64::try_from(list).unwrap_or(u64::MAX),
+            undiscounted_price_minor: u64::try_from(undiscounted).unwrap_or(u64::MAX),
+        };
+        // What bills: the operator's plugin, else the rate card (no entry).
+        let outcome = policy.price(&input).await;
+        if let Some(p) = outcome.decided_by.plugin() {
+            plugin = p.to_string();
+            by_hour.insert(part.hour.0, i128::from(outcome.decision));
+        }
+        // Beside it, never billed: the tenant's own plugin's showback.
+        if let Some(outcome) = policy.showback(&input).await
+            && let Some(p) = outcome.decided_by.plugin()
+        {
+            showback_plugin = p.to_string();
+            showback_by_hour.insert(part.hour.0, i128::from(outcome.decision));
+        }
+    }
+    PluginPrices {
+        plugin,
+        pending: false,
+        by_hour,
+        showback_plugin,
+        showback_by_hour,
+    }
+}
+
+/// How a job ended, from how its parts did: a cancel wins, then a lost node,
+/// a part that could not start, a time limit, the first part that failed;
+/// parts stopped because another failed do not count against the job.
+pub(super) fn verdict(job: &Job) -> (JobState, String, Option<i32>, Option<i32>) {
+    let parts = &job.parts_exited;
+    let several = job.placements.len() > 1;
+    let on = |n: &NodeName| {
+        if several {
+            format!(" on {n}")
+        } else {
+            String::new()
+        }
+    };
+    if job.cancel_requested {
+        let reason = job
+            .reason
+            .trim_end_matches("; stopping")
+            .trim_end_matches("; killing (forced)")
+            .trim_end_matches("; stopping (cancel requested)")
+            .to_string();
+        let (code, signal) = parts
+            .iter()
+            .find_map(|e| match &e.outcome {
+                ExitOutcome::Stopped { exit_code, signal } => Some((*exit_code, *signal)),
+                ExitOutcome::Exited(c) => Some((Some(*c), None)),
+                ExitOutcome::Signaled(s) => Some((None, Some(*s))),
+                _ => None,
+            })
+            .unwrap_or((None, None));
+        return (JobState::Cancelled, reason, code, signal);
+    }
+    if let Some((e, msg)) = parts.iter().find_map(|e| match &e.outcome {
+        ExitOutcome::Lost(m) => Some((e, m)),
+        _ => None,
+    }) {
+        let _ = e;
+        return (JobState::NodeLost, msg.clone(), None, None);
+    }
+    if let Some((e, msg)) = parts.iter().find_map(|e| match &e.outcome {
+        ExitOutcome::LaunchFailed(m) => Some((e, m)),
+        _ => None,
+    }) {
+        return (
+            JobState::Failed,
+            format!("could not start{}: {msg}", on(&e.node)),
+            None,
+            None,
+        );
+    }
+    if let Some((e, code, signal)) = parts.iter().find_map(|e| match &e.outcome {
+        ExitOutcome::TimedOut { exit_code, signal } => Some((e, *exit_code, *signal)),
+        _ => None,
+    }) {
+        let limit = job.spec.time_limit.unwrap_or_default();
+        let _ = e;
+        return (
+            JobState::TimedOut,
+            format!("stopped at its time limit of {limit}"),
+            code,
+            signal,
+        );
+    }
+    for e in parts {
+        match &e.outcome {
+            ExitOutcome::Exited(0) => {}
+            ExitOutcome::Exited(code) => {
+                return (
+                    JobState::Failed,
+                    format!("exited with code {code}{}", on(&e.node)),
+                    Some(*code),
+                    None,
+                );
+            }
+            ExitOutcome::Signaled(sig) => {
+                return (
+                    JobState::Failed,
+                    format!("killed by signal {sig}{}", on(&e.node)),
+                    None,
+                    Some(*sig),
+                );
+            }
+            ExitOutcome::Stopped { exit_code, signal } if !several => {
+                return (
+                    JobState::Failed,
+                    "stopped by its node".to_string(),
+                    *exit_code,
+                    *signal,
+                );
+            }
+            _ => {}
+        }
+    }
+    if parts.iter().any(|e| !e.outcome.is_success()) {
+        return (JobState::Failed, "stopped by its node".to_string(), None, None);
+    }
+    (
+        JobState::Succeeded,
+        "exited with code 0".to_string(),
+        Some(0),
+        None,
+    )
+}

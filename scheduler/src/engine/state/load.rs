@@ -1,0 +1,132 @@
+//! Rebuilding the engine's state from the ledger at start.
+
+use super::*;
+
+impl Engine {
+    /// Rebuilds the engine's state from the ledger.
+    pub fn load(
+        ledger: Ledger,
+        clock: Arc<dyn Clock>,
+        config: EngineConfig,
+        events: broadcast::Sender<JobEvent>,
+    ) -> anyhow::Result<Self> {
+        let now = clock.now();
+        let profile = Profile::new(config.policy, config.placement_seed);
+        let mut engine = Engine {
+            drained: ledger.drains()?.into_iter().collect(),
+            ledger,
+            clock,
+            config,
+            events,
+            cluster: Cluster::new(),
+            placer: Placer::new(profile),
+            recent: VecDeque::new(),
+            since_mix: 0,
+            jobs: HashMap::new(),
+            leases: HashMap::new(),
+            queue: Queue::default(),
+            agents: HashMap::new(),
+            nodes: HashMap::new(),
+            orphaned: HashMap::new(),
+            pending_logs: HashMap::new(),
+            nominations: HashMap::new(),
+            last_pass: UnixMillis(0),
+            last_seen: HashMap::new(),
+            budgets: HashMap::new(),
+            budget_holds: HashMap::new(),
+            policy: None,
+            me: None,
+            quota: QuotaBook::default(),
+            month_usage: HashMap::new(),
+            holdings: HashMap::new(),
+            next_request: 1,
+            effects: Vec::new(),
+            dirty: false,
+            priced_unflushed: false,
+            fresh_asks: 0,
+            needs_pass: true,
+            failed: None,
+            requests: HashMap::new(),
+            requests_swept: UnixMillis(0),
+        };
+        let active = engine.ledger.active_jobs()?;
+        let seen: HashMap<NodeName, UnixMillis> = engine.ledger.nodes_seen()?.into_iter().collect();
+        let (mut pending, mut placed) = (0, 0);
+        for job in active {
+            let open: Vec<Lease> = engine
+                .ledger
+                .leases_of(&job.id)?
+                .into_iter()
+                .filter(|l| l.state != LeaseState::Closed)
+                .collect();
+            match job.state {
+                JobState::Pending => {
+                    engine.queue.push(&job);
+                    pending += 1;
+                }
+                _ => {
+                    // Its nodes have to come back and say whether they still
+                    // run it, within the grace from when each was last heard
+                    // from (kept in the ledger): a restart does not start
+                    // the grace over.
+                    for node in job.live_nodes() {
+                        let seen = seen.get(&node).copied().unwrap_or(now).min(now);
+                        engine
+                            .orphaned
+                            .insert((job.id, node), seen.plus(engine.config.node_lost_grace));
+                    }
+                    placed += 1;
+                }
+            }
+            engine.leases.insert(job.id, open);
+            engine.remember(Request::of(&job.spec));
+            engine.jobs.insert(job.id, job);
+        }
+        // Preemptions in flight survive a restart: the victims remember who
+        // they make room for, and the preemptors get their nominations back.
+        let victims: Vec<(JobId, JobId, Option<NodeName>)> = engine
+            .jobs
+            .values()
+            .filter_map(|j| {
+                j.preempted_by
+                    .map(|by| (j.id, by, j.placements.first().map(|p| p.node.clone())))
+            })
+            .collect();
+        for (victim, by, node) in victims {
+            // Without a pending preemptor the victim is still told to stop
+            // (on reconnect) and is requeued when it does.
+            let preemptor = engine.jobs.get(&by).filter(|p| p.state == JobState::Pending);
+            if let (Some(p), Some(node)) = (preemptor, node) {
+                let priority = p.spec.priority;
+                engine
+                    .nominations
+                    .entry(by)
+                    .or_insert(Nomination {
+                        node,
+                        priority,
+                        victims: Vec::new(),
+                    })
+                    .victims
+                    .push(victim);
+            }
+        }
+        engine.budgets = engine
+            .ledger
+            .budgets()?
+            .into_iter()
+            .map(|b| (b.tenant.clone(), b))
+            .collect();
+        // When each node was last heard from, for jobs lost with it.
+        for (node, seen) in seen {
+            engine.nodes.entry(node).or_default().last_heartbeat = Some(seen);
+        }
+        engine.requests = engine
+            .ledger
+            .requests()?
+            .into_iter()
+            .map(|r| ((r.tenant.clone(), r.request_id.clone()), r))
+            .collect();
+        info!(pending, placed, "engine state loaded from the ledger");
+        Ok(engine)
+    }
+}

@@ -1,0 +1,502 @@
+//! The engine's state and how each command changes it.
+
+mod agents;
+mod jobs;
+mod load;
+mod pass;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tracing::{debug, error, info, warn};
+
+use super::quota::{QuotaBook, QuotaStanding};
+use super::{
+    AgentEvent, AgentOrder, Command, EngineConfig, EngineError, EngineResult, ExitOutcome, JobEvent, JobExit,
+    LaunchOrder, LogSlice, NodeView, REQUEST_ID_TTL, Registration, RunningPart, StopReason, SubmitKey,
+};
+use crate::accounting::budget::{Budget, Standing};
+use crate::accounting::usage::{Dimension, UsageQuery};
+use crate::clock::Clock;
+use crate::domain::{
+    EndReason, GpuRequest, Job, JobId, JobSpec, JobState, Lease, LeaseId, LeaseState, MiB, Millis, NodeName,
+    PluginPrices, ProjectName, Share, TenantName, UnixMillis,
+};
+use crate::ledger::{Ledger, RequestRecord};
+use crate::placement::preempt::{self, Candidate};
+use crate::placement::{
+    Cluster, GpuMode, MICRO, NodeStatus, Placer, Profile, Rejection, Request, WorkloadMix,
+};
+use crate::policy::PolicyHost;
+use crate::policy::types::{ExtensionPoint, PriceInput, QuotaInput, Usage as PolicyUsage};
+use crate::queue::Queue;
+
+/// Commands handled per turn before the ledger is flushed.
+const MAX_BATCH: usize = 512;
+
+struct AgentLink {
+    conn: u64,
+    orders: mpsc::UnboundedSender<AgentOrder>,
+}
+
+#[derive(Default)]
+struct NodeMeta {
+    last_heartbeat: Option<UnixMillis>,
+    utilization: BTreeMap<String, u32>,
+    discovery: String,
+    agent_version: String,
+    /// When the node's running jobs are declared lost if it has not come back.
+    lost_deadline: Option<UnixMillis>,
+    /// When its last utilisation reading came.
+    last_reading: Option<UnixMillis>,
+}
+
+/// A pending job making room for itself: the victims it is waiting for.
+#[derive(Debug)]
+struct Nomination {
+    node: NodeName,
+    priority: i32,
+    victims: Vec<JobId>,
+}
+
+/// A placement pass runs at least this often while jobs are pending.
+const PASS_EVERY: Millis = Millis::from_secs(5);
+
+/// Preemption searches per placement pass, at most: each scans the cluster.
+const PREEMPTION_SEARCHES_PER_PASS: usize = 4;
+/// How long a turn waits for the answers of quota plugins it asked, so that
+/// the placements they allow go out with it.
+const QUOTA_WINDOW: Millis = Millis(2);
+/// How long a tenant's GPU-time and spend this month, read from the ledger
+/// for its quota plugin, are used before they are read again: a read goes
+/// over the leases of the current hour, so one per ask would grow with the
+/// hour's jobs. (An answer stands for up to `quota::FRESH` anyway.)
+const QUOTA_USAGE_FRESH: Millis = Millis::from_secs(1);
+/// How long a tenant's budget standing is trusted before it is read again.
+const BUDGET_RECHECK: Millis = Millis::from_secs(2);
+/// What the quota gate says about placing a job now.
+enum Gate {
+    Go,
+    Wait(String),
+    /// Asked just now: the answer usually comes within the turn, so the
+    /// job's reason is written only if it still waits at a later pass.
+    Asked,
+    Deny(String),
+}
+
+/// Work that must wait until the batch is durable.
+enum Effect {
+    Reply(Box<dyn FnOnce() + Send>),
+    /// Replies with the job as it stands once the turn is done.
+    JobReply(JobId, oneshot::Sender<EngineResult<Job>>),
+    Order(NodeName, AgentOrder),
+    Event(Box<Job>),
+}
+
+pub struct Engine {
+    ledger: Ledger,
+    clock: Arc<dyn Clock>,
+    config: EngineConfig,
+    events: broadcast::Sender<JobEvent>,
+    cluster: Cluster,
+    placer: Placer,
+    /// Requests of recent submissions: the workload the fragmentation-aware
+    /// policy keeps room for.
+    recent: VecDeque<Request>,
+    since_mix: usize,
+    /// Jobs not in a final state.
+    jobs: HashMap<JobId, Job>,
+    /// Open leases of active jobs (current attempt).
+    leases: HashMap<JobId, Vec<Lease>>,
+    queue: Queue,
+    agents: HashMap<NodeName, AgentLink>,
+    nodes: HashMap<NodeName, NodeMeta>,
+    /// Operator drains, kept across restarts.
+    drained: HashMap<NodeName, String>,
+    /// Active jobs placed on nodes that are not connected, with the deadline
+    /// after which they are lost.
+    orphaned: HashMap<(JobId, NodeName), UnixMillis>,
+    pending_logs: HashMap<u64, (JobId, NodeName, oneshot::Sender<EngineResult<LogSlice>>)>,
+    /// Pending jobs whose victims are stopping, by preemptor.
+    nominations: HashMap<JobId, Nomination>,
+    /// When the last placement pass ran.
+    last_pass: UnixMillis,
+    /// When each running part was last reported running (heartbeats).
+    last_seen: HashMap<(JobId, NodeName), UnixMillis>,
+    next_request: u64,
+    effects: Vec<Effect>,
+    dirty: bool,
+    /// Plugin prices written and not flushed yet.
+    priced_unflushed: bool,
+    /// Quota asks made this turn whose answers have not come.
+    fresh_asks: usize,
+    needs_pass: bool,
+    /// Tenants' monthly budgets.
+    budgets: HashMap<TenantName, Budget>,
+    /// Whether a tenant with a budget has exhausted it, and when that was
+    /// last worked out.
+    budget_holds: HashMap<TenantName, (UnixMillis, Option<String>)>,
+    /// The plugin host, once the server hands it over.
+    policy: Option<PolicyHost>,
+    /// The engine's own command channel, for plugin answers (weak: the
+    /// engine still stops when every handle is gone).
+    me: Option<mpsc::WeakSender<Command>>,
+    /// Pending jobs' standing with their tenant's quota plugin.
+    quota: QuotaBook,
+    /// What each tenant with quota asks in this pass holds (`held_now`);
+    /// dropped at each pass and when the tenant's holdings change.
+    holdings: HashMap<TenantName, (PolicyUsage, BTreeMap<ProjectName, PolicyUsage>)>,
+    /// Each tenant's GPU-time and spend this month by project, for its quota
+    /// plugin's asks, and when it was read.
+    month_usage: HashMap<TenantName, (UnixMillis, Vec<crate::accounting::usage::UsageRow>)>,
+    /// A ledger write failed this turn: memory is ahead of disk, so the engine
+    /// stops before acknowledging anything.
+    failed: Option<crate::ledger::LedgerError>,
+    /// Idempotency keys of the last day's submissions, by tenant and id.
+    requests: HashMap<(TenantName, String), RequestRecord>,
+    /// When expired keys were last swept.
+    requests_swept: UnixMillis,
+}
+
+/// A ledger flush under way.
+type FlushFuture = std::pin::Pin<Box<dyn std::future::Future<Output = crate::ledger::Result<()>> + Send>>;
+
+fn reply<T: Send + 'static>(tx: oneshot::Sender<T>, value: T) -> Effect {
+    Effect::Reply(Box::new(move || {
+        let _ = tx.send(value);
+    }))
+}
+
+impl Engine {
+    /// Gives the engine a way to send itself plugin answers.
+    pub(crate) fn set_channel(&mut self, me: mpsc::WeakSender<Command>) {
+        self.me = Some(me);
+    }
+
+    /// The engine loop. Ends when every handle is gone, or on a ledger error.
+    ///
+    /// Group commit, pipelined: a turn handles the commands that arrived,
+    /// runs a placement pass, and starts a flush of what it wrote; the next
+    /// turn runs while that flush is on disk. A turn's effects (replies,
+    /// events, agent orders) wait for the flush that covers its writes, and
+    /// for every earlier turn's, so nothing is acknowledged before it is
+    /// durable and effects go out in the order they were made.
+    pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Command>) -> anyhow::Result<()> {
+        let mut tick = tokio::time::interval(self.config.tick.as_std());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The flush on disk now, and the effects of the turns it covers.
+        let mut flushing: Option<(FlushFuture, Vec<Effect>)> = None;
+        // Effects of turns since it started, and whether they wrote.
+        let mut waiting: Vec<Effect> = Vec::new();
+        let mut waiting_wrote = false;
+        loop {
+            let mut batch = Vec::new();
+            let mut ticked = false;
+            let mut flushed = None;
+            tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    Some(c) => batch.push(c),
+                    None => break,
+                },
+                _ = tick.tick() => ticked = true,
+                r = async { flushing.as_mut().expect("guarded").0.as_mut().await }, if flushing.is_some() => {
+                    flushed = Some(r);
+                }
+            }
+            if let Some(r) = flushed {
+                if let Err(e) = r {
+                    error!(error = %e, "ledger flush failed; stopping the engine");
+                    return Err(e.into());
+                }
+                let (_, effects) = flushing.take().expect("it was flushing");
+                self.dispatch(effects);
+                let later = std::mem::take(&mut waiting);
+                if std::mem::take(&mut waiting_wrote) {
+                    flushing = Some((self.start_flush(), later));
+                } else {
+                    self.dispatch(later);
+                }
+                continue;
+            }
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(c) => batch.push(c),
+                    Err(_) => break,
+                }
+            }
+            for cmd in batch {
+                self.handle(cmd);
+            }
+            self.on_tick();
+            // Time alone can change answers (a minimum-runtime guard runs
+            // out), so pending work gets a pass now and then without events.
+            let now = self.clock.now();
+            if !self.queue.is_empty() && now.since(self.last_pass) >= PASS_EVERY {
+                self.needs_pass = true;
+            }
+            if self.needs_pass {
+                self.needs_pass = false;
+                self.last_pass = now;
+                self.placement_pass();
+            }
+            // Quota plugins asked in this pass usually answer within tens of
+            // microseconds: their answers get a short window to land in this
+            // turn, so that the placements they allow are made and flushed
+            // with it. Other commands arriving meanwhile are handled as
+            // usual; a slow plugin costs the turn at most the window.
+            if self.fresh_asks > 0 {
+                let deadline = tokio::time::Instant::now() + QUOTA_WINDOW.as_std();
+                while self.fresh_asks > 0 {
+                    match tokio::time::timeout_at(deadline, rx.recv()).await {
+                        Ok(Some(cmd)) => self.handle(cmd),
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+                if self.needs_pass {
+                    self.needs_pass = false;
+                    self.placement_pass();
+                }
+                self.fresh_asks = 0;
+            }
+            if let Some(e) = self.failed.take() {
+                error!(error = %e, "ledger write failed; stopping the engine");
+                return Err(e.into());
+            }
+            // Plugin prices need no flush of their own (nobody waits for
+            // them, and a restart asks again for prices not on disk): they go
+            // with the next turn that writes, or with a tick.
+            let wrote = self.dirty || (self.priced_unflushed && ticked);
+            if wrote {
+                // Leases closed (or priced) this turn join the roll-ups in one go.
+                if let Err(e) = self.ledger.roll_up() {
+                    error!(error = %e, "ledger roll-up failed; stopping the engine");
+                    return Err(e.into());
+                }
+                self.dirty = false;
+                self.priced_unflushed = false;
+            }
+            let effects = self.seal_effects();
+            match &flushing {
+                None if wrote => flushing = Some((self.start_flush(), effects)),
+                // Nothing written and nothing on its way to disk.
+                None => self.dispatch(effects),
+                Some(_) => {
+                    waiting.extend(effects);
+                    waiting_wrote |= wrote;
+                }
+            }
+        }
+        // Every handle is gone: what was written still reaches the disk
+        // before the last effects go out.
+        if let Some((flush, effects)) = flushing.take() {
+            flush.await?;
+            self.dispatch(effects);
+        }
+        if waiting_wrote {
+            self.ledger.flush().await?;
+        }
+        self.dispatch(waiting);
+        Ok(())
+    }
+
+    /// A flush of everything written so far, to run while the next turn does.
+    fn start_flush(&self) -> FlushFuture {
+        let ledger = self.ledger.clone();
+        Box::pin(async move { ledger.flush().await })
+    }
+
+    /// This turn's effects, with replies that show a job taken as it stands
+    /// now: they go out once this turn is durable, when later turns may have
+    /// changed the job again (and not durably yet).
+    fn seal_effects(&mut self) -> Vec<Effect> {
+        let effects = std::mem::take(&mut self.effects);
+        effects
+            .into_iter()
+            .map(|e| match e {
+                Effect::JobReply(id, tx) => reply(tx, self.job_snapshot(id)),
+                other => other,
+            })
+            .collect()
+    }
+
+    fn dispatch(&mut self, effects: Vec<Effect>) {
+        for effect in effects {
+            match effect {
+                Effect::Reply(f) => f(),
+                Effect::JobReply(id, tx) => {
+                    let _ = tx.send(self.job_snapshot(id));
+                }
+                Effect::Order(node, order) => {
+                    if let Some(link) = self.agents.get(&node) {
+                        let _ = link.orders.send(order);
+                    } else {
+                        debug!(%node, "order for a disconnected node dropped");
+                    }
+                }
+                Effect::Event(job) => {
+                    let _ = self.events.send(JobEvent {
+                        job: *job,
+                        at: self.clock.now(),
+                    });
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Submit {
+                spec,
+                request,
+                reply: tx,
+            } => match self.submit(*spec, request) {
+                Ok(id) => self.effects.push(Effect::JobReply(id, tx)),
+                Err(e) => self.effects.push(reply(tx, Err(e))),
+            },
+            Command::Cancel {
+                id,
+                reason,
+                force,
+                reply: tx,
+            } => match self.cancel(id, &reason, force) {
+                Ok(()) => self.effects.push(Effect::JobReply(id, tx)),
+                Err(e) => self.effects.push(reply(tx, Err(e))),
+            },
+            Command::ListNodes { reply: tx } => {
+                let views = self
+                    .cluster
+                    .nodes()
+                    .iter()
+                    .map(|n| self.node_view(n.name()))
+                    .collect();
+                self.effects.push(reply(tx, views));
+            }
+            Command::UsePolicy(policy) => {
+                self.policy = Some(policy.clone());
+                self.needs_pass = true;
+                // Prices a restart cut short are asked again (plugins are
+                // deterministic: the same answer).
+                match self.ledger.unrolled_leases() {
+                    Ok(leases) => {
+                        for lease in leases
+                            .into_iter()
+                            .filter(|l| l.plugin_prices.as_ref().is_some_and(|p| p.pending))
+                        {
+                            let preemptible = self
+                                .ledger
+                                .get_job(&lease.job_id)
+                                .ok()
+                                .flatten()
+                                .is_some_and(|j| j.spec.preemptible);
+                            self.spawn_pricing(policy.clone(), lease, preemptible);
+                        }
+                    }
+                    Err(e) => error!(error = %e, "cannot read leases waiting for prices"),
+                }
+            }
+            Command::Priced { lease, prices } => match self.ledger.set_plugin_prices(&lease, prices) {
+                Ok(()) => self.priced_unflushed = true,
+                Err(e) => error!(%lease, error = %e, "cannot record a lease's plugin prices"),
+            },
+            Command::QuotaVerdict { job, ask, outcome } => {
+                self.fresh_asks = self.fresh_asks.saturating_sub(1);
+                let by = outcome
+                    .decided_by
+                    .plugin()
+                    .map(|p| p.to_string())
+                    .unwrap_or_else(|| "(none)".into());
+                let now = self.clock.now();
+                if !self.quota.answered(job, ask, outcome.decision, by, now) {
+                    debug!(%job, "a quota answer about holdings that have changed since; asking again");
+                }
+                self.needs_pass = true;
+            }
+            Command::SetBudget {
+                tenant,
+                budget,
+                reply: tx,
+            } => {
+                let r = match &budget {
+                    Some(b) => self.ledger.put_budget(b),
+                    None => self.ledger.remove_budget(&tenant),
+                };
+                let r = match r {
+                    Ok(()) => {
+                        self.dirty = true;
+                        self.needs_pass = true;
+                        self.budget_holds.remove(&tenant);
+                        match budget {
+                            Some(b) => self.budgets.insert(tenant, b),
+                            None => self.budgets.remove(&tenant),
+                        };
+                        Ok(())
+                    }
+                    Err(e) => Err(EngineError::Internal(e.to_string())),
+                };
+                self.effects.push(reply(tx, r));
+            }
+            Command::Drain {
+                node,
+                reason,
+                reply: tx,
+            } => {
+                let r = self.drain(node, reason);
+                self.effects.push(reply(tx, r));
+            }
+            Command::AgentConnected {
+                conn,
+                registration,
+                orders,
+                reply: tx,
+            } => {
+                let r = self.agent_connected(conn, *registration, orders);
+                self.effects.push(reply(tx, r));
+            }
+            Command::Agent { conn, node, event } => {
+                if self.agents.get(&node).is_some_and(|l| l.conn == conn) {
+                    self.agent_event(&node, event);
+                } else {
+                    debug!(%node, conn, "message from a replaced agent connection ignored");
+                }
+            }
+            Command::AgentDisconnected { conn, node } => {
+                if self.agents.get(&node).is_some_and(|l| l.conn == conn) {
+                    self.agent_gone(&node, "agent disconnected");
+                }
+            }
+            Command::ReadLogs {
+                id,
+                node,
+                offset,
+                limit,
+                reply: tx,
+            } => self.read_logs(id, node, offset, limit, tx),
+        }
+    }
+
+    // --- persistence helpers ---------------------------------------------
+
+    /// Writes the job and the leases named by `touched` (or none).
+    fn persist(&mut self, id: JobId, touched: &[LeaseId]) {
+        let Some(job) = self.jobs.get(&id) else { return };
+        let leases: Vec<&Lease> = self
+            .leases
+            .get(&id)
+            .map(|ls| ls.iter().filter(|l| touched.contains(&l.id)).collect())
+            .unwrap_or_default();
+        if let Err(e) = self.ledger.put_job(job, &leases) {
+            error!(job = %id, error = %e, "ledger write failed");
+            self.failed.get_or_insert(e);
+        }
+        self.dirty = true;
+        self.effects.push(Effect::Event(Box::new(job.clone())));
+    }
+
+    fn all_lease_ids(&self, id: &JobId) -> Vec<LeaseId> {
+        self.leases
+            .get(id)
+            .map(|ls| ls.iter().map(|l| l.id).collect())
+            .unwrap_or_default()
+    }
+}
