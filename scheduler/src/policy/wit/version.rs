@@ -20,8 +20,10 @@ macro_rules! version_bindings {
 
         use allot_proto::v1 as pb;
         use wasmtime::Store;
+        use std::sync::atomic::{AtomicBool, Ordering};
         use wasmtime::component::{
-            ComponentNamedList, ComponentType, HasSelf, InstancePre, Lift, Linker, Lower, TypedFunc,
+            ComponentExportIndex, ComponentNamedList, ComponentType, Func, HasSelf, InstancePre, Lift, Linker, Lower,
+            TypedFunc,
         };
 
         use super::bounded::{BList, BStr, lifted_within};
@@ -84,11 +86,15 @@ macro_rules! version_bindings {
             admission::Admission::add_to_linker::<CallState, HasSelf<CallState>>(linker, |state| state)
         }
 
-        /// A plugin's pre-instantiated template, typed by its world.
-        pub enum Bindings {
-            Admission(admission::AdmissionPre<CallState>),
-            Quota(quota::QuotaPre<CallState>),
-            Pricing(pricing::PricingPre<CallState>),
+        /// A plugin's pre-instantiated template, its world's export, and
+        /// whether that export's types were checked against the bounded
+        /// answers yet (once per plugin: then every instance's export is
+        /// typed without checking again).
+        pub struct Bindings {
+            point: ExtensionPoint,
+            pre: InstancePre<CallState>,
+            export: ComponentExportIndex,
+            checked: AtomicBool,
         }
 
         fn wrong_world(point: ExtensionPoint) -> CallError {
@@ -236,31 +242,66 @@ macro_rules! version_bindings {
         }
 
         impl Bindings {
+            /// Checks the component against the world of `point` (its
+            /// `bindgen!` bindings do), and finds its export.
             pub fn new(point: ExtensionPoint, pre: InstancePre<CallState>) -> wasmtime::Result<Bindings> {
-                Ok(match point {
-                    ExtensionPoint::Admission => Bindings::Admission(admission::AdmissionPre::new(pre)?),
-                    ExtensionPoint::Quota => Bindings::Quota(quota::QuotaPre::new(pre)?),
-                    ExtensionPoint::Pricing => Bindings::Pricing(pricing::PricingPre::new(pre)?),
+                let name = match point {
+                    ExtensionPoint::Admission => {
+                        admission::AdmissionPre::new(pre.clone())?;
+                        "admit"
+                    }
+                    ExtensionPoint::Quota => {
+                        quota::QuotaPre::new(pre.clone())?;
+                        "check"
+                    }
+                    ExtensionPoint::Pricing => {
+                        pricing::PricingPre::new(pre.clone())?;
+                        "price"
+                    }
+                };
+                let export = pre
+                    .component()
+                    .get_export_index(None, name)
+                    .ok_or_else(|| wasmtime::format_err!("the component does not export `{name}`"))?;
+                Ok(Bindings {
+                    point,
+                    pre,
+                    export,
+                    checked: AtomicBool::new(false),
                 })
             }
 
-            /// A fresh instance, its export typed with the bounded answers (the
-            /// world's own bindings checked the component's types at load).
+            /// A fresh instance, its export typed with the bounded answers.
             pub fn instantiate(&self, store: &mut Store<CallState>) -> wasmtime::Result<Instance> {
-                Ok(match self {
-                    Bindings::Admission(pre) => {
-                        let i = pre.instance_pre().instantiate(&mut *store)?;
-                        Instance::Admission(i.get_typed_func(&mut *store, "admit")?)
-                    }
-                    Bindings::Quota(pre) => {
-                        let i = pre.instance_pre().instantiate(&mut *store)?;
-                        Instance::Quota(i.get_typed_func(&mut *store, "check")?)
-                    }
-                    Bindings::Pricing(pre) => {
-                        let i = pre.instance_pre().instantiate(&mut *store)?;
-                        Instance::Pricing(i.get_typed_func(&mut *store, "price")?)
-                    }
+                let instance = self.pre.instantiate(&mut *store)?;
+                let func = instance
+                    .get_func(&mut *store, &self.export)
+                    .ok_or_else(|| wasmtime::format_err!("the instance lacks its export"))?;
+                Ok(match self.point {
+                    ExtensionPoint::Admission => Instance::Admission(self.typed(&*store, func)?),
+                    ExtensionPoint::Quota => Instance::Quota(self.typed(&*store, func)?),
+                    ExtensionPoint::Pricing => Instance::Pricing(self.typed(&*store, func)?),
                 })
+            }
+
+            /// `func` typed as `TypedFunc<P, R>`: checked the first time,
+            /// then taken as checked.
+            fn typed<P, R>(&self, store: &Store<CallState>, func: Func) -> wasmtime::Result<TypedFunc<P, R>>
+            where
+                P: ComponentNamedList + Lower,
+                R: ComponentNamedList + Lift,
+            {
+                if self.checked.load(Ordering::Acquire) {
+                    // SAFETY: the same export of the same component (every
+                    // instance comes from `self.pre`) was type-checked as
+                    // `TypedFunc<P, R>` by `Func::typed` below: `P` and `R`
+                    // are fixed by the world (`self.point`), so the check
+                    // holds for every instance.
+                    return Ok(unsafe { TypedFunc::new_unchecked(func) });
+                }
+                let typed = func.typed::<P, R>(store)?;
+                self.checked.store(true, Ordering::Release);
+                Ok(typed)
             }
         }
 
