@@ -319,3 +319,19 @@ fn short_leases_are_billed_exactly_and_rounded_lines_add_up() {
     assert_eq!(super::minor_of(2_500_000), 2);
     assert_eq!(super::minor_of(3_500_000), 4);
 }
+
+#[test]
+fn a_month_to_date_query_is_never_an_empty_window() {
+    let acme: crate::domain::TenantName = "acme".parse().unwrap();
+    // 2026-11-17 09:00 UTC: from 2026-11-01 00:00 UTC to now.
+    let now = UnixMillis(1_794_906_000_000);
+    let q = UsageQuery::month_to_date(&acme, now, vec![Dimension::Project]);
+    assert_eq!((q.from, q.to), (UnixMillis(1_793_491_200_000), now));
+    assert_eq!(
+        (q.tenant.as_ref(), q.group_by.as_slice()),
+        (Some(&acme), &[Dimension::Project][..])
+    );
+    // At the month's first millisecond the window is that millisecond.
+    let q = UsageQuery::month_to_date(&acme, q.from, vec![]);
+    assert_eq!(q.to.0, q.from.0 + 1);
+}

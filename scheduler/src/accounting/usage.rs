@@ -92,6 +92,30 @@ pub struct UsageQuery {
     pub tenant: Option<TenantName>,
 }
 
+impl UsageQuery {
+    /// `tenant`'s usage from `from` to `now` (at least one millisecond, so
+    /// that the window is never empty), grouped by `group_by`.
+    pub fn since(
+        tenant: &TenantName,
+        from: UnixMillis,
+        now: UnixMillis,
+        group_by: Vec<Dimension>,
+    ) -> UsageQuery {
+        UsageQuery {
+            from,
+            to: now.max(UnixMillis(from.0 + 1)),
+            group_by,
+            tenant: Some(tenant.clone()),
+        }
+    }
+
+    /// `tenant`'s usage this calendar month (UTC) up to `now`: what budgets
+    /// and quota plugins count.
+    pub fn month_to_date(tenant: &TenantName, now: UnixMillis, group_by: Vec<Dimension>) -> UsageQuery {
+        UsageQuery::since(tenant, now.month_start(), now, group_by)
+    }
+}
+
 /// One group's usage.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageRow {

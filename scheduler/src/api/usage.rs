@@ -106,14 +106,9 @@ fn standing(
     currency: Currency,
     now: UnixMillis,
 ) -> ApiResult<pb::BudgetStatus> {
-    let q = |from: UnixMillis| UsageQuery {
-        from,
-        to: now.max(UnixMillis(from.0 + 1)),
-        group_by: vec![],
-        tenant: Some(tenant.clone()),
-    };
-    let month = ledger.usage(&q(now.month_start()), now)?;
-    let day = ledger.usage(&q(UnixMillis(now.0.saturating_sub(24 * HOUR_MS))), now)?;
+    let month = ledger.usage(&UsageQuery::month_to_date(tenant, now, vec![]), now)?;
+    let day_ago = UnixMillis(now.0.saturating_sub(24 * HOUR_MS));
+    let day = ledger.usage(&UsageQuery::since(tenant, day_ago, now, vec![]), now)?;
     let s = Standing::assess(budget, currency, &month, &day, now);
     let money = |minor: i128| {
         Money {

@@ -184,12 +184,7 @@ impl Engine {
         if read_at.is_none_or(|at| {
             now.since(at) >= QUOTA_USAGE_FRESH || at > now || at.month_start() != now.month_start()
         }) {
-            let month = UsageQuery {
-                from: now.month_start(),
-                to: now.max(UnixMillis(now.month_start().0 + 1)),
-                group_by: vec![Dimension::Project],
-                tenant: Some(tenant.clone()),
-            };
+            let month = UsageQuery::month_to_date(&tenant, now, vec![Dimension::Project]);
             let rows = self.ledger.usage(&month, now).unwrap_or_else(|e| {
                 warn!(%tenant, error = %e, "cannot read the tenant's usage for its quota plugin");
                 Vec::new()
@@ -293,12 +288,7 @@ impl Engine {
         {
             return why.clone();
         }
-        let month = UsageQuery {
-            from: now.month_start(),
-            to: now.max(UnixMillis(now.month_start().0 + 1)),
-            group_by: vec![],
-            tenant: Some(tenant.clone()),
-        };
+        let month = UsageQuery::month_to_date(tenant, now, vec![]);
         let why = match self.ledger.usage(&month, now) {
             Ok(rows) => Standing::assess(Some(budget), budget.currency, &rows, &[], now).exhausted,
             Err(e) => {
