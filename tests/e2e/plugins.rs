@@ -717,12 +717,7 @@ async fn python_plugins_of_every_world_answer_through_the_sandbox() {
         "malformed.toml",
         "name = \"train\"\ncommand = \"true\"\n[resources]\ngpus = 1\n[tags]\ndiscount = \"ten\"\n",
     );
-    let (admission, quota, pricing, pricing_error) = (
-        path("gpu_limit_py"),
-        path("gpu_cap_py"),
-        path("discount_py"),
-        path("discount_py"),
-    );
+    let (admission, quota, pricing) = (path("gpu_limit_py"), path("gpu_cap_py"), path("discount_py"));
     // 2026-11-21 is a Saturday: half the list price, then 10 % off.
     let saturday = "2026-11-21T09:00Z";
     let test = |plugin: &str, job: &str| {
@@ -741,7 +736,7 @@ async fn python_plugins_of_every_world_answer_through_the_sandbox() {
         test(&admission, &nine_gpus),
         test(&quota, &intern),
         test(&pricing, &discount),
-        test(&pricing_error, &malformed),
+        test(&pricing, &malformed),
     );
     assert_eq!((a.0, a.1["decision"].as_str()), (1, Some("reject")), "{}", a.1);
     assert_eq!(

@@ -30,6 +30,14 @@ pub fn cost(gpu_time: GpuTime, rate: Rate) -> i128 {
     div_round_half_even(gpu_time.0.saturating_mul(rate.0), UNITS_PER_GPU_HOUR) as i128
 }
 
+/// What the rate card charges for `gpu_time` at a lease's `rate`, in minor
+/// units (rounded half to even): the list price, and the price before the
+/// preemptible discount. What a pricing plugin is told of a piece.
+pub fn list_prices(gpu_time: GpuTime, rate: &LeaseRate) -> (i128, i128) {
+    let minor = |r| super::minor_of(cost(gpu_time, r));
+    (minor(rate.per_gpu_hour), minor(rate.undiscounted()))
+}
+
 /// `[pricing]` in the server configuration.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

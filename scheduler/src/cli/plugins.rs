@@ -580,8 +580,7 @@ fn sample_piece(spec: &JobSpec, now: UnixMillis) -> PriceInput {
     };
     let rate = crate::server::demo_rate_card().rate_for(&gpu_model, spec.preemptible);
     let gpu_time = crate::accounting::GpuTime::of(share, HOUR);
-    let minor = |r| crate::accounting::minor_of(crate::accounting::pricing::cost(gpu_time, r));
-    let (list, undiscounted) = (minor(rate.per_gpu_hour), minor(rate.undiscounted()));
+    let (list, undiscounted) = crate::accounting::pricing::list_prices(gpu_time, &rate);
     PriceInput {
         tenant: spec.tenant.clone(),
         project: spec.project.clone(),

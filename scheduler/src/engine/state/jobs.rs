@@ -352,8 +352,7 @@ pub(super) async fn price_lease(policy: &PolicyHost, lease: &Lease, preemptible:
     let mut showback_by_hour = BTreeMap::new();
     let mut showback_plugin = String::new();
     for part in crate::accounting::hour_parts(lease, end, UnixMillis(0), UnixMillis(u64::MAX)) {
-        let minor = |r| crate::accounting::minor_of(crate::accounting::pricing::cost(part.gpu_time, r));
-        let (list, undiscounted) = (minor(rate.per_gpu_hour), minor(rate.undiscounted()));
+        let (list, undiscounted) = crate::accounting::pricing::list_prices(part.gpu_time, &rate);
         let input = PriceInput {
             tenant: lease.tenant.clone(),
             project: lease.project.clone(),
