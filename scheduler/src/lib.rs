@@ -17,6 +17,5 @@ pub mod engine;
 pub mod ledger;
 pub mod placement;
 pub mod policy;
-pub mod queue;
 pub mod server;
 pub mod sim;

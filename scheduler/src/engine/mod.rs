@@ -6,7 +6,9 @@
 //! flushes the ledger once, and only then replies, tells agents and publishes
 //! events: nothing is acknowledged before it is durable (group commit).
 
-mod quota;
+mod apply;
+mod cycle;
+mod model;
 mod state;
 
 use std::collections::BTreeMap;

@@ -1,11 +1,11 @@
 //! Nodes and their agents: sessions, drains, what agents report (starts,
 //! exits, idle devices, logs), and the periodic tick.
 
-use super::jobs::verdict;
+use super::jobs::{JobEnd, verdict};
 use super::*;
 
 impl Engine {
-    pub(super) fn node_view(&self, name: &NodeName) -> NodeView {
+    pub(in crate::engine) fn node_view(&self, name: &NodeName) -> NodeView {
         let node = self.cluster.node(name.as_str()).expect("known node").clone();
         let meta = self.nodes.get(name);
         NodeView {
@@ -17,7 +17,11 @@ impl Engine {
         }
     }
 
-    pub(super) fn drain(&mut self, node: NodeName, reason: Option<String>) -> EngineResult<NodeView> {
+    pub(in crate::engine) fn drain(
+        &mut self,
+        node: NodeName,
+        reason: Option<String>,
+    ) -> EngineResult<NodeView> {
         if self.cluster.node(node.as_str()).is_none() {
             return Err(EngineError::NotFound(format!("node {node}")));
         }
@@ -30,7 +34,7 @@ impl Engine {
             self.failed.get_or_insert(e);
             return Err(EngineError::Internal(msg));
         }
-        self.dirty = true;
+        self.wrote_this_turn = true;
         match &reason {
             Some(r) => {
                 self.drained.insert(node.clone(), r.clone());
@@ -46,7 +50,7 @@ impl Engine {
         Ok(self.node_view(&node))
     }
 
-    pub(super) fn agent_connected(
+    pub(in crate::engine) fn agent_connected(
         &mut self,
         conn: u64,
         reg: Registration,
@@ -191,7 +195,12 @@ impl Engine {
     /// previous reading (at most two heartbeats back) counts as idle for
     /// every lease on a GPU that reads 0 % now. MIG slices get no readings
     /// (NVML gives none per slice), so their idle time stays unknown.
-    pub(super) fn count_idle(&mut self, node: &NodeName, readings: &BTreeMap<String, u32>, now: UnixMillis) {
+    pub(in crate::engine) fn count_idle(
+        &mut self,
+        node: &NodeName,
+        readings: &BTreeMap<String, u32>,
+        now: UnixMillis,
+    ) {
         let Some(meta) = self.nodes.get_mut(node) else {
             return;
         };
@@ -222,7 +231,7 @@ impl Engine {
         }
     }
 
-    pub(super) fn agent_gone(&mut self, node: &NodeName, why: &str) {
+    pub(in crate::engine) fn agent_gone(&mut self, node: &NodeName, why: &str) {
         self.agents.remove(node);
         // The grace runs from the last time the node was heard from: its
         // agent's fence (shorter) runs from the last heartbeat it had
@@ -259,7 +268,7 @@ impl Engine {
         warn!(%node, why, grace = %self.config.node_lost_grace, "node down");
     }
 
-    pub(super) fn agent_event(&mut self, node: &NodeName, event: AgentEvent) {
+    pub(in crate::engine) fn agent_event(&mut self, node: &NodeName, event: AgentEvent) {
         let now = self.clock.now();
         if let Some(meta) = self.nodes.get_mut(node) {
             meta.last_heartbeat = Some(now);
@@ -337,7 +346,7 @@ impl Engine {
 
     /// Every part has started: the job runs. (Each part's leases became
     /// active when it started; the caller writes the job.)
-    pub(super) fn mark_running(&mut self, id: JobId) {
+    pub(in crate::engine) fn mark_running(&mut self, id: JobId) {
         let now = self.clock.now();
         let Some(job) = self.jobs.get_mut(&id) else { return };
         job.state = JobState::Running;
@@ -349,7 +358,7 @@ impl Engine {
         }
     }
 
-    pub(super) fn job_exited(&mut self, node: &NodeName, exit: JobExit) {
+    pub(in crate::engine) fn job_exited(&mut self, node: &NodeName, exit: JobExit) {
         // Acknowledged after this turn's flush, whether or not it changed anything:
         // a report re-sent after a reconnect changes nothing the second time.
         self.effects.push(Effect::Order(
@@ -385,7 +394,7 @@ impl Engine {
     /// A part reported it started; the job runs once every part has.
     /// `at` is when it started by the controller's clock (now, or earlier
     /// when the report comes late), never before the lease was reserved.
-    pub(super) fn part_started(&mut self, id: JobId, node: &NodeName, at: UnixMillis) {
+    pub(in crate::engine) fn part_started(&mut self, id: JobId, node: &NodeName, at: UnixMillis) {
         let Some(job) = self.jobs.get_mut(&id) else { return };
         if job.parts_started.contains(node) {
             return;
@@ -412,7 +421,7 @@ impl Engine {
 
     /// One part of the job ended. While others still run, a bad ending stops
     /// them (a gang lives and dies together); the last ending decides the job.
-    pub(super) fn part_ended(
+    pub(in crate::engine) fn part_ended(
         &mut self,
         id: JobId,
         node: NodeName,
@@ -467,7 +476,12 @@ impl Engine {
             self.preempted(id, by);
             return;
         }
-        let (state, reason, code, signal) = verdict(job);
+        let JobEnd {
+            state,
+            reason,
+            exit_code: code,
+            signal,
+        } = verdict(job);
         if state == JobState::NodeLost
             && !job.cancel_requested
             && job.node_lost_requeues < job.spec.node_lost_retries
@@ -487,7 +501,7 @@ impl Engine {
         self.finish(id);
     }
 
-    pub(super) fn read_logs(
+    pub(in crate::engine) fn read_logs(
         &mut self,
         id: JobId,
         node: Option<NodeName>,
@@ -533,7 +547,7 @@ impl Engine {
         self.pending_logs.insert(request_id, (id, node, tx));
     }
 
-    pub(super) fn on_tick(&mut self) {
+    pub(in crate::engine) fn on_tick(&mut self) {
         let now = self.clock.now();
         self.expire_requests(now);
         // Log reads whose caller has gone (timed out, cancelled) are not

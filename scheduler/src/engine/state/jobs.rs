@@ -4,7 +4,11 @@
 use super::*;
 
 impl Engine {
-    pub(super) fn submit(&mut self, spec: JobSpec, request: Option<SubmitKey>) -> EngineResult<JobId> {
+    pub(in crate::engine) fn submit(
+        &mut self,
+        spec: JobSpec,
+        request: Option<SubmitKey>,
+    ) -> EngineResult<JobId> {
         let now = self.clock.now();
         // A retry of a submission already taken: the job it created (its
         // reply waits for the same flush as the first, if that is still on
@@ -54,7 +58,7 @@ impl Engine {
             fingerprint: key.fingerprint,
             at: now,
         });
-        self.remember(Request::of(&job.spec));
+        self.note_submission(Request::of(&job.spec));
         self.queue.push(&job);
         // The job and its key in one transaction: a retry finds the job
         // exactly when the job exists.
@@ -62,7 +66,7 @@ impl Engine {
             error!(job = %id, error = %e, "ledger write failed");
             self.failed.get_or_insert(e);
         }
-        self.dirty = true;
+        self.wrote_this_turn = true;
         self.effects.push(Effect::Event(Box::new(job.clone())));
         if let Some(r) = record {
             self.requests.insert((r.tenant.clone(), r.request_id.clone()), r);
@@ -74,7 +78,7 @@ impl Engine {
     }
 
     /// Forgets idempotency keys older than a day (at most once a minute).
-    pub(super) fn expire_requests(&mut self, now: UnixMillis) {
+    pub(in crate::engine) fn expire_requests(&mut self, now: UnixMillis) {
         if now.since(self.requests_swept) < Millis::from_secs(60) {
             return;
         }
@@ -96,7 +100,7 @@ impl Engine {
         }
     }
 
-    pub(super) fn cancel(&mut self, id: JobId, reason: &str, force: bool) -> EngineResult<()> {
+    pub(in crate::engine) fn cancel(&mut self, id: JobId, reason: &str, force: bool) -> EngineResult<()> {
         let Some(job) = self.jobs.get_mut(&id) else {
             return match self.ledger.get_job(&id) {
                 Ok(Some(j)) => Err(EngineError::FailedPrecondition(format!(
@@ -143,7 +147,7 @@ impl Engine {
         Ok(())
     }
 
-    pub(super) fn job_snapshot(&self, id: JobId) -> EngineResult<Job> {
+    pub(in crate::engine) fn job_snapshot(&self, id: JobId) -> EngineResult<Job> {
         match self.jobs.get(&id) {
             Some(j) => Ok(j.clone()),
             None => self
@@ -156,7 +160,7 @@ impl Engine {
 
     /// Removes a job that reached a final state: closes its open leases with
     /// the matching end reason, releases its resources, writes it.
-    pub(super) fn finish(&mut self, id: JobId) {
+    pub(in crate::engine) fn finish(&mut self, id: JobId) {
         let now = self.clock.now();
         let Some(job) = self.jobs.get(&id) else { return };
         let state = job.state;
@@ -169,10 +173,8 @@ impl Engine {
         // A preemptor that ends releases its reservation; a victim that ends
         // some other way is one fewer to wait for.
         self.nominations.remove(&id);
-        if let Some(by) = self.jobs.get(&id).and_then(|j| j.preempted_by)
-            && let Some(n) = self.nominations.get_mut(&by)
-        {
-            n.victims.retain(|v| *v != id);
+        if let Some(by) = self.jobs.get(&id).and_then(|j| j.preempted_by) {
+            self.nominations.victim_gone(&by, id);
         }
         let touched = self.all_lease_ids(&id);
         self.persist(id, &touched);
@@ -183,7 +185,7 @@ impl Engine {
 
     /// When the leases on `node` of a job ending now end: when its part there
     /// ended (see `exit_time`), or now.
-    pub(super) fn part_end(&self, job: &Job, node: &NodeName, now: UnixMillis) -> UnixMillis {
+    pub(in crate::engine) fn part_end_time(&self, job: &Job, node: &NodeName, now: UnixMillis) -> UnixMillis {
         job.parts_exited
             .iter()
             .find(|e| &e.node == node)
@@ -197,7 +199,7 @@ impl Engine {
     /// the agent measured; but never before the last time the controller saw
     /// it running, nor after now. (Agent times bound; they never bill.)
     /// Without either: now.
-    pub(super) fn exit_time(
+    pub(in crate::engine) fn exit_time(
         &self,
         id: JobId,
         node: &NodeName,
@@ -232,7 +234,7 @@ impl Engine {
 
     /// When a part lost with its node ended: the last time it was seen
     /// running there (or the node's last heartbeat), never after now.
-    pub(super) fn lost_time(&self, id: JobId, node: &NodeName, now: UnixMillis) -> UnixMillis {
+    pub(in crate::engine) fn lost_time(&self, id: JobId, node: &NodeName, now: UnixMillis) -> UnixMillis {
         self.last_seen
             .get(&(id, node.clone()))
             .copied()
@@ -241,13 +243,13 @@ impl Engine {
             .min(now)
     }
 
-    pub(super) fn close_leases(&mut self, id: JobId, state: JobState, now: UnixMillis) {
+    pub(in crate::engine) fn close_leases(&mut self, id: JobId, state: JobState, now: UnixMillis) {
         let Some(job) = self.jobs.get(&id) else { return };
         // Its tenant's budget standing changes with what it has spent.
         self.budget_holds.remove(&job.spec.tenant);
         let ends: HashMap<NodeName, UnixMillis> = job
             .nodes()
-            .map(|n| (n.clone(), self.part_end(job, n, now)))
+            .map(|n| (n.clone(), self.part_end_time(job, n, now)))
             .collect();
         let runtimes: HashMap<&NodeName, Millis> = job
             .parts_exited
@@ -277,7 +279,7 @@ impl Engine {
     /// plugin, are priced by it: marked pending (the close writes the mark,
     /// so the roll-ups and exports wait for the price), then asked off the
     /// engine loop; the answers come back as `Command::Priced`.
-    pub(super) fn ask_prices(&mut self, id: JobId) {
+    pub(in crate::engine) fn ask_prices(&mut self, id: JobId) {
         let Some(policy) = self.policy.clone() else { return };
         let Some(job) = self.jobs.get(&id) else { return };
         if !policy.bound(&job.spec.tenant, ExtensionPoint::Pricing) {
@@ -300,8 +302,8 @@ impl Engine {
     }
 
     /// Asks the pricing plugin the price of each hour part of a closed lease.
-    pub(super) fn spawn_pricing(&self, policy: PolicyHost, lease: Lease, preemptible: bool) {
-        let Some(me) = self.me.as_ref().and_then(|w| w.upgrade()) else {
+    pub(in crate::engine) fn spawn_pricing(&self, policy: PolicyHost, lease: Lease, preemptible: bool) {
+        let Some(me) = self.to_self.as_ref().and_then(|w| w.upgrade()) else {
             return;
         };
         tokio::spawn(async move {
@@ -316,7 +318,7 @@ impl Engine {
     }
 
     /// Puts a placed job that never started back in the queue.
-    pub(super) fn requeue_unstarted(&mut self, id: JobId, why: &str) {
+    pub(in crate::engine) fn requeue_unstarted(&mut self, id: JobId, why: &str) {
         if !self.jobs.contains_key(&id) {
             return;
         }
@@ -390,10 +392,36 @@ pub(super) async fn price_lease(policy: &PolicyHost, lease: &Lease, preemptible:
     }
 }
 
+/// How a job ended: its final state, the reason shown, and the exit code
+/// or signal that decided it (if one did).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(in crate::engine) struct JobEnd {
+    pub state: JobState,
+    pub reason: String,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+}
+
+impl JobEnd {
+    fn new(
+        state: JobState,
+        reason: impl Into<String>,
+        exit_code: Option<i32>,
+        signal: Option<i32>,
+    ) -> JobEnd {
+        JobEnd {
+            state,
+            reason: reason.into(),
+            exit_code,
+            signal,
+        }
+    }
+}
+
 /// How a job ended, from how its parts did: a cancel wins, then a lost node,
 /// a part that could not start, a time limit, the first part that failed;
 /// parts stopped because another failed do not count against the job.
-pub(super) fn verdict(job: &Job) -> (JobState, String, Option<i32>, Option<i32>) {
+pub(in crate::engine) fn verdict(job: &Job) -> JobEnd {
     let parts = &job.parts_exited;
     let several = job.placements.len() > 1;
     let on = |n: &NodeName| {
@@ -419,20 +447,20 @@ pub(super) fn verdict(job: &Job) -> (JobState, String, Option<i32>, Option<i32>)
                 _ => None,
             })
             .unwrap_or((None, None));
-        return (JobState::Cancelled, reason, code, signal);
+        return JobEnd::new(JobState::Cancelled, reason, code, signal);
     }
     if let Some((e, msg)) = parts.iter().find_map(|e| match &e.outcome {
         ExitOutcome::Lost(m) => Some((e, m)),
         _ => None,
     }) {
         let _ = e;
-        return (JobState::NodeLost, msg.clone(), None, None);
+        return JobEnd::new(JobState::NodeLost, msg.clone(), None, None);
     }
     if let Some((e, msg)) = parts.iter().find_map(|e| match &e.outcome {
         ExitOutcome::LaunchFailed(m) => Some((e, m)),
         _ => None,
     }) {
-        return (
+        return JobEnd::new(
             JobState::Failed,
             format!("could not start{}: {msg}", on(&e.node)),
             None,
@@ -445,7 +473,7 @@ pub(super) fn verdict(job: &Job) -> (JobState, String, Option<i32>, Option<i32>)
     }) {
         let limit = job.spec.time_limit.unwrap_or_default();
         let _ = e;
-        return (
+        return JobEnd::new(
             JobState::TimedOut,
             format!("stopped at its time limit of {limit}"),
             code,
@@ -456,7 +484,7 @@ pub(super) fn verdict(job: &Job) -> (JobState, String, Option<i32>, Option<i32>)
         match &e.outcome {
             ExitOutcome::Exited(0) => {}
             ExitOutcome::Exited(code) => {
-                return (
+                return JobEnd::new(
                     JobState::Failed,
                     format!("exited with code {code}{}", on(&e.node)),
                     Some(*code),
@@ -464,7 +492,7 @@ pub(super) fn verdict(job: &Job) -> (JobState, String, Option<i32>, Option<i32>)
                 );
             }
             ExitOutcome::Signaled(sig) => {
-                return (
+                return JobEnd::new(
                     JobState::Failed,
                     format!("killed by signal {sig}{}", on(&e.node)),
                     None,
@@ -472,23 +500,38 @@ pub(super) fn verdict(job: &Job) -> (JobState, String, Option<i32>, Option<i32>)
                 );
             }
             ExitOutcome::Stopped { exit_code, signal } if !several => {
-                return (
-                    JobState::Failed,
-                    "stopped by its node".to_string(),
-                    *exit_code,
-                    *signal,
-                );
+                return JobEnd::new(JobState::Failed, "stopped by its node", *exit_code, *signal);
             }
             _ => {}
         }
     }
     if parts.iter().any(|e| !e.outcome.is_success()) {
-        return (JobState::Failed, "stopped by its node".to_string(), None, None);
+        return JobEnd::new(JobState::Failed, "stopped by its node", None, None);
     }
-    (
-        JobState::Succeeded,
-        "exited with code 0".to_string(),
-        Some(0),
-        None,
-    )
+    JobEnd::new(JobState::Succeeded, "exited with code 0", Some(0), None)
+}
+
+/// The workload mix the fragmentation-aware policies keep room for.
+impl Engine {
+    /// Keeps a submitted request in the window the workload mix is built from.
+    pub(in crate::engine) fn note_submission(&mut self, req: Request) {
+        const WINDOW: usize = 2000;
+        if self.mix_window.len() == WINDOW {
+            self.mix_window.pop_front();
+        }
+        self.mix_window.push_back(req);
+        self.since_mix += 1;
+    }
+
+    /// Rebuilds the workload mix from recent submissions now and then.
+    pub(in crate::engine) fn refresh_mix(&mut self) {
+        const EVERY: usize = 64;
+        let stale =
+            self.since_mix >= EVERY || (self.placer.profile().mix.is_empty() && !self.mix_window.is_empty());
+        if self.placer.profile().policy.uses_mix() && stale {
+            let mix = WorkloadMix::from_requests(self.mix_window.iter(), 95);
+            self.placer.set_mix(std::sync::Arc::new(mix));
+            self.since_mix = 0;
+        }
+    }
 }

@@ -20,7 +20,7 @@ impl Engine {
             events,
             cluster: Cluster::new(),
             placer: Placer::new(profile),
-            recent: VecDeque::new(),
+            mix_window: VecDeque::new(),
             since_mix: 0,
             jobs: HashMap::new(),
             leases: HashMap::new(),
@@ -29,21 +29,21 @@ impl Engine {
             nodes: HashMap::new(),
             orphaned: HashMap::new(),
             pending_logs: HashMap::new(),
-            nominations: HashMap::new(),
+            nominations: Default::default(),
             last_pass: UnixMillis(0),
             last_seen: HashMap::new(),
             budgets: HashMap::new(),
             budget_holds: HashMap::new(),
             policy: None,
-            me: None,
+            to_self: None,
             quota: QuotaBook::default(),
             month_usage: HashMap::new(),
-            holdings: HashMap::new(),
+            held_this_pass: HashMap::new(),
             next_request: 1,
             effects: Vec::new(),
-            dirty: false,
+            wrote_this_turn: false,
             priced_unflushed: false,
-            fresh_asks: 0,
+            asks_this_turn: 0,
             needs_pass: true,
             failed: None,
             requests: HashMap::new(),
@@ -79,7 +79,7 @@ impl Engine {
                 }
             }
             engine.leases.insert(job.id, open);
-            engine.remember(Request::of(&job.spec));
+            engine.note_submission(Request::of(&job.spec));
             engine.jobs.insert(job.id, job);
         }
         // Preemptions in flight survive a restart: the victims remember who
@@ -98,16 +98,7 @@ impl Engine {
             let preemptor = engine.jobs.get(&by).filter(|p| p.state == JobState::Pending);
             if let (Some(p), Some(node)) = (preemptor, node) {
                 let priority = p.spec.priority;
-                engine
-                    .nominations
-                    .entry(by)
-                    .or_insert(Nomination {
-                        node,
-                        priority,
-                        victims: Vec::new(),
-                    })
-                    .victims
-                    .push(victim);
+                engine.nominations.add_victim(by, node, priority, victim);
             }
         }
         engine.budgets = engine

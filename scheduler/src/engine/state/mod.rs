@@ -3,7 +3,7 @@
 mod agents;
 mod jobs;
 mod load;
-mod pass;
+mod stops;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -11,37 +11,32 @@ use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
-use super::quota::{QuotaBook, QuotaStanding};
+use super::model::{Nominations, Queue, QuotaBook};
 use super::{
     AgentEvent, AgentOrder, Command, EngineConfig, EngineError, EngineResult, ExitOutcome, JobEvent, JobExit,
-    LaunchOrder, LogSlice, NodeView, REQUEST_ID_TTL, Registration, RunningPart, StopReason, SubmitKey,
+    LogSlice, NodeView, REQUEST_ID_TTL, Registration, RunningPart, StopReason, SubmitKey,
 };
-use crate::accounting::budget::{Budget, Standing};
-use crate::accounting::usage::{Dimension, UsageQuery};
+use crate::accounting::budget::Budget;
 use crate::clock::Clock;
 use crate::domain::{
-    EndReason, GpuRequest, Job, JobId, JobSpec, JobState, Lease, LeaseId, LeaseState, MiB, Millis, NodeName,
-    PluginPrices, ProjectName, Share, TenantName, UnixMillis,
+    EndReason, Job, JobId, JobSpec, JobState, Lease, LeaseId, LeaseState, Millis, NodeName, PluginPrices,
+    ProjectName, TenantName, UnixMillis,
 };
 use crate::ledger::{Ledger, RequestRecord};
-use crate::placement::preempt::{self, Candidate};
-use crate::placement::{
-    Cluster, GpuMode, MICRO, NodeStatus, Placer, Profile, Rejection, Request, WorkloadMix,
-};
+use crate::placement::{Cluster, NodeStatus, Placer, Profile, Request, WorkloadMix};
 use crate::policy::PolicyHost;
-use crate::policy::types::{ExtensionPoint, PriceInput, QuotaInput, Usage as PolicyUsage};
-use crate::queue::Queue;
+use crate::policy::types::{ExtensionPoint, PriceInput, Usage as PolicyUsage};
 
 /// Commands handled per turn before the ledger is flushed.
 const MAX_BATCH: usize = 512;
 
-struct AgentLink {
+pub(super) struct AgentLink {
     conn: u64,
     orders: mpsc::UnboundedSender<AgentOrder>,
 }
 
 #[derive(Default)]
-struct NodeMeta {
+pub(super) struct NodeMeta {
     last_heartbeat: Option<UnixMillis>,
     utilization: BTreeMap<String, u32>,
     discovery: String,
@@ -52,41 +47,14 @@ struct NodeMeta {
     last_reading: Option<UnixMillis>,
 }
 
-/// A pending job making room for itself: the victims it is waiting for.
-#[derive(Debug)]
-struct Nomination {
-    node: NodeName,
-    priority: i32,
-    victims: Vec<JobId>,
-}
-
 /// A placement pass runs at least this often while jobs are pending.
 const PASS_EVERY: Millis = Millis::from_secs(5);
 
-/// Preemption searches per placement pass, at most: each scans the cluster.
-const PREEMPTION_SEARCHES_PER_PASS: usize = 4;
 /// How long a turn waits for the answers of quota plugins it asked, so that
 /// the placements they allow go out with it.
 const QUOTA_WINDOW: Millis = Millis(2);
-/// How long a tenant's GPU-time and spend this month, read from the ledger
-/// for its quota plugin, are used before they are read again: a read goes
-/// over the leases of the current hour, so one per ask would grow with the
-/// hour's jobs. (An answer stands for up to `quota::FRESH` anyway.)
-const QUOTA_USAGE_FRESH: Millis = Millis::from_secs(1);
-/// How long a tenant's budget standing is trusted before it is read again.
-const BUDGET_RECHECK: Millis = Millis::from_secs(2);
-/// What the quota gate says about placing a job now.
-enum Gate {
-    Go,
-    Wait(String),
-    /// Asked just now: the answer usually comes within the turn, so the
-    /// job's reason is written only if it still waits at a later pass.
-    Asked,
-    Deny(String),
-}
-
 /// Work that must wait until the batch is durable.
-enum Effect {
+pub(super) enum Effect {
     Reply(Box<dyn FnOnce() + Send>),
     /// Replies with the job as it stands once the turn is done.
     JobReply(JobId, oneshot::Sender<EngineResult<Job>>),
@@ -95,68 +63,71 @@ enum Effect {
 }
 
 pub struct Engine {
-    ledger: Ledger,
-    clock: Arc<dyn Clock>,
-    config: EngineConfig,
-    events: broadcast::Sender<JobEvent>,
-    cluster: Cluster,
-    placer: Placer,
+    pub(super) ledger: Ledger,
+    pub(super) clock: Arc<dyn Clock>,
+    pub(super) config: EngineConfig,
+    pub(super) events: broadcast::Sender<JobEvent>,
+    pub(super) cluster: Cluster,
+    pub(super) placer: Placer,
     /// Requests of recent submissions: the workload the fragmentation-aware
     /// policy keeps room for.
-    recent: VecDeque<Request>,
-    since_mix: usize,
+    pub(super) mix_window: VecDeque<Request>,
+    /// Submissions since the mix was last rebuilt.
+    pub(super) since_mix: usize,
     /// Jobs not in a final state.
-    jobs: HashMap<JobId, Job>,
+    pub(super) jobs: HashMap<JobId, Job>,
     /// Open leases of active jobs (current attempt).
-    leases: HashMap<JobId, Vec<Lease>>,
-    queue: Queue,
-    agents: HashMap<NodeName, AgentLink>,
-    nodes: HashMap<NodeName, NodeMeta>,
+    pub(super) leases: HashMap<JobId, Vec<Lease>>,
+    pub(super) queue: Queue,
+    pub(super) agents: HashMap<NodeName, AgentLink>,
+    pub(super) nodes: HashMap<NodeName, NodeMeta>,
     /// Operator drains, kept across restarts.
-    drained: HashMap<NodeName, String>,
+    pub(super) drained: HashMap<NodeName, String>,
     /// Active jobs placed on nodes that are not connected, with the deadline
     /// after which they are lost.
-    orphaned: HashMap<(JobId, NodeName), UnixMillis>,
-    pending_logs: HashMap<u64, (JobId, NodeName, oneshot::Sender<EngineResult<LogSlice>>)>,
+    pub(super) orphaned: HashMap<(JobId, NodeName), UnixMillis>,
+    pub(super) pending_logs: HashMap<u64, (JobId, NodeName, oneshot::Sender<EngineResult<LogSlice>>)>,
     /// Pending jobs whose victims are stopping, by preemptor.
-    nominations: HashMap<JobId, Nomination>,
+    pub(super) nominations: Nominations,
     /// When the last placement pass ran.
-    last_pass: UnixMillis,
+    pub(super) last_pass: UnixMillis,
     /// When each running part was last reported running (heartbeats).
-    last_seen: HashMap<(JobId, NodeName), UnixMillis>,
-    next_request: u64,
-    effects: Vec<Effect>,
-    dirty: bool,
+    pub(super) last_seen: HashMap<(JobId, NodeName), UnixMillis>,
+    pub(super) next_request: u64,
+    pub(super) effects: Vec<Effect>,
+    /// This turn wrote to the ledger: it needs a flush (and a roll-up).
+    pub(super) wrote_this_turn: bool,
     /// Plugin prices written and not flushed yet.
-    priced_unflushed: bool,
+    pub(super) priced_unflushed: bool,
     /// Quota asks made this turn whose answers have not come.
-    fresh_asks: usize,
-    needs_pass: bool,
+    pub(super) asks_this_turn: usize,
+    /// Something changed that could let a pending job start.
+    pub(super) needs_pass: bool,
     /// Tenants' monthly budgets.
-    budgets: HashMap<TenantName, Budget>,
+    pub(super) budgets: HashMap<TenantName, Budget>,
     /// Whether a tenant with a budget has exhausted it, and when that was
     /// last worked out.
-    budget_holds: HashMap<TenantName, (UnixMillis, Option<String>)>,
+    pub(super) budget_holds: HashMap<TenantName, (UnixMillis, Option<String>)>,
     /// The plugin host, once the server hands it over.
-    policy: Option<PolicyHost>,
+    pub(super) policy: Option<PolicyHost>,
     /// The engine's own command channel, for plugin answers (weak: the
     /// engine still stops when every handle is gone).
-    me: Option<mpsc::WeakSender<Command>>,
+    pub(super) to_self: Option<mpsc::WeakSender<Command>>,
     /// Pending jobs' standing with their tenant's quota plugin.
-    quota: QuotaBook,
-    /// What each tenant with quota asks in this pass holds (`held_now`);
+    pub(super) quota: QuotaBook,
+    /// What each tenant with quota asks in this pass holds (`tenant_holdings`);
     /// dropped at each pass and when the tenant's holdings change.
-    holdings: HashMap<TenantName, (PolicyUsage, BTreeMap<ProjectName, PolicyUsage>)>,
+    pub(super) held_this_pass: HashMap<TenantName, (PolicyUsage, BTreeMap<ProjectName, PolicyUsage>)>,
     /// Each tenant's GPU-time and spend this month by project, for its quota
     /// plugin's asks, and when it was read.
-    month_usage: HashMap<TenantName, (UnixMillis, Vec<crate::accounting::usage::UsageRow>)>,
+    pub(super) month_usage: HashMap<TenantName, (UnixMillis, Vec<crate::accounting::usage::UsageRow>)>,
     /// A ledger write failed this turn: memory is ahead of disk, so the engine
     /// stops before acknowledging anything.
-    failed: Option<crate::ledger::LedgerError>,
+    pub(super) failed: Option<crate::ledger::LedgerError>,
     /// Idempotency keys of the last day's submissions, by tenant and id.
-    requests: HashMap<(TenantName, String), RequestRecord>,
+    pub(super) requests: HashMap<(TenantName, String), RequestRecord>,
     /// When expired keys were last swept.
-    requests_swept: UnixMillis,
+    pub(super) requests_swept: UnixMillis,
 }
 
 /// A ledger flush under way.
@@ -170,8 +141,8 @@ fn reply<T: Send + 'static>(tx: oneshot::Sender<T>, value: T) -> Effect {
 
 impl Engine {
     /// Gives the engine a way to send itself plugin answers.
-    pub(crate) fn set_channel(&mut self, me: mpsc::WeakSender<Command>) {
-        self.me = Some(me);
+    pub(crate) fn set_channel(&mut self, to_self: mpsc::WeakSender<Command>) {
+        self.to_self = Some(to_self);
     }
 
     /// The engine loop. Ends when every handle is gone, or on a ledger error.
@@ -245,9 +216,9 @@ impl Engine {
             // turn, so that the placements they allow are made and flushed
             // with it. Other commands arriving meanwhile are handled as
             // usual; a slow plugin costs the turn at most the window.
-            if self.fresh_asks > 0 {
+            if self.asks_this_turn > 0 {
                 let deadline = tokio::time::Instant::now() + QUOTA_WINDOW.as_std();
-                while self.fresh_asks > 0 {
+                while self.asks_this_turn > 0 {
                     match tokio::time::timeout_at(deadline, rx.recv()).await {
                         Ok(Some(cmd)) => self.handle(cmd),
                         Ok(None) | Err(_) => break,
@@ -257,7 +228,7 @@ impl Engine {
                     self.needs_pass = false;
                     self.placement_pass();
                 }
-                self.fresh_asks = 0;
+                self.asks_this_turn = 0;
             }
             if let Some(e) = self.failed.take() {
                 error!(error = %e, "ledger write failed; stopping the engine");
@@ -266,14 +237,14 @@ impl Engine {
             // Plugin prices need no flush of their own (nobody waits for
             // them, and a restart asks again for prices not on disk): they go
             // with the next turn that writes, or with a tick.
-            let wrote = self.dirty || (self.priced_unflushed && ticked);
+            let wrote = self.wrote_this_turn || (self.priced_unflushed && ticked);
             if wrote {
                 // Leases closed (or priced) this turn join the roll-ups in one go.
                 if let Err(e) = self.ledger.roll_up() {
                     error!(error = %e, "ledger roll-up failed; stopping the engine");
                     return Err(e.into());
                 }
-                self.dirty = false;
+                self.wrote_this_turn = false;
                 self.priced_unflushed = false;
             }
             let effects = self.seal_effects();
@@ -400,7 +371,7 @@ impl Engine {
                 Err(e) => error!(%lease, error = %e, "cannot record a lease's plugin prices"),
             },
             Command::QuotaVerdict { job, ask, outcome } => {
-                self.fresh_asks = self.fresh_asks.saturating_sub(1);
+                self.asks_this_turn = self.asks_this_turn.saturating_sub(1);
                 let by = outcome
                     .decided_by
                     .plugin()
@@ -423,7 +394,7 @@ impl Engine {
                 };
                 let r = match r {
                     Ok(()) => {
-                        self.dirty = true;
+                        self.wrote_this_turn = true;
                         self.needs_pass = true;
                         self.budget_holds.remove(&tenant);
                         match budget {
@@ -478,7 +449,7 @@ impl Engine {
     // --- persistence helpers ---------------------------------------------
 
     /// Writes the job and the leases named by `touched` (or none).
-    fn persist(&mut self, id: JobId, touched: &[LeaseId]) {
+    pub(super) fn persist(&mut self, id: JobId, touched: &[LeaseId]) {
         let Some(job) = self.jobs.get(&id) else { return };
         let leases: Vec<&Lease> = self
             .leases
@@ -489,11 +460,11 @@ impl Engine {
             error!(job = %id, error = %e, "ledger write failed");
             self.failed.get_or_insert(e);
         }
-        self.dirty = true;
+        self.wrote_this_turn = true;
         self.effects.push(Effect::Event(Box::new(job.clone())));
     }
 
-    fn all_lease_ids(&self, id: &JobId) -> Vec<LeaseId> {
+    pub(super) fn all_lease_ids(&self, id: &JobId) -> Vec<LeaseId> {
         self.leases
             .get(id)
             .map(|ls| ls.iter().map(|l| l.id).collect())

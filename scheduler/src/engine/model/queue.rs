@@ -31,10 +31,12 @@ impl Queue {
         }
     }
 
+    #[cfg(test)]
     pub fn contains(&self, id: &JobId) -> bool {
         self.keys.contains_key(id)
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.keys.len()
     }
@@ -46,5 +48,40 @@ impl Queue {
     /// Job ids in placement order.
     pub fn iter(&self) -> impl Iterator<Item = JobId> + '_ {
         self.order.iter().map(|(_, _, id)| *id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(priority: i32, submitted: u64) -> Job {
+        let mut j = Job::for_tests(JobId::new_v7());
+        j.spec.priority = priority;
+        j.submitted_at = UnixMillis(submitted);
+        j
+    }
+
+    #[test]
+    fn higher_priority_first_then_older_and_a_requeued_job_keeps_its_place() {
+        let (old, new, urgent) = (job(0, 10), job(0, 20), job(5, 30));
+        let mut q = Queue::default();
+        for j in [&new, &urgent, &old] {
+            q.push(j);
+        }
+        assert_eq!(q.iter().collect::<Vec<_>>(), vec![urgent.id, old.id, new.id]);
+        // Taken out (placed) and pushed back (requeued): the same place.
+        assert!(q.remove(&old.id) && !q.contains(&old.id));
+        assert!(!q.remove(&old.id), "a second remove finds nothing");
+        q.push(&old);
+        q.push(&old);
+        assert_eq!(q.len(), 3, "a push of a queued job moves it, never doubles it");
+        assert_eq!(q.iter().collect::<Vec<_>>(), vec![urgent.id, old.id, new.id]);
+        // A changed priority moves it.
+        let mut demoted = urgent.clone();
+        demoted.spec.priority = -1;
+        q.push(&demoted);
+        assert_eq!(q.iter().collect::<Vec<_>>(), vec![old.id, new.id, urgent.id]);
+        assert!(!q.is_empty());
     }
 }

@@ -1,0 +1,275 @@
+//! The scheduling pass, as a function of what the engine holds:
+//! `plan(&Snapshot, &mut CycleState) -> Plan`.
+//!
+//! The pass takes the pending jobs in the queue order ([`QueueOrder`]),
+//! puts each through the admission gates ([`Gate`]: budget, quota), then
+//! places it with `placement/` or, when it does not fit for a shortage,
+//! plans a preemption. It reads no clock (the snapshot's `now` is the
+//! pass's time), does no I/O and sends nothing: what it decides comes back
+//! as a [`Plan`], in queue order, which `engine/apply.rs` makes durable and
+//! tells. What the pass must change as it goes, so that later jobs in the
+//! same pass see it, is in the [`CycleState`]: the cluster mirror (a job
+//! placed takes its devices), the quota book (an ask counts the asks made
+//! before it; a placement makes answers that did not count it fall) and
+//! the nominations (a node being emptied is reserved).
+//!
+//! The same commands and the same snapshot give the same plan, which is
+//! what the tests below check without an engine.
+
+mod gates;
+mod order;
+
+use std::collections::{HashMap, HashSet};
+
+use tracing::error;
+
+pub use gates::{BudgetGate, Gate, QuotaAsk, QuotaGate, Verdict};
+pub use order::{PriorityThenAge, QueueOrder};
+
+use super::model::{Nomination, Nominations, Queue, QuotaBook};
+use crate::domain::{Job, JobId, JobState, Millis, NodeName, Placement, TenantName, UnixMillis};
+use crate::placement::preempt::{self, Candidate};
+use crate::placement::{Cluster, MICRO, Placer, Rejection, Request};
+
+/// Preemption searches per placement pass, at most: each scans the cluster.
+pub const PREEMPTION_SEARCHES_PER_PASS: usize = 4;
+
+/// What a pass reads: the engine's jobs and queue as they stand, and what
+/// was worked out for it beforehand.
+pub struct Snapshot<'a> {
+    /// The pass's time.
+    pub now: UnixMillis,
+    /// The active jobs.
+    pub jobs: &'a HashMap<JobId, Job>,
+    pub queue: &'a Queue,
+    /// The server's minimum runtime before a job may be preempted.
+    pub min_runtime: Millis,
+    /// Tenants whose monthly budget is spent, with why.
+    pub budget_holds: HashMap<TenantName, String>,
+    /// Tenants with a quota plugin bound.
+    pub quota_bound: HashSet<TenantName>,
+    /// Whether a plugin's answer can come back to the engine.
+    pub can_ask: bool,
+}
+
+/// What a pass changes as it goes (see the module's documentation).
+pub struct CycleState<'a> {
+    pub cluster: &'a mut Cluster,
+    pub placer: &'a mut Placer,
+    pub quota: &'a mut QuotaBook,
+    pub nominations: &'a mut Nominations,
+}
+
+/// What a pass decided, in the order it decided it.
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub decisions: Vec<Decision>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Place the job: its parts are allocated in the cluster mirror already.
+    Place { job: JobId, parts: Vec<Placement> },
+    /// The job waits, for a reason other than the one it shows.
+    Wait { job: JobId, reason: String },
+    /// A gate denied the job: it fails.
+    Deny { job: JobId, reason: String },
+    /// Stop `victims` to make room on `node` for `job` (nominated already).
+    Preempt {
+        job: JobId,
+        node: NodeName,
+        victims: Vec<JobId>,
+    },
+    /// Ask the job's quota plugin (recorded in the quota book already).
+    Ask(QuotaAsk),
+}
+
+impl Plan {
+    fn wait(&mut self, job: &Job, reason: String) {
+        if job.reason != reason {
+            self.decisions.push(Decision::Wait { job: job.id, reason });
+        }
+    }
+}
+
+/// The pass with today's queue order and gates: priority then age; budget,
+/// then quota.
+pub fn plan(snapshot: &Snapshot<'_>, state: &mut CycleState<'_>) -> Plan {
+    plan_with(&PriorityThenAge, &[&BudgetGate, &QuotaGate], snapshot, state)
+}
+
+/// The pass with a given queue order and gates.
+pub fn plan_with(
+    order: &dyn QueueOrder,
+    gates: &[&dyn Gate],
+    snapshot: &Snapshot<'_>,
+    state: &mut CycleState<'_>,
+) -> Plan {
+    let mut plan = Plan::default();
+    let mut searches = 0;
+    // Jobs chosen as victims in this pass: not to be chosen again.
+    let mut victims: HashSet<JobId> = HashSet::new();
+    'jobs: for id in order.order(snapshot) {
+        let Some(job) = snapshot.jobs.get(&id) else {
+            continue;
+        };
+        for gate in gates {
+            match gate.check(job, snapshot, state) {
+                Verdict::Go => {}
+                Verdict::Wait(reason) => {
+                    plan.wait(job, reason);
+                    continue 'jobs;
+                }
+                Verdict::Asked(ask) => {
+                    plan.decisions.push(Decision::Ask(ask));
+                    continue 'jobs;
+                }
+                Verdict::Deny(reason) => {
+                    plan.decisions.push(Decision::Deny { job: id, reason });
+                    continue 'jobs;
+                }
+            }
+        }
+        let request = Request::of(&job.spec);
+        let priority = job.spec.priority;
+        let nominations = &*state.nominations;
+        // A node being emptied for a preemptor takes nothing of lower
+        // priority meanwhile, or the preemptor would find it full again.
+        let placed = state.placer.place_job(state.cluster, &request, |_, node| {
+            nominations
+                .reserved_against(node.name(), id, priority)
+                .then_some(Rejection::NodeReserved)
+        });
+        match placed {
+            Ok(parts) => {
+                if allocate(state.cluster, id, &parts) {
+                    state.nominations.remove(&id);
+                    state.quota.placed(&job.spec.tenant, id);
+                    plan.decisions.push(Decision::Place { job: id, parts });
+                }
+            }
+            Err(why) => {
+                let mut reason = why.explain(&job.spec.resources.gpu);
+                // Every victim gone and it still does not fit (the cluster
+                // changed meanwhile): plan afresh.
+                if state.nominations.get(&id).is_some_and(|n| n.victims.is_empty()) {
+                    state.nominations.remove(&id);
+                }
+                if let Some(n) = state.nominations.get(&id) {
+                    reason = format!(
+                        "waiting for {} preempted job{} to stop on {}",
+                        n.victims.len(),
+                        if n.victims.len() == 1 { "" } else { "s" },
+                        n.node
+                    );
+                } else if why.has_shortage() && searches < PREEMPTION_SEARCHES_PER_PASS {
+                    searches += 1;
+                    if let Some(n) = preemption(job, &request, snapshot, state, &victims) {
+                        reason = format!(
+                            "preempting {} job{} on {}",
+                            n.victims.len(),
+                            if n.victims.len() == 1 { "" } else { "s" },
+                            n.node
+                        );
+                        victims.extend(n.victims.iter().copied());
+                        plan.decisions.push(Decision::Preempt {
+                            job: id,
+                            node: n.node.clone(),
+                            victims: n.victims.clone(),
+                        });
+                        state.nominations.insert(id, n);
+                    }
+                }
+                plan.wait(job, reason);
+            }
+        }
+    }
+    plan
+}
+
+/// Allocates every part of a placement in the cluster, or none.
+fn allocate(cluster: &mut Cluster, id: JobId, parts: &[Placement]) -> bool {
+    for (k, p) in parts.iter().enumerate() {
+        if let Err(e) = cluster.allocate(id, p) {
+            // The plan was made against this very cluster; refusing it means a bug.
+            error!(job = %id, error = %e, "placement refused by the cluster model");
+            for done in &parts[..k] {
+                cluster.release(id, done.node.as_str());
+            }
+            return false;
+        }
+    }
+    true
+}
+
+/// The cheapest preemption that makes room for `job`, if any.
+fn preemption(
+    job: &Job,
+    request: &Request,
+    snapshot: &Snapshot<'_>,
+    state: &CycleState<'_>,
+    taken: &HashSet<JobId>,
+) -> Option<Nomination> {
+    let priority = job.spec.priority;
+    let candidates = preemption_candidates(snapshot, taken);
+    if !candidates.iter().any(|c| c.preemptible && c.priority < priority) {
+        return None;
+    }
+    // A node another preemptor is emptying is not ours to take.
+    let plan = preempt::plan(
+        state.cluster,
+        request,
+        priority,
+        &candidates,
+        state.placer.profile(),
+        |node| state.nominations.taken_by_other(node.name(), job.id),
+    )?;
+    tracing::info!(
+        job = %job.id,
+        node = %plan.node,
+        victims = plan.victims.len(),
+        cost_gpu_s = plan.cost / 1_000_000_000,
+        "preempting to make room"
+    );
+    Some(Nomination {
+        node: plan.node,
+        priority,
+        victims: plan.victims,
+    })
+}
+
+/// The running jobs preemption may consider, with their cost: GPU share ×
+/// milliseconds since their last checkpoint. Jobs being stopped for a
+/// preemptor already (or chosen in this pass) are not among them.
+pub fn preemption_candidates(snapshot: &Snapshot<'_>, taken: &HashSet<JobId>) -> Vec<Candidate> {
+    let now = snapshot.now;
+    snapshot
+        .jobs
+        .values()
+        .filter(|j| j.state == JobState::Running && j.preempted_by.is_none() && !taken.contains(&j.id))
+        .map(|j| {
+            let ran = j.started_at.map(|s| now.since(s)).unwrap_or_default();
+            let guard = j.spec.min_runtime.unwrap_or_default().max(snapshot.min_runtime);
+            let lost = match j.spec.checkpoint_interval {
+                Some(every) if every.0 > 0 => ran.0 % every.0,
+                _ => ran.0,
+            };
+            let share: u64 = j
+                .placements
+                .iter()
+                .flat_map(|p| p.devices.iter())
+                .map(|d| (d.share.numerator() * MICRO as u64).div_ceil(d.share.denominator()))
+                .sum();
+            Candidate {
+                job: j.id,
+                priority: j.spec.priority,
+                preemptible: j.spec.preemptible,
+                protected: ran < guard,
+                cost: lost.saturating_mul(share.max(1)),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,403 @@
+//! The pass without an engine: hand-built snapshots in, plans out.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::num::NonZeroU32;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::domain::{GpuRequest, JobState, MiB, MilliCpu, Millis, TenantName, UnixMillis};
+use crate::engine::model::QuotaStanding;
+use crate::placement::{Gpu, NodeInventory, Policy, Profile};
+
+fn cluster(nodes: &[(&str, u32)]) -> Cluster {
+    let mut c = Cluster::new();
+    for (name, gpus) in nodes {
+        c.upsert_node(NodeInventory {
+            name: name.parse().unwrap(),
+            labels: BTreeMap::new(),
+            cpu: MilliCpu(64_000),
+            memory: MiB(512 * 1024),
+            gpus: (0..*gpus)
+                .map(|i| Gpu::whole(i, format!("GPU-{name}-{i}"), "H100-80GB", MiB(80 * 1024)))
+                .collect(),
+        });
+    }
+    c
+}
+
+fn tenant(t: &str) -> TenantName {
+    t.parse().unwrap()
+}
+
+/// A pending job of `t` asking for `gpus` whole GPUs.
+fn pending(t: &str, gpus: u32, priority: i32, submitted: u64) -> Job {
+    let mut j = Job::for_tests(JobId::new_v7());
+    j.state = JobState::Pending;
+    j.spec.tenant = tenant(t);
+    j.spec.priority = priority;
+    j.spec.resources.gpu = NonZeroU32::new(gpus).map_or(GpuRequest::None, GpuRequest::Whole);
+    j.submitted_at = UnixMillis(submitted);
+    j
+}
+
+/// What the engine holds: its jobs, queue, cluster mirror, placer, quota
+/// book and nominations.
+struct World {
+    jobs: HashMap<JobId, Job>,
+    queue: Queue,
+    cluster: Cluster,
+    placer: Placer,
+    quota: QuotaBook,
+    nominations: Nominations,
+    budget_holds: HashMap<TenantName, String>,
+    quota_bound: HashSet<TenantName>,
+    now: UnixMillis,
+}
+
+impl World {
+    fn new(nodes: &[(&str, u32)]) -> World {
+        World {
+            jobs: HashMap::new(),
+            queue: Queue::default(),
+            cluster: cluster(nodes),
+            placer: Placer::new(Profile::new(Policy::FirstFit, 0)),
+            quota: QuotaBook::default(),
+            nominations: Nominations::default(),
+            budget_holds: HashMap::new(),
+            quota_bound: HashSet::new(),
+            now: UnixMillis(1_000_000),
+        }
+    }
+
+    fn submit(&mut self, job: Job) -> JobId {
+        let id = job.id;
+        self.queue.push(&job);
+        self.jobs.insert(id, job);
+        id
+    }
+
+    /// A running job, placed on the cluster by the placer.
+    fn running(&mut self, t: &str, gpus: u32, priority: i32, preemptible: bool) -> JobId {
+        let mut job = pending(t, gpus, priority, 0);
+        job.state = JobState::Running;
+        job.spec.preemptible = preemptible;
+        job.started_at = Some(UnixMillis(0));
+        let parts = self
+            .placer
+            .place_job(&self.cluster, &Request::of(&job.spec), |_, _| None)
+            .expect("room for it");
+        for p in &parts {
+            self.cluster.allocate(job.id, p).unwrap();
+        }
+        job.placements = parts;
+        let id = job.id;
+        self.jobs.insert(id, job);
+        id
+    }
+
+    fn plan(&mut self) -> Plan {
+        let snapshot = Snapshot {
+            now: self.now,
+            jobs: &self.jobs,
+            queue: &self.queue,
+            min_runtime: Millis(0),
+            budget_holds: self.budget_holds.clone(),
+            quota_bound: self.quota_bound.clone(),
+            can_ask: true,
+        };
+        let mut state = CycleState {
+            cluster: &mut self.cluster,
+            placer: &mut self.placer,
+            quota: &mut self.quota,
+            nominations: &mut self.nominations,
+        };
+        plan(&snapshot, &mut state)
+    }
+}
+
+fn placed(plan: &Plan) -> Vec<JobId> {
+    plan.decisions
+        .iter()
+        .filter_map(|d| match d {
+            Decision::Place { job, .. } => Some(*job),
+            _ => None,
+        })
+        .collect()
+}
+
+fn reason_of(plan: &Plan, id: JobId) -> Option<&str> {
+    plan.decisions.iter().find_map(|d| match d {
+        Decision::Wait { job, reason } if *job == id => Some(reason.as_str()),
+        _ => None,
+    })
+}
+
+#[test]
+fn the_queue_goes_in_priority_order_and_a_job_that_does_not_fit_stops_nobody() {
+    let mut w = World::new(&[("n1", 4)]);
+    let big = w.submit(pending("a", 3, 0, 1));
+    let urgent = w.submit(pending("a", 2, 9, 2));
+    let small = w.submit(pending("a", 1, 0, 3));
+    let too_big = w.submit(pending("a", 8, 0, 4));
+    let plan = w.plan();
+    // urgent first (priority), then big does not fit beside it, small does.
+    assert_eq!(placed(&plan), vec![urgent, small]);
+    assert!(
+        reason_of(&plan, big).is_some_and(|r| r.contains("now")),
+        "{plan:?}"
+    );
+    assert!(
+        reason_of(&plan, too_big).is_some_and(|r| r.contains("at all")),
+        "{plan:?}"
+    );
+    // The mirror holds what was placed: a second pass over the same queue
+    // places nothing more, and the reasons it gives are unchanged, so it
+    // says nothing about them.
+    assert_eq!(w.cluster.nodes()[0].free_whole, 1);
+    for id in [big, too_big] {
+        let reason = reason_of(&plan, id).unwrap().to_string();
+        w.jobs.get_mut(&id).unwrap().reason = reason;
+    }
+    for id in [urgent, small] {
+        w.queue.remove(&id);
+    }
+    let again = w.plan();
+    assert!(again.decisions.is_empty(), "{again:?}");
+}
+
+#[test]
+fn the_same_snapshot_gives_the_same_plan() {
+    let build = || {
+        let mut w = World::new(&[("n1", 4), ("n2", 2)]);
+        let ids: Vec<JobId> = (0..12)
+            .map(|k| w.submit(pending("a", 1 + k % 3, (k % 2) as i32, u64::from(k))))
+            .collect();
+        (w, ids)
+    };
+    let (mut a, ids) = build();
+    let (mut b, _) = build();
+    // Same jobs under the same ids.
+    b.jobs = a.jobs.clone();
+    b.queue = Queue::default();
+    for id in &ids {
+        b.queue.push(&a.jobs[id]);
+    }
+    assert_eq!(a.plan().decisions, b.plan().decisions);
+}
+
+#[test]
+fn a_spent_budget_holds_its_tenant_and_no_one_else() {
+    let mut w = World::new(&[("n1", 4)]);
+    let held = w.submit(pending("spent", 1, 5, 1));
+    let other = w.submit(pending("fine", 1, 0, 2));
+    w.budget_holds
+        .insert(tenant("spent"), "has spent its budget".into());
+    let plan = w.plan();
+    assert_eq!(placed(&plan), vec![other]);
+    assert_eq!(
+        reason_of(&plan, held),
+        Some("held: tenant spent has spent its budget")
+    );
+}
+
+#[test]
+fn a_quota_tenant_is_asked_each_ask_counting_those_before_it() {
+    let mut w = World::new(&[("n1", 4)]);
+    let first = w.submit(pending("q", 1, 0, 1));
+    let second = w.submit(pending("q", 1, 0, 2));
+    let free = w.submit(pending("free", 1, 0, 3));
+    w.quota_bound.insert(tenant("q"));
+    let plan = w.plan();
+    assert_eq!(placed(&plan), vec![free], "the other tenant does not wait");
+    let asks: Vec<&QuotaAsk> = plan
+        .decisions
+        .iter()
+        .filter_map(|d| match d {
+            Decision::Ask(a) => Some(a),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(asks.len(), 2);
+    assert_eq!((asks[0].job, asks[0].assumed.clone()), (first, vec![]));
+    assert_eq!((asks[1].job, asks[1].assumed.clone()), (second, vec![first]));
+    assert_eq!(w.quota.standing(first, w.now), QuotaStanding::Asking);
+    // Asked and not answered: the next pass waits, and asks nothing again.
+    let plan = w.plan();
+    assert!(placed(&plan).is_empty());
+    assert!(
+        plan.decisions.iter().all(|d| !matches!(d, Decision::Ask(_))),
+        "{plan:?}"
+    );
+    assert_eq!(
+        reason_of(&plan, first),
+        Some("waiting for the quota plugin's answer")
+    );
+}
+
+#[test]
+fn a_preemptor_nominates_a_node_reserves_it_and_no_victim_is_taken_twice() {
+    let mut w = World::new(&[("n1", 2), ("n2", 2)]);
+    let low1 = w.running("a", 2, 0, true);
+    let low2 = w.running("a", 2, 0, true);
+    let high = w.submit(pending("b", 2, 10, 1));
+    let also_high = w.submit(pending("c", 2, 10, 2));
+    let plan = w.plan();
+    let preempts: Vec<(JobId, Vec<JobId>)> = plan
+        .decisions
+        .iter()
+        .filter_map(|d| match d {
+            Decision::Preempt { job, victims, .. } => Some((*job, victims.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(preempts.len(), 2, "{plan:?}");
+    assert_eq!(preempts[0].0, high);
+    assert_eq!(preempts[1].0, also_high);
+    let mut all: Vec<JobId> = preempts.iter().flat_map(|(_, v)| v.clone()).collect();
+    all.sort();
+    let mut expected = vec![low1, low2];
+    expected.sort();
+    assert_eq!(all, expected, "each victim is taken once");
+    let n_high = w.nominations.get(&high).unwrap().node.clone();
+    let n_also = w.nominations.get(&also_high).unwrap().node.clone();
+    assert_ne!(
+        n_high, n_also,
+        "a node another preemptor is emptying is not taken"
+    );
+    assert!(reason_of(&plan, high).is_some_and(|r| r.starts_with("preempting 1 job on")));
+
+    // The victims stop: high's node is free, and reserved for it against an
+    // equal-priority job that comes first in the queue.
+    let low_on_high = w.nominations.get(&high).unwrap().victims[0];
+    for p in w.jobs[&low_on_high].placements.clone() {
+        w.cluster.release(low_on_high, p.node.as_str());
+    }
+    w.jobs.remove(&low_on_high);
+    w.nominations.victim_gone(&high, low_on_high);
+    let sneaky = w.submit(pending("d", 2, 10, 0));
+    let plan = w.plan();
+    assert_eq!(placed(&plan), vec![high], "{plan:?}");
+    assert!(
+        w.nominations.get(&high).is_none(),
+        "placed: its nomination is gone"
+    );
+    assert!(reason_of(&plan, sneaky).is_some(), "{plan:?}");
+    assert!(
+        reason_of(&plan, also_high).is_some_and(|r| r.starts_with("waiting for 1 preempted job to stop")),
+        "{plan:?}"
+    );
+}
+
+#[test]
+fn no_victim_is_chosen_for_a_job_that_does_not_outrank_it() {
+    let mut w = World::new(&[("n1", 2)]);
+    w.running("a", 2, 5, true);
+    let same = w.submit(pending("b", 2, 5, 1));
+    let plan = w.plan();
+    assert!(
+        plan.decisions
+            .iter()
+            .all(|d| !matches!(d, Decision::Preempt { .. })),
+        "{plan:?}"
+    );
+    assert!(reason_of(&plan, same).is_some());
+}
+
+#[test]
+fn a_gate_that_denies_fails_the_job_and_the_pass_goes_on() {
+    struct DenyTenant(TenantName);
+    impl Gate for DenyTenant {
+        fn check(&self, job: &Job, _: &Snapshot<'_>, _: &mut CycleState<'_>) -> Verdict {
+            if job.spec.tenant == self.0 {
+                Verdict::Deny("no".into())
+            } else {
+                Verdict::Go
+            }
+        }
+    }
+    struct Newest;
+    impl QueueOrder for Newest {
+        fn order(&self, s: &Snapshot<'_>) -> Vec<JobId> {
+            let mut ids: Vec<JobId> = s.queue.iter().collect();
+            ids.sort_by_key(|id| std::cmp::Reverse(s.jobs[id].submitted_at));
+            ids
+        }
+    }
+    let mut w = World::new(&[("n1", 1)]);
+    let older = w.submit(pending("a", 1, 0, 1));
+    let denied = w.submit(pending("x", 1, 0, 2));
+    let newer = w.submit(pending("a", 1, 0, 3));
+    let snapshot = Snapshot {
+        now: w.now,
+        jobs: &w.jobs,
+        queue: &w.queue,
+        min_runtime: Millis(0),
+        budget_holds: HashMap::new(),
+        quota_bound: HashSet::new(),
+        can_ask: true,
+    };
+    let mut state = CycleState {
+        cluster: &mut w.cluster,
+        placer: &mut w.placer,
+        quota: &mut w.quota,
+        nominations: &mut w.nominations,
+    };
+    let plan = plan_with(&Newest, &[&DenyTenant(tenant("x"))], &snapshot, &mut state);
+    assert_eq!(
+        plan.decisions[..2],
+        [
+            Decision::Place {
+                job: newer,
+                parts: match &plan.decisions[0] {
+                    Decision::Place { parts, .. } => parts.clone(),
+                    other => panic!("{other:?}"),
+                }
+            },
+            Decision::Deny {
+                job: denied,
+                reason: "no".into()
+            },
+        ],
+        "the order decides who gets the one GPU, and a deny does not stop the pass"
+    );
+    assert!(reason_of(&plan, older).is_some());
+}
+
+proptest! {
+    /// Whatever is queued, a plan never places more than the cluster holds,
+    /// places each job at most once, decides only about queued jobs, and
+    /// leaves the mirror holding exactly what it placed.
+    #[test]
+    fn a_plan_stays_within_the_cluster(
+        jobs in proptest::collection::vec((0u32..5, -2i32..3, 0u8..3), 0..40),
+        nodes in proptest::collection::vec(1u32..9, 1..5),
+    ) {
+        let names: Vec<String> = (0..nodes.len()).map(|i| format!("n{i}")).collect();
+        let spec: Vec<(&str, u32)> = names.iter().map(String::as_str).zip(nodes.iter().copied()).collect();
+        let mut w = World::new(&spec);
+        let capacity: u32 = nodes.iter().sum();
+        let mut queued = HashSet::new();
+        for (k, (gpus, priority, t)) in jobs.iter().enumerate() {
+            queued.insert(w.submit(pending(&format!("t{t}"), *gpus, *priority, k as u64)));
+        }
+        let plan = w.plan();
+        let mut seen = HashSet::new();
+        let mut gpus_placed = 0;
+        for d in &plan.decisions {
+            let id = match d {
+                Decision::Place { job, parts } => {
+                    prop_assert!(seen.insert(*job), "placed twice");
+                    gpus_placed += parts.iter().map(|p| p.devices.len() as u32).sum::<u32>();
+                    *job
+                }
+                Decision::Wait { job, .. } | Decision::Deny { job, .. } | Decision::Preempt { job, .. } => *job,
+                Decision::Ask(a) => a.job,
+            };
+            prop_assert!(queued.contains(&id));
+        }
+        prop_assert!(gpus_placed <= capacity);
+        let free: u32 = w.cluster.nodes().iter().map(|n| n.free_whole).sum();
+        prop_assert_eq!(free + gpus_placed, capacity);
+    }
+}
