@@ -513,6 +513,39 @@ async fn stops_wait_at_most_the_grace_limit_and_a_forced_cancel_kills_now() {
 /// Regression (issue 11, defect 5): a node whose agent is connected and
 /// alive cannot be registered a second time; a connection that has gone
 /// silent is a dead one, and a new registration replaces it.
+/// Regression (issue 13, a small defect): a budget write that failed was
+/// answered with an error while the engine went on, although a failed
+/// ledger write stops the engine everywhere else (a job, a drain).
+#[tokio::test]
+async fn a_budget_that_cannot_be_written_stops_the_engine_and_records_nothing() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(dir.path()).unwrap();
+    let clock = ManualClock::new(UnixMillis(1_000_000));
+    let (engine, task) = start(ledger.clone(), Arc::new(clock), config()).unwrap();
+    let tenant: TenantName = "t1".parse().unwrap();
+    let budget = crate::accounting::budget::Budget {
+        tenant: tenant.clone(),
+        currency: crate::domain::money::Currency::USD,
+        spend_limit_minor: Some(100),
+        gpu_time_limit: None,
+    };
+    ledger.fail_writes.store(true, Ordering::Relaxed);
+    assert!(engine.set_budget(tenant.clone(), Some(budget)).await.is_err());
+    let ended = tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("the engine stops")
+        .unwrap();
+    let err = ended.expect_err("it stops on the failed write");
+    assert!(err.to_string().contains("injected write failure"), "{err:#}");
+    assert!(
+        engine.submit(spec(1)).await.is_err(),
+        "nothing is served after it"
+    );
+    ledger.fail_writes.store(false, Ordering::Relaxed);
+    assert!(ledger.budgets().unwrap().is_empty(), "and nothing was recorded");
+}
+
 #[tokio::test]
 async fn a_second_agent_for_a_live_node_is_refused() {
     let h = harness().await;

@@ -16,6 +16,7 @@ impl Ledger {
     /// the key is recorded in the same transaction, so a retried request
     /// finds the job whenever the job exists.
     pub fn put_job_for(&self, job: &Job, leases: &[&Lease], request: Option<&RequestRecord>) -> Result<()> {
+        self.injected_fault()?;
         struct Write {
             id: LeaseId,
             bytes: Vec<u8>,

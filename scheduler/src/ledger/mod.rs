@@ -161,6 +161,10 @@ pub struct Ledger {
     /// Roll-up seeks of one tenant's reports, for tests of their cost.
     #[cfg(test)]
     pub(crate) seeks: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Fault injection for tests: while set, job and budget writes fail as
+    /// a full or broken disk would make them fail.
+    #[cfg(test)]
+    pub(crate) fail_writes: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The plugin files' directory, under the data dir.
@@ -294,6 +298,8 @@ impl Ledger {
             db,
             #[cfg(test)]
             seeks: Default::default(),
+            #[cfg(test)]
+            fail_writes: Default::default(),
         };
         if ledger.meta.get(ROLLUPS_KEY)?.as_deref() != Some(ROLLUPS_VERSION.as_bytes()) {
             ledger.rebuild_rollups()?;
@@ -310,6 +316,18 @@ impl Ledger {
             );
         }
         Ok(ledger)
+    }
+
+    /// A write refused by the tests' fault injection (nothing outside tests).
+    #[inline]
+    pub(crate) fn injected_fault(&self) -> Result<()> {
+        #[cfg(test)]
+        if self.fail_writes.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(LedgerError::Sled(sled::Error::Io(std::io::Error::other(
+                "injected write failure",
+            ))));
+        }
+        Ok(())
     }
 
     /// Makes every write so far durable.

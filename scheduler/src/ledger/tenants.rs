@@ -66,11 +66,13 @@ impl Ledger {
     // --- budgets --------------------------------------------------------------
 
     pub fn put_budget(&self, b: &Budget) -> Result<()> {
+        self.injected_fault()?;
         self.budgets.insert(b.tenant.as_str(), encode(b))?;
         Ok(())
     }
 
     pub fn remove_budget(&self, tenant: &TenantName) -> Result<()> {
+        self.injected_fault()?;
         self.budgets.remove(tenant.as_str())?;
         Ok(())
     }

@@ -403,7 +403,16 @@ impl Engine {
                         };
                         Ok(())
                     }
-                    Err(e) => Err(EngineError::Internal(e.to_string())),
+                    Err(e) => {
+                        // As with a job or a drain: a write that failed
+                        // means the ledger cannot be trusted to hold what
+                        // comes next, so the engine stops (the caller's
+                        // reply never comes; its call fails as unavailable).
+                        let msg = format!("cannot record the budget of tenant {tenant}: {e}");
+                        error!(%tenant, error = %e, "budget write failed");
+                        self.failed.get_or_insert(e);
+                        Err(EngineError::Internal(msg))
+                    }
                 };
                 self.effects.push(reply(tx, r));
             }
