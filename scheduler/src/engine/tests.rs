@@ -546,6 +546,38 @@ async fn a_budget_that_cannot_be_written_stops_the_engine_and_records_nothing() 
     assert!(ledger.budgets().unwrap().is_empty(), "and nothing was recorded");
 }
 
+/// Regression (issue 13, a small defect): a log read sent its order to the
+/// agent at once, outside the effect queue, so a read of a job placed in the
+/// turn before (its launch waiting for the flush) reached the agent before
+/// the launch did.
+#[tokio::test]
+async fn a_log_read_reaches_the_agent_after_the_launch_it_follows() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(dir.path()).unwrap();
+    let clock = ManualClock::new(UnixMillis(1_000_000));
+    let (engine, _task) = start(ledger.clone(), Arc::new(clock.clone()), config()).unwrap();
+    let h = Harness { engine, clock, dir };
+    let job = h.engine.submit(spec(1)).await.unwrap();
+    // A slow disk: the placement's flush takes a while, and the read comes
+    // in while it is on its way.
+    ledger
+        .flush_delay_ms
+        .store(300, std::sync::atomic::Ordering::Relaxed);
+    let engine = h.engine.clone();
+    let read = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        engine.read_logs(job.id, None, 0, 100).await
+    });
+    let mut agent = FakeAgent::connect(&h, 1, "n1", vec![], vec![]).await;
+    let launch = agent.expect_launch().await;
+    assert_eq!(launch.job, job.id);
+    match agent.next().await {
+        AgentOrder::ReadLog { job: j, .. } => assert_eq!(j, job.id),
+        other => panic!("expected the log read after the launch, got {other:?}"),
+    }
+    read.abort();
+}
+
 #[tokio::test]
 async fn a_second_agent_for_a_live_node_is_refused() {
     let h = harness().await;

@@ -165,6 +165,10 @@ pub struct Ledger {
     /// a full or broken disk would make them fail.
     #[cfg(test)]
     pub(crate) fail_writes: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Fault injection for tests: each flush takes this many more
+    /// milliseconds, as on a slow disk.
+    #[cfg(test)]
+    pub(crate) flush_delay_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The plugin files' directory, under the data dir.
@@ -300,6 +304,8 @@ impl Ledger {
             seeks: Default::default(),
             #[cfg(test)]
             fail_writes: Default::default(),
+            #[cfg(test)]
+            flush_delay_ms: Default::default(),
         };
         if ledger.meta.get(ROLLUPS_KEY)?.as_deref() != Some(ROLLUPS_VERSION.as_bytes()) {
             ledger.rebuild_rollups()?;
@@ -332,6 +338,13 @@ impl Ledger {
 
     /// Makes every write so far durable.
     pub async fn flush(&self) -> Result<()> {
+        #[cfg(test)]
+        {
+            let delay = self.flush_delay_ms.load(std::sync::atomic::Ordering::Relaxed);
+            if delay > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+            }
+        }
         self.db.flush_async().await?;
         Ok(())
     }

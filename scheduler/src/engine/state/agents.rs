@@ -262,7 +262,8 @@ impl Engine {
             .collect();
         for k in waiting {
             if let Some((_, _, tx)) = self.pending_logs.remove(&k) {
-                let _ = tx.send(Err(EngineError::Unavailable(format!("node {node} disconnected"))));
+                let e = EngineError::Unavailable(format!("node {node} disconnected"));
+                self.effects.push(reply(tx, Err(e)));
             }
         }
         warn!(%node, why, grace = %self.config.node_lost_grace, "node down");
@@ -509,41 +510,42 @@ impl Engine {
         limit: u32,
         tx: oneshot::Sender<EngineResult<LogSlice>>,
     ) {
+        // Replies and the order go out as effects, after this turn (and
+        // every turn before it) is durable: the agent hears of the read after
+        // the launch of a job placed a turn ago, never before.
         let job = match self.job_snapshot(id) {
             Ok(j) => j,
-            Err(e) => {
-                let _ = tx.send(Err(e));
-                return;
-            }
+            Err(e) => return self.effects.push(reply(tx, Err(e))),
         };
         if let Some(n) = &node
             && !job.runs_on(n)
         {
-            let _ = tx.send(Err(EngineError::FailedPrecondition(format!(
-                "job {id} does not run on node {n}"
-            ))));
-            return;
+            let e = EngineError::FailedPrecondition(format!("job {id} does not run on node {n}"));
+            return self.effects.push(reply(tx, Err(e)));
         }
         let Some(node) = node.or_else(|| job.nodes().next().cloned()) else {
-            let _ = tx.send(Err(EngineError::FailedPrecondition(format!(
+            let e = EngineError::FailedPrecondition(format!(
                 "job {id} has not been placed on a node yet: no output"
-            ))));
-            return;
+            ));
+            return self.effects.push(reply(tx, Err(e)));
         };
-        let Some(link) = self.agents.get(&node) else {
-            let _ = tx.send(Err(EngineError::Unavailable(format!(
+        if !self.agents.contains_key(&node) {
+            let e = EngineError::Unavailable(format!(
                 "node {node}, which holds the output of job {id}, is not connected"
-            ))));
-            return;
-        };
+            ));
+            return self.effects.push(reply(tx, Err(e)));
+        }
         let request_id = self.next_request;
         self.next_request += 1;
-        let _ = link.orders.send(AgentOrder::ReadLog {
-            request_id,
-            job: id,
-            offset,
-            limit,
-        });
+        self.effects.push(Effect::Order(
+            node.clone(),
+            AgentOrder::ReadLog {
+                request_id,
+                job: id,
+                offset,
+                limit,
+            },
+        ));
         self.pending_logs.insert(request_id, (id, node, tx));
     }
 
