@@ -290,6 +290,14 @@ pub(crate) enum Command {
         limit: u32,
         reply: oneshot::Sender<EngineResult<LogSlice>>,
     },
+    /// Answered once every command sent before it is handled, the turn's
+    /// tick and placement pass have run, and what they made is durable and
+    /// told: tests run the engine until it is quiet with it, instead of
+    /// polling.
+    #[cfg(test)]
+    Settle {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// A cheap, cloneable way to talk to the engine.
@@ -319,6 +327,15 @@ impl EngineHandle {
         let (tx, rx) = oneshot::channel();
         self.tx.send(make(tx)).await.map_err(|_| gone())?;
         rx.await.map_err(|_| gone())
+    }
+
+    /// Returns once the engine has handled everything sent before, run
+    /// its tick and pass, and told what they made (see `Command::Settle`).
+    #[cfg(test)]
+    pub(crate) async fn settle(&self) {
+        self.ask(|reply| Command::Settle { reply })
+            .await
+            .expect("the engine runs");
     }
 
     /// Queues a validated job. Returns it once durable.

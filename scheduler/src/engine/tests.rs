@@ -164,18 +164,17 @@ async fn job(h: &Harness, id: JobId) -> Job {
     h.engine.ledger().get_job(&id).unwrap().unwrap()
 }
 
-async fn until(h: &Harness, id: JobId, f: impl Fn(&Job) -> bool) -> Job {
-    for _ in 0..2000 {
-        let j = job(h, id).await;
-        if f(&j) {
-            return j;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    panic!(
-        "job {id} never reached the expected state: {:?}",
-        job(h, id).await
+/// Runs the engine until what the test sent is handled, passed over and
+/// told (no sleeps, no polling), and returns the job, which must then
+/// satisfy `f`.
+async fn settled(h: &Harness, id: JobId, f: impl Fn(&Job) -> bool) -> Job {
+    h.engine.settle().await;
+    let j = job(h, id).await;
+    assert!(
+        f(&j),
+        "job {id} is not as expected once the engine is quiet: {j:?}"
     );
+    j
 }
 
 fn exit(job: JobId, attempt: u32, code: i32) -> JobExit {
@@ -227,14 +226,14 @@ async fn a_resent_exit_report_changes_nothing() {
             },
         )
         .await;
-    until(&h, j.id, |j| j.state == JobState::Running).await;
+    settled(&h, j.id, |j| j.state == JobState::Running).await;
     h.clock.advance(Millis(2500));
     agent.send(&h, AgentEvent::Exited(exit(j.id, 1, 0))).await;
     assert!(matches!(
         agent.next().await,
         AgentOrder::AckExit { attempt: 1, .. }
     ));
-    let done = until(&h, j.id, |j| j.state == JobState::Succeeded).await;
+    let done = settled(&h, j.id, |j| j.state == JobState::Succeeded).await;
     let leases = h.engine.ledger().leases_of(&j.id).unwrap();
     assert_eq!(leases[0].started_at, Some(UnixMillis(1_000_100)));
     assert_eq!(leases[0].ended_at, Some(UnixMillis(1_002_600)));
@@ -276,7 +275,7 @@ async fn a_node_that_stays_away_loses_its_jobs_after_the_grace_period() {
             },
         )
         .await;
-    until(&h, j.id, |j| j.state == JobState::Running).await;
+    settled(&h, j.id, |j| j.state == JobState::Running).await;
     h.clock.advance(Millis(1000));
     agent
         .send(
@@ -289,7 +288,7 @@ async fn a_node_that_stays_away_loses_its_jobs_after_the_grace_period() {
         )
         .await;
     let last_heartbeat = h.clock.now();
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    h.engine.settle().await;
     h.engine.agent_disconnected(agent.conn, agent.node.clone()).await;
     // Commands are handled in order: once this answers, the node is down.
     let nodes = h.engine.list_nodes().await.unwrap();
@@ -297,11 +296,11 @@ async fn a_node_that_stays_away_loses_its_jobs_after_the_grace_period() {
 
     // Within the grace period nothing happens.
     h.clock.advance(Millis(GRACE.0 - 1000));
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    h.engine.settle().await;
     assert_eq!(job(&h, j.id).await.state, JobState::Running);
     // After it, the job is lost and its lease closed at the last heartbeat.
     h.clock.advance(Millis(2000));
-    let lost = until(&h, j.id, |j| j.state == JobState::NodeLost).await;
+    let lost = settled(&h, j.id, |j| j.state == JobState::NodeLost).await;
     assert!(lost.reason.contains("did not come back"), "{}", lost.reason);
     let lease = &h.engine.ledger().leases_of(&j.id).unwrap()[0];
     assert_eq!(lease.end_reason, Some(EndReason::NodeLost));
@@ -324,18 +323,18 @@ async fn a_reconnecting_agent_keeps_its_running_jobs_and_their_devices() {
             },
         )
         .await;
-    until(&h, j.id, |j| j.state == JobState::Running).await;
+    settled(&h, j.id, |j| j.state == JobState::Running).await;
     h.engine.agent_disconnected(agent.conn, agent.node.clone()).await;
     h.engine.list_nodes().await.unwrap();
     h.clock.advance(Millis(5000));
     let mut agent = FakeAgent::connect(&h, 2, "n1", vec![(j.id, 1)], vec![]).await;
     // The node's two GPUs are still held: a new job waits.
     let other = h.engine.submit(spec(1)).await.unwrap();
-    let pending = until(&h, other.id, |j| j.reason.contains("no node")).await;
+    let pending = settled(&h, other.id, |j| j.reason.contains("no node")).await;
     assert_eq!(pending.state, JobState::Pending);
     // Well past the grace period the job still runs.
     h.clock.advance(Millis(GRACE.0 * 2));
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    h.engine.settle().await;
     assert_eq!(job(&h, j.id).await.state, JobState::Running);
     // When it ends, the waiting job gets the GPU.
     agent.send(&h, AgentEvent::Exited(exit(j.id, 1, 0))).await;
@@ -389,7 +388,7 @@ async fn a_restarted_engine_reconciles_running_jobs_with_their_agent() {
                 },
             )
             .await;
-        until(&h, id, |j| j.state == JobState::Running).await;
+        settled(&h, id, |j| j.state == JobState::Running).await;
     }
     // A new engine on the same ledger (the old one's task keeps its handle;
     // sled allows one opener per process, so reuse the files by cloning the db).
@@ -400,9 +399,9 @@ async fn a_restarted_engine_reconciles_running_jobs_with_their_agent() {
     let h = Harness { engine, clock, dir };
     // Only `a` still runs on the node; `b` died with the agent.
     let _agent = FakeAgent::connect(&h, 3, "n1", vec![(a.id, 1)], vec![]).await;
-    let lost = until(&h, b.id, |j| j.state.is_final()).await;
+    let lost = settled(&h, b.id, |j| j.state.is_final()).await;
     assert_eq!(lost.state, JobState::NodeLost);
-    tokio::time::sleep(Duration::from_millis(30)).await;
+    h.engine.settle().await;
     assert_eq!(job(&h, a.id).await.state, JobState::Running);
 }
 
@@ -441,7 +440,7 @@ async fn cancelling_a_placed_job_orders_a_stop_with_its_grace() {
             }),
         )
         .await;
-    let done = until(&h, j.id, |j| j.state.is_final()).await;
+    let done = settled(&h, j.id, |j| j.state.is_final()).await;
     assert_eq!(done.state, JobState::Cancelled);
     assert_eq!(done.signal, Some(15));
     // A never-started lease is released, not billed as cancelled work.
@@ -505,7 +504,7 @@ async fn stops_wait_at_most_the_grace_limit_and_a_forced_cancel_kills_now() {
             }),
         )
         .await;
-    let done = until(&h, j.id, |j| j.state.is_final()).await;
+    let done = settled(&h, j.id, |j| j.state.is_final()).await;
     assert_eq!(done.state, JobState::Cancelled);
     assert_eq!(done.reason, "cancelled: stuck");
 }
@@ -709,10 +708,10 @@ async fn a_drain_outlives_a_disconnect_and_shows_under_down() {
     // Back again, still drained: a job waits.
     let _agent = FakeAgent::connect(&h, 2, "n1", vec![], vec![]).await;
     let j = h.engine.submit(spec(1)).await.unwrap();
-    let pending = until(&h, j.id, |j| j.reason.contains("drained")).await;
+    let pending = settled(&h, j.id, |j| j.reason.contains("drained")).await;
     assert_eq!(pending.state, JobState::Pending);
     h.engine.drain("n1".parse().unwrap(), None).await.unwrap();
-    until(&h, j.id, |j| j.state == JobState::Starting).await;
+    settled(&h, j.id, |j| j.state == JobState::Starting).await;
 }
 
 fn preemptible(gpus: u32, priority: i32) -> JobSpec {
@@ -737,7 +736,7 @@ async fn start_all(h: &Harness, agent: &mut FakeAgent, n: usize) -> Vec<JobId> {
                 },
             )
             .await;
-        until(h, l.job, |j| j.state == JobState::Running).await;
+        settled(h, l.job, |j| j.state == JobState::Running).await;
         ids.push(l.job);
     }
     ids
@@ -775,7 +774,7 @@ async fn preemption_stops_victims_requeues_them_and_places_the_preemptor() {
         other => panic!("expected a preemption stop, got {other:?}"),
     };
     assert_eq!(victim, b.id);
-    let waiting = until(&h, high.id, |j| j.reason.contains("preempting")).await;
+    let waiting = settled(&h, high.id, |j| j.reason.contains("preempting")).await;
     assert_eq!(waiting.state, JobState::Pending);
     agent
         .send(
@@ -795,7 +794,7 @@ async fn preemption_stops_victims_requeues_them_and_places_the_preemptor() {
     assert!(matches!(agent.next().await, AgentOrder::AckExit { .. }));
     // The preemptor gets the GPU, not the low-priority job queued before it.
     assert_eq!(agent.expect_launch().await.job, high.id);
-    let requeued = until(&h, victim, |j| j.state == JobState::Pending).await;
+    let requeued = settled(&h, victim, |j| j.state == JobState::Pending).await;
     assert_eq!(requeued.attempt, 2);
     let leases = h.engine.ledger().leases_of(&victim).unwrap();
     assert_eq!(leases[0].end_reason, Some(EndReason::Preempted));
@@ -833,10 +832,10 @@ async fn jobs_inside_their_minimum_runtime_are_not_preempted() {
         })
         .await
         .unwrap();
-    let pending = until(&h, high.id, |j| j.reason.contains("no node")).await;
+    let pending = settled(&h, high.id, |j| j.reason.contains("no node")).await;
     assert!(!pending.reason.contains("preempting"));
     // Not a single stop order went out.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    h.engine.settle().await;
     assert!(agent.orders.try_recv().is_err());
     // Once the guard has passed, preemption proceeds on its own: time alone
     // triggers a placement pass.
@@ -899,7 +898,7 @@ async fn a_preemption_in_flight_survives_a_controller_restart() {
         )
         .await;
     // It is requeued, not failed, and the preemptor runs.
-    let requeued = until(&h, victim, |j| j.state == JobState::Pending).await;
+    let requeued = settled(&h, victim, |j| j.state == JobState::Pending).await;
     assert_eq!(requeued.attempt, 2);
     assert_eq!(requeued.preempted_by, None);
     assert!(matches!(agent.next().await, AgentOrder::AckExit { .. }));
@@ -930,7 +929,7 @@ async fn a_spread_gang_runs_on_two_nodes_and_fails_together() {
         },
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(30)).await;
+    h.engine.settle().await;
     assert_eq!(job(&h, j.id).await.state, JobState::Starting);
     b.send(
         &h,
@@ -941,7 +940,7 @@ async fn a_spread_gang_runs_on_two_nodes_and_fails_together() {
         },
     )
     .await;
-    until(&h, j.id, |j| j.state == JobState::Running).await;
+    settled(&h, j.id, |j| j.state == JobState::Running).await;
     // The part on n1 fails: n2's part is stopped, and the job fails with n1's code.
     a.send(&h, AgentEvent::Exited(exit(j.id, 1, 3))).await;
     assert!(matches!(a.next().await, AgentOrder::AckExit { .. }));
@@ -967,7 +966,7 @@ async fn a_spread_gang_runs_on_two_nodes_and_fails_together() {
         }),
     )
     .await;
-    let done = until(&h, j.id, |j| j.state.is_final()).await;
+    let done = settled(&h, j.id, |j| j.state.is_final()).await;
     assert_eq!(done.state, JobState::Failed);
     assert_eq!(done.exit_code, Some(3));
     assert!(done.reason.contains("on n1"), "{}", done.reason);
@@ -1006,7 +1005,7 @@ async fn a_gang_loses_all_of_itself_with_one_node() {
         },
     )
     .await;
-    until(&h, j.id, |j| j.state == JobState::Running).await;
+    settled(&h, j.id, |j| j.state == JobState::Running).await;
     h.engine.agent_disconnected(a.conn, a.node.clone()).await;
     h.engine.list_nodes().await.unwrap();
     h.clock.advance(Millis(GRACE.0 + 1000));
@@ -1032,7 +1031,7 @@ async fn a_gang_loses_all_of_itself_with_one_node() {
         }),
     )
     .await;
-    let done = until(&h, j.id, |j| j.state.is_final()).await;
+    let done = settled(&h, j.id, |j| j.state.is_final()).await;
     assert_eq!(done.state, JobState::NodeLost);
     assert!(done.reason.contains("did not come back"), "{}", done.reason);
 }
@@ -1059,7 +1058,7 @@ async fn an_exit_reported_after_an_outage_ends_the_lease_when_it_happened() {
                 },
             )
             .await;
-        until(&h, id, |j| j.state == JobState::Running).await;
+        settled(&h, id, |j| j.state == JobState::Running).await;
     }
     h.clock.advance(Millis(2000));
     agent
@@ -1098,7 +1097,7 @@ async fn an_exit_reported_after_an_outage_ends_the_lease_when_it_happened() {
         (a.id, started.plus(Millis(5000))),
         (b.id, started.plus(Millis(2000))),
     ] {
-        let done = until(&h, id, |j| j.state.is_final()).await;
+        let done = settled(&h, id, |j| j.state.is_final()).await;
         assert_eq!(done.state, JobState::Succeeded);
         let lease = &h.engine.ledger().leases_of(&id).unwrap()[0];
         // a: its measured 5 s. b: it claimed 0.5 s, but was seen running at 2 s.
@@ -1120,7 +1119,7 @@ async fn run_one(h: &Harness, agent: &mut FakeAgent, spec: JobSpec) -> JobId {
             },
         )
         .await;
-    until(h, j.id, |j| j.state == JobState::Running).await;
+    settled(h, j.id, |j| j.state == JobState::Running).await;
     j.id
 }
 
@@ -1163,7 +1162,7 @@ async fn a_job_lost_with_its_node_is_requeued_while_it_has_retries() {
     h.engine.agent_disconnected(agent.conn, agent.node.clone()).await;
     h.engine.list_nodes().await.unwrap();
     h.clock.advance(Millis(GRACE.0 + 1000));
-    let requeued = until(&h, id, |j| j.state == JobState::Pending).await;
+    let requeued = settled(&h, id, |j| j.state == JobState::Pending).await;
     assert_eq!((requeued.attempt, requeued.node_lost_requeues), (2, 1));
     let leases = h.engine.ledger().leases_of(&id).unwrap();
     assert_eq!(leases[0].end_reason, Some(EndReason::NodeLost));
@@ -1183,11 +1182,11 @@ async fn a_job_lost_with_its_node_is_requeued_while_it_has_retries() {
             },
         )
         .await;
-    until(&h, id, |j| j.state == JobState::Running).await;
+    settled(&h, id, |j| j.state == JobState::Running).await;
     h.engine.agent_disconnected(other.conn, other.node.clone()).await;
     h.engine.list_nodes().await.unwrap();
     h.clock.advance(Millis(GRACE.0 + 1000));
-    let lost = until(&h, id, |j| j.state.is_final()).await;
+    let lost = settled(&h, id, |j| j.state.is_final()).await;
     assert_eq!(lost.state, JobState::NodeLost);
     let leases = h.engine.ledger().leases_of(&id).unwrap();
     assert_eq!(leases.len(), 2);
@@ -1216,7 +1215,7 @@ async fn a_restarted_controller_ends_lost_leases_at_the_last_heartbeat_it_record
     // The controller restarts; the node never comes back.
     let h = restart(h);
     h.clock.advance(Millis(GRACE.0 + 1000));
-    let lost = until(&h, id, |j| j.state.is_final()).await;
+    let lost = settled(&h, id, |j| j.state.is_final()).await;
     assert_eq!(lost.state, JobState::NodeLost);
     let lease = &h.engine.ledger().leases_of(&id).unwrap()[0];
     assert_eq!(lease.ended_at, Some(seen));
@@ -1247,12 +1246,12 @@ async fn the_node_lost_grace_does_not_start_over_when_the_controller_restarts() 
     for _ in 0..3 {
         h.clock.advance(Millis(GRACE.0 / 4));
         h = restart(h);
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        h.engine.settle().await;
         assert_eq!(job(&h, id).await.state, JobState::Running);
     }
     // A grace after it was last heard from (not after the last restart).
     h.clock.advance(Millis(GRACE.0 / 4 + 1000));
-    let lost = until(&h, id, |j| j.state.is_final()).await;
+    let lost = settled(&h, id, |j| j.state.is_final()).await;
     assert_eq!(lost.state, JobState::NodeLost, "{}", lost.reason);
 }
 
@@ -1332,11 +1331,11 @@ async fn late_reports_date_starts_and_ends_by_what_the_agent_measured() {
         }],
     )
     .await;
-    until(&h, a.id, |j| j.state == JobState::Running).await;
+    settled(&h, a.id, |j| j.state == JobState::Running).await;
     let la = &h.engine.ledger().leases_of(&a.id).unwrap()[0];
     assert_eq!(la.reserved_at, reserved);
     assert_eq!(la.started_at, Some(UnixMillis(now.0 - 4000)));
-    let done = until(&h, b.id, |j| j.state.is_final()).await;
+    let done = settled(&h, b.id, |j| j.state.is_final()).await;
     assert_eq!(done.state, JobState::Succeeded);
     let lb = &h.engine.ledger().leases_of(&b.id).unwrap()[0];
     assert_eq!(lb.end_reason, Some(EndReason::Succeeded));
@@ -1353,7 +1352,7 @@ async fn late_reports_date_starts_and_ends_by_what_the_agent_measured() {
             }),
         )
         .await;
-    until(&h, a.id, |j| j.state.is_final()).await;
+    settled(&h, a.id, |j| j.state.is_final()).await;
     let la = &h.engine.ledger().leases_of(&a.id).unwrap()[0];
     assert_eq!(la.ended_at, Some(UnixMillis(now.0 + 700)));
 }
@@ -1381,7 +1380,7 @@ async fn idle_time_comes_from_utilisation_readings_hour_by_hour() {
     agent.send(&h, beat(0)).await;
     h.engine.list_nodes().await.unwrap();
     agent.send(&h, AgentEvent::Exited(exit(id, 1, 0))).await;
-    until(&h, id, |j| j.state.is_final()).await;
+    settled(&h, id, |j| j.state.is_final()).await;
     let lease = &h.engine.ledger().leases_of(&id).unwrap()[0];
     assert_eq!(lease.idle_ms(), Some(1000 + 1000 + 10_000));
     let q = UsageQuery {

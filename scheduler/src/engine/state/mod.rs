@@ -452,6 +452,8 @@ impl Engine {
                 limit,
                 reply: tx,
             } => self.read_logs(id, node, offset, limit, tx),
+            #[cfg(test)]
+            Command::Settle { reply: tx } => self.effects.push(reply(tx, ())),
         }
     }
 
