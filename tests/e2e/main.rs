@@ -2,6 +2,7 @@
 //! sled files, real processes launched by the agent.
 
 mod bad_input;
+mod cluster;
 mod crash;
 mod hardening;
 mod harness;

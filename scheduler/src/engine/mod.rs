@@ -9,6 +9,7 @@
 mod apply;
 mod cycle;
 mod model;
+mod observe;
 mod state;
 
 use std::collections::BTreeMap;

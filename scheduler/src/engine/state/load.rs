@@ -17,7 +17,7 @@ impl Engine {
             ledger,
             clock,
             config,
-            events,
+            observers: Observers::new(events),
             cluster: Cluster::new(),
             placer: Placer::new(profile),
             mix_window: VecDeque::new(),

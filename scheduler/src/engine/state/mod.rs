@@ -12,6 +12,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
 use super::model::{Nominations, Queue, QuotaBook};
+use super::observe::Observers;
 use super::{
     AgentEvent, AgentOrder, Command, EngineConfig, EngineError, EngineResult, ExitOutcome, JobEvent, JobExit,
     LogSlice, NodeView, REQUEST_ID_TTL, Registration, RunningPart, StopReason, SubmitKey,
@@ -66,7 +67,8 @@ pub struct Engine {
     pub(super) ledger: Ledger,
     pub(super) clock: Arc<dyn Clock>,
     pub(super) config: EngineConfig,
-    pub(super) events: broadcast::Sender<JobEvent>,
+    /// Who is told of durable job changes.
+    pub(super) observers: Observers,
     pub(super) cluster: Cluster,
     pub(super) placer: Placer,
     /// Requests of recent submissions: the workload the fragmentation-aware
@@ -306,7 +308,7 @@ impl Engine {
                     }
                 }
                 Effect::Event(job) => {
-                    let _ = self.events.send(JobEvent {
+                    self.observers.job_changed(JobEvent {
                         job: *job,
                         at: self.clock.now(),
                     });
