@@ -46,9 +46,9 @@ impl Caller {
 pub enum AuthError {
     #[error("tenant {0} already exists")]
     TenantExists(TenantName),
-    #[error("tenant {0} does not exist")]
+    #[error("tenant {0} not found")]
     NoSuchTenant(TenantName),
-    #[error("no token with id {0}")]
+    #[error("token {0} not found")]
     NoSuchToken(String),
     #[error(
         "this request id already issued token {0}; a secret is shown only once: revoke it and issue another"
@@ -56,6 +56,17 @@ pub enum AuthError {
     AlreadyIssued(String),
     #[error(transparent)]
     Ledger(#[from] LedgerError),
+}
+
+impl crate::domain::ServiceError for AuthError {
+    fn code(&self) -> crate::domain::ErrorCode {
+        use crate::domain::ErrorCode as C;
+        match self {
+            AuthError::TenantExists(_) | AuthError::AlreadyIssued(_) => C::AlreadyExists,
+            AuthError::NoSuchTenant(_) | AuthError::NoSuchToken(_) => C::NotFound,
+            AuthError::Ledger(l) => l.code(),
+        }
+    }
 }
 
 #[derive(Clone)]

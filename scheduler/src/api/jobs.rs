@@ -25,7 +25,7 @@ impl Api {
         let job = self
             .read(move |ledger| Ok(ledger.get_job(&id)?))
             .await?
-            .ok_or_else(|| ApiError::NotFound(format!("job {id}")))?;
+            .ok_or_else(|| ApiError::NotFound(format!("job {id} not found")))?;
         if !caller.may_access(&job.spec.tenant) {
             return Err(ApiError::PermissionDenied(format!(
                 "job {id} belongs to another tenant"

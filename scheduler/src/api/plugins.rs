@@ -17,25 +17,12 @@ use crate::domain::{JobSpec, PluginName, TenantName};
 use crate::ledger::Role;
 use crate::policy::{
     AdmissionDecision, AdmissionOnError, BindingRecord, DecidedBy, ErrorRecord, ExtensionPoint, Layer, Owner,
-    PluginRecord, PluginRef, PluginStats, RegistryError,
+    PluginRecord, PluginRef, PluginStats,
 };
 
 /// The largest AddPlugin request the server decodes: the largest component
 /// and room for the rest of the message.
 pub const MAX_ADD_PLUGIN_MESSAGE: usize = crate::policy::runtime::MAX_COMPONENT_BYTES + (1 << 20);
-
-impl From<RegistryError> for ApiError {
-    fn from(e: RegistryError) -> Self {
-        match e {
-            RegistryError::Invalid(v) => ApiError::invalid("wasm", v.to_string()),
-            RegistryError::NotFound(what) => ApiError::NotFound(what),
-            RegistryError::Conflict(m) => ApiError::FailedPrecondition(m),
-            RegistryError::Limit(m) => ApiError::ResourceExhausted(m),
-            RegistryError::Ledger(l) => l.into(),
-            RegistryError::Internal(m) => ApiError::Internal(m),
-        }
-    }
-}
 
 fn point_pb(p: ExtensionPoint) -> pb::ExtensionPoint {
     match p {
@@ -170,7 +157,7 @@ impl Api {
                 (t, false) => {
                     let t: TenantName = t.parse().map_err(|e: String| ApiError::invalid("tenant", e))?;
                     if !self.auth.tenant_exists(&t)? {
-                        return Err(ApiError::NotFound(format!("tenant {t}")));
+                        return Err(ApiError::NotFound(format!("tenant {t} not found")));
                     }
                     Ok(Owner::Tenant(t))
                 }
@@ -227,7 +214,7 @@ impl Api {
                 }
             }
         }
-        Err(ApiError::NotFound(format!("plugin {name} ({owner})")))
+        Err(ApiError::NotFound(format!("plugin {name} ({owner}) not found")))
     }
 
     /// Runs the admission plugin bound for the spec's tenant: the spec to

@@ -252,7 +252,7 @@ impl pb::usage_service_server::UsageService for Api {
             .parse()
             .map_err(|e| ApiError::invalid("tenant", e))?;
         if self.auth.tenant_exists(&tenant).map_err(ApiError::from)?.not() {
-            return Err(ApiError::NotFound(format!("tenant {tenant}")).into());
+            return Err(ApiError::NotFound(format!("tenant {tenant} not found")).into());
         }
         let currency = self.engine.rate_card().currency;
         for (field, v) in [

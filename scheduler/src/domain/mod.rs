@@ -1,5 +1,6 @@
 //! The domain: ids, units, jobs, leases, MIG profiles. Plain data, no I/O.
 
+pub mod error;
 pub mod ids;
 pub mod job;
 pub mod lease;
@@ -9,6 +10,7 @@ pub mod plugin;
 pub mod units;
 pub mod validate;
 
+pub use error::{ErrorCode, ServiceError};
 pub use ids::{JobId, LeaseId, NodeName, PluginName, ProjectName, TenantName};
 pub use job::{
     Constraints, DeviceGrant, ExitOutcome, GpuRequest, Job, JobSpec, JobState, PartExit, Placement, Resources,

@@ -93,8 +93,26 @@ pub enum EngineError {
     FailedPrecondition(String),
     #[error("{0}")]
     Unavailable(String),
-    #[error("internal error: {0}")]
+    #[error("{0}")]
     Internal(String),
+}
+
+impl crate::domain::ServiceError for EngineError {
+    fn code(&self) -> crate::domain::ErrorCode {
+        use crate::domain::ErrorCode as C;
+        match self {
+            EngineError::RequestReused(_) => C::InvalidArgument,
+            EngineError::NotFound(_) => C::NotFound,
+            EngineError::AlreadyExists(_) => C::AlreadyExists,
+            EngineError::FailedPrecondition(_) => C::FailedPrecondition,
+            EngineError::Unavailable(_) => C::Unavailable,
+            EngineError::Internal(_) => C::Internal,
+        }
+    }
+
+    fn field(&self) -> Option<&str> {
+        matches!(self, EngineError::RequestReused(_)).then_some("request_id")
+    }
 }
 
 pub type EngineResult<T> = Result<T, EngineError>;

@@ -55,6 +55,16 @@ pub enum LedgerError {
     },
 }
 
+impl crate::domain::ServiceError for LedgerError {
+    /// A busy read may be retried; every other ledger error is the server's.
+    fn code(&self) -> crate::domain::ErrorCode {
+        match self {
+            LedgerError::Busy => crate::domain::ErrorCode::Unavailable,
+            _ => crate::domain::ErrorCode::Internal,
+        }
+    }
+}
+
 pub type Result<T, E = LedgerError> = std::result::Result<T, E>;
 
 const SCHEMA_VERSION: &str = "1";

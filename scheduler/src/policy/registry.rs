@@ -32,6 +32,24 @@ pub enum RegistryError {
     Internal(String),
 }
 
+impl crate::domain::ServiceError for RegistryError {
+    fn code(&self) -> crate::domain::ErrorCode {
+        use crate::domain::ErrorCode as C;
+        match self {
+            RegistryError::Invalid(_) => C::InvalidArgument,
+            RegistryError::NotFound(_) => C::NotFound,
+            RegistryError::Conflict(_) => C::FailedPrecondition,
+            RegistryError::Limit(_) => C::ResourceExhausted,
+            RegistryError::Ledger(l) => l.code(),
+            RegistryError::Internal(_) => C::Internal,
+        }
+    }
+
+    fn field(&self) -> Option<&str> {
+        matches!(self, RegistryError::Invalid(_)).then_some("wasm")
+    }
+}
+
 /// The plugins and bindings, as the ledger holds them.
 #[derive(Default)]
 pub(super) struct Registry {
