@@ -97,6 +97,10 @@ impl World {
     }
 
     fn plan(&mut self) -> Plan {
+        self.plan_by(&PriorityThenAge, &[&BudgetGate, &QuotaGate])
+    }
+
+    fn plan_by(&mut self, order: &dyn QueueOrder, gates: &[&dyn Gate]) -> Plan {
         let snapshot = Snapshot {
             now: self.now,
             jobs: &self.jobs,
@@ -112,7 +116,7 @@ impl World {
             quota: &mut self.quota,
             nominations: &mut self.nominations,
         };
-        plan(&snapshot, &mut state)
+        plan_with(order, gates, &snapshot, &mut state)
     }
 }
 
@@ -328,22 +332,7 @@ fn a_gate_that_denies_fails_the_job_and_the_pass_goes_on() {
     let older = w.submit(pending("a", 1, 0, 1));
     let denied = w.submit(pending("x", 1, 0, 2));
     let newer = w.submit(pending("a", 1, 0, 3));
-    let snapshot = Snapshot {
-        now: w.now,
-        jobs: &w.jobs,
-        queue: &w.queue,
-        min_runtime: Millis(0),
-        budget_holds: HashMap::new(),
-        quota_bound: HashSet::new(),
-        can_ask: true,
-    };
-    let mut state = CycleState {
-        cluster: &mut w.cluster,
-        placer: &mut w.placer,
-        quota: &mut w.quota,
-        nominations: &mut w.nominations,
-    };
-    let plan = plan_with(&Newest, &[&DenyTenant(tenant("x"))], &snapshot, &mut state);
+    let plan = w.plan_by(&Newest, &[&DenyTenant(tenant("x"))]);
     assert_eq!(
         plan.decisions[..2],
         [

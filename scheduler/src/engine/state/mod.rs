@@ -11,7 +11,7 @@ use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
-use super::model::{Nominations, Queue, QuotaBook};
+use super::model::{AgentLink, NodeMeta, Nominations, Queue, QuotaBook};
 use super::observe::Observers;
 use super::{
     AgentEvent, AgentOrder, Command, EngineConfig, EngineError, EngineResult, ExitOutcome, JobEvent, JobExit,
@@ -30,23 +30,6 @@ use crate::policy::types::{ExtensionPoint, PriceInput, Usage as PolicyUsage};
 
 /// Commands handled per turn before the ledger is flushed.
 const MAX_BATCH: usize = 512;
-
-pub(super) struct AgentLink {
-    conn: u64,
-    orders: mpsc::UnboundedSender<AgentOrder>,
-}
-
-#[derive(Default)]
-pub(super) struct NodeMeta {
-    last_heartbeat: Option<UnixMillis>,
-    utilization: BTreeMap<String, u32>,
-    discovery: String,
-    agent_version: String,
-    /// When the node's running jobs are declared lost if it has not come back.
-    lost_deadline: Option<UnixMillis>,
-    /// When its last utilisation reading came.
-    last_reading: Option<UnixMillis>,
-}
 
 /// A placement pass runs at least this often while jobs are pending.
 const PASS_EVERY: Millis = Millis::from_secs(5);
