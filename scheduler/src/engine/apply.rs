@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use tracing::{error, info, warn};
 
 use super::cycle::{self, CycleState, Decision, Plan, QuotaAsk, Snapshot};
+use super::model::Known;
 use super::state::{Effect, Engine};
 use super::{AgentOrder, Command, LaunchOrder, StopReason};
 use crate::accounting::budget::Standing;
@@ -31,8 +32,6 @@ use crate::policy::types::{ExtensionPoint, QuotaInput, Usage as PolicyUsage};
 /// over the leases of the current hour, so one per ask would grow with the
 /// hour's jobs. (An answer stands for up to `quota::FRESH` anyway.)
 const QUOTA_USAGE_FRESH: Millis = Millis::from_secs(1);
-/// How long a tenant's budget standing is trusted before it is read again.
-const BUDGET_RECHECK: Millis = Millis::from_secs(2);
 
 impl Engine {
     /// One placement pass: plan over the engine's state, then apply the plan.
@@ -253,17 +252,14 @@ impl Engine {
 
     /// Why a tenant gets no new placements: its monthly budget is spent.
     /// Worked out from the ledger's roll-ups at most every
-    /// `BUDGET_RECHECK`; a budget only stops new jobs, so a little
-    /// staleness lets at most a few more start.
+    /// `BUDGET_RECHECK` (see `model/tenants.rs`).
     fn budget_hold(&mut self, tenant: &TenantName) -> Option<String> {
-        let budget = self.budgets.get(tenant)?;
         let now = self.clock.now();
-        if let Some((at, why)) = self.budget_holds.get(tenant)
-            && now.since(*at) < BUDGET_RECHECK
-            && *at <= now
-        {
-            return why.clone();
-        }
+        let budget = match self.budgets.known(tenant, now) {
+            Known::NoBudget => return None,
+            Known::Fresh(why) => return why.map(str::to_string),
+            Known::Stale(budget) => budget,
+        };
         let month = UsageQuery::month_to_date(tenant, now, vec![]);
         let why = match self.ledger.usage(&month, now) {
             Ok(rows) => Standing::assess(Some(budget), budget.currency, &rows, &[], now).exhausted,
@@ -273,7 +269,7 @@ impl Engine {
                 Some("cannot be checked against its budget (ledger error)".to_string())
             }
         };
-        self.budget_holds.insert(tenant.clone(), (now, why.clone()));
+        self.budgets.worked_out(tenant, now, why.clone());
         why
     }
 

@@ -246,7 +246,7 @@ impl Engine {
     pub(in crate::engine) fn close_leases(&mut self, id: JobId, state: JobState, now: UnixMillis) {
         let Some(job) = self.jobs.get(&id) else { return };
         // Its tenant's budget standing changes with what it has spent.
-        self.budget_holds.remove(&job.spec.tenant);
+        self.budgets.spent(&job.spec.tenant);
         let ends: HashMap<NodeName, UnixMillis> = job
             .nodes()
             .map(|n| (n.clone(), self.part_end_time(job, n, now)))

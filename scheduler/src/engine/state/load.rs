@@ -32,8 +32,7 @@ impl Engine {
             nominations: Default::default(),
             last_pass: UnixMillis(0),
             last_seen: HashMap::new(),
-            budgets: HashMap::new(),
-            budget_holds: HashMap::new(),
+            budgets: Budgets::default(),
             policy: None,
             to_self: None,
             quota: QuotaBook::default(),
@@ -101,12 +100,7 @@ impl Engine {
                 engine.nominations.add_victim(by, node, priority, victim);
             }
         }
-        engine.budgets = engine
-            .ledger
-            .budgets()?
-            .into_iter()
-            .map(|b| (b.tenant.clone(), b))
-            .collect();
+        engine.budgets = Budgets::from_budgets(engine.ledger.budgets()?);
         // When each node was last heard from, for jobs lost with it.
         for (node, seen) in seen {
             engine.nodes.entry(node).or_default().last_heartbeat = Some(seen);

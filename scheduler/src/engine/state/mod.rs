@@ -11,13 +11,12 @@ use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
-use super::model::{AgentLink, NodeMeta, Nominations, Queue, QuotaBook};
+use super::model::{AgentLink, Budgets, NodeMeta, Nominations, Queue, QuotaBook};
 use super::observe::Observers;
 use super::{
     AgentEvent, AgentOrder, Command, EngineConfig, EngineError, EngineResult, ExitOutcome, JobEvent, JobExit,
     LogSlice, NodeView, REQUEST_ID_TTL, Registration, RunningPart, StopReason, SubmitKey,
 };
-use crate::accounting::budget::Budget;
 use crate::clock::Clock;
 use crate::domain::{
     EndReason, Job, JobId, JobSpec, JobState, Lease, LeaseId, LeaseState, Millis, NodeName, PluginPrices,
@@ -88,11 +87,8 @@ pub struct Engine {
     pub(super) asks_this_turn: usize,
     /// Something changed that could let a pending job start.
     pub(super) needs_pass: bool,
-    /// Tenants' monthly budgets.
-    pub(super) budgets: HashMap<TenantName, Budget>,
-    /// Whether a tenant with a budget has exhausted it, and when that was
-    /// last worked out.
-    pub(super) budget_holds: HashMap<TenantName, (UnixMillis, Option<String>)>,
+    /// Tenants' monthly budgets, and whether each is spent.
+    pub(super) budgets: Budgets,
     /// The plugin host, once the server hands it over.
     pub(super) policy: Option<PolicyHost>,
     /// The engine's own command channel, for plugin answers (weak: the
@@ -381,11 +377,7 @@ impl Engine {
                     Ok(()) => {
                         self.wrote_this_turn = true;
                         self.needs_pass = true;
-                        self.budget_holds.remove(&tenant);
-                        match budget {
-                            Some(b) => self.budgets.insert(tenant, b),
-                            None => self.budgets.remove(&tenant),
-                        };
+                        self.budgets.set(tenant, budget);
                         Ok(())
                     }
                     Err(e) => {
