@@ -37,9 +37,10 @@ impl Engine {
     /// One placement pass: plan over the engine's state, then apply the plan.
     pub(super) fn placement_pass(&mut self) {
         self.refresh_mix();
-        let (budget_holds, quota_bound) = self.gate_inputs();
+        let now = self.clock.now();
+        let (budget_holds, quota_bound) = self.gate_inputs(now);
         let snapshot = Snapshot {
-            now: self.clock.now(),
+            now,
             jobs: &self.jobs,
             queue: &self.queue,
             min_runtime: self.config.min_runtime,
@@ -57,9 +58,9 @@ impl Engine {
         self.apply_plan(plan);
     }
 
-    /// What the gates read, worked out for the tenants with pending jobs:
-    /// whose budget is spent, and who has a quota plugin bound.
-    fn gate_inputs(&mut self) -> (HashMap<TenantName, String>, HashSet<TenantName>) {
+    /// What the gates read, worked out at `now` for the tenants with pending
+    /// jobs: whose budget is spent, and who has a quota plugin bound.
+    fn gate_inputs(&mut self, now: UnixMillis) -> (HashMap<TenantName, String>, HashSet<TenantName>) {
         let mut holds = HashMap::new();
         let mut bound = HashSet::new();
         if self.budgets.is_empty() && self.policy.is_none() {
@@ -80,7 +81,7 @@ impl Engine {
             {
                 bound.insert(tenant.clone());
             }
-            if let Some(why) = self.budget_hold(&tenant) {
+            if let Some(why) = self.budget_hold(&tenant, now) {
                 holds.insert(tenant, why);
             }
         }
@@ -253,8 +254,7 @@ impl Engine {
     /// Why a tenant gets no new placements: its monthly budget is spent.
     /// Worked out from the ledger's roll-ups at most every
     /// `BUDGET_RECHECK` (see `model/tenants.rs`).
-    fn budget_hold(&mut self, tenant: &TenantName) -> Option<String> {
-        let now = self.clock.now();
+    fn budget_hold(&mut self, tenant: &TenantName, now: UnixMillis) -> Option<String> {
         let budget = match self.budgets.known(tenant, now) {
             Known::NoBudget => return None,
             Known::Fresh(why) => return why.map(str::to_string),
