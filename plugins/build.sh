@@ -48,7 +48,7 @@ if $rust_only && $python_only; then
     echo "usage: $0 [--rust | --python] [--hostile]: --rust and --python exclude each other" >&2
     exit 2
 fi
-hostile_crates=(loop-forever memory-bomb panics deep-recursion oversized bad-modify wrong-world keeps-state future-version price-from-tag bad-utf8)
+hostile_crates=(loop-forever memory-bomb panics deep-recursion oversized bad-modify wrong-world keeps-state future-version price-from-tag bad-utf8 slow-start)
 
 cd "$plugins"
 packages=()

@@ -455,6 +455,52 @@ async fn an_infinite_loop_is_stopped_at_its_cpu_budget() {
     assert_eq!(stats.recent_errors[0].kind, FailureKind::Timeout);
 }
 
+/// Regression (CI, 2026-12-03): a fresh instance's set-up was charged to the
+/// call's budget, so a Python component, whose instantiation maps ~12 MiB
+/// of memory image, failed as `timeout` on a loaded machine (63.7 ms of CPU
+/// against 50 ms) before its plugin ran. Instantiation has a budget of its
+/// own; a start function that loops is stopped at that one, not the call's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instantiation_is_bounded_by_its_own_budget_not_the_calls() {
+    let f = host_with(PolicyConfig {
+        cpu_budget: Millis(10),
+        instantiate_budget: Millis(150),
+        ..PolicyConfig::default()
+    });
+    let err = f
+        .host
+        .add_plugin(
+            tenant("acme"),
+            "slow".parse().unwrap(),
+            wasm("hostile_slow_start"),
+            "test",
+            NOW,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::Invalid(_)), "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains("cannot be instantiated: timeout: ran past its CPU budget for instantiation"),
+        "{message}"
+    );
+    assert!(message.contains("the budget is 150 ms"), "{message}");
+    let cpu: f64 = message
+        .split_once("stopped (")
+        .and_then(|(_, rest)| rest.split_once(" ms of CPU"))
+        .map(|(ms, _)| ms.parse().unwrap())
+        .unwrap_or_else(|| panic!("{message}"));
+    assert!((150.0..170.0).contains(&cpu), "{message}");
+    assert!(f.host.plugins().is_empty(), "nothing was stored");
+    // A well-behaved plugin's calls still get the call budget, whole.
+    add_and_bind(&f.host, tenant("acme"), "gate", "require_cost_center").await;
+    let outcome = f
+        .host
+        .admit(&spec("acme", "vision", &[("cost-center", "x")], 1), NOW)
+        .await;
+    assert_eq!(outcome.decision, AdmissionDecision::Accept);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_memory_bomb_is_stopped_at_its_memory_limit() {
     let (failure, _) = contained("hostile_memory_bomb").await;

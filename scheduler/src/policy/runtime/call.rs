@@ -71,8 +71,9 @@ pub struct CallState {
     pub(super) tenant: Arc<str>,
     pub(super) lines: Vec<LogLine>,
     pub(super) dropped_lines: usize,
-    /// The call's CPU budget, and the thread's CPU time and the wall clock
-    /// when it began.
+    /// The CPU budget of what runs now (the instantiation of a fresh
+    /// instance, then each call), and the thread's CPU time and the wall
+    /// clock when it began.
     pub(super) cpu_budget: Duration,
     pub(super) cpu_start: Duration,
     pub(super) wall_start: Instant,
@@ -182,8 +183,10 @@ pub(super) fn thread_cpu() -> Duration {
 }
 
 impl CallState {
-    /// Readies a kept instance's state for the next call.
-    pub(super) fn begin(&mut self, label: &Arc<str>) {
+    /// Readies an instance's state for the next call, with `cpu_budget`
+    /// from now (a fresh instance's set-up had a budget of its own).
+    pub(super) fn begin(&mut self, label: &Arc<str>, cpu_budget: Duration) {
+        self.cpu_budget = cpu_budget;
         if !Arc::ptr_eq(&self.label, label) {
             self.label = label.clone();
         }

@@ -453,7 +453,9 @@ impl Sandbox {
             tenant,
             lines: Vec::new(),
             dropped_lines: 0,
-            cpu_budget: self.config.cpu_budget.as_std(),
+            // A fresh store sets up its instance first, under its own
+            // budget; each call then has the call budget (`begin`).
+            cpu_budget: self.config.instantiate_budget.as_std(),
             cpu_start: thread_cpu(),
             wall_start: Instant::now(),
             niced_from: None,
@@ -541,7 +543,7 @@ impl Sandbox {
                     }
                 },
             };
-            w.store.data_mut().begin(&label);
+            w.store.data_mut().begin(&label, self.config.cpu_budget.as_std());
             w.store.set_epoch_deadline(self.first_ticks());
             let result = call(&w.instance, &mut w.store, self.config.max_result_bytes)
                 .map_err(|e| self.failure(e, &w))
@@ -713,7 +715,12 @@ fn classify(e: &wasmtime::Error, otherwise: FailureKind, state: &CallState, stde
                     FailureKind::Timeout,
                     if cpu >= state.cpu_budget {
                         format!(
-                            "ran past its CPU budget and was stopped ({:.1} ms of CPU in {:.1} ms; the budget is {} ms)",
+                            "ran past its CPU budget{} and was stopped ({:.1} ms of CPU in {:.1} ms; the budget is {} ms)",
+                            if otherwise == FailureKind::Instantiate {
+                                " for instantiation"
+                            } else {
+                                ""
+                            },
                             cpu.as_secs_f64() * 1e3,
                             wall.as_secs_f64() * 1e3,
                             state.cpu_budget.as_millis()
