@@ -7,8 +7,8 @@
 //! durable.
 //!
 //! Commands other than the pass (submit, cancel, agent reports) are still
-//! applied where they are handled, in `state/`; they write through the
-//! same `persist` and effect queue.
+//! applied where they are handled, in `state/`. Every write, theirs and
+//! the pass's, is a `batch::Change` written through the turn's `Batch`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 

@@ -7,6 +7,7 @@
 //! events: nothing is acknowledged before it is durable (group commit).
 
 mod apply;
+mod batch;
 mod cycle;
 mod model;
 mod observe;

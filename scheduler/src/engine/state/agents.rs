@@ -25,16 +25,12 @@ impl Engine {
         if self.cluster.node(node.as_str()).is_none() {
             return Err(EngineError::NotFound(format!("node {node}")));
         }
-        let result = match &reason {
-            Some(r) => self.ledger.put_drain(&node, r),
-            None => self.ledger.remove_drain(&node),
-        };
-        if let Err(e) = result {
-            let msg = e.to_string();
-            self.failed.get_or_insert(e);
-            return Err(EngineError::Internal(msg));
-        }
-        self.wrote_this_turn = true;
+        self.batch
+            .write(Change::Drain {
+                node: &node,
+                reason: reason.as_deref(),
+            })
+            .map_err(EngineError::Internal)?;
         match &reason {
             Some(r) => {
                 self.drained.insert(node.clone(), r.clone());
@@ -169,9 +165,7 @@ impl Engine {
         if let Some(meta) = self.nodes.get_mut(&name) {
             meta.last_heartbeat = Some(now);
         }
-        if let Err(e) = self.ledger.put_node_seen(&name, now) {
-            warn!(node = %name, error = %e, "cannot record the registration");
-        }
+        let _ = self.batch.write(Change::NodeSeen { node: &name, at: now });
         // Processes the agent runs that the controller does not know: stop them.
         for RunningPart { job: id, attempt, .. } in reg.running {
             let known = self.jobs.get(&id).is_some_and(|j| j.attempt == attempt);
@@ -293,9 +287,7 @@ impl Engine {
                 // Kept so that a controller restarted later still knows when
                 // the node's jobs were last seen running. Not flushed on its
                 // own: sled writes it out within its flush interval.
-                if let Err(e) = self.ledger.put_node_seen(node, now) {
-                    warn!(%node, error = %e, "cannot record the heartbeat");
-                }
+                let _ = self.batch.write(Change::NodeSeen { node, at: now });
                 for (job, attempt) in running {
                     if self
                         .jobs

@@ -62,11 +62,11 @@ impl Engine {
         self.queue.push(&job);
         // The job and its key in one transaction: a retry finds the job
         // exactly when the job exists.
-        if let Err(e) = self.ledger.put_job_for(&job, &[], record.as_ref()) {
-            error!(job = %id, error = %e, "ledger write failed");
-            self.failed.get_or_insert(e);
-        }
-        self.wrote_this_turn = true;
+        let _ = self.batch.write(Change::Job {
+            job: &job,
+            leases: &[],
+            request: record.as_ref(),
+        });
         self.effects.push(Effect::Event(Box::new(job.clone())));
         if let Some(r) = record {
             self.requests.insert((r.tenant.clone(), r.request_id.clone()), r);
@@ -95,9 +95,7 @@ impl Engine {
         for r in &expired {
             self.requests.remove(&(r.tenant.clone(), r.request_id.clone()));
         }
-        if let Err(e) = self.ledger.remove_requests(&expired) {
-            warn!(error = %e, "cannot forget expired request ids");
-        }
+        let _ = self.batch.write(Change::ForgetRequests(&expired));
     }
 
     pub(in crate::engine) fn cancel(&mut self, id: JobId, reason: &str, force: bool) -> EngineResult<()> {

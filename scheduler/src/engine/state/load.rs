@@ -14,6 +14,7 @@ impl Engine {
         let profile = Profile::new(config.policy, config.placement_seed);
         let mut engine = Engine {
             drained: ledger.drains()?.into_iter().collect(),
+            batch: Batch::new(ledger.clone()),
             ledger,
             clock,
             config,
@@ -40,11 +41,8 @@ impl Engine {
             held_this_pass: HashMap::new(),
             next_request: 1,
             effects: Vec::new(),
-            wrote_this_turn: false,
-            priced_unflushed: false,
             asks_this_turn: 0,
             needs_pass: true,
-            failed: None,
             requests: HashMap::new(),
             requests_swept: UnixMillis(0),
         };

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
+use super::batch::{Batch, Change};
 use super::model::{AgentLink, Budgets, NodeMeta, Nominations, Queue, QuotaBook};
 use super::observe::Observers;
 use super::{
@@ -79,10 +80,8 @@ pub struct Engine {
     pub(super) last_seen: HashMap<(JobId, NodeName), UnixMillis>,
     pub(super) next_request: u64,
     pub(super) effects: Vec<Effect>,
-    /// This turn wrote to the ledger: it needs a flush (and a roll-up).
-    pub(super) wrote_this_turn: bool,
-    /// Plugin prices written and not flushed yet.
-    pub(super) priced_unflushed: bool,
+    /// What this turn wrote to the ledger (every write goes through it).
+    pub(super) batch: Batch,
     /// Quota asks made this turn whose answers have not come.
     pub(super) asks_this_turn: usize,
     /// Something changed that could let a pending job start.
@@ -102,9 +101,6 @@ pub struct Engine {
     /// Each tenant's GPU-time and spend this month by project, for its quota
     /// plugin's asks, and when it was read.
     pub(super) month_usage: HashMap<TenantName, (UnixMillis, Vec<crate::accounting::usage::UsageRow>)>,
-    /// A ledger write failed this turn: memory is ahead of disk, so the engine
-    /// stops before acknowledging anything.
-    pub(super) failed: Option<crate::ledger::LedgerError>,
     /// Idempotency keys of the last day's submissions, by tenant and id.
     pub(super) requests: HashMap<(TenantName, String), RequestRecord>,
     /// When expired keys were last swept.
@@ -211,23 +207,20 @@ impl Engine {
                 }
                 self.asks_this_turn = 0;
             }
-            if let Some(e) = self.failed.take() {
+            if let Some(e) = self.batch.take_failure() {
                 error!(error = %e, "ledger write failed; stopping the engine");
                 return Err(e.into());
             }
             // Plugin prices need no flush of their own (nobody waits for
             // them, and a restart asks again for prices not on disk): they go
             // with the next turn that writes, or with a tick.
-            let wrote = self.wrote_this_turn || (self.priced_unflushed && ticked);
-            if wrote {
-                // Leases closed (or priced) this turn join the roll-ups in one go.
-                if let Err(e) = self.ledger.roll_up() {
+            let wrote = match self.batch.seal(ticked) {
+                Ok(wrote) => wrote,
+                Err(e) => {
                     error!(error = %e, "ledger roll-up failed; stopping the engine");
                     return Err(e.into());
                 }
-                self.wrote_this_turn = false;
-                self.priced_unflushed = false;
-            }
+            };
             let effects = self.seal_effects();
             match &flushing {
                 None if wrote => flushing = Some((self.start_flush(), effects)),
@@ -347,10 +340,13 @@ impl Engine {
                     Err(e) => error!(error = %e, "cannot read leases waiting for prices"),
                 }
             }
-            Command::Priced { lease, prices } => match self.ledger.set_plugin_prices(&lease, prices) {
-                Ok(()) => self.priced_unflushed = true,
-                Err(e) => error!(%lease, error = %e, "cannot record a lease's plugin prices"),
-            },
+            Command::Priced { lease, prices } => {
+                // A failure is logged; a restart asks again.
+                let _ = self.batch.write(Change::Prices {
+                    lease: &lease,
+                    prices,
+                });
+            }
             Command::QuotaVerdict { job, ask, outcome } => {
                 self.asks_this_turn = self.asks_this_turn.saturating_sub(1);
                 let by = outcome
@@ -369,28 +365,20 @@ impl Engine {
                 budget,
                 reply: tx,
             } => {
-                let r = match &budget {
-                    Some(b) => self.ledger.put_budget(b),
-                    None => self.ledger.remove_budget(&tenant),
-                };
-                let r = match r {
-                    Ok(()) => {
-                        self.wrote_this_turn = true;
-                        self.needs_pass = true;
-                        self.budgets.set(tenant, budget);
-                        Ok(())
-                    }
-                    Err(e) => {
-                        // As with a job or a drain: a write that failed
-                        // means the ledger cannot be trusted to hold what
-                        // comes next, so the engine stops (the caller's
-                        // reply never comes; its call fails as unavailable).
-                        let msg = format!("cannot record the budget of tenant {tenant}: {e}");
-                        error!(%tenant, error = %e, "budget write failed");
-                        self.failed.get_or_insert(e);
-                        Err(EngineError::Internal(msg))
-                    }
-                };
+                // A write that failed stops the engine, as with a job or a
+                // drain (the caller's reply never comes; its call fails as
+                // unavailable).
+                let r = self
+                    .batch
+                    .write(Change::Budget {
+                        tenant: &tenant,
+                        budget: budget.as_ref(),
+                    })
+                    .map_err(EngineError::Internal);
+                if r.is_ok() {
+                    self.needs_pass = true;
+                    self.budgets.set(tenant, budget);
+                }
                 self.effects.push(reply(tx, r));
             }
             Command::Drain {
@@ -444,11 +432,11 @@ impl Engine {
             .get(&id)
             .map(|ls| ls.iter().filter(|l| touched.contains(&l.id)).collect())
             .unwrap_or_default();
-        if let Err(e) = self.ledger.put_job(job, &leases) {
-            error!(job = %id, error = %e, "ledger write failed");
-            self.failed.get_or_insert(e);
-        }
-        self.wrote_this_turn = true;
+        let _ = self.batch.write(Change::Job {
+            job,
+            leases: &leases,
+            request: None,
+        });
         self.effects.push(Effect::Event(Box::new(job.clone())));
     }
 
