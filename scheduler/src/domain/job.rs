@@ -111,6 +111,30 @@ pub struct JobSpec {
 }
 
 impl Job {
+    /// A job just submitted: pending, its first attempt, a new id.
+    pub fn submitted(spec: JobSpec, now: UnixMillis) -> Job {
+        Job {
+            id: JobId::new_v7(),
+            spec,
+            state: JobState::Pending,
+            reason: "waiting for the scheduler".into(),
+            submitted_at: now,
+            started_at: None,
+            ended_at: None,
+            exit_code: None,
+            signal: None,
+            placements: Vec::new(),
+            parts_started: Vec::new(),
+            parts_exited: Vec::new(),
+            lease_ids: Vec::new(),
+            attempt: 1,
+            cancel_requested: false,
+            cancel_forced: false,
+            preempted_by: None,
+            node_lost_requeues: 0,
+        }
+    }
+
     /// Whether a part of the job is placed on `node`.
     pub fn runs_on(&self, node: &NodeName) -> bool {
         self.placements.iter().any(|p| &p.node == node)

@@ -41,7 +41,7 @@ impl Engine {
         let (budget_holds, quota_bound) = self.gate_inputs(now);
         let snapshot = Snapshot {
             now,
-            jobs: &self.jobs,
+            jobs: self.jobs.by_id(),
             queue: &self.queue,
             min_runtime: self.config.min_runtime,
             budget_holds,
@@ -226,7 +226,7 @@ impl Engine {
         let currency = self.config.rate_card.currency;
         let mut total = PolicyUsage::zero(currency);
         let mut projects: BTreeMap<ProjectName, PolicyUsage> = BTreeMap::new();
-        for j in self.jobs.values().filter(|j| &j.spec.tenant == tenant) {
+        for j in self.jobs.of_tenant(tenant) {
             let p = projects
                 .entry(j.spec.project.clone())
                 .or_insert_with(|| PolicyUsage::zero(currency));
@@ -238,7 +238,7 @@ impl Engine {
                 JobState::Starting | JobState::Running => {
                     total.running_jobs += 1;
                     p.running_jobs += 1;
-                    for l in self.leases.get(&j.id).into_iter().flatten() {
+                    for l in self.jobs.leases(&j.id) {
                         if l.state != LeaseState::Closed {
                             count_held(&mut total, l.device.share, l.device.gpu_memory);
                             count_held(p, l.device.share, l.device.gpu_memory);
@@ -335,7 +335,7 @@ impl Engine {
             })
             .collect();
         let touched: Vec<LeaseId> = leases.iter().map(|l| l.id).collect();
-        self.leases.insert(id, leases);
+        self.jobs.set_leases(&id, leases);
         self.queue.remove(&id);
         // Leases durable first (this turn's flush), then the agents hear of it.
         self.persist(id, &touched);

@@ -93,7 +93,7 @@ impl Engine {
             .collect();
         let here: Vec<JobId> = self
             .jobs
-            .values()
+            .iter()
             .filter(|j| j.runs_on(&name))
             .map(|j| j.id)
             .collect();
@@ -204,10 +204,10 @@ impl Engine {
         let floor = UnixMillis(now.0.saturating_sub(2 * self.config.heartbeat_interval.0));
         let since = meta.last_reading.map(|t| t.max(floor));
         meta.last_reading = Some(now);
-        for lease in
-            self.leases.values_mut().flatten().filter(|l| {
-                &l.node == node && l.state != LeaseState::Closed && l.device.mig_profile.is_none()
-            })
+        for lease in self
+            .jobs
+            .all_leases_mut()
+            .filter(|l| &l.node == node && l.state != LeaseState::Closed && l.device.mig_profile.is_none())
         {
             let Some(&pct) = readings.get(&lease.device.gpu_uuid) else {
                 continue;
@@ -242,7 +242,7 @@ impl Engine {
             meta.lost_deadline = Some(deadline);
         }
         self.cluster.set_status(node.as_str(), NodeStatus::Down);
-        for job in self.jobs.values() {
+        for job in self.jobs.iter() {
             if job.live_nodes().contains(node) {
                 self.orphaned.insert((job.id, node.clone()), deadline);
             }
@@ -321,7 +321,7 @@ impl Engine {
             AgentEvent::Exited(exit) => self.job_exited(node, exit),
             AgentEvent::LogChunk { request_id, result } => {
                 if let Some((job, node, tx)) = self.pending_logs.remove(&request_id) {
-                    let complete = !self.jobs.contains_key(&job);
+                    let complete = !self.jobs.contains(&job);
                     let r = result
                         .map(|(data, next_offset, path)| LogSlice {
                             complete: complete && data.is_empty(),
@@ -396,7 +396,7 @@ impl Engine {
         let all = job.nodes().all(|n| job.parts_started.contains(n));
         // The leases on this node start with this part.
         let mut touched = Vec::new();
-        if let Some(leases) = self.leases.get_mut(&id) {
+        if let Some(leases) = self.jobs.leases_mut(&id) {
             for lease in leases
                 .iter_mut()
                 .filter(|l| &l.node == node && l.state == LeaseState::Reserved)

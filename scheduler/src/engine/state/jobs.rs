@@ -29,26 +29,7 @@ impl Engine {
             info!(job = %r.job, request = %key.request_id, "submission retried; returning the job it created");
             return Ok(r.job);
         }
-        let job = Job {
-            id: JobId::new_v7(),
-            spec,
-            state: JobState::Pending,
-            reason: "waiting for the scheduler".into(),
-            submitted_at: now,
-            started_at: None,
-            ended_at: None,
-            exit_code: None,
-            signal: None,
-            placements: Vec::new(),
-            parts_started: Vec::new(),
-            parts_exited: Vec::new(),
-            lease_ids: Vec::new(),
-            attempt: 1,
-            cancel_requested: false,
-            cancel_forced: false,
-            preempted_by: None,
-            node_lost_requeues: 0,
-        };
+        let job = Job::submitted(spec, now);
         let id = job.id;
         info!(job = %id, tenant = %job.spec.tenant, name = %job.spec.name, "job submitted");
         let record = request.map(|key| RequestRecord {
@@ -71,8 +52,7 @@ impl Engine {
         if let Some(r) = record {
             self.requests.insert((r.tenant.clone(), r.request_id.clone()), r);
         }
-        self.jobs.insert(id, job);
-        self.leases.insert(id, Vec::new());
+        self.jobs.admit(job, Vec::new());
         self.needs_pass = true;
         Ok(id)
     }
@@ -177,7 +157,6 @@ impl Engine {
         let touched = self.all_lease_ids(&id);
         self.persist(id, &touched);
         self.jobs.remove(&id);
-        self.leases.remove(&id);
         self.needs_pass = true;
     }
 
@@ -205,14 +184,12 @@ impl Engine {
         now: UnixMillis,
     ) -> UnixMillis {
         let started = self
-            .leases
-            .get(&id)
-            .and_then(|ls| {
-                ls.iter()
-                    .filter(|l| &l.node == node)
-                    .filter_map(|l| l.started_at)
-                    .min()
-            })
+            .jobs
+            .leases(&id)
+            .iter()
+            .filter(|l| &l.node == node)
+            .filter_map(|l| l.started_at)
+            .min()
             .or_else(|| self.jobs.get(&id).and_then(|j| j.started_at));
         let estimate = match (exit.ended_ago, started, exit.runtime) {
             (Some(ago), _, _) => UnixMillis(now.0.saturating_sub(ago.0)),
@@ -249,12 +226,12 @@ impl Engine {
             .nodes()
             .map(|n| (n.clone(), self.part_end_time(job, n, now)))
             .collect();
-        let runtimes: HashMap<&NodeName, Millis> = job
+        let runtimes: HashMap<NodeName, Millis> = job
             .parts_exited
             .iter()
-            .filter_map(|e| e.runtime.map(|r| (&e.node, r)))
+            .filter_map(|e| e.runtime.map(|r| (e.node.clone(), r)))
             .collect();
-        let Some(leases) = self.leases.get_mut(&id) else {
+        let Some(leases) = self.jobs.leases_mut(&id) else {
             return;
         };
         for lease in leases.iter_mut().filter(|l| l.state != LeaseState::Closed) {
@@ -285,7 +262,7 @@ impl Engine {
         }
         let preemptible = job.spec.preemptible;
         let mut asks = Vec::new();
-        for lease in self.leases.get_mut(&id).into_iter().flatten() {
+        for lease in self.jobs.leases_mut(&id).into_iter().flatten() {
             if lease.state == LeaseState::Closed && lease.plugin_prices.is_none() {
                 lease.plugin_prices = Some(PluginPrices {
                     pending: true,
@@ -317,11 +294,11 @@ impl Engine {
 
     /// Puts a placed job that never started back in the queue.
     pub(in crate::engine) fn requeue_unstarted(&mut self, id: JobId, why: &str) {
-        if !self.jobs.contains_key(&id) {
+        if !self.jobs.contains(&id) {
             return;
         }
         let now = self.clock.now();
-        if let Some(leases) = self.leases.get_mut(&id) {
+        if let Some(leases) = self.jobs.leases_mut(&id) {
             for lease in leases.iter_mut().filter(|l| l.state != LeaseState::Closed) {
                 lease.state = LeaseState::Closed;
                 lease.ended_at = Some(now.max(lease.reserved_at));
@@ -337,7 +314,7 @@ impl Engine {
         self.queue.push(job);
         self.orphaned.retain(|(j, _), _| *j != id);
         self.persist(id, &touched);
-        self.leases.insert(id, Vec::new());
+        self.jobs.forget_leases(&id);
         self.needs_pass = true;
     }
 }

@@ -23,8 +23,7 @@ impl Engine {
             placer: Placer::new(profile),
             mix_window: VecDeque::new(),
             since_mix: 0,
-            jobs: HashMap::new(),
-            leases: HashMap::new(),
+            jobs: ActiveJobs::default(),
             queue: Queue::default(),
             agents: HashMap::new(),
             nodes: HashMap::new(),
@@ -75,15 +74,14 @@ impl Engine {
                     placed += 1;
                 }
             }
-            engine.leases.insert(job.id, open);
             engine.note_submission(Request::of(&job.spec));
-            engine.jobs.insert(job.id, job);
+            engine.jobs.admit(job, open);
         }
         // Preemptions in flight survive a restart: the victims remember who
         // they make room for, and the preemptors get their nominations back.
         let victims: Vec<(JobId, JobId, Option<NodeName>)> = engine
             .jobs
-            .values()
+            .iter()
             .filter_map(|j| {
                 j.preempted_by
                     .map(|by| (j.id, by, j.placements.first().map(|p| p.node.clone())))

@@ -12,7 +12,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
 use super::batch::{Batch, Change};
-use super::model::{AgentLink, Budgets, NodeMeta, Nominations, Queue, QuotaBook};
+use super::model::{ActiveJobs, AgentLink, Budgets, NodeMeta, Nominations, Queue, QuotaBook};
 use super::observe::Observers;
 use super::{
     AgentEvent, AgentOrder, Command, EngineConfig, EngineError, EngineResult, ExitOutcome, JobEvent, JobExit,
@@ -59,10 +59,8 @@ pub struct Engine {
     pub(super) mix_window: VecDeque<Request>,
     /// Submissions since the mix was last rebuilt.
     pub(super) since_mix: usize,
-    /// Jobs not in a final state.
-    pub(super) jobs: HashMap<JobId, Job>,
-    /// Open leases of active jobs (current attempt).
-    pub(super) leases: HashMap<JobId, Vec<Lease>>,
+    /// Jobs not in a final state, with their current attempt's leases.
+    pub(super) jobs: ActiveJobs,
     pub(super) queue: Queue,
     pub(super) agents: HashMap<NodeName, AgentLink>,
     pub(super) nodes: HashMap<NodeName, NodeMeta>,
@@ -428,10 +426,11 @@ impl Engine {
     pub(super) fn persist(&mut self, id: JobId, touched: &[LeaseId]) {
         let Some(job) = self.jobs.get(&id) else { return };
         let leases: Vec<&Lease> = self
-            .leases
-            .get(&id)
-            .map(|ls| ls.iter().filter(|l| touched.contains(&l.id)).collect())
-            .unwrap_or_default();
+            .jobs
+            .leases(&id)
+            .iter()
+            .filter(|l| touched.contains(&l.id))
+            .collect();
         let _ = self.batch.write(Change::Job {
             job,
             leases: &leases,
@@ -441,9 +440,6 @@ impl Engine {
     }
 
     pub(super) fn all_lease_ids(&self, id: &JobId) -> Vec<LeaseId> {
-        self.leases
-            .get(id)
-            .map(|ls| ls.iter().map(|l| l.id).collect())
-            .unwrap_or_default()
+        self.jobs.lease_ids(id)
     }
 }

@@ -23,7 +23,7 @@ impl Engine {
         job.reason = format!("requeued after preemption for job {by}");
         self.queue.push(job);
         self.persist(id, &[]);
-        self.leases.insert(id, Vec::new());
+        self.jobs.forget_leases(&id);
         self.needs_pass = true;
     }
 
@@ -49,7 +49,7 @@ impl Engine {
         job.next_attempt();
         self.queue.push(job);
         self.persist(id, &touched);
-        self.leases.insert(id, Vec::new());
+        self.jobs.forget_leases(&id);
         self.orphaned.retain(|(j, _), _| *j != id);
         self.last_seen.retain(|(j, _), _| *j != id);
         self.needs_pass = true;
