@@ -38,7 +38,7 @@ pub(in crate::engine) enum Change<'a> {
     /// The prices a lease's pricing plugins gave.
     Prices {
         lease: &'a LeaseId,
-        prices: PluginPrices,
+        prices: &'a PluginPrices,
     },
     /// When a node was last heard from (so that a restarted controller does
     /// not start the node-lost grace over).
@@ -72,8 +72,8 @@ impl Change<'_> {
         }
     }
 
-    fn write(self, ledger: &Ledger) -> Result<(), LedgerError> {
-        match self {
+    fn write(&self, ledger: &Ledger) -> Result<(), LedgerError> {
+        match *self {
             Change::Job {
                 job,
                 leases,
@@ -133,7 +133,6 @@ impl Batch {
     /// error's message is returned for a reply that wants it.
     pub(in crate::engine) fn write(&mut self, change: Change<'_>) -> Result<(), String> {
         let durability = change.durability();
-        let what = change.describe();
         match change.write(&self.ledger) {
             Ok(()) => {
                 match durability {
@@ -144,6 +143,7 @@ impl Batch {
                 Ok(())
             }
             Err(e) => {
+                let what = change.describe();
                 let message = format!("cannot record {what}: {e}");
                 match durability {
                     Durability::Acknowledged => {
@@ -233,7 +233,7 @@ mod tests {
         let err = batch
             .write(Change::Prices {
                 lease: &LeaseId::new_v7(),
-                prices: PluginPrices::default(),
+                prices: &PluginPrices::default(),
             })
             .unwrap_err();
         assert!(

@@ -160,7 +160,7 @@ impl Ledger {
 
     /// Records a pricing plugin's prices for a closed lease still waiting
     /// for them (and so not rolled up yet: `roll_up` skips it until then).
-    pub fn set_plugin_prices(&self, id: &LeaseId, prices: PluginPrices) -> Result<()> {
+    pub fn set_plugin_prices(&self, id: &LeaseId, prices: &PluginPrices) -> Result<()> {
         let result: Result<(), TransactionError<&'static str>> =
             (&self.leases, &self.unrolled).transaction(|(leases, unrolled)| {
                 let Some(bytes) = leases.get(id.as_bytes())? else {

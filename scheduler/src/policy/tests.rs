@@ -616,7 +616,13 @@ static COUNTING: counting::Counting = counting::Counting;
 /// host must refuse it from the list's length, having copied nothing of it.
 #[test]
 fn a_huge_answer_is_refused_before_the_host_copies_it() {
-    let config = PolicyConfig::default();
+    // The size cap is what is tested: building two million strings takes
+    // the guest ~40 ms of CPU (its memory's page faults), near the default
+    // budget on a loaded machine (54 ms seen), so the budget is roomy here.
+    let config = PolicyConfig {
+        cpu_budget: Millis(2_000),
+        ..PolicyConfig::default()
+    };
     let sandbox = runtime::Sandbox::new(&config).unwrap();
     let plugin = sandbox.validate(&wasm("hostile_oversized")).unwrap().plugin;
     let mut job = spec("acme", "vision", &[], 1);

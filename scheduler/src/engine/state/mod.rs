@@ -342,7 +342,7 @@ impl Engine {
                 // A failure is logged; a restart asks again.
                 let _ = self.batch.write(Change::Prices {
                     lease: &lease,
-                    prices,
+                    prices: &prices,
                 });
             }
             Command::QuotaVerdict { job, ask, outcome } => {
