@@ -60,6 +60,7 @@ fn job(tenant: usize, project: usize) -> Job {
             min_runtime: None,
             checkpoint_interval: None,
             node_lost_retries: 2,
+            script: None,
         },
         state: JobState::Starting,
         reason: String::new(),

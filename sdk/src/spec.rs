@@ -155,6 +155,13 @@ impl JobSpec {
         self.0.node_lost_retries = Some(n);
         self
     }
+
+    /// Runs this batch script (its text, starting with `#!`) in place of
+    /// the command, which then names it; as `allot sbatch` submits one.
+    pub fn script(mut self, text: impl Into<String>) -> Self {
+        self.0.script = Some(text.into());
+        self
+    }
 }
 
 impl From<proto::JobSpec> for JobSpec {

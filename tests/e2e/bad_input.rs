@@ -56,6 +56,13 @@ async fn malformed_submissions_are_refused_naming_the_field() {
     expect_invalid(&client, ok().gpu_fraction(1, 4).spread(true), "spec.spread").await;
     expect_invalid(&client, ok().spread(true), "spec.spread").await;
     expect_invalid(&client, ok().gpu_model("H100 80GB"), "spec.gpu_models").await;
+    expect_invalid(&client, ok().script("echo no interpreter line\n"), "spec.script").await;
+    expect_invalid(
+        &client,
+        ok().script(format!("#!/bin/sh\n{}", "#".repeat(70_000))),
+        "spec.script",
+    )
+    .await;
     expect_invalid(
         &client,
         ok().gpus(1).node_label("zone", "a\u{7}"),

@@ -11,6 +11,7 @@ mod plugin_kit;
 mod plugins;
 mod preemption;
 mod sim;
+mod slurm;
 mod standalone;
 mod tenants;
 mod usage;

@@ -415,6 +415,7 @@ impl Launcher {
                 .chain(self.hide.iter().cloned())
                 .collect(),
             jobs_dir: Some(self.state_dir.join("jobs")),
+            script: order.script.clone(),
         };
         let key = format!("{}.{}", order.job_id, order.attempt);
         let (tx, rx) = mpsc::unbounded_channel();
@@ -805,8 +806,44 @@ fn job_env(order: &pb::LaunchJob, ctx: &JobContext) -> Vec<(String, String)> {
     allot.push(("ALLOT_NUM_NODES", nodes.len().to_string()));
     allot.push(("ALLOT_NODES", nodes.join(",")));
     allot.push(("ALLOT_NODE_RANK", order.node_rank.to_string()));
+    if order.script.is_some() {
+        allot.extend(slurm_env(order, ctx, &nodes));
+    }
     env.extend(allot.into_iter().map(|(k, v)| (k.to_string(), v)));
     env
+}
+
+/// What a batch script (`allot sbatch`) sees of Slurm's variables, with
+/// allot's values: one task per node (the script runs once on each),
+/// ranks by node. `SLURM_SUBMIT_DIR` and `SLURM_SUBMIT_HOST` come with the
+/// job's own environment, from where it was submitted.
+fn slurm_env(order: &pb::LaunchJob, ctx: &JobContext, nodes: &[String]) -> Vec<(&'static str, String)> {
+    let cpus = (order.cpu_millis.max(0) as u64).div_ceil(1000).max(1).to_string();
+    let rank = order.node_rank.to_string();
+    let node_list = nodes.join(",");
+    vec![
+        ("SLURM_JOB_ID", order.job_id.clone()),
+        ("SLURM_JOBID", order.job_id.clone()),
+        ("SLURM_JOB_NAME", order.name.clone()),
+        ("SLURM_JOB_ACCOUNT", order.project.clone()),
+        ("SLURM_JOB_USER", order.tenant.clone()),
+        ("SLURM_NNODES", nodes.len().to_string()),
+        ("SLURM_JOB_NUM_NODES", nodes.len().to_string()),
+        ("SLURM_JOB_NODELIST", node_list.clone()),
+        ("SLURM_NODELIST", node_list),
+        ("SLURMD_NODENAME", ctx.node.clone()),
+        ("SLURM_NODEID", rank.clone()),
+        ("SLURM_PROCID", rank),
+        ("SLURM_LOCALID", "0".to_string()),
+        ("SLURM_NTASKS", nodes.len().to_string()),
+        ("SLURM_NPROCS", nodes.len().to_string()),
+        ("SLURM_NTASKS_PER_NODE", "1".to_string()),
+        ("SLURM_CPUS_PER_TASK", cpus.clone()),
+        ("SLURM_CPUS_ON_NODE", cpus),
+        ("SLURM_MEM_PER_NODE", order.memory_mib.to_string()),
+        ("SLURM_GPUS_ON_NODE", order.devices.len().to_string()),
+        ("SLURM_RESTART_COUNT", order.attempt.saturating_sub(1).to_string()),
+    ]
 }
 
 #[cfg(test)]

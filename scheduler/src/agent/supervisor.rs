@@ -69,7 +69,16 @@ pub struct SuperviseSpec {
     /// the job's own.
     #[serde(default)]
     pub jobs_dir: Option<PathBuf>,
+    /// A batch script to run in place of `command`: written to
+    /// [`SCRIPT_FILE`] in `scratch` (the job's own, which it sees even
+    /// with a working directory of its own), then run with `args`.
+    #[serde(default)]
+    pub script: Option<String>,
 }
+
+/// The batch script's file name in the job's scratch directory (Slurm's
+/// name for it in its spool).
+pub const SCRIPT_FILE: &str = "slurm_script";
 
 /// A user to run jobs as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -390,8 +399,10 @@ struct Isolation {
     user_ns: Option<(std::ffi::CString, std::ffi::CString)>,
     hide_dirs: Vec<std::ffi::CString>,
     hide_files: Vec<std::ffi::CString>,
-    /// The jobs dir and the job's own scratch dir inside it.
-    scratch: Option<(std::ffi::CString, std::ffi::CString)>,
+    /// The jobs dir and the job's own scratch dir inside it, and the
+    /// working directory to return to once they are mounted (the one the
+    /// process had is under the cover).
+    scratch: Option<(std::ffi::CString, std::ffi::CString, std::ffi::CString)>,
 }
 
 /// The error a child reports when it could not isolate itself: the spawn
@@ -404,7 +415,7 @@ fn cstr(p: &Path) -> Option<std::ffi::CString> {
 }
 
 impl Isolation {
-    fn prepare(spec: &SuperviseSpec, scratch: Option<&Path>) -> Option<Isolation> {
+    fn prepare(spec: &SuperviseSpec, scratch: Option<&Path>, workdir: &Path) -> Option<Isolation> {
         if spec.hide.is_empty() && spec.jobs_dir.is_none() {
             return None;
         }
@@ -426,7 +437,7 @@ impl Isolation {
         }
         let scratch = match (&spec.jobs_dir, scratch) {
             (Some(jobs), Some(own)) if jobs.is_dir() && own.starts_with(jobs) => {
-                Some((cstr(jobs)?, cstr(own)?))
+                Some((cstr(jobs)?, cstr(own)?, cstr(workdir)?))
             }
             (Some(jobs), _) if jobs.is_dir() => {
                 hide_dirs.extend(cstr(jobs));
@@ -504,7 +515,7 @@ impl Isolation {
                     return Err(fail());
                 }
             }
-            if let Some((jobs, own)) = &self.scratch {
+            if let Some((jobs, own, workdir)) = &self.scratch {
                 // Cover every job's scratch dir, then bring back this one's
                 // through a descriptor opened before it was covered (in this
                 // namespace: a bind mount takes no source from another).
@@ -550,7 +561,7 @@ impl Isolation {
                         libc::MS_REMOUNT | libc::MS_RDONLY | rw,
                         std::ptr::null(),
                     ) != 0
-                    || libc::chdir(own.as_ptr()) != 0
+                    || libc::chdir(workdir.as_ptr()) != 0
                 {
                     return Err(fail());
                 }
@@ -638,6 +649,30 @@ pub fn main(base: &Path) -> i32 {
     0
 }
 
+/// Writes the batch script to the job's scratch directory, executable by
+/// the job's user only; returns its path.
+fn write_script(spec: &SuperviseSpec, text: &str) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = spec.scratch.join(format!("{SCRIPT_FILE}.{}", spec.attempt));
+    let _ = std::fs::remove_file(&path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o700)
+        .open(&path)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    drop(f);
+    if let Some(u) = spec.run_as {
+        nix::unistd::chown(
+            &path,
+            Some(nix::unistd::Uid::from_raw(u.uid)),
+            Some(nix::unistd::Gid::from_raw(u.gid)),
+        )?;
+    }
+    Ok(path)
+}
+
 fn open_output(path: &Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()
@@ -680,24 +715,34 @@ async fn supervise(base: &Path, spec: &SuperviseSpec) -> pb::JobExited {
             None,
         );
     };
-    let workdir = match &spec.working_dir {
-        None => {
-            if let Err(e) = std::fs::create_dir_all(&spec.scratch) {
-                return failed(format!("cannot create the job's scratch directory: {e}"));
-            }
-            {
-                use std::os::unix::fs::PermissionsExt;
-                let _ = std::fs::set_permissions(&spec.scratch, std::fs::Permissions::from_mode(0o700));
-            }
-            if let Some(u) = spec.run_as {
-                let _ = nix::unistd::chown(
-                    &spec.scratch,
-                    Some(nix::unistd::Uid::from_raw(u.uid)),
-                    Some(nix::unistd::Gid::from_raw(u.gid)),
-                );
-            }
-            spec.scratch.clone()
+    // The job's own scratch directory: its working directory when it has
+    // none of its own, and where its batch script lives.
+    let needs_scratch = spec.working_dir.is_none() || spec.script.is_some();
+    if needs_scratch {
+        if let Err(e) = std::fs::create_dir_all(&spec.scratch) {
+            return failed(format!("cannot create the job's scratch directory: {e}"));
         }
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&spec.scratch, std::fs::Permissions::from_mode(0o700));
+        }
+        if let Some(u) = spec.run_as {
+            let _ = nix::unistd::chown(
+                &spec.scratch,
+                Some(nix::unistd::Uid::from_raw(u.uid)),
+                Some(nix::unistd::Gid::from_raw(u.gid)),
+            );
+        }
+    }
+    let script = match &spec.script {
+        None => None,
+        Some(text) => match write_script(spec, text) {
+            Ok(path) => Some(path),
+            Err(e) => return failed(format!("cannot write the job's batch script: {e}")),
+        },
+    };
+    let workdir = match &spec.working_dir {
+        None => spec.scratch.clone(),
         Some(d) if d.is_dir() => d.clone(),
         Some(d) => {
             return failed(format!(
@@ -712,9 +757,12 @@ async fn supervise(base: &Path, spec: &SuperviseSpec) -> pb::JobExited {
     if let Err(e) = open_output(&spec.output) {
         return failed(format!("cannot open the job's output file: {e}"));
     }
-    let program = resolve_program(&spec.command, &spec.env, &workdir);
-    let own_scratch = spec.working_dir.is_none().then_some(workdir.as_path());
-    let isolation = Isolation::prepare(spec, own_scratch).map(std::sync::Arc::new);
+    let program = match &script {
+        Some(path) => Some(path.clone()),
+        None => resolve_program(&spec.command, &spec.env, &workdir),
+    };
+    let own_scratch = needs_scratch.then_some(spec.scratch.as_path());
+    let isolation = Isolation::prepare(spec, own_scratch, &workdir).map(std::sync::Arc::new);
     let spawn = |isolation: Option<std::sync::Arc<Isolation>>| {
         let out = open_output(&spec.output)?;
         let err = out.try_clone()?;

@@ -161,6 +161,7 @@ fn order_pb(order: AgentOrder) -> pb::ControllerMessage {
             memory_mib: o.spec.resources.memory.0 as i64,
             nodes: o.nodes.clone(),
             node_rank: o.rank,
+            script: o.spec.script.clone(),
         }),
         AgentOrder::Stop {
             job,

@@ -213,6 +213,7 @@ pub fn spec_pb(s: &JobSpec) -> pb::JobSpec {
         checkpoint_interval_ms: s.checkpoint_interval.map(|t| t.0 as i64),
         spread: s.constraints.spread,
         node_lost_retries: Some(s.node_lost_retries),
+        script: s.script.clone(),
     }
 }
 

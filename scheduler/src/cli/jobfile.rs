@@ -171,6 +171,7 @@ impl JobFile {
                 .map(|t| duration_ms("checkpoint_interval", t))
                 .transpose()?,
             node_lost_retries: self.node_lost_retries,
+            script: None,
         })
     }
 }

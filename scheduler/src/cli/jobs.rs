@@ -8,7 +8,78 @@ use futures::StreamExt;
 
 use super::jobfile::{JobFile, cpu_millis, duration_ms, memory_mib, set_gpu};
 use super::output::{self, age, command_line, gpu_request, state_name, table, time};
+use super::sbatch::{self, Source};
 use super::{JobsArgs, SubmitArgs};
+
+/// The largest batch script read (the server takes at most 64 KiB of spec).
+const MAX_SCRIPT_BYTES: u64 = 1 << 20;
+
+/// Where the submission happens, for `--export` and `SLURM_SUBMIT_*`.
+fn submitter() -> anyhow::Result<sbatch::Submitter> {
+    Ok(sbatch::Submitter {
+        cwd: std::env::current_dir()?.display().to_string(),
+        host: nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_default(),
+        env: std::env::vars().collect(),
+    })
+}
+
+/// Whether a job file is a batch script (it starts with `#!`).
+fn is_script(path: &std::path::Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 2];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok_and(|()| &head == b"#!")
+}
+
+/// `allot sbatch [OPTIONS] SCRIPT [ARGS]`: the options, the script read,
+/// the job built; warnings printed unless `--quiet`.
+fn batch_from(args: &[String]) -> anyhow::Result<sbatch::Batch> {
+    let (opts, rest) = sbatch::parse_options(args, Source::CommandLine, true)?;
+    let Some((script, script_args)) = rest.split_first() else {
+        anyhow::bail!("give the batch script to run: allot sbatch [OPTIONS] SCRIPT [ARGS]");
+    };
+    let path = std::path::Path::new(script);
+    let size = std::fs::metadata(path)
+        .map_err(|e| anyhow::anyhow!("cannot read batch script {script}: {e}"))?
+        .len();
+    if size > MAX_SCRIPT_BYTES {
+        anyhow::bail!("batch script {script} is {size} bytes; a job's script may be at most 64 KiB");
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read batch script {script}: {e}"))?;
+    let batch = sbatch::build(script, &text, script_args.to_vec(), opts, &submitter()?)?;
+    if !batch.quiet {
+        for w in &batch.warnings {
+            eprintln!("warning: {w}");
+        }
+    }
+    Ok(batch)
+}
+
+pub async fn sbatch(client: &Client, args: &[String], json: bool) -> anyhow::Result<i32> {
+    let batch = batch_from(args)?;
+    let job = client.submit(batch.spec).await?;
+    if json {
+        output::print_json(&output::job_json(&job));
+    } else if batch.parsable {
+        println!("{}", job.id);
+    } else {
+        // sbatch's own line, which wrappers parse.
+        println!("Submitted batch job {}", job.id);
+    }
+    if !batch.wait {
+        return Ok(0);
+    }
+    let done = client.wait(&job.id).await?;
+    if !json && !batch.parsable {
+        eprintln!("{} {} ({})", done.id, state_name(done.state), done.reason);
+    }
+    Ok(exit_code_of(&done))
+}
 
 fn key_value(what: &str, s: &str) -> anyhow::Result<(String, String)> {
     let (k, v) = s
@@ -20,6 +91,16 @@ fn key_value(what: &str, s: &str) -> anyhow::Result<(String, String)> {
 /// The spec from the job file (if any) with the flags laid over it.
 pub fn build_spec(a: &SubmitArgs) -> anyhow::Result<proto::JobSpec> {
     let mut spec = match &a.file {
+        Some(f) if is_script(f) => {
+            if !a.command.is_empty() {
+                anyhow::bail!(
+                    "{} is a batch script: it is what runs; give its arguments with allot sbatch {} ARGS",
+                    f.display(),
+                    f.display()
+                );
+            }
+            batch_from(&[f.display().to_string()])?.spec
+        }
         Some(f) => JobFile::read(f)?.into_spec()?,
         None => proto::JobSpec::default(),
     };

@@ -7,6 +7,7 @@ mod nodes;
 mod output;
 mod plugins;
 mod run;
+mod sbatch;
 mod usage;
 
 use std::path::PathBuf;
@@ -26,6 +27,22 @@ Getting started:
   allot jobs; allot job ID; allot logs ID
 
 Server address and token come from --addr/--token or ALLOT_ADDR/ALLOT_TOKEN.";
+
+const SBATCH_HELP: &str = "\
+Reads the script's #SBATCH lines up to its first command, then the options
+given here (which win). Honoured: -J/--job-name, -t/--time (MM, MM:SS,
+HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS, UNLIMITED), --gres=gpu[:type][:N],
+-G/--gpus, --gpus-per-node, --gpus-per-task, -N/--nodes 1, -n/--ntasks,
+--ntasks-per-node, -c/--cpus-per-task, --mem, --mem-per-gpu, --mem-per-cpu,
+-D/--chdir, --export, --requeue/--no-requeue, -A/--account (the project),
+--priority, -W/--wait, --parsable, -Q/--quiet.
+Options that do not change what runs (--mail-type, -o/--output for now)
+are warned about; ones allot cannot honour are an error naming the line.
+The job sees SLURM_JOB_ID, SLURM_JOB_NAME, SLURM_NNODES, SLURM_PROCID,
+SLURM_JOB_NODELIST, SLURM_GPUS_ON_NODE, SLURM_SUBMIT_DIR and the rest
+listed in docs/slurm.md, with CUDA_VISIBLE_DEVICES as for any job.
+Example:
+  allot sbatch -t 30 --gres=gpu:1 train.sh --epochs 3";
 
 #[derive(Debug, Parser)]
 #[command(name = "allot", version, about = ABOUT, after_help = AFTER_HELP, propagate_version = true)]
@@ -57,7 +74,22 @@ pub enum Command {
     Server(ServerArgs),
     /// Run a node agent: discover GPUs, run jobs the controller places here.
     Agent(AgentArgs),
-    /// Submit a job: `allot submit [OPTIONS] -- CMD ARGS…` or `allot submit job.toml`.
+    /// Submit a Slurm batch script as sbatch would: its #SBATCH lines, then
+    /// the options given here.
+    #[command(after_help = SBATCH_HELP)]
+    Sbatch {
+        /// sbatch options (as `#SBATCH` lines take them), the script, then
+        /// the script's arguments.
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            required = true,
+            value_name = "[OPTIONS] SCRIPT [ARGS]"
+        )]
+        args: Vec<String>,
+    },
+    /// Submit a job: `allot submit [OPTIONS] -- CMD ARGS…`, `allot submit job.toml`,
+    /// or `allot submit script.sh` (a batch script, as `allot sbatch`).
     Submit(Box<SubmitArgs>),
     /// List jobs.
     Jobs(JobsArgs),

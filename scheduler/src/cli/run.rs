@@ -354,6 +354,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Ledger(LedgerCommand::Check { data_dir: Some(_) }) => unreachable!("handled above"),
         Command::Submit(a) => jobs::submit(&client, a, json).await,
+        Command::Sbatch { args } => jobs::sbatch(&client, args, json).await,
         Command::Jobs(a) => jobs::list(&client, a, json).await,
         Command::Job { id } => jobs::show(&client, id, json).await,
         Command::Cancel { id, reason, force } => jobs::cancel(&client, id, reason, *force, json).await,

@@ -108,6 +108,10 @@ pub struct JobSpec {
     /// Times it goes back to the queue when a node it runs on is lost.
     #[serde(default = "JobSpec::default_node_lost_retries")]
     pub node_lost_retries: u32,
+    /// A batch script (`#!…`) the node writes to a file and runs, with
+    /// `args`, in place of `command` (then the script's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script: Option<String>,
 }
 
 impl Job {
@@ -363,6 +367,7 @@ impl Job {
                 min_runtime: None,
                 checkpoint_interval: None,
                 node_lost_retries: JobSpec::DEFAULT_NODE_LOST_RETRIES,
+                script: None,
             },
             state: JobState::Succeeded,
             reason: String::new(),

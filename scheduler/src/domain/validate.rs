@@ -297,12 +297,13 @@ pub fn spec(s: &JobSpec, limits: &Limits) -> Result<(), Violation> {
             .iter()
             .map(|(k, v)| k.len() + v.len())
             .sum::<usize>()
-        + s.constraints.gpu_models.iter().map(String::len).sum::<usize>();
+        + s.constraints.gpu_models.iter().map(String::len).sum::<usize>()
+        + s.script.as_ref().map_or(0, String::len);
     if total > SPEC_BYTES {
         return Err(violation(
             "spec",
             format!(
-                "a job's command, arguments, environment, tags and labels may hold at most {SPEC_BYTES} bytes together, got {total}; pass large inputs as files"
+                "a job's command, script, arguments, environment, tags and labels may hold at most {SPEC_BYTES} bytes together, got {total}; pass large inputs as files"
             ),
         ));
     }
@@ -438,6 +439,21 @@ pub fn job_spec(spec: &pb::JobSpec, tenant: TenantName) -> Result<JobSpec, Viola
     too_many("spec.tags", "tags", spec.tags.len(), TAGS)?;
     too_many("spec.node_labels", "labels", spec.node_labels.len(), NODE_LABELS)?;
     too_many("spec.gpu_models", "GPU models", spec.gpu_models.len(), GPU_MODELS)?;
+    if let Some(script) = &spec.script {
+        if script.len() > SPEC_BYTES {
+            return Err(violation(
+                "spec.script",
+                format!("at most {SPEC_BYTES} bytes, got {}", script.len()),
+            ));
+        }
+        // As sbatch: the node runs the file, so it names its interpreter.
+        if !script.starts_with("#!") {
+            return Err(violation(
+                "spec.script",
+                "must start with #! and the path of an interpreter (e.g. #!/bin/bash)",
+            ));
+        }
+    }
     let command = spec.command.trim();
     if command.is_empty() {
         return Err(violation("spec.command", "must not be empty"));
@@ -555,6 +571,7 @@ pub fn job_spec(spec: &pb::JobSpec, tenant: TenantName) -> Result<JobSpec, Viola
         min_runtime,
         checkpoint_interval,
         node_lost_retries,
+        script: spec.script.clone(),
     };
     self::spec(
         &out,

@@ -157,6 +157,7 @@ fn spec(gpus: u32) -> JobSpec {
         min_runtime: None,
         checkpoint_interval: None,
         node_lost_retries: 0,
+        script: None,
     }
 }
 
@@ -1141,6 +1142,7 @@ async fn a_job_lost_with_its_node_is_requeued_while_it_has_retries() {
         &mut agent,
         JobSpec {
             node_lost_retries: 1,
+            script: None,
             ..spec(1)
         },
     )

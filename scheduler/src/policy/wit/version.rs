@@ -465,8 +465,9 @@ macro_rules! version_bindings {
         }
 
         /// A spec a plugin returned, in the wire form, so that the API's own
-        /// validation checks it. Tenant, project and the node-lost retries (not
-        /// part of the contract) stay the submitted job's.
+        /// validation checks it. Tenant, project, the node-lost retries and
+        /// the batch script (not part of the contract) stay the submitted
+        /// job's.
         fn job_spec_pb(s: types::JobSpec, submitted: &JobSpec) -> pb::JobSpec {
             let map = |v: Vec<(String, String)>| v.into_iter().collect::<HashMap<_, _>>();
             let (gpu, gpu_memory_mib) = match s.gpu {
@@ -508,6 +509,7 @@ macro_rules! version_bindings {
                 checkpoint_interval_ms: s.checkpoint_interval_ms.map(signed),
                 spread: s.spread,
                 node_lost_retries: Some(submitted.node_lost_retries),
+                script: submitted.script.clone(),
             }
         }
 
@@ -546,6 +548,7 @@ macro_rules! version_bindings {
                         memory_mib: 4096,
                     }),
                     node_lost_retries: Some(5),
+                    script: Some("#!/bin/sh\necho hi\n".into()),
                     ..Default::default()
                 };
                 spec.tags.insert("cost-center".into(), "cc-1".into());
