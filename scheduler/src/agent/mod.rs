@@ -7,6 +7,7 @@
 
 pub mod discovery;
 pub mod fleet;
+mod isolation;
 pub mod launcher;
 pub mod supervisor;
 
