@@ -375,7 +375,10 @@ pub fn parse_options(
     let mut i = 0;
     while i < words.len() {
         let w = &words[i];
-        if let Some(long) = w.strip_prefix("--") {
+        // The option as shown in messages, its value if given in the same
+        // word, how `written` joins them, and what a value where none is
+        // taken adds to the error.
+        let (canon, takes, shown, inline, join, got) = if let Some(long) = w.strip_prefix("--") {
             if long.is_empty() {
                 return Ok((opts, words[i + 1..].to_vec()));
             }
@@ -388,30 +391,7 @@ pub fn parse_options(
                     "{source}: --{name} is not an sbatch option allot knows (see docs/slurm.md for what it supports)"
                 );
             };
-            let value = match (takes, inline) {
-                (true, Some(v)) => Some(v),
-                (true, None) => {
-                    i += 1;
-                    Some(
-                        words
-                            .get(i)
-                            .cloned()
-                            .ok_or_else(|| anyhow::anyhow!("{source}: --{name} needs a value"))?,
-                    )
-                }
-                (false, Some(_)) => anyhow::bail!("{source}: --{name} takes no value"),
-                (false, None) => None,
-            };
-            let written = match &value {
-                Some(v) => format!("--{name}={v}"),
-                None => format!("--{name}"),
-            };
-            opts.push(Opt {
-                name: canon,
-                value,
-                source,
-                written,
-            });
+            (canon, takes, format!("--{name}"), inline, '=', String::new())
         } else if let Some(short) = w.strip_prefix('-').filter(|s| !s.is_empty()) {
             let mut chars = short.chars();
             let c = chars.next().expect("not empty");
@@ -421,38 +401,44 @@ pub fn parse_options(
                     "{source}: -{c} is not an sbatch option allot knows (see docs/slurm.md for what it supports)"
                 );
             };
-            let value = if takes {
-                if rest.is_empty() {
-                    i += 1;
-                    Some(
-                        words
-                            .get(i)
-                            .cloned()
-                            .ok_or_else(|| anyhow::anyhow!("{source}: -{c} needs a value"))?,
-                    )
-                } else {
-                    Some(rest.strip_prefix('=').unwrap_or(&rest).to_string())
-                }
-            } else if rest.is_empty() {
-                None
-            } else {
-                anyhow::bail!("{source}: -{c} takes no value (got {w:?})");
-            };
-            let written = match &value {
-                Some(v) => format!("-{c} {v}"),
-                None => format!("-{c}"),
-            };
-            opts.push(Opt {
-                name: canon,
-                value,
-                source,
-                written,
-            });
+            let inline = (!rest.is_empty()).then(|| rest.strip_prefix('=').unwrap_or(&rest).to_string());
+            (
+                canon,
+                takes,
+                format!("-{c}"),
+                inline,
+                ' ',
+                format!(" (got {w:?})"),
+            )
         } else if stop_at_operand {
             return Ok((opts, words[i..].to_vec()));
         } else {
             anyhow::bail!("{source}: {w:?} is not an option (an #SBATCH line holds options only)");
-        }
+        };
+        let value = match (takes, inline) {
+            (true, Some(v)) => Some(v),
+            (true, None) => {
+                i += 1;
+                Some(
+                    words
+                        .get(i)
+                        .cloned()
+                        .ok_or_else(|| anyhow::anyhow!("{source}: {shown} needs a value"))?,
+                )
+            }
+            (false, Some(_)) => anyhow::bail!("{source}: {shown} takes no value{got}"),
+            (false, None) => None,
+        };
+        let written = match &value {
+            Some(v) => format!("{shown}{join}{v}"),
+            None => shown,
+        };
+        opts.push(Opt {
+            name: canon,
+            value,
+            source,
+            written,
+        });
         i += 1;
     }
     Ok((opts, Vec::new()))

@@ -343,48 +343,35 @@ pub struct Job {
 impl Job {
     /// A minimal succeeded job with this id, for tests of the layers above.
     pub fn for_tests(id: JobId) -> Job {
+        let spec = JobSpec {
+            name: "t".into(),
+            command: "true".into(),
+            args: vec![],
+            env: BTreeMap::new(),
+            working_dir: None,
+            resources: Resources {
+                gpu: GpuRequest::None,
+                cpu: Resources::DEFAULT_CPU,
+                memory: Resources::DEFAULT_MEMORY,
+            },
+            constraints: Constraints::default(),
+            priority: 0,
+            preemptible: false,
+            time_limit: None,
+            grace_period: JobSpec::DEFAULT_GRACE,
+            tenant: "a".parse().expect("valid"),
+            project: ProjectName::default_project(),
+            tags: BTreeMap::new(),
+            min_runtime: None,
+            checkpoint_interval: None,
+            node_lost_retries: JobSpec::DEFAULT_NODE_LOST_RETRIES,
+            script: None,
+        };
         Job {
             id,
-            spec: JobSpec {
-                name: "t".into(),
-                command: "true".into(),
-                args: vec![],
-                env: BTreeMap::new(),
-                working_dir: None,
-                resources: Resources {
-                    gpu: GpuRequest::None,
-                    cpu: Resources::DEFAULT_CPU,
-                    memory: Resources::DEFAULT_MEMORY,
-                },
-                constraints: Constraints::default(),
-                priority: 0,
-                preemptible: false,
-                time_limit: None,
-                grace_period: JobSpec::DEFAULT_GRACE,
-                tenant: "a".parse().expect("valid"),
-                project: ProjectName::default_project(),
-                tags: BTreeMap::new(),
-                min_runtime: None,
-                checkpoint_interval: None,
-                node_lost_retries: JobSpec::DEFAULT_NODE_LOST_RETRIES,
-                script: None,
-            },
             state: JobState::Succeeded,
             reason: String::new(),
-            submitted_at: UnixMillis(0),
-            started_at: None,
-            ended_at: None,
-            exit_code: None,
-            signal: None,
-            placements: Vec::new(),
-            parts_started: Vec::new(),
-            parts_exited: Vec::new(),
-            lease_ids: Vec::new(),
-            attempt: 1,
-            cancel_requested: false,
-            cancel_forced: false,
-            preempted_by: None,
-            node_lost_requeues: 0,
+            ..Job::submitted(spec, UnixMillis(0))
         }
     }
 }

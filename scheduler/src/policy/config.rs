@@ -163,28 +163,23 @@ impl PolicyConfig {
                 Self::MAX_MEMORY_LIMIT
             ));
         }
-        let cpu_budget = match &raw.cpu_budget {
-            None => d.cpu_budget,
-            Some(s) => s
-                .parse::<Millis>()
-                .map_err(|e| format!("plugins.cpu_budget: {e}"))?,
+        // A CPU budget: 1 ms to 10 s.
+        let budget = |key: &str, raw: &Option<String>, default: Millis| -> Result<Millis, String> {
+            let b = match raw {
+                None => default,
+                Some(s) => s.parse::<Millis>().map_err(|e| format!("plugins.{key}: {e}"))?,
+            };
+            if b.0 < 1 || b.0 > 10_000 {
+                return Err(format!("plugins.{key}: must be between 1ms and 10s, got {b}"));
+            }
+            Ok(b)
         };
-        if cpu_budget.0 < 1 || cpu_budget.0 > 10_000 {
-            return Err(format!(
-                "plugins.cpu_budget: must be between 1ms and 10s, got {cpu_budget}"
-            ));
-        }
-        let instantiate_budget = match &raw.instantiate_budget {
-            None => d.instantiate_budget,
-            Some(s) => s
-                .parse::<Millis>()
-                .map_err(|e| format!("plugins.instantiate_budget: {e}"))?,
-        };
-        if instantiate_budget.0 < 1 || instantiate_budget.0 > 10_000 {
-            return Err(format!(
-                "plugins.instantiate_budget: must be between 1ms and 10s, got {instantiate_budget}"
-            ));
-        }
+        let cpu_budget = budget("cpu_budget", &raw.cpu_budget, d.cpu_budget)?;
+        let instantiate_budget = budget(
+            "instantiate_budget",
+            &raw.instantiate_budget,
+            d.instantiate_budget,
+        )?;
         let max_result_bytes = raw.max_result_bytes.unwrap_or(d.max_result_bytes);
         if !(1024..=16 << 20).contains(&max_result_bytes) {
             return Err(format!(
