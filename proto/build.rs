@@ -13,6 +13,7 @@ const PROTOS: &[&str] = &[
     "allot/v1/agent.proto",
     "allot/v1/usage.proto",
     "allot/v1/plugins.proto",
+    "allot/v1/queues.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -61,6 +61,8 @@ fn job(tenant: usize, project: usize) -> Job {
             checkpoint_interval: None,
             node_lost_retries: 2,
             script: None,
+            queue: None,
+            dependency: None,
         },
         state: JobState::Starting,
         reason: String::new(),
@@ -78,6 +80,8 @@ fn job(tenant: usize, project: usize) -> Job {
         cancel_forced: false,
         preempted_by: None,
         node_lost_requeues: 0,
+        hold: None,
+        requeue_requested: false,
     }
 }
 

@@ -35,6 +35,9 @@ pub struct ConfigFile {
     /// Bounds on plugin calls and what a failing plugin does.
     #[serde(default)]
     pub plugins: Option<PluginsConfigFile>,
+    /// Queues (Slurm's partitions); see docs/queues.md.
+    #[serde(default)]
+    pub queues: Vec<crate::domain::queue::QueueFile>,
 }
 
 impl ConfigFile {
@@ -50,6 +53,11 @@ impl ConfigFile {
             Some(p) => RateCard::from_config(p).map_err(|e| anyhow::anyhow!("config file: {e}")),
             None => Ok(RateCard::default()),
         }
+    }
+
+    /// The queues it defines, checked.
+    pub fn queues(&self) -> anyhow::Result<Vec<crate::domain::QueueDef>> {
+        crate::domain::queue::QueueFile::defs(&self.queues).map_err(|e| anyhow::anyhow!("config file: {e}"))
     }
 
     /// The plugin host's settings it describes (the defaults when it has none).
@@ -262,6 +270,8 @@ pub struct DevOptions {
     pub plugins: PolicyConfig,
     /// The longest grace period a job may ask for.
     pub max_grace: Millis,
+    /// The config file's queues.
+    pub queues: Vec<crate::domain::QueueDef>,
 }
 
 /// `allot server --dev`: a controller, two in-process agents with a declared
@@ -288,6 +298,7 @@ pub async fn run_dev(
         placement_seed: opts.placement_seed,
         rate_card: Arc::new(opts.rate_card.clone().unwrap_or_else(demo_rate_card)),
         max_grace: opts.max_grace,
+        queues: opts.queues.clone(),
         ..EngineConfig::default()
     };
     let controller = Controller::start(ServerConfig {
@@ -442,6 +453,8 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/allot.toml");
         let config = ConfigFile::read(&path).unwrap();
         config.rate_card().unwrap();
+        let queues = config.queues().unwrap();
+        assert!(!queues.is_empty(), "the example shows queues");
         assert_eq!(config.plugins().unwrap(), PolicyConfig::default());
     }
 }

@@ -36,11 +36,13 @@ use tonic::transport::{Channel, Endpoint};
 mod admin;
 mod error;
 mod plugins;
+mod queues;
 mod spec;
 
 pub use admin::Admin;
 pub use error::{Error, Result};
 pub use plugins::{MAX_COMPONENT_BYTES, MAX_PLUGIN_MESSAGE, Plugins, Scope};
+pub use queues::Queues;
 pub use spec::{JobPage, JobSpec, ListJobs, LogChunk};
 
 /// Adds `authorization: Bearer <token>` to every call.
@@ -64,6 +66,7 @@ pub struct Client {
     admin: AdminServiceClient<Authed>,
     usage: UsageServiceClient<Authed>,
     plugins: PluginServiceClient<Authed>,
+    queues: proto::queue_service_client::QueueServiceClient<Authed>,
 }
 
 /// Whether a job state is final. (`Preempted` is not: a preempted job is
@@ -142,6 +145,10 @@ impl Client {
             nodes: NodeServiceClient::with_interceptor(channel.clone(), bearer.clone()),
             admin: AdminServiceClient::with_interceptor(channel.clone(), bearer.clone()),
             usage: UsageServiceClient::with_interceptor(channel.clone(), bearer.clone()),
+            queues: proto::queue_service_client::QueueServiceClient::with_interceptor(
+                channel.clone(),
+                bearer.clone(),
+            ),
             plugins: PluginServiceClient::with_interceptor(channel, bearer)
                 .max_encoding_message_size(MAX_PLUGIN_MESSAGE),
         })
@@ -239,6 +246,61 @@ impl Client {
                 id: id.into(),
                 reason: reason.into(),
                 force,
+            })
+            .await?;
+        r.into_inner()
+            .job
+            .ok_or_else(|| Error::local(Code::Internal, "empty response"))
+    }
+
+    /// Keeps a pending job from starting (scontrol hold). An admin token's
+    /// hold can be released only by an admin.
+    pub async fn hold(&self, id: &str, reason: &str) -> Result<Job> {
+        let r = self
+            .jobs
+            .clone()
+            .hold_job(proto::HoldJobRequest {
+                id: id.into(),
+                reason: reason.into(),
+            })
+            .await?;
+        r.into_inner()
+            .job
+            .ok_or_else(|| Error::local(Code::Internal, "empty response"))
+    }
+
+    /// Lets a held job start again (scontrol release).
+    pub async fn release(&self, id: &str) -> Result<Job> {
+        let r = self
+            .jobs
+            .clone()
+            .release_job(proto::ReleaseJobRequest { id: id.into() })
+            .await?;
+        r.into_inner()
+            .job
+            .ok_or_else(|| Error::local(Code::Internal, "empty response"))
+    }
+
+    /// Changes a pending job (scontrol update): the fields set in `update`
+    /// (its `id` is set from `id`).
+    pub async fn update_job(&self, id: &str, mut update: proto::UpdateJobRequest) -> Result<Job> {
+        update.id = id.into();
+        let r = self.jobs.clone().update_job(update).await?;
+        r.into_inner()
+            .job
+            .ok_or_else(|| Error::local(Code::Internal, "empty response"))
+    }
+
+    /// Back to the queue (scontrol requeue; with `hold`, requeuehold): a
+    /// running job is stopped first, an ended one runs again.
+    pub async fn requeue(&self, id: &str, hold: bool, reason: &str) -> Result<Job> {
+        let r = self
+            .jobs
+            .clone()
+            .requeue_job(proto::RequeueJobRequest {
+                id: id.into(),
+                hold,
+                reason: reason.into(),
             })
             .await?;
         r.into_inner()
@@ -440,6 +502,11 @@ impl Client {
     /// Tenants and tokens (admin token needed, except `who_am_i`).
     pub fn admin(&self) -> Admin {
         Admin(self.admin.clone())
+    }
+
+    /// Queues: list (any tenant token), create, update, delete (admin).
+    pub fn queues(&self) -> Queues {
+        Queues(self.queues.clone())
     }
 
     /// Policy plugins: upload, list, bind.

@@ -109,6 +109,20 @@ impl JobSpec {
         self
     }
 
+    /// Start only after other jobs, in Slurm's syntax: `afterok:ID[:ID…]`,
+    /// `afterany:…`, `afternotok:…`, `after:…`, `singleton`, joined by `,`
+    /// (all) or `?` (any).
+    pub fn dependency(mut self, dependency: impl Into<String>) -> Self {
+        self.0.dependency = dependency.into();
+        self
+    }
+
+    /// The queue to wait in (default: the server's default queue).
+    pub fn queue(mut self, queue: impl Into<String>) -> Self {
+        self.0.queue = queue.into();
+        self
+    }
+
     pub fn project(mut self, project: impl Into<String>) -> Self {
         self.0.project = project.into();
         self

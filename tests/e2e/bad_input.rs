@@ -225,3 +225,91 @@ async fn unknown_and_malformed_ids_and_tokens_are_refused() {
             .is_empty()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_queues_and_unknown_queues_are_refused_naming_the_field() {
+    let dir = tempdir();
+    let server = DevServer::start(dir.path()).await;
+    let client = server.client().await;
+    let admin = server.admin().await;
+    expect_invalid(&client, JobSpec::new("true").queue("nope"), "spec.queue").await;
+    expect_invalid(&client, JobSpec::new("true").queue("No Such"), "spec.queue").await;
+    let ok = || proto::Queue {
+        name: "gpu-a".into(),
+        ..Default::default()
+    };
+    let bad: Vec<(proto::Queue, &str)> = vec![
+        (
+            proto::Queue {
+                name: String::new(),
+                ..ok()
+            },
+            "queue.name",
+        ),
+        (
+            proto::Queue {
+                name: "Gpu A".into(),
+                ..ok()
+            },
+            "queue.name",
+        ),
+        (
+            proto::Queue {
+                max_time_limit_ms: Some(0),
+                ..ok()
+            },
+            "queue.max_time_limit_ms",
+        ),
+        (
+            proto::Queue {
+                default_time_limit_ms: Some(7_200_000),
+                max_time_limit_ms: Some(3_600_000),
+                ..ok()
+            },
+            "queue.default_time_limit_ms",
+        ),
+        (
+            proto::Queue {
+                tenants: vec!["a b".into()],
+                ..ok()
+            },
+            "queue.tenants",
+        ),
+        (
+            proto::Queue {
+                gpu_models: vec![String::new()],
+                ..ok()
+            },
+            "queue.gpu_models",
+        ),
+    ];
+    for (q, field) in bad {
+        let err = admin
+            .queues()
+            .create(q.clone())
+            .await
+            .expect_err(&format!("{q:?}"));
+        assert_eq!(err.code(), Code::InvalidArgument, "{field}: {}", err.message());
+        assert_eq!(err.field(), Some(field), "{}", err.message());
+    }
+    let err = admin
+        .queues()
+        .update(ok(), vec!["name".into()])
+        .await
+        .unwrap_err();
+    assert_eq!(err.field(), Some("update_mask"), "{}", err.message());
+    let err = admin.queues().update(ok(), vec![]).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{}", err.message());
+    let err = client.queues().create(ok()).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{}", err.message());
+    // Nothing of it was made.
+    let names: Vec<String> = admin
+        .queues()
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|q| q.queue.unwrap().name)
+        .collect();
+    assert_eq!(names, ["default"]);
+}

@@ -3,13 +3,16 @@
 
 mod bad_input;
 mod cluster;
+mod control;
 mod crash;
+mod deps;
 mod hardening;
 mod harness;
 mod jobs;
 mod plugin_kit;
 mod plugins;
 mod preemption;
+mod queues;
 mod sim;
 mod slurm;
 mod standalone;

@@ -103,7 +103,8 @@ async fn an_sbatch_script_runs_with_its_directives_and_slurms_variables() {
         ("failing", Some(3))
     );
 
-    // What allot cannot honour is refused, naming the line; nothing is stored.
+    // What allot cannot honour is refused, naming the line or the field;
+    // nothing is stored.
     let before = client.list_all(ListJobs::default()).await.unwrap().len();
     let refused = work.join("partition.sh");
     std::fs::write(
@@ -114,8 +115,8 @@ async fn an_sbatch_script_runs_with_its_directives_and_slurms_variables() {
     let (code, out, err) = run_allot(&["sbatch", &refused.display().to_string()], addr, token).await;
     assert_eq!(code, 1, "{out}{err}");
     assert!(
-        err.contains("-p gpu (line 3) cannot be honoured: allot has no partitions"),
-        "{err}"
+        err.contains("field spec.queue") && err.contains("there is no queue gpu"),
+        "an unknown partition is the server's INVALID_ARGUMENT: {err}"
     );
     let (code, _, err) = run_allot(&["sbatch", "--time=90min", &script_s], addr, token).await;
     assert_eq!(code, 1);

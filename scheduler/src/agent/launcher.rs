@@ -806,6 +806,9 @@ fn job_env(order: &pb::LaunchJob, ctx: &JobContext) -> Vec<(String, String)> {
     allot.push(("ALLOT_NUM_NODES", nodes.len().to_string()));
     allot.push(("ALLOT_NODES", nodes.join(",")));
     allot.push(("ALLOT_NODE_RANK", order.node_rank.to_string()));
+    if !order.queue.is_empty() {
+        allot.push(("ALLOT_QUEUE", order.queue.clone()));
+    }
     if order.script.is_some() {
         allot.extend(slurm_env(order, ctx, &nodes));
     }
@@ -843,6 +846,7 @@ fn slurm_env(order: &pb::LaunchJob, ctx: &JobContext, nodes: &[String]) -> Vec<(
         ("SLURM_MEM_PER_NODE", order.memory_mib.to_string()),
         ("SLURM_GPUS_ON_NODE", order.devices.len().to_string()),
         ("SLURM_RESTART_COUNT", order.attempt.saturating_sub(1).to_string()),
+        ("SLURM_JOB_PARTITION", order.queue.clone()),
     ]
 }
 

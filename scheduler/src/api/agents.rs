@@ -162,6 +162,7 @@ fn order_pb(order: AgentOrder) -> pb::ControllerMessage {
             nodes: o.nodes.clone(),
             node_rank: o.rank,
             script: o.spec.script.clone(),
+            queue: o.spec.queue.as_ref().map(ToString::to_string).unwrap_or_default(),
         }),
         AgentOrder::Stop {
             job,
@@ -176,6 +177,7 @@ fn order_pb(order: AgentOrder) -> pb::ControllerMessage {
                 StopReason::Cancelled => pb::StopReason::Cancelled,
                 StopReason::Preempted => pb::StopReason::Preempted,
                 StopReason::Gang => pb::StopReason::Gang,
+                StopReason::Requeued => pb::StopReason::Requeued,
                 StopReason::UnknownJob => pb::StopReason::UnknownJob,
             } as i32,
         }),

@@ -72,6 +72,7 @@ pub fn state_pb(s: JobState) -> pb::JobState {
         JobState::TimedOut => pb::JobState::TimedOut,
         JobState::Preempted => pb::JobState::Preempted,
         JobState::NodeLost => pb::JobState::NodeLost,
+        JobState::DependencyNeverSatisfied => pb::JobState::DependencyNeverSatisfied,
     }
 }
 
@@ -86,6 +87,7 @@ pub fn state_from_pb(field: &str, v: i32) -> ApiResult<JobState> {
         Ok(pb::JobState::TimedOut) => JobState::TimedOut,
         Ok(pb::JobState::Preempted) => JobState::Preempted,
         Ok(pb::JobState::NodeLost) => JobState::NodeLost,
+        Ok(pb::JobState::DependencyNeverSatisfied) => JobState::DependencyNeverSatisfied,
         _ => return Err(ApiError::invalid(field, format!("{v} is not a job state"))),
     })
 }
@@ -131,6 +133,7 @@ pub fn lease_pb(l: &Lease, now: UnixMillis) -> pb::Lease {
         Some(EndReason::Preempted) => pb::LeaseEndReason::Preempted,
         Some(EndReason::NodeLost) => pb::LeaseEndReason::NodeLost,
         Some(EndReason::ReleasedUnstarted) => pb::LeaseEndReason::ReleasedUnstarted,
+        Some(EndReason::Requeued) => pb::LeaseEndReason::Requeued,
     };
     let parts = accounting::hour_parts(l, now, UnixMillis(0), UnixMillis(u64::MAX));
     let gpu_time = parts.iter().fold(GpuTime::ZERO, |a, p| a + p.gpu_time);
@@ -214,6 +217,8 @@ pub fn spec_pb(s: &JobSpec) -> pb::JobSpec {
         spread: s.constraints.spread,
         node_lost_retries: Some(s.node_lost_retries),
         script: s.script.clone(),
+        queue: s.queue.as_ref().map(ToString::to_string).unwrap_or_default(),
+        dependency: s.dependency.as_ref().map(ToString::to_string).unwrap_or_default(),
     }
 }
 
@@ -237,5 +242,8 @@ pub fn job_pb(j: &Job, leases: &[Lease], now: UnixMillis) -> pb::Job {
         attempt: j.attempt,
         cancel_requested: j.cancel_requested,
         node_lost_requeues: j.node_lost_requeues,
+        held: j.hold.is_some(),
+        held_by_admin: j.hold.as_ref().is_some_and(|h| h.by_admin),
+        requeue_requested: j.requeue_requested,
     }
 }

@@ -21,7 +21,7 @@ const LOG_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Api {
     /// The job, if the caller may see it.
-    async fn visible_job(&self, caller: &Caller, id: JobId) -> ApiResult<Job> {
+    pub(super) async fn visible_job(&self, caller: &Caller, id: JobId) -> ApiResult<Job> {
         let job = self
             .read(move |ledger| Ok(ledger.get_job(&id)?))
             .await?
@@ -276,6 +276,45 @@ impl pb::job_service_server::JobService for Api {
             path: slice.path,
             node: slice.node.to_string(),
         }))
+    }
+    #[instrument(skip(self, request))]
+    async fn hold_job(
+        &self,
+        request: Request<pb::HoldJobRequest>,
+    ) -> Result<Response<pb::HoldJobResponse>, Status> {
+        let caller = caller(&request)?;
+        let job = self.hold(&caller, request.get_ref()).await?;
+        Ok(Response::new(pb::HoldJobResponse { job: Some(job) }))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn release_job(
+        &self,
+        request: Request<pb::ReleaseJobRequest>,
+    ) -> Result<Response<pb::ReleaseJobResponse>, Status> {
+        let caller = caller(&request)?;
+        let job = self.release(&caller, request.get_ref()).await?;
+        Ok(Response::new(pb::ReleaseJobResponse { job: Some(job) }))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn update_job(
+        &self,
+        request: Request<pb::UpdateJobRequest>,
+    ) -> Result<Response<pb::UpdateJobResponse>, Status> {
+        let caller = caller(&request)?;
+        let job = self.update(&caller, request.get_ref()).await?;
+        Ok(Response::new(pb::UpdateJobResponse { job: Some(job) }))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn requeue_job(
+        &self,
+        request: Request<pb::RequeueJobRequest>,
+    ) -> Result<Response<pb::RequeueJobResponse>, Status> {
+        let caller = caller(&request)?;
+        let job = self.requeue(&caller, request.get_ref()).await?;
+        Ok(Response::new(pb::RequeueJobResponse { job: Some(job) }))
     }
 }
 

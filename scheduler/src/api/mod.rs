@@ -3,11 +3,13 @@
 
 mod admin;
 mod agents;
+mod control;
 pub mod convert;
 pub mod error;
 mod jobs;
 mod nodes;
 pub mod plugins;
+mod queues;
 mod reflection;
 mod status;
 pub mod usage;
@@ -182,6 +184,9 @@ pub async fn router(api: Api) -> anyhow::Result<AllotRouter> {
         .set_serving::<pb::usage_service_server::UsageServiceServer<Api>>()
         .await;
     health_reporter
+        .set_serving::<pb::queue_service_server::QueueServiceServer<Api>>()
+        .await;
+    health_reporter
         .set_serving::<pb::plugin_service_server::PluginServiceServer<Api>>()
         .await;
     health_reporter
@@ -220,6 +225,10 @@ pub async fn router(api: Api) -> anyhow::Result<AllotRouter> {
             auth.clone(),
         ))
         .add_service(pb::usage_service_server::UsageServiceServer::with_interceptor(
+            api.clone(),
+            auth.clone(),
+        ))
+        .add_service(pb::queue_service_server::QueueServiceServer::with_interceptor(
             api.clone(),
             auth.clone(),
         ))

@@ -43,6 +43,10 @@ pub struct JobFile {
     pub checkpoint_interval: Option<String>,
     /// Times the job is requeued when a node it runs on is lost (default 2).
     pub node_lost_retries: Option<u32>,
+    /// The queue to wait in (default: the default queue).
+    pub queue: Option<String>,
+    /// Jobs to wait for, in Slurm's syntax (`afterok:ID`, …).
+    pub dependency: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -172,6 +176,8 @@ impl JobFile {
                 .transpose()?,
             node_lost_retries: self.node_lost_retries,
             script: None,
+            queue: self.queue.unwrap_or_default(),
+            dependency: self.dependency.unwrap_or_default(),
         })
     }
 }

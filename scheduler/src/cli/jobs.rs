@@ -184,6 +184,12 @@ pub fn build_spec(a: &SubmitArgs) -> anyhow::Result<proto::JobSpec> {
     if let Some(p) = &a.project {
         spec.project = p.clone();
     }
+    if let Some(q) = &a.queue {
+        spec.queue = q.clone();
+    }
+    if let Some(d) = &a.dependency {
+        spec.dependency = d.clone();
+    }
     if let Some(t) = &a.tenant {
         spec.tenant = t.clone();
     }
@@ -270,6 +276,7 @@ pub async fn list(client: &Client, a: &JobsArgs, json: bool) -> anyhow::Result<i
                 j.id.clone(),
                 j.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default(),
                 state_name(j.state).to_string(),
+                j.spec.as_ref().map(|s| s.queue.clone()).unwrap_or_default(),
                 gpu_request(j.spec.as_ref()),
                 j.placement
                     .as_ref()
@@ -280,7 +287,10 @@ pub async fn list(client: &Client, a: &JobsArgs, json: bool) -> anyhow::Result<i
             ]
         })
         .collect();
-    table(&["ID", "NAME", "STATE", "GPU", "NODE", "AGE", "REASON"], &rows);
+    table(
+        &["ID", "NAME", "STATE", "QUEUE", "GPU", "NODE", "AGE", "REASON"],
+        &rows,
+    );
     Ok(0)
 }
 
@@ -302,6 +312,10 @@ pub async fn show(client: &Client, id: &str, json: bool) -> anyhow::Result<i32> 
     };
     println!("  {label:<13} {}", j.reason);
     println!("  tenant:       {} (project {})", j.tenant, j.project);
+    println!(
+        "  queue:        {}",
+        if spec.queue.is_empty() { "-" } else { &spec.queue }
+    );
     println!("  command:      {}", command_line(Some(&spec)));
     if !spec.working_dir.is_empty() {
         println!("  working dir:  {}", spec.working_dir);
@@ -481,4 +495,55 @@ pub async fn logs(client: &Client, id: &str, node: Option<&str>, follow: bool) -
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// What `allot hold|release|update|requeue` asks for.
+pub enum Control<'a> {
+    Hold(&'a str),
+    Release,
+    Update(proto::UpdateJobRequest),
+    Requeue(bool, &'a str),
+}
+
+/// The update `allot update` asks for (`--time none` removes the limit).
+pub fn update_request(
+    priority: Option<i32>,
+    time: Option<&str>,
+    queue: Option<&str>,
+) -> anyhow::Result<proto::UpdateJobRequest> {
+    if priority.is_none() && time.is_none() && queue.is_none() {
+        anyhow::bail!("nothing to change: give --priority, --time or --queue");
+    }
+    let time_limit_ms = match time {
+        None => None,
+        Some(t) if t.eq_ignore_ascii_case("none") => Some(0),
+        Some(t) => {
+            let m: crate::domain::Millis = t.parse().map_err(|e| anyhow::anyhow!("--time: {e}"))?;
+            if m.0 == 0 {
+                anyhow::bail!("--time: must be > 0 (or `none`)");
+            }
+            Some(m.0 as i64)
+        }
+    };
+    Ok(proto::UpdateJobRequest {
+        id: String::new(),
+        priority,
+        time_limit_ms,
+        queue: queue.map(String::from),
+    })
+}
+
+pub async fn control(client: &Client, id: &str, c: Control<'_>, json: bool) -> anyhow::Result<i32> {
+    let (job, did) = match c {
+        Control::Hold(reason) => (client.hold(id, reason).await?, "held"),
+        Control::Release => (client.release(id).await?, "released"),
+        Control::Update(u) => (client.update_job(id, u).await?, "updated"),
+        Control::Requeue(hold, reason) => (client.requeue(id, hold, reason).await?, "requeued"),
+    };
+    if json {
+        output::print_json(&output::job_json(&job));
+    } else {
+        println!("{} {did}: {} ({})", job.id, state_name(job.state), job.reason);
+    }
+    Ok(0)
 }

@@ -6,6 +6,7 @@ mod jobs;
 mod nodes;
 mod output;
 mod plugins;
+mod queues;
 mod run;
 mod sbatch;
 mod usage;
@@ -35,6 +36,7 @@ HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS, UNLIMITED), --gres=gpu[:type][:N],
 -G/--gpus, --gpus-per-node, --gpus-per-task, -N/--nodes 1, -n/--ntasks,
 --ntasks-per-node, -c/--cpus-per-task, --mem, --mem-per-gpu, --mem-per-cpu,
 -D/--chdir, --export, --requeue/--no-requeue, -A/--account (the project),
+-p/--partition (the queue: see `allot queues`), -d/--dependency,
 --priority, -W/--wait, --parsable, -Q/--quiet.
 Options that do not change what runs (--mail-type, -o/--output for now)
 are warned about; ones allot cannot honour are an error naming the line.
@@ -109,6 +111,39 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Keep a pending job from starting (scontrol hold); an admin's hold
+    /// only an admin releases.
+    Hold {
+        id: String,
+        /// Why, shown as the job's reason.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Let a held job start again (scontrol release).
+    Release { id: String },
+    /// Change a pending job: its priority, time limit or queue (scontrol update).
+    Update {
+        id: String,
+        #[arg(long, allow_negative_numbers = true)]
+        priority: Option<i32>,
+        /// Time limit (`90s`, `30m`, `2h`; `none`: no limit, or the queue's default).
+        #[arg(long)]
+        time: Option<String>,
+        /// Move it to this queue.
+        #[arg(long, short = 'q')]
+        queue: Option<String>,
+    },
+    /// Put a job back in the queue (scontrol requeue): a running one is
+    /// stopped first (its leases end `requeued`); an ended one runs again.
+    Requeue {
+        id: String,
+        /// Hold it once it is back in the queue (scontrol requeuehold).
+        #[arg(long)]
+        hold: bool,
+        /// The hold's reason.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
     /// Follow a job's state changes until it ends.
     Watch { id: String },
     /// Print a job's output (stdout and stderr).
@@ -123,6 +158,12 @@ pub enum Command {
     },
     /// List nodes, their GPUs and MIG slices, and what is allocated.
     Nodes,
+    /// The queues: GPUs in use/idle/down/total, pending and running jobs,
+    /// limits, like `sinfo -s` (`*`: the default queue).
+    Queues,
+    /// Queues (Slurm's partitions): create, update, delete (admin), list.
+    #[command(subcommand)]
+    Queue(queues::QueueCommand),
     /// Stop placing new jobs on a node (admin).
     Drain {
         node: String,
@@ -572,6 +613,14 @@ pub struct SubmitArgs {
     pub workdir: Option<String>,
     #[arg(long)]
     pub project: Option<String>,
+    /// The queue to wait in [default: the default queue; see `allot queues`].
+    #[arg(long, short = 'q')]
+    pub queue: Option<String>,
+    /// Start only after other jobs, in Slurm's syntax: `afterok:ID[:ID…]`,
+    /// `afterany:ID`, `afternotok:ID`, `after:ID`, `singleton`, joined by
+    /// `,` (all) or `?` (any).
+    #[arg(long, short = 'd', value_name = "DEPENDENCY")]
+    pub dependency: Option<String>,
     /// Tenant (admin tokens only).
     #[arg(long)]
     pub tenant: Option<String>,

@@ -16,6 +16,7 @@ pub fn state_name(s: i32) -> &'static str {
         Ok(proto::JobState::TimedOut) => "TIMED_OUT",
         Ok(proto::JobState::Preempted) => "PREEMPTED",
         Ok(proto::JobState::NodeLost) => "NODE_LOST",
+        Ok(proto::JobState::DependencyNeverSatisfied) => "DEPENDENCY_NEVER_SATISFIED",
         _ => "UNKNOWN",
     }
 }
@@ -27,7 +28,7 @@ pub fn parse_state(s: &str) -> anyhow::Result<proto::JobState> {
         .filter(|s| *s != proto::JobState::Unspecified)
         .ok_or_else(|| {
             anyhow::anyhow!(
-                "unknown state {s:?}: use pending, starting, running, succeeded, failed, cancelled, timed_out, preempted or node_lost"
+                "unknown state {s:?}: use pending, starting, running, succeeded, failed, cancelled, timed_out, preempted, node_lost or dependency_never_satisfied"
             )
         })
 }
@@ -50,6 +51,7 @@ pub fn end_reason_name(s: i32) -> &'static str {
         Ok(proto::LeaseEndReason::Preempted) => "preempted",
         Ok(proto::LeaseEndReason::NodeLost) => "node-lost",
         Ok(proto::LeaseEndReason::ReleasedUnstarted) => "released-unstarted",
+        Ok(proto::LeaseEndReason::Requeued) => "requeued",
         _ => "",
     }
 }
@@ -218,6 +220,8 @@ pub fn job_json(j: &proto::Job) -> Value {
         "reason": j.reason,
         "tenant": j.tenant,
         "project": j.project,
+        "queue": spec.map(|s| s.queue.clone()),
+        "dependency": spec.map(|s| s.dependency.clone()),
         "command": spec.map(|s| s.command.clone()),
         "args": spec.map(|s| s.args.clone()),
         "gpu": gpu_request(spec),
@@ -233,6 +237,9 @@ pub fn job_json(j: &proto::Job) -> Value {
         "tags": spec.map(|s| s.tags.clone()),
         "attempt": j.attempt,
         "cancel_requested": j.cancel_requested,
+        "held": j.held,
+        "held_by_admin": j.held_by_admin,
+        "requeue_requested": j.requeue_requested,
         "exit_code": j.exit_code,
         "signal": j.signal,
         "submitted_at": opt_ms(j.submitted_at_unix_ms),

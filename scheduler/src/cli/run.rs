@@ -56,6 +56,11 @@ async fn server(a: &ServerArgs) -> anyhow::Result<i32> {
         None => None,
     };
     let rate_card = config.as_ref().map(ConfigFile::rate_card).transpose()?;
+    let queues = config
+        .as_ref()
+        .map(ConfigFile::queues)
+        .transpose()?
+        .unwrap_or_default();
     let plugins = config
         .as_ref()
         .map(ConfigFile::plugins)
@@ -74,6 +79,7 @@ async fn server(a: &ServerArgs) -> anyhow::Result<i32> {
                 rate_card,
                 plugins,
                 max_grace: millis("--max-grace", &a.max_grace)?,
+                queues,
             },
             shutdown_signal(),
         )
@@ -101,6 +107,7 @@ async fn server(a: &ServerArgs) -> anyhow::Result<i32> {
             policy: a.policy.parse().map_err(|e| anyhow::anyhow!("--policy: {e}"))?,
             placement_seed: a.placement_seed,
             rate_card: std::sync::Arc::new(rate_card.unwrap_or_default()),
+            queues,
             ..EngineConfig::default()
         },
         plugins,
@@ -359,8 +366,24 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Job { id } => jobs::show(&client, id, json).await,
         Command::Cancel { id, reason, force } => jobs::cancel(&client, id, reason, *force, json).await,
         Command::Watch { id } => jobs::watch(&client, id, json).await,
+        Command::Hold { id, reason } => jobs::control(&client, id, jobs::Control::Hold(reason), json).await,
+        Command::Release { id } => jobs::control(&client, id, jobs::Control::Release, json).await,
+        Command::Update {
+            id,
+            priority,
+            time,
+            queue,
+        } => {
+            let update = jobs::update_request(*priority, time.as_deref(), queue.as_deref())?;
+            jobs::control(&client, id, jobs::Control::Update(update), json).await
+        }
+        Command::Requeue { id, hold, reason } => {
+            jobs::control(&client, id, jobs::Control::Requeue(*hold, reason), json).await
+        }
         Command::Logs { id, follow, node } => jobs::logs(&client, id, node.as_deref(), *follow).await,
         Command::Nodes => nodes::list(&client, json).await,
+        Command::Queues => super::queues::list(&client, json).await,
+        Command::Queue(q) => super::queues::run(&client, q, json).await,
         Command::Drain { node, reason } => nodes::drain(&client, node, Some(reason), json).await,
         Command::Undrain { node } => nodes::drain(&client, node, None, json).await,
         Command::Tenant(t) => nodes::tenant(&client, t, json).await,

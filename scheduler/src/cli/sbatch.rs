@@ -74,6 +74,8 @@ const OPTIONS: &[(&str, Option<char>, bool, Treat)] = &[
     ("requeue", None, false, Treat::Honour),
     ("no-requeue", None, false, Treat::Honour),
     ("account", Some('A'), true, Treat::Honour),
+    ("partition", Some('p'), true, Treat::Honour),
+    ("dependency", Some('d'), true, Treat::Honour),
     ("priority", None, true, Treat::Honour),
     ("wait", Some('W'), false, Treat::Honour),
     ("parsable", None, false, Treat::Honour),
@@ -136,12 +138,6 @@ const OPTIONS: &[(&str, Option<char>, bool, Treat)] = &[
         Treat::Warn("sbatch's verbosity does not apply"),
     ),
     (
-        "partition",
-        Some('p'),
-        true,
-        Treat::Refuse("allot has no partitions (queues) yet; remove the line"),
-    ),
-    (
         "qos",
         Some('q'),
         true,
@@ -154,16 +150,10 @@ const OPTIONS: &[(&str, Option<char>, bool, Treat)] = &[
         Treat::Refuse("job arrays are not supported yet"),
     ),
     (
-        "dependency",
-        Some('d'),
-        true,
-        Treat::Refuse("job dependencies are not supported yet"),
-    ),
-    (
         "hold",
         Some('H'),
         false,
-        Treat::Refuse("held jobs are not supported yet"),
+        Treat::Refuse("submitting held is not supported yet; submit, then `allot hold ID`"),
     ),
     (
         "begin",
@@ -797,6 +787,17 @@ pub fn build(
     if let Some(a) = value("account") {
         spec.project = a;
     }
+    if let Some(p) = value("partition") {
+        if p.contains(',') {
+            let why = "allot runs a job in one queue; name one (see `allot queues`)";
+            return Err(fail("partition", why.into()));
+        }
+        spec.queue = p.trim().to_string();
+    }
+    // Checked by the server, which knows the jobs it names.
+    if let Some(d) = value("dependency") {
+        spec.dependency = d.trim().to_string();
+    }
     if let Some(p) = value("priority") {
         spec.priority = p
             .trim()
@@ -1050,8 +1051,8 @@ python train.py --epochs 90
     fn what_allot_cannot_honour_is_refused_naming_the_line() {
         for (line, expect) in [
             (
-                "#SBATCH -p gpu",
-                "-p gpu (line 2) cannot be honoured: allot has no partitions",
+                "#SBATCH -p gpu,cpu",
+                "-p gpu,cpu (line 2): allot runs a job in one queue",
             ),
             ("#SBATCH --array=0-9", "--array=0-9 (line 2) cannot be honoured"),
             (
@@ -1141,5 +1142,13 @@ python train.py --epochs 90
             words(r#"--job-name "a b" -t 5 # note"#, Source::Line(1)).unwrap(),
             ["--job-name", "a b", "-t", "5"]
         );
+    }
+
+    #[test]
+    fn a_partition_is_the_queue_and_the_command_line_wins() {
+        let b = built("#!/bin/sh\n#SBATCH -p gpu\n#SBATCH --partition=short\ntrue\n").unwrap();
+        assert_eq!(b.spec.queue, "short", "the last line wins");
+        let b = built("#!/bin/sh\ntrue\n").unwrap();
+        assert_eq!(b.spec.queue, "", "none named: the server's default queue");
     }
 }

@@ -159,10 +159,23 @@ name_id!(
 );
 
 name_id!(
+    /// A queue (Slurm's partition): where a job waits, and on which nodes it runs.
+    QueueName,
+    "queue"
+);
+
+name_id!(
     /// A policy plugin's name, unique within its owner (a tenant, or global).
     PluginName,
     "plugin name"
 );
+
+impl QueueName {
+    /// The queue jobs go to when none is named and none is marked default.
+    pub fn default_queue() -> Self {
+        QueueName("default".to_string())
+    }
+}
 
 impl ProjectName {
     pub fn default_project() -> Self {

@@ -6,7 +6,8 @@ use std::num::NonZeroU32;
 
 use serde::{Deserialize, Serialize};
 
-use super::ids::{JobId, LeaseId, NodeName, ProjectName, TenantName};
+use super::dependency::Dependency;
+use super::ids::{JobId, LeaseId, NodeName, ProjectName, QueueName, TenantName};
 use super::mig::MigProfile;
 use super::units::{MiB, MilliCpu, Millis, Share, UnixMillis};
 
@@ -112,6 +113,14 @@ pub struct JobSpec {
     /// `args`, in place of `command` (then the script's name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub script: Option<String>,
+    /// The queue it waits in: the one it named, or the default queue's name
+    /// once the engine took it (`None` for jobs from before queues: the
+    /// default queue).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<QueueName>,
+    /// What must happen to other jobs before it may start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dependency: Option<Dependency>,
 }
 
 impl Job {
@@ -136,6 +145,8 @@ impl Job {
             cancel_forced: false,
             preempted_by: None,
             node_lost_requeues: 0,
+            hold: None,
+            requeue_requested: false,
         }
     }
 
@@ -168,6 +179,7 @@ impl Job {
         self.signal = None;
         self.attempt += 1;
         self.preempted_by = None;
+        self.requeue_requested = false;
     }
 
     /// Forgets where the job ran (for a requeue).
@@ -204,6 +216,9 @@ pub enum JobState {
     TimedOut,
     Preempted,
     NodeLost,
+    /// Its dependency can never be met (an `afterok` job failed, …): it
+    /// ended without running (Slurm's `kill_invalid_depend`).
+    DependencyNeverSatisfied,
 }
 
 impl JobState {
@@ -227,6 +242,7 @@ impl JobState {
             JobState::TimedOut => "TIMED_OUT",
             JobState::Preempted => "PREEMPTED",
             JobState::NodeLost => "NODE_LOST",
+            JobState::DependencyNeverSatisfied => "DEPENDENCY_NEVER_SATISFIED",
         }
     }
 }
@@ -337,6 +353,33 @@ pub struct Job {
     /// Times it went back to the queue after losing a node.
     #[serde(default)]
     pub node_lost_requeues: u32,
+    /// Kept from starting while pending (`allot hold`, `sbatch -H`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<Hold>,
+    /// Being stopped to go back to the queue (`allot requeue`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub requeue_requested: bool,
+}
+
+/// Who keeps a pending job from starting, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    /// An admin's hold: only an admin releases it (Slurm's admin hold).
+    pub by_admin: bool,
+    #[serde(default)]
+    pub reason: String,
+}
+
+impl Hold {
+    /// What the job's "why pending" says.
+    pub fn describe(&self) -> String {
+        let who = if self.by_admin { "an admin" } else { "its owner" };
+        if self.reason.is_empty() {
+            format!("held by {who} (allot release ID)")
+        } else {
+            format!("held by {who}: {} (allot release ID)", self.reason)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -366,6 +409,8 @@ impl Job {
             checkpoint_interval: None,
             node_lost_retries: JobSpec::DEFAULT_NODE_LOST_RETRIES,
             script: None,
+            queue: None,
+            dependency: None,
         };
         Job {
             id,

@@ -33,6 +33,8 @@ pub enum EndReason {
     NodeLost,
     /// Reserved, but the job never started on the device.
     ReleasedUnstarted,
+    /// Stopped to go back to the queue on request (`allot requeue`).
+    Requeued,
 }
 
 impl EndReason {
@@ -58,6 +60,7 @@ impl EndReason {
             EndReason::Preempted => "preempted",
             EndReason::NodeLost => "node-lost",
             EndReason::ReleasedUnstarted => "released-unstarted",
+            EndReason::Requeued => "requeued",
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The domain: ids, units, jobs, leases, MIG profiles. Plain data, no I/O.
 
+pub mod dependency;
 pub mod error;
 pub mod ids;
 pub mod job;
@@ -7,14 +8,17 @@ pub mod lease;
 pub mod mig;
 pub mod money;
 pub mod plugin;
+pub mod queue;
 pub mod units;
 pub mod validate;
 
 pub use error::{ErrorCode, ServiceError};
-pub use ids::{JobId, LeaseId, NodeName, PluginName, ProjectName, TenantName};
+pub use ids::{JobId, LeaseId, NodeName, PluginName, ProjectName, QueueName, TenantName};
 pub use job::{
-    Constraints, DeviceGrant, ExitOutcome, GpuRequest, Job, JobSpec, JobState, PartExit, Placement, Resources,
+    Constraints, DeviceGrant, ExitOutcome, GpuRequest, Hold, Job, JobSpec, JobState, PartExit, Placement,
+    Resources,
 };
 pub use lease::{EndReason, Lease, LeaseState, PluginPrices};
 pub use mig::{MigFamily, MigProfile};
+pub use queue::{QueueDef, QueueLimits, QueueSource};
 pub use units::{MiB, MilliCpu, Millis, Share, UnixMillis};

@@ -9,7 +9,7 @@ use std::num::NonZeroU32;
 
 use allot_proto::v1 as pb;
 
-use super::ids::{ProjectName, TenantName};
+use super::ids::{ProjectName, QueueName, TenantName};
 use super::job::{Constraints, GpuRequest, JobSpec, Resources};
 use super::mig::MigProfile;
 use super::units::{MiB, MilliCpu, Millis, Share};
@@ -549,6 +549,22 @@ pub fn job_spec(spec: &pb::JobSpec, tenant: TenantName) -> Result<JobSpec, Viola
             "applies only to a job that asks for a GPU",
         ));
     }
+    let queue = if spec.queue.is_empty() {
+        None
+    } else {
+        Some(
+            spec.queue
+                .parse::<QueueName>()
+                .map_err(|e| violation("spec.queue", e))?,
+        )
+    };
+    let dependency = match spec.dependency.trim() {
+        "" => None,
+        d => Some(
+            d.parse::<super::dependency::Dependency>()
+                .map_err(|e| violation("spec.dependency", e))?,
+        ),
+    };
     let out = JobSpec {
         name,
         command: command.to_string(),
@@ -572,6 +588,8 @@ pub fn job_spec(spec: &pb::JobSpec, tenant: TenantName) -> Result<JobSpec, Viola
         checkpoint_interval,
         node_lost_retries,
         script: spec.script.clone(),
+        queue,
+        dependency,
     };
     self::spec(
         &out,

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use tracing::{error, info, warn};
 
 use super::cycle::{self, CycleState, Decision, Plan, QuotaAsk, Snapshot};
-use super::model::Known;
+use super::model::{Known, QueueUsage};
 use super::state::{Effect, Engine};
 use super::{AgentOrder, Command, LaunchOrder, StopReason};
 use crate::accounting::budget::Standing;
@@ -42,7 +42,9 @@ impl Engine {
         let snapshot = Snapshot {
             now,
             jobs: self.jobs.by_id(),
-            queue: &self.queue,
+            pending: &self.pending,
+            queues: &self.queues,
+            deps: &self.deps,
             min_runtime: self.config.min_runtime,
             budget_holds,
             quota_bound,
@@ -53,6 +55,7 @@ impl Engine {
             placer: &mut self.placer,
             quota: &mut self.quota,
             nominations: &mut self.nominations,
+            usage: QueueUsage::count(&self.queues, self.jobs.iter()),
         };
         let plan = cycle::plan(&snapshot, &mut state);
         self.apply_plan(plan);
@@ -68,7 +71,7 @@ impl Engine {
         }
         let mut seen: HashSet<&TenantName> = HashSet::new();
         let tenants: Vec<TenantName> = self
-            .queue
+            .pending
             .iter()
             .filter_map(|id| self.jobs.get(&id))
             .map(|j| &j.spec.tenant)
@@ -102,16 +105,16 @@ impl Engine {
                         self.persist(job, &[]);
                     }
                 }
-                Decision::Deny { job, reason } => {
-                    self.queue.remove(&job);
+                Decision::Deny { job, state, reason } => {
+                    self.pending.remove(&job);
                     let now = self.clock.now();
                     let Some(j) = self.jobs.get_mut(&job) else {
                         continue;
                     };
-                    j.state = JobState::Failed;
+                    j.state = state;
                     j.reason = reason;
                     j.ended_at = Some(now);
-                    info!(%job, "job denied by its quota plugin");
+                    info!(%job, %state, reason = %j.reason, "job ended by a gate without running");
                     self.finish(job);
                 }
                 Decision::Preempt { job, victims, .. } => {
@@ -280,6 +283,8 @@ impl Engine {
         if let Some(tenant) = self.jobs.get(&id).map(|j| &j.spec.tenant) {
             self.held_this_pass.remove(tenant);
         }
+        // It waits on nothing any more.
+        self.deps.done_waiting(id);
         let now = self.clock.now();
         let job = self.jobs.get_mut(&id).expect("queued jobs are active");
         let leases: Vec<Lease> = parts
@@ -336,7 +341,7 @@ impl Engine {
             .collect();
         let touched: Vec<LeaseId> = leases.iter().map(|l| l.id).collect();
         self.jobs.set_leases(&id, leases);
-        self.queue.remove(&id);
+        self.pending.remove(&id);
         // Leases durable first (this turn's flush), then the agents hear of it.
         self.persist(id, &touched);
         info!(job = %id, nodes = %nodes.join(","), "job placed");

@@ -11,7 +11,9 @@
 use tracing::{error, warn};
 
 use crate::accounting::budget::Budget;
-use crate::domain::{Job, Lease, LeaseId, NodeName, PluginPrices, TenantName, UnixMillis};
+use crate::domain::{
+    Job, Lease, LeaseId, NodeName, PluginPrices, QueueDef, QueueName, TenantName, UnixMillis,
+};
 use crate::ledger::{Ledger, LedgerError, RequestRecord};
 
 /// One durable change of the engine's state.
@@ -34,6 +36,11 @@ pub(in crate::engine) enum Change<'a> {
     Budget {
         tenant: &'a TenantName,
         budget: Option<&'a Budget>,
+    },
+    /// A queue made or changed over the API, or its removal.
+    Queue {
+        name: &'a QueueName,
+        def: Option<&'a QueueDef>,
     },
     /// The prices a lease's pricing plugins gave.
     Prices {
@@ -66,7 +73,9 @@ enum Durability {
 impl Change<'_> {
     fn durability(&self) -> Durability {
         match self {
-            Change::Job { .. } | Change::Drain { .. } | Change::Budget { .. } => Durability::Acknowledged,
+            Change::Job { .. } | Change::Drain { .. } | Change::Budget { .. } | Change::Queue { .. } => {
+                Durability::Acknowledged
+            }
             Change::Prices { .. } => Durability::Lazy,
             Change::NodeSeen { .. } | Change::ForgetRequests(_) => Durability::BestEffort,
         }
@@ -87,6 +96,8 @@ impl Change<'_> {
             Change::Drain { node, reason: None } => ledger.remove_drain(node),
             Change::Budget { budget: Some(b), .. } => ledger.put_budget(b),
             Change::Budget { tenant, budget: None } => ledger.remove_budget(tenant),
+            Change::Queue { def: Some(q), .. } => ledger.put_queue(q),
+            Change::Queue { name, def: None } => ledger.remove_queue(name),
             Change::Prices { lease, prices } => ledger.set_plugin_prices(lease, prices),
             Change::NodeSeen { node, at } => ledger.put_node_seen(node, at),
             Change::ForgetRequests(expired) => ledger.remove_requests(expired),
@@ -99,6 +110,7 @@ impl Change<'_> {
             Change::Job { job, .. } => format!("job {}", job.id),
             Change::Drain { node, .. } => format!("the drain of node {node}"),
             Change::Budget { tenant, .. } => format!("the budget of tenant {tenant}"),
+            Change::Queue { name, .. } => format!("queue {name}"),
             Change::Prices { lease, .. } => format!("the plugin prices of lease {lease}"),
             Change::NodeSeen { node, .. } => format!("when node {node} was last heard from"),
             Change::ForgetRequests(r) => format!("the expiry of {} request id(s)", r.len()),

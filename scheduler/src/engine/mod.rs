@@ -22,7 +22,11 @@ use crate::accounting::budget::Budget;
 use crate::accounting::pricing::RateCard;
 use crate::clock::Clock;
 pub use crate::domain::ExitOutcome;
-use crate::domain::{DeviceGrant, Job, JobId, JobSpec, Millis, NodeName, TenantName, UnixMillis};
+use crate::domain::validate::Violation;
+use crate::domain::{
+    DeviceGrant, Hold, Job, JobId, JobSpec, Millis, NodeName, QueueDef, QueueName, Share, TenantName,
+    UnixMillis,
+};
 use crate::ledger::Ledger;
 use crate::placement::{Node, NodeInventory, Policy};
 
@@ -52,6 +56,8 @@ pub struct EngineConfig {
     /// The longest grace period between SIGTERM and SIGKILL: longer ones
     /// are refused on submit, and a stop never waits longer.
     pub max_grace: Millis,
+    /// The queues of the server's config file (`[[queues]]`).
+    pub queues: Vec<QueueDef>,
 }
 
 impl Default for EngineConfig {
@@ -66,6 +72,7 @@ impl Default for EngineConfig {
             min_runtime: Millis::ZERO,
             rate_card: Arc::new(RateCard::default()),
             max_grace: crate::domain::validate::DEFAULT_MAX_GRACE,
+            queues: Vec::new(),
         }
     }
 }
@@ -92,6 +99,13 @@ pub enum EngineError {
     AlreadyExists(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A request field the state makes wrong (a queue's limit, say).
+    #[error("{message}")]
+    Invalid { field: String, message: String },
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    ResourceExhausted(String),
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
@@ -106,13 +120,20 @@ impl crate::domain::ServiceError for EngineError {
             EngineError::NotFound(_) => C::NotFound,
             EngineError::AlreadyExists(_) => C::AlreadyExists,
             EngineError::FailedPrecondition(_) => C::FailedPrecondition,
+            EngineError::Invalid { .. } => C::InvalidArgument,
+            EngineError::PermissionDenied(_) => C::PermissionDenied,
+            EngineError::ResourceExhausted(_) => C::ResourceExhausted,
             EngineError::Unavailable(_) => C::Unavailable,
             EngineError::Internal(_) => C::Internal,
         }
     }
 
     fn field(&self) -> Option<&str> {
-        matches!(self, EngineError::RequestReused(_)).then_some("request_id")
+        match self {
+            EngineError::RequestReused(_) => Some("request_id"),
+            EngineError::Invalid { field, .. } => Some(field),
+            _ => None,
+        }
     }
 }
 
@@ -195,6 +216,8 @@ pub enum StopReason {
     Preempted,
     /// Another part of the same gang ended badly.
     Gang,
+    /// To go back to the queue (`allot requeue`).
+    Requeued,
     UnknownJob,
 }
 
@@ -209,6 +232,47 @@ pub struct LaunchOrder {
     /// Every node of the job, in rank order, and this part's rank.
     pub nodes: Vec<String>,
     pub rank: u32,
+}
+
+/// A queue with its GPUs and jobs now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueView {
+    pub def: QueueDef,
+    pub nodes: u32,
+    pub gpus_total: u32,
+    pub gpus_in_use: u32,
+    pub gpus_idle: u32,
+    pub gpus_down: u32,
+    pub gpus_allocated: Share,
+    pub jobs_pending: u32,
+    pub jobs_running: u32,
+}
+
+/// An update of a queue: the new definition, made from the current one
+/// (in the engine's turn, so two updates never lose each other's fields).
+pub type QueueUpdate = Box<dyn FnOnce(&QueueDef) -> Result<QueueDef, Violation> + Send>;
+
+/// A change to a job that the caller (its owner, or an admin) asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobControl {
+    /// Keep a pending job from starting.
+    Hold { by_admin: bool, reason: String },
+    /// Let a held job start again (an admin's hold needs an admin).
+    Release { by_admin: bool },
+    /// Change a pending job.
+    Update(JobUpdate),
+    /// Back to the queue: a running job is stopped first; an ended one
+    /// starts over as its next attempt. With `hold`, it waits held.
+    Requeue { hold: Option<Hold> },
+}
+
+/// The fields of a pending job an update may change; `None`: kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobUpdate {
+    pub priority: Option<i32>,
+    /// `Some(None)`: no time limit (the queue's default applies).
+    pub time_limit: Option<Option<Millis>>,
+    pub queue: Option<QueueName>,
 }
 
 /// What the controller tells an agent.
@@ -264,6 +328,12 @@ pub(crate) enum Command {
     ListNodes {
         reply: oneshot::Sender<Vec<NodeView>>,
     },
+    /// Hold, release, update or requeue a job.
+    Control {
+        id: JobId,
+        change: JobControl,
+        reply: oneshot::Sender<EngineResult<Job>>,
+    },
     Drain {
         node: NodeName,
         reason: Option<String>,
@@ -281,6 +351,22 @@ pub(crate) enum Command {
         job: JobId,
         ask: u64,
         outcome: crate::policy::types::QuotaOutcome,
+    },
+    CreateQueue {
+        def: Box<QueueDef>,
+        reply: oneshot::Sender<EngineResult<QueueDef>>,
+    },
+    UpdateQueue {
+        name: QueueName,
+        update: QueueUpdate,
+        reply: oneshot::Sender<EngineResult<QueueDef>>,
+    },
+    DeleteQueue {
+        name: QueueName,
+        reply: oneshot::Sender<EngineResult<()>>,
+    },
+    ListQueues {
+        reply: oneshot::Sender<Vec<QueueView>>,
     },
     /// Sets a tenant's budget, or clears it (`budget: None`).
     SetBudget {
@@ -407,6 +493,37 @@ impl EngineHandle {
             reply,
         })
         .await?
+    }
+
+    /// Creates a queue (durable when this returns).
+    pub async fn create_queue(&self, def: QueueDef) -> EngineResult<QueueDef> {
+        self.ask(|reply| Command::CreateQueue {
+            def: Box::new(def),
+            reply,
+        })
+        .await?
+    }
+
+    /// Changes a queue: `update` makes the new definition from the current.
+    pub async fn update_queue(&self, name: QueueName, update: QueueUpdate) -> EngineResult<QueueDef> {
+        self.ask(|reply| Command::UpdateQueue { name, update, reply })
+            .await?
+    }
+
+    /// Deletes a queue that holds no jobs and is not the default.
+    pub async fn delete_queue(&self, name: QueueName) -> EngineResult<()> {
+        self.ask(|reply| Command::DeleteQueue { name, reply }).await?
+    }
+
+    /// Every queue, by name, with its GPUs and jobs now.
+    pub async fn list_queues(&self) -> EngineResult<Vec<QueueView>> {
+        self.ask(|reply| Command::ListQueues { reply }).await
+    }
+
+    /// Holds, releases, updates or requeues a job (see [`JobControl`]);
+    /// returns it as it stands once the change is durable.
+    pub async fn control(&self, id: JobId, change: JobControl) -> EngineResult<Job> {
+        self.ask(|reply| Command::Control { id, change, reply }).await?
     }
 
     /// Drains a node (`Some(reason)`) or undrains it (`None`).

@@ -158,6 +158,8 @@ fn spec(gpus: u32) -> JobSpec {
         checkpoint_interval: None,
         node_lost_retries: 0,
         script: None,
+        queue: None,
+        dependency: None,
     }
 }
 
@@ -1398,3 +1400,7 @@ async fn idle_time_comes_from_utilisation_readings_hour_by_hour() {
     );
     assert_eq!(row.observed, row.gpu_time);
 }
+
+mod control;
+mod deps;
+mod queues;

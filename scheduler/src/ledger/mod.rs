@@ -158,6 +158,8 @@ pub struct Ledger {
     /// One roll-up at a time.
     rolling: std::sync::Arc<std::sync::Mutex<()>>,
     budgets: sled::Tree,
+    /// Queues made over the API, by name.
+    queues: sled::Tree,
     meta: sled::Tree,
     /// Policy plugins by owner and name ([`PluginRecord`]).
     plugins: sled::Tree,
@@ -304,6 +306,7 @@ impl Ledger {
             unrolled: db.open_tree("unrolled")?,
             rolling: Default::default(),
             budgets: db.open_tree("budgets")?,
+            queues: db.open_tree("queues")?,
             meta,
             plugins: db.open_tree("plugins")?,
             blobs: blobs::Blobs::open(&dir.join(PLUGIN_DIR)).map_err(blob_error)?,

@@ -1,6 +1,7 @@
-//! Tenants, tokens, budgets, drains and when each node was last seen.
+//! Tenants, tokens, budgets, queues, drains and when each node was last seen.
 
 use super::*;
+use crate::domain::{QueueDef, QueueName};
 
 impl Ledger {
     // --- tenants and tokens -------------------------------------------------
@@ -82,6 +83,30 @@ impl Ledger {
             .iter()
             .values()
             .map(|b| decode("budgets", &b?))
+            .collect()
+    }
+
+    // --- queues ---------------------------------------------------------------
+
+    /// Stores a queue made or changed over the API.
+    pub fn put_queue(&self, q: &QueueDef) -> Result<()> {
+        self.injected_fault()?;
+        self.queues.insert(q.name.as_str(), encode(q))?;
+        Ok(())
+    }
+
+    pub fn remove_queue(&self, name: &QueueName) -> Result<()> {
+        self.injected_fault()?;
+        self.queues.remove(name.as_str())?;
+        Ok(())
+    }
+
+    /// The queues made over the API, by name.
+    pub fn queues(&self) -> Result<Vec<QueueDef>> {
+        self.queues
+            .iter()
+            .values()
+            .map(|q| decode("queues", &q?))
             .collect()
     }
 

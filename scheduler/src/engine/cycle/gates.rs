@@ -4,7 +4,8 @@
 //! deny (the job fails).
 
 use super::{CycleState, Snapshot};
-use crate::domain::{Job, JobId};
+use crate::domain::dependency::Standing;
+use crate::domain::{Job, JobId, JobState};
 use crate::engine::model::QuotaStanding;
 
 /// What a gate says about placing a job now.
@@ -17,6 +18,9 @@ pub enum Verdict {
     /// job's reason is written only if it still waits at a later pass.
     Asked(QuotaAsk),
     Deny(String),
+    /// The job can never start (a dependency that cannot be met): it ends
+    /// `DEPENDENCY_NEVER_SATISFIED`.
+    Never(String),
 }
 
 /// An ask of a tenant's quota plugin about `job`, counting `assumed` (the
@@ -33,6 +37,79 @@ pub struct QuotaAsk {
 /// that does not say go decides.
 pub trait Gate {
     fn check(&self, job: &Job, snapshot: &Snapshot<'_>, state: &mut CycleState<'_>) -> Verdict;
+}
+
+/// A job waits until its dependency is met, and ends when it never can be.
+pub struct DependencyGate;
+
+impl Gate for DependencyGate {
+    fn check(&self, job: &Job, snapshot: &Snapshot<'_>, _: &mut CycleState<'_>) -> Verdict {
+        let Some(dep) = &job.spec.dependency else {
+            return Verdict::Go;
+        };
+        let state_of = |id: &JobId| {
+            snapshot
+                .jobs
+                .get(id)
+                .map(|j| j.state)
+                .or_else(|| snapshot.deps.ended_state(id))
+        };
+        // Singleton: the earliest other active job of its tenant and name.
+        let same_name = dep
+            .has_singleton()
+            .then(|| {
+                snapshot
+                    .jobs
+                    .values()
+                    .filter(|o| {
+                        o.id != job.id
+                            && o.spec.tenant == job.spec.tenant
+                            && o.spec.name == job.spec.name
+                            && !o.state.is_final()
+                            && (o.state != JobState::Pending
+                                || (o.submitted_at, o.id) < (job.submitted_at, job.id))
+                    })
+                    .min_by_key(|o| (o.submitted_at, o.id))
+                    .map(|o| (o.id, o.state))
+            })
+            .flatten();
+        match dep.standing(state_of, same_name) {
+            Standing::Met => Verdict::Go,
+            Standing::Waiting(what) => Verdict::Wait(format!("waiting for {what}")),
+            Standing::Never(why) => Verdict::Never(format!("dependency never satisfied: {why}")),
+        }
+    }
+}
+
+/// A held job waits until it is released (`allot release`).
+pub struct HoldGate;
+
+impl Gate for HoldGate {
+    fn check(&self, job: &Job, _: &Snapshot<'_>, _: &mut CycleState<'_>) -> Verdict {
+        match &job.hold {
+            Some(h) => Verdict::Wait(h.describe()),
+            None => Verdict::Go,
+        }
+    }
+}
+
+/// A job waits while its queue is gone, or while its tenant holds what the
+/// queue's per-tenant limits allow (GPUs, running jobs).
+pub struct QueueGate;
+
+impl Gate for QueueGate {
+    fn check(&self, job: &Job, snapshot: &Snapshot<'_>, state: &mut CycleState<'_>) -> Verdict {
+        match snapshot.queues.of(&job.spec) {
+            None => Verdict::Wait(format!(
+                "queue {} no longer exists; cancel the job and submit it to another",
+                snapshot.queues.name_of(&job.spec)
+            )),
+            Some(queue) => match state.usage.over_limit(queue, &job.spec) {
+                Some(why) => Verdict::Wait(why),
+                None => Verdict::Go,
+            },
+        }
+    }
 }
 
 /// A tenant whose monthly budget is spent gets no new placements.

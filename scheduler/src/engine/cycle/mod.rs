@@ -2,7 +2,7 @@
 //! `plan(&Snapshot, &mut CycleState) -> Plan`.
 //!
 //! The pass takes the pending jobs in the queue order ([`QueueOrder`]),
-//! puts each through the admission gates ([`Gate`]: budget, quota), then
+//! puts each through the admission gates ([`Gate`]: hold, dependency, queue, budget, quota), then
 //! places it with `placement/` or, when it does not fit for a shortage,
 //! plans a preemption. It reads no clock (the snapshot's `now` is the
 //! pass's time), does no I/O and sends nothing: what it decides comes back
@@ -23,10 +23,10 @@ use std::collections::{HashMap, HashSet};
 
 use tracing::error;
 
-pub use gates::{BudgetGate, Gate, QuotaAsk, QuotaGate, Verdict};
+pub use gates::{BudgetGate, DependencyGate, Gate, HoldGate, QueueGate, QuotaAsk, QuotaGate, Verdict};
 pub use order::{PriorityThenAge, QueueOrder};
 
-use super::model::{Nomination, Nominations, Queue, QuotaBook};
+use super::model::{DependencyGraph, Nomination, Nominations, Pending, QueueUsage, Queues, QuotaBook};
 use crate::domain::{Job, JobId, JobState, Millis, NodeName, Placement, TenantName, UnixMillis};
 use crate::placement::preempt::{self, Candidate};
 use crate::placement::{Cluster, MICRO, Placer, Rejection, Request};
@@ -41,7 +41,11 @@ pub struct Snapshot<'a> {
     pub now: UnixMillis,
     /// The active jobs.
     pub jobs: &'a HashMap<JobId, Job>,
-    pub queue: &'a Queue,
+    /// The pending jobs, in order.
+    pub pending: &'a Pending,
+    pub queues: &'a Queues,
+    /// Who waits on whom, and how ended jobs waited on ended.
+    pub deps: &'a DependencyGraph,
     /// The server's minimum runtime before a job may be preempted.
     pub min_runtime: Millis,
     /// Tenants whose monthly budget is spent, with why.
@@ -58,6 +62,8 @@ pub struct CycleState<'a> {
     pub placer: &'a mut Placer,
     pub quota: &'a mut QuotaBook,
     pub nominations: &'a mut Nominations,
+    /// What each tenant holds in each queue (for its per-tenant limits).
+    pub usage: QueueUsage,
 }
 
 /// What a pass decided, in the order it decided it.
@@ -72,8 +78,13 @@ pub enum Decision {
     Place { job: JobId, parts: Vec<Placement> },
     /// The job waits, for a reason other than the one it shows.
     Wait { job: JobId, reason: String },
-    /// A gate denied the job: it fails.
-    Deny { job: JobId, reason: String },
+    /// A gate denied the job: it ends in `state` (`FAILED`, or
+    /// `DEPENDENCY_NEVER_SATISFIED`) without running.
+    Deny {
+        job: JobId,
+        state: JobState,
+        reason: String,
+    },
     /// Stop `victims` to make room on `node` for `job` (nominated already).
     Preempt {
         job: JobId,
@@ -92,10 +103,15 @@ impl Plan {
     }
 }
 
-/// The pass with today's queue order and gates: priority then age; budget,
-/// then quota.
+/// The pass with today's queue order and gates: tier, priority, age; a
+/// hold, dependencies, the queue (it exists, the tenant's limits in it), budget, then quota.
 pub fn plan(snapshot: &Snapshot<'_>, state: &mut CycleState<'_>) -> Plan {
-    plan_with(&PriorityThenAge, &[&BudgetGate, &QuotaGate], snapshot, state)
+    plan_with(
+        &PriorityThenAge,
+        &[&HoldGate, &DependencyGate, &QueueGate, &BudgetGate, &QuotaGate],
+        snapshot,
+        state,
+    )
 }
 
 /// The pass with a given queue order and gates.
@@ -125,12 +141,33 @@ pub fn plan_with(
                     continue 'jobs;
                 }
                 Verdict::Deny(reason) => {
-                    plan.decisions.push(Decision::Deny { job: id, reason });
+                    let state = JobState::Failed;
+                    plan.decisions.push(Decision::Deny {
+                        job: id,
+                        state,
+                        reason,
+                    });
+                    continue 'jobs;
+                }
+                Verdict::Never(reason) => {
+                    let state = JobState::DependencyNeverSatisfied;
+                    plan.decisions.push(Decision::Deny {
+                        job: id,
+                        state,
+                        reason,
+                    });
                     continue 'jobs;
                 }
             }
         }
-        let request = Request::of(&job.spec);
+        let mut request = Request::of(&job.spec);
+        if let Some(queue) = snapshot.queues.of(&job.spec) {
+            // The queue's nodes and GPU models, on top of the job's own.
+            for (k, v) in &queue.node_labels {
+                request.node_labels.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+            request.gpu_models = queue.models_for(&request.gpu_models);
+        }
         let priority = job.spec.priority;
         let nominations = &*state.nominations;
         // A node being emptied for a preemptor takes nothing of lower
@@ -145,6 +182,7 @@ pub fn plan_with(
                 if allocate(state.cluster, id, &parts) {
                     state.nominations.remove(&id);
                     state.quota.placed(&job.spec.tenant, id);
+                    state.usage.placed(snapshot.queues.name_of(&job.spec), &job.spec);
                     plan.decisions.push(Decision::Place { job: id, parts });
                 }
             }

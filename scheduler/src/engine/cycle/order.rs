@@ -10,12 +10,12 @@ pub trait QueueOrder {
     fn order(&self, snapshot: &Snapshot<'_>) -> Vec<JobId>;
 }
 
-/// Highest priority first, then oldest submission first (a requeued job
-/// keeps its place): the pending queue's own order.
+/// Highest queue tier first, then highest priority, then oldest submission
+/// (a requeued job keeps its place): the pending jobs' own order.
 pub struct PriorityThenAge;
 
 impl QueueOrder for PriorityThenAge {
     fn order(&self, snapshot: &Snapshot<'_>) -> Vec<JobId> {
-        snapshot.queue.iter().collect()
+        snapshot.pending.iter().collect()
     }
 }

@@ -45,7 +45,9 @@ fn pending(t: &str, gpus: u32, priority: i32, submitted: u64) -> Job {
 /// book and nominations.
 struct World {
     jobs: HashMap<JobId, Job>,
-    queue: Queue,
+    pending: Pending,
+    queues: Queues,
+    deps: DependencyGraph,
     cluster: Cluster,
     placer: Placer,
     quota: QuotaBook,
@@ -59,7 +61,9 @@ impl World {
     fn new(nodes: &[(&str, u32)]) -> World {
         World {
             jobs: HashMap::new(),
-            queue: Queue::default(),
+            pending: Pending::default(),
+            queues: Queues::default(),
+            deps: DependencyGraph::default(),
             cluster: cluster(nodes),
             placer: Placer::new(Profile::new(Policy::FirstFit, 0)),
             quota: QuotaBook::default(),
@@ -72,7 +76,7 @@ impl World {
 
     fn submit(&mut self, job: Job) -> JobId {
         let id = job.id;
-        self.queue.push(&job);
+        self.pending.push(&job, self.queues.tier(&job.spec));
         self.jobs.insert(id, job);
         id
     }
@@ -97,14 +101,16 @@ impl World {
     }
 
     fn plan(&mut self) -> Plan {
-        self.plan_by(&PriorityThenAge, &[&BudgetGate, &QuotaGate])
+        self.plan_by(&PriorityThenAge, &[&QueueGate, &BudgetGate, &QuotaGate])
     }
 
     fn plan_by(&mut self, order: &dyn QueueOrder, gates: &[&dyn Gate]) -> Plan {
         let snapshot = Snapshot {
             now: self.now,
             jobs: &self.jobs,
-            queue: &self.queue,
+            pending: &self.pending,
+            queues: &self.queues,
+            deps: &self.deps,
             min_runtime: Millis(0),
             budget_holds: self.budget_holds.clone(),
             quota_bound: self.quota_bound.clone(),
@@ -115,6 +121,7 @@ impl World {
             placer: &mut self.placer,
             quota: &mut self.quota,
             nominations: &mut self.nominations,
+            usage: QueueUsage::count(&self.queues, self.jobs.values()),
         };
         plan_with(order, gates, &snapshot, &mut state)
     }
@@ -164,7 +171,7 @@ fn the_queue_goes_in_priority_order_and_a_job_that_does_not_fit_stops_nobody() {
         w.jobs.get_mut(&id).unwrap().reason = reason;
     }
     for id in [urgent, small] {
-        w.queue.remove(&id);
+        w.pending.remove(&id);
     }
     let again = w.plan();
     assert!(again.decisions.is_empty(), "{again:?}");
@@ -183,9 +190,9 @@ fn the_same_snapshot_gives_the_same_plan() {
     let (mut b, _) = build();
     // Same jobs under the same ids.
     b.jobs = a.jobs.clone();
-    b.queue = Queue::default();
+    b.pending = Pending::default();
     for id in &ids {
-        b.queue.push(&a.jobs[id]);
+        b.pending.push(&a.jobs[id], 0);
     }
     assert_eq!(a.plan().decisions, b.plan().decisions);
 }
@@ -323,7 +330,7 @@ fn a_gate_that_denies_fails_the_job_and_the_pass_goes_on() {
     struct Newest;
     impl QueueOrder for Newest {
         fn order(&self, s: &Snapshot<'_>) -> Vec<JobId> {
-            let mut ids: Vec<JobId> = s.queue.iter().collect();
+            let mut ids: Vec<JobId> = s.pending.iter().collect();
             ids.sort_by_key(|id| std::cmp::Reverse(s.jobs[id].submitted_at));
             ids
         }
@@ -345,6 +352,7 @@ fn a_gate_that_denies_fails_the_job_and_the_pass_goes_on() {
             },
             Decision::Deny {
                 job: denied,
+                state: JobState::Failed,
                 reason: "no".into()
             },
         ],
@@ -389,4 +397,90 @@ proptest! {
         let free: u32 = w.cluster.nodes().iter().map(|n| n.free_whole).sum();
         prop_assert_eq!(free + gpus_placed, capacity);
     }
+}
+
+fn queue_def(name: &str) -> crate::domain::QueueDef {
+    crate::domain::QueueDef {
+        name: name.parse().unwrap(),
+        default: false,
+        source: crate::domain::QueueSource::Api,
+        ..crate::domain::QueueDef::builtin()
+    }
+}
+
+fn in_queue(mut job: Job, queue: &str) -> Job {
+    job.spec.queue = Some(queue.parse().unwrap());
+    job
+}
+
+fn wait_reason(plan: &Plan, id: JobId) -> Option<String> {
+    plan.decisions.iter().find_map(|d| match d {
+        Decision::Wait { job, reason } if *job == id => Some(reason.clone()),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_higher_queue_tier_goes_first_whatever_the_priority() {
+    let mut w = World::new(&[("n1", 2)]);
+    let mut fast = queue_def("fast");
+    fast.priority_tier = 5;
+    w.queues = Queues::new(vec![], vec![fast]).unwrap();
+    let urgent = w.submit(pending("t", 2, 100, 1));
+    let tiered = w.submit(in_queue(pending("t", 2, 0, 2), "fast"));
+    let plan = w.plan();
+    assert_eq!(placed(&plan), vec![tiered]);
+    assert!(wait_reason(&plan, urgent).is_some());
+}
+
+#[test]
+fn a_queue_keeps_its_jobs_to_its_nodes_and_each_tenant_to_its_limits() {
+    let mut w = World::new(&[("n1", 2)]);
+    w.cluster.upsert_node(NodeInventory {
+        name: "n2".parse().unwrap(),
+        labels: [("pool".to_string(), "a".to_string())].into_iter().collect(),
+        cpu: MilliCpu(64_000),
+        memory: MiB(512 * 1024),
+        gpus: (0..4)
+            .map(|i| Gpu::whole(i, format!("GPU-n2-{i}"), "H100-80GB", MiB(80 * 1024)))
+            .collect(),
+    });
+    let mut pool = queue_def("pool-a");
+    pool.node_labels.insert("pool".into(), "a".into());
+    pool.per_tenant.gpus = Some(3);
+    w.queues = Queues::new(vec![], vec![pool]).unwrap();
+    let a1 = w.submit(in_queue(pending("t1", 2, 0, 1), "pool-a"));
+    let a2 = w.submit(in_queue(pending("t1", 2, 0, 2), "pool-a"));
+    let b1 = w.submit(in_queue(pending("t2", 2, 0, 3), "pool-a"));
+    let gone = w.submit(in_queue(pending("t3", 1, 0, 4), "gone"));
+    let plan = w.plan();
+    assert_eq!(placed(&plan), vec![a1, b1], "each tenant counts its own GPUs");
+    for d in &plan.decisions {
+        if let Decision::Place { parts, .. } = d {
+            assert!(
+                parts.iter().all(|p| p.node.as_str() == "n2"),
+                "only the queue's node"
+            );
+        }
+    }
+    let why = wait_reason(&plan, a2).expect("over its limit");
+    assert!(
+        why.contains("queue pool-a limit") && why.contains("at most 3"),
+        "{why}"
+    );
+    let why = wait_reason(&plan, gone).expect("its queue is gone");
+    assert!(why.contains("queue gone no longer exists"), "{why}");
+    // Once the first ends, the second starts.
+    w.jobs.get_mut(&a1).unwrap().state = JobState::Running;
+    w.jobs.get_mut(&b1).unwrap().state = JobState::Running;
+    w.pending.remove(&a1);
+    w.pending.remove(&b1);
+    assert_eq!(
+        placed(&w.plan()),
+        Vec::<JobId>::new(),
+        "still at the limit while a1 runs"
+    );
+    w.jobs.get_mut(&a1).unwrap().state = JobState::Succeeded;
+    w.cluster.release(a1, "n2");
+    assert_eq!(placed(&w.plan()), vec![a2]);
 }

@@ -129,6 +129,8 @@ impl Engine {
                     Some(StopReason::Cancelled)
                 } else if job.preempted_by.is_some() {
                     Some(StopReason::Preempted)
+                } else if job.requeue_requested {
+                    Some(StopReason::Requeued)
                 } else {
                     None
                 };
@@ -442,7 +444,7 @@ impl Engine {
                     .filter(|e| !e.outcome.is_success())
                     .count()
                     == 1;
-            if first_bad && !job.cancel_requested && job.preempted_by.is_none() {
+            if first_bad && !job.cancel_requested && job.preempted_by.is_none() && !job.requeue_requested {
                 job.reason = format!("its part on {node} ended badly; stopping the others");
                 self.persist(id, &[]);
                 self.stop_parts(id, StopReason::Gang);
@@ -453,6 +455,10 @@ impl Engine {
         }
         let now = self.clock.now();
         let job = self.jobs.get_mut(&id).expect("present");
+        if job.requeue_requested && !job.cancel_requested {
+            self.requeued(id);
+            return;
+        }
         if let Some(by) = job.preempted_by
             && !job.cancel_requested
             && job

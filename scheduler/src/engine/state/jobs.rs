@@ -6,7 +6,7 @@ use super::*;
 impl Engine {
     pub(in crate::engine) fn submit(
         &mut self,
-        spec: JobSpec,
+        mut spec: JobSpec,
         request: Option<SubmitKey>,
     ) -> EngineResult<JobId> {
         let now = self.clock.now();
@@ -29,8 +29,10 @@ impl Engine {
             info!(job = %r.job, request = %key.request_id, "submission retried; returning the job it created");
             return Ok(r.job);
         }
+        self.take_into_queue(&mut spec)?;
         let job = Job::submitted(spec, now);
         let id = job.id;
+        self.take_dependency(&job)?;
         info!(job = %id, tenant = %job.spec.tenant, name = %job.spec.name, "job submitted");
         let record = request.map(|key| RequestRecord {
             tenant: job.spec.tenant.clone(),
@@ -40,7 +42,7 @@ impl Engine {
             at: now,
         });
         self.note_submission(Request::of(&job.spec));
-        self.queue.push(&job);
+        self.pending.push(&job, self.queues.tier(&job.spec));
         // The job and its key in one transaction: a retry finds the job
         // exactly when the job exists.
         let _ = self.batch.write(Change::Job {
@@ -96,7 +98,7 @@ impl Engine {
         };
         match job.state {
             JobState::Pending => {
-                self.queue.remove(&id);
+                self.pending.remove(&id);
                 job.state = JobState::Cancelled;
                 job.reason = why;
                 job.ended_at = Some(self.clock.now());
@@ -145,7 +147,10 @@ impl Engine {
         self.close_leases(id, state, now);
         self.release_all(id);
         self.quota.forget(id);
-        self.queue.remove(&id);
+        self.pending.remove(&id);
+        // Whoever waits on it sees how it ended; it waits on nothing now.
+        self.deps.ended(id, state);
+        self.deps.done_waiting(id);
         self.orphaned.retain(|(j, _), _| *j != id);
         self.last_seen.retain(|(j, _), _| *j != id);
         // A preemptor that ends releases its reservation; a victim that ends
@@ -219,6 +224,17 @@ impl Engine {
     }
 
     pub(in crate::engine) fn close_leases(&mut self, id: JobId, state: JobState, now: UnixMillis) {
+        self.close_leases_as(id, EndReason::for_final_state(state), now);
+    }
+
+    /// Closes the job's open leases: started ones with `end` (none: as
+    /// released unstarted), reserved ones as released unstarted.
+    pub(in crate::engine) fn close_leases_as(
+        &mut self,
+        id: JobId,
+        ended_as: Option<EndReason>,
+        now: UnixMillis,
+    ) {
         let Some(job) = self.jobs.get(&id) else { return };
         // Its tenant's budget standing changes with what it has spent.
         self.budgets.spent(&job.spec.tenant);
@@ -236,7 +252,7 @@ impl Engine {
         };
         for lease in leases.iter_mut().filter(|l| l.state != LeaseState::Closed) {
             let end = ends.get(&lease.node).copied().unwrap_or(now);
-            let reason = match (lease.state, EndReason::for_final_state(state)) {
+            let reason = match (lease.state, ended_as) {
                 (LeaseState::Reserved, _) | (_, None) => EndReason::ReleasedUnstarted,
                 (_, Some(r)) => r,
             };
@@ -311,7 +327,7 @@ impl Engine {
         let job = self.jobs.get_mut(&id).expect("checked above");
         job.next_attempt();
         job.reason = why.to_string();
-        self.queue.push(job);
+        self.pending.push(job, self.queues.tier(&job.spec));
         self.orphaned.retain(|(j, _), _| *j != id);
         self.persist(id, &touched);
         self.jobs.forget_leases(&id);

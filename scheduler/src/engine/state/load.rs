@@ -12,6 +12,8 @@ impl Engine {
     ) -> anyhow::Result<Self> {
         let now = clock.now();
         let profile = Profile::new(config.policy, config.placement_seed);
+        let queues = Queues::new(config.queues.clone(), ledger.queues()?)
+            .map_err(|e| anyhow::anyhow!("queues: {e}"))?;
         let mut engine = Engine {
             drained: ledger.drains()?.into_iter().collect(),
             batch: Batch::new(ledger.clone()),
@@ -24,7 +26,9 @@ impl Engine {
             mix_window: VecDeque::new(),
             since_mix: 0,
             jobs: ActiveJobs::default(),
-            queue: Queue::default(),
+            pending: Pending::default(),
+            queues,
+            deps: DependencyGraph::default(),
             agents: HashMap::new(),
             nodes: HashMap::new(),
             orphaned: HashMap::new(),
@@ -57,7 +61,7 @@ impl Engine {
                 .collect();
             match job.state {
                 JobState::Pending => {
-                    engine.queue.push(&job);
+                    engine.pending.push(&job, engine.queues.tier(&job.spec));
                     pending += 1;
                 }
                 _ => {
@@ -97,6 +101,7 @@ impl Engine {
             }
         }
         engine.budgets = Budgets::from_budgets(engine.ledger.budgets()?);
+        engine.rebuild_dependencies()?;
         // When each node was last heard from, for jobs lost with it.
         for (node, seen) in seen {
             engine.nodes.entry(node).or_default().last_heartbeat = Some(seen);

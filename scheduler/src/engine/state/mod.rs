@@ -1,8 +1,11 @@
 //! The engine's state and how each command changes it.
 
 mod agents;
+mod control;
+mod deps;
 mod jobs;
 mod load;
+mod queues;
 mod stops;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -12,7 +15,9 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
 use super::batch::{Batch, Change};
-use super::model::{ActiveJobs, AgentLink, Budgets, NodeMeta, Nominations, Queue, QuotaBook};
+use super::model::{
+    ActiveJobs, AgentLink, Budgets, DependencyGraph, NodeMeta, Nominations, Pending, Queues, QuotaBook,
+};
 use super::observe::Observers;
 use super::{
     AgentEvent, AgentOrder, Command, EngineConfig, EngineError, EngineResult, ExitOutcome, JobEvent, JobExit,
@@ -61,7 +66,12 @@ pub struct Engine {
     pub(super) since_mix: usize,
     /// Jobs not in a final state, with their current attempt's leases.
     pub(super) jobs: ActiveJobs,
-    pub(super) queue: Queue,
+    /// The pending jobs, in the order a pass considers them.
+    pub(super) pending: Pending,
+    /// The queues jobs wait in.
+    pub(super) queues: Queues,
+    /// Which pending jobs wait on which others.
+    pub(super) deps: DependencyGraph,
     pub(super) agents: HashMap<NodeName, AgentLink>,
     pub(super) nodes: HashMap<NodeName, NodeMeta>,
     /// Operator drains, kept across restarts.
@@ -178,7 +188,7 @@ impl Engine {
             // Time alone can change answers (a minimum-runtime guard runs
             // out), so pending work gets a pass now and then without events.
             let now = self.clock.now();
-            if !self.queue.is_empty() && now.since(self.last_pass) >= PASS_EVERY {
+            if !self.pending.is_empty() && now.since(self.last_pass) >= PASS_EVERY {
                 self.needs_pass = true;
             }
             if self.needs_pass {
@@ -377,6 +387,34 @@ impl Engine {
                     self.needs_pass = true;
                     self.budgets.set(tenant, budget);
                 }
+                self.effects.push(reply(tx, r));
+            }
+            Command::Control {
+                id,
+                change,
+                reply: tx,
+            } => match self.control(id, change) {
+                Ok(()) => self.effects.push(Effect::JobReply(id, tx)),
+                Err(e) => self.effects.push(reply(tx, Err(e))),
+            },
+            Command::CreateQueue { def, reply: tx } => {
+                let r = self.create_queue(*def);
+                self.effects.push(reply(tx, r));
+            }
+            Command::UpdateQueue {
+                name,
+                update,
+                reply: tx,
+            } => {
+                let r = self.update_queue(name, update);
+                self.effects.push(reply(tx, r));
+            }
+            Command::DeleteQueue { name, reply: tx } => {
+                let r = self.delete_queue(name);
+                self.effects.push(reply(tx, r));
+            }
+            Command::ListQueues { reply: tx } => {
+                let r = self.queue_views();
                 self.effects.push(reply(tx, r));
             }
             Command::Drain {

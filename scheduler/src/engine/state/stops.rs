@@ -21,7 +21,7 @@ impl Engine {
         let job = self.jobs.get_mut(&id).expect("present");
         job.next_attempt();
         job.reason = format!("requeued after preemption for job {by}");
-        self.queue.push(job);
+        self.pending.push(job, self.queues.tier(&job.spec));
         self.persist(id, &[]);
         self.jobs.forget_leases(&id);
         self.needs_pass = true;
@@ -47,7 +47,7 @@ impl Engine {
         );
         warn!(job = %id, retry = job.node_lost_requeues, "job lost a node; requeued");
         job.next_attempt();
-        self.queue.push(job);
+        self.pending.push(job, self.queues.tier(&job.spec));
         self.persist(id, &touched);
         self.jobs.forget_leases(&id);
         self.orphaned.retain(|(j, _), _| *j != id);

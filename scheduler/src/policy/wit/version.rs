@@ -510,6 +510,8 @@ macro_rules! version_bindings {
                 spread: s.spread,
                 node_lost_retries: Some(submitted.node_lost_retries),
                 script: submitted.script.clone(),
+                queue: submitted.queue.as_ref().map(ToString::to_string).unwrap_or_default(),
+                dependency: submitted.dependency.as_ref().map(ToString::to_string).unwrap_or_default(),
             }
         }
 

@@ -1,23 +1,30 @@
-//! The pending queue: highest priority first, then oldest submission first.
+//! The pending jobs' order: highest queue tier first, then highest
+//! priority, then oldest submission.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap};
 
 use crate::domain::{Job, JobId, UnixMillis};
 
-type Key = (Reverse<i32>, UnixMillis, JobId);
+type Key = (Reverse<i32>, Reverse<i32>, UnixMillis, JobId);
 
 /// Pending jobs in the order they are considered for placement. A job keeps
 /// its submission time as its position, so a requeued job goes back where it was.
 #[derive(Debug, Default)]
-pub struct Queue {
+pub struct Pending {
     order: BTreeSet<Key>,
     keys: HashMap<JobId, Key>,
 }
 
-impl Queue {
-    pub fn push(&mut self, job: &Job) {
-        let key = (Reverse(job.spec.priority), job.submitted_at, job.id);
+impl Pending {
+    /// Puts a job in its place, given its queue's tier (or moves it there).
+    pub fn push(&mut self, job: &Job, tier: i32) {
+        let key = (
+            Reverse(tier),
+            Reverse(job.spec.priority),
+            job.submitted_at,
+            job.id,
+        );
         if let Some(old) = self.keys.insert(job.id, key) {
             self.order.remove(&old);
         }
@@ -47,7 +54,7 @@ impl Queue {
 
     /// Job ids in placement order.
     pub fn iter(&self) -> impl Iterator<Item = JobId> + '_ {
-        self.order.iter().map(|(_, _, id)| *id)
+        self.order.iter().map(|(_, _, _, id)| *id)
     }
 }
 
@@ -63,25 +70,28 @@ mod tests {
     }
 
     #[test]
-    fn higher_priority_first_then_older_and_a_requeued_job_keeps_its_place() {
+    fn higher_tier_then_priority_then_older_and_a_requeued_job_keeps_its_place() {
         let (old, new, urgent) = (job(0, 10), job(0, 20), job(5, 30));
-        let mut q = Queue::default();
+        let mut q = Pending::default();
         for j in [&new, &urgent, &old] {
-            q.push(j);
+            q.push(j, 0);
         }
         assert_eq!(q.iter().collect::<Vec<_>>(), vec![urgent.id, old.id, new.id]);
         // Taken out (placed) and pushed back (requeued): the same place.
         assert!(q.remove(&old.id) && !q.contains(&old.id));
         assert!(!q.remove(&old.id), "a second remove finds nothing");
-        q.push(&old);
-        q.push(&old);
+        q.push(&old, 0);
+        q.push(&old, 0);
         assert_eq!(q.len(), 3, "a push of a queued job moves it, never doubles it");
         assert_eq!(q.iter().collect::<Vec<_>>(), vec![urgent.id, old.id, new.id]);
         // A changed priority moves it.
         let mut demoted = urgent.clone();
         demoted.spec.priority = -1;
-        q.push(&demoted);
+        q.push(&demoted, 0);
         assert_eq!(q.iter().collect::<Vec<_>>(), vec![old.id, new.id, urgent.id]);
         assert!(!q.is_empty());
+        // A higher tier goes first, whatever the priority.
+        q.push(&new, 1);
+        assert_eq!(q.iter().collect::<Vec<_>>(), vec![new.id, old.id, urgent.id]);
     }
 }
