@@ -38,6 +38,49 @@ pub struct ConfigFile {
     /// Queues (Slurm's partitions); see docs/queues.md.
     #[serde(default)]
     pub queues: Vec<crate::domain::queue::QueueFile>,
+    /// Fair share between tenants and their projects; see docs/queues.md.
+    #[serde(default)]
+    pub fairshare: Option<FairShareFile>,
+}
+
+/// `[fairshare]` as written.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FairShareFile {
+    /// `7d` (Slurm's PriorityDecayHalfLife).
+    pub half_life: Option<String>,
+    /// Tenants' weights, `name = weight` (default 1).
+    #[serde(default)]
+    pub tenants: std::collections::BTreeMap<String, u32>,
+    /// Projects' weights inside their tenant, `"tenant/project" = weight`.
+    #[serde(default)]
+    pub projects: std::collections::BTreeMap<String, u32>,
+}
+
+impl FairShareFile {
+    pub fn config(&self) -> Result<engine::FairShareConfig, String> {
+        let mut c = engine::FairShareConfig::default();
+        if let Some(h) = &self.half_life {
+            let h: Millis = h.parse().map_err(|e| format!("fairshare.half_life: {e}"))?;
+            if h < Millis::from_secs(60) {
+                return Err("fairshare.half_life: must be at least 1m".into());
+            }
+            c.half_life = h;
+        }
+        for (t, w) in &self.tenants {
+            let t: TenantName = t.parse().map_err(|e| format!("fairshare.tenants: {e}"))?;
+            c.tenants.insert(t, *w);
+        }
+        for (k, w) in &self.projects {
+            let (t, p) = k
+                .split_once('/')
+                .ok_or_else(|| format!("fairshare.projects: {k:?} must be \"tenant/project\""))?;
+            let t: TenantName = t.parse().map_err(|e| format!("fairshare.projects: {e}"))?;
+            let p: crate::domain::ProjectName = p.parse().map_err(|e| format!("fairshare.projects: {e}"))?;
+            c.projects.insert((t, p), *w);
+        }
+        Ok(c)
+    }
 }
 
 impl ConfigFile {
@@ -52,6 +95,14 @@ impl ConfigFile {
         match &self.pricing {
             Some(p) => RateCard::from_config(p).map_err(|e| anyhow::anyhow!("config file: {e}")),
             None => Ok(RateCard::default()),
+        }
+    }
+
+    /// Fair share's settings (the defaults when it has none).
+    pub fn fairshare(&self) -> anyhow::Result<engine::FairShareConfig> {
+        match &self.fairshare {
+            Some(f) => f.config().map_err(|e| anyhow::anyhow!("config file: {e}")),
+            None => Ok(engine::FairShareConfig::default()),
         }
     }
 
@@ -272,6 +323,8 @@ pub struct DevOptions {
     pub max_grace: Millis,
     /// The config file's queues.
     pub queues: Vec<crate::domain::QueueDef>,
+    /// Fair share's half-life and weights.
+    pub fairshare: engine::FairShareConfig,
 }
 
 /// `allot server --dev`: a controller, two in-process agents with a declared
@@ -299,6 +352,7 @@ pub async fn run_dev(
         rate_card: Arc::new(opts.rate_card.clone().unwrap_or_else(demo_rate_card)),
         max_grace: opts.max_grace,
         queues: opts.queues.clone(),
+        fairshare: opts.fairshare.clone(),
         ..EngineConfig::default()
     };
     let controller = Controller::start(ServerConfig {
@@ -454,6 +508,10 @@ mod tests {
         let config = ConfigFile::read(&path).unwrap();
         config.rate_card().unwrap();
         let queues = config.queues().unwrap();
+        assert_eq!(
+            config.fairshare().unwrap().half_life,
+            Millis::from_secs(7 * 86_400)
+        );
         assert!(!queues.is_empty(), "the example shows queues");
         assert_eq!(config.plugins().unwrap(), PolicyConfig::default());
     }

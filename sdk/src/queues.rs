@@ -46,6 +46,16 @@ impl Queues {
         Ok(())
     }
 
+    /// Fair share as it stands (like `sshare`).
+    pub async fn fairshare(&self) -> Result<proto::GetFairShareResponse> {
+        Ok(self
+            .0
+            .clone()
+            .get_fair_share(proto::GetFairShareRequest {})
+            .await?
+            .into_inner())
+    }
+
     /// The queues the caller may submit to (an admin: all), by name, with
     /// their GPUs and jobs now.
     pub async fn list(&self) -> Result<Vec<proto::QueueStatus>> {

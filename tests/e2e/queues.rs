@@ -14,6 +14,10 @@ name = "batch"
 default = true
 default_time = "1h"
 max_time = "1d"
+
+[fairshare]
+half_life = "2d"
+tenants = { crash = 3 }
 "#;
 
 fn column<'a>(table: &'a str, queue: &str, header: &str) -> &'a str {
@@ -143,6 +147,28 @@ async fn queues_place_jobs_on_their_nodes_refuse_what_they_do_not_allow_and_surv
         "{err}"
     );
     assert_eq!(client.list_all(ListJobs::default()).await.unwrap().len(), before);
+
+    // Fair share: the configured weight and half-life, the tenant's own rows
+    // for a tenant token (each level's shares sum to one).
+    let (code, out, err) = run_allot(&["--json", "fairshare"], addr, admin).await;
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["half_life_ms"], 172_800_000);
+    let tenants = v["tenants"].as_array().unwrap();
+    let crash = tenants
+        .iter()
+        .find(|t| t["tenant"] == "crash")
+        .expect("crash listed");
+    assert_eq!(crash["weight"], 3);
+    let shares: f64 = tenants.iter().map(|t| t["share"].as_f64().unwrap()).sum();
+    assert!((shares - 1.0).abs() < 1e-9, "{out}");
+    let (code, table, err) = run_allot(&["fairshare"], addr, tenant).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        table.starts_with("TENANT/PROJECT") && table.contains("crash"),
+        "{table}"
+    );
+    assert!(table.contains("usage halves every 2d"), "{table}");
 
     // kill -9 and back: the queue made over the API is still there.
     cluster.kill_server().await;

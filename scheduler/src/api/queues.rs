@@ -97,6 +97,50 @@ impl pb::queue_service_server::QueueService for Api {
     }
 
     #[instrument(skip(self, request))]
+    async fn get_fair_share(
+        &self,
+        request: Request<pb::GetFairShareRequest>,
+    ) -> Result<Response<pb::GetFairShareResponse>, Status> {
+        let caller = caller(&request)?;
+        let only = match (caller.is_admin(), caller.tenant()) {
+            (true, _) => None,
+            (false, Some(t)) => Some(t.clone()),
+            (false, None) => {
+                return Err(
+                    ApiError::PermissionDenied("fair share needs a tenant or admin token".into()).into(),
+                );
+            }
+        };
+        let r = self.engine.fairshare().await.map_err(ApiError::from)?;
+        let row = |tenant: &str, project: &str, s: &crate::engine::FairShareStanding| pb::FairShareStanding {
+            tenant: tenant.into(),
+            project: project.into(),
+            weight: s.weight,
+            share: s.share,
+            usage_gpu_hours: s.usage_gpu_hours,
+            usage_share: s.usage_share,
+            factor: s.factor,
+        };
+        let visible = |t: &crate::domain::TenantName| only.as_ref().is_none_or(|o| o == t);
+        Ok(Response::new(pb::GetFairShareResponse {
+            half_life_ms: r.half_life.0 as i64,
+            read_at_unix_ms: r.read_at.map_or(0, |t| t.0 as i64),
+            tenants: r
+                .tenants
+                .iter()
+                .filter(|(t, _)| visible(t))
+                .map(|(t, s)| row(t.as_str(), "", s))
+                .collect(),
+            projects: r
+                .projects
+                .iter()
+                .filter(|((t, _), _)| visible(t))
+                .map(|((t, p), s)| row(t.as_str(), p.as_str(), s))
+                .collect(),
+        }))
+    }
+
+    #[instrument(skip(self, request))]
     async fn list_queues(
         &self,
         request: Request<pb::ListQueuesRequest>,

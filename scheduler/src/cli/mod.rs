@@ -161,6 +161,9 @@ pub enum Command {
     /// The queues: GPUs in use/idle/down/total, pending and running jobs,
     /// limits, like `sinfo -s` (`*`: the default queue).
     Queues,
+    /// Fair share, like `sshare`: each tenant's weight, share, decayed
+    /// GPU-hours and factor, then each project's inside its tenant.
+    Fairshare,
     /// Queues (Slurm's partitions): create, update, delete (admin), list.
     #[command(subcommand)]
     Queue(queues::QueueCommand),

@@ -287,6 +287,65 @@ pub async fn list(client: &Client, json: bool) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// `allot fairshare`: tenants, then projects, like `sshare`.
+pub async fn fairshare(client: &Client, json: bool) -> anyhow::Result<i32> {
+    let r = client.queues().fairshare().await?;
+    let row = |s: &proto::FairShareStanding| {
+        json!({
+            "tenant": s.tenant,
+            "project": if s.project.is_empty() { Value::Null } else { json!(s.project) },
+            "weight": s.weight,
+            "share": s.share,
+            "usage_gpu_hours": s.usage_gpu_hours,
+            "usage_share": s.usage_share,
+            "factor": s.factor,
+        })
+    };
+    if json {
+        output::print_json(&json!({
+            "half_life_ms": r.half_life_ms,
+            "read_at": output::time(r.read_at_unix_ms),
+            "tenants": r.tenants.iter().map(row).collect::<Vec<_>>(),
+            "projects": r.projects.iter().map(row).collect::<Vec<_>>(),
+        }));
+        return Ok(0);
+    }
+    let mut rows = Vec::new();
+    for t in &r.tenants {
+        let cells = |s: &proto::FairShareStanding, name: String| {
+            vec![
+                name,
+                s.weight.to_string(),
+                format!("{:.4}", s.share),
+                format!("{:.2}", s.usage_gpu_hours),
+                format!("{:.4}", s.usage_share),
+                format!("{:.6}", s.factor),
+            ]
+        };
+        rows.push(cells(t, t.tenant.clone()));
+        for p in r.projects.iter().filter(|p| p.tenant == t.tenant) {
+            rows.push(cells(p, format!("  {}", p.project)));
+        }
+    }
+    output::table(
+        &[
+            "TENANT/PROJECT",
+            "WEIGHT",
+            "SHARE",
+            "USAGE(GPU-H)",
+            "USAGE-SHARE",
+            "FAIRSHARE",
+        ],
+        &rows,
+    );
+    println!(
+        "usage halves every {}; read {}",
+        output::duration(r.half_life_ms),
+        output::time(r.read_at_unix_ms)
+    );
+    Ok(0)
+}
+
 pub async fn run(client: &Client, c: &QueueCommand, json: bool) -> anyhow::Result<i32> {
     let q = match c {
         QueueCommand::List => return list(client, json).await,

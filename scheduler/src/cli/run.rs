@@ -61,6 +61,11 @@ async fn server(a: &ServerArgs) -> anyhow::Result<i32> {
         .map(ConfigFile::queues)
         .transpose()?
         .unwrap_or_default();
+    let fairshare = config
+        .as_ref()
+        .map(ConfigFile::fairshare)
+        .transpose()?
+        .unwrap_or_default();
     let plugins = config
         .as_ref()
         .map(ConfigFile::plugins)
@@ -80,6 +85,7 @@ async fn server(a: &ServerArgs) -> anyhow::Result<i32> {
                 plugins,
                 max_grace: millis("--max-grace", &a.max_grace)?,
                 queues,
+                fairshare,
             },
             shutdown_signal(),
         )
@@ -108,6 +114,7 @@ async fn server(a: &ServerArgs) -> anyhow::Result<i32> {
             placement_seed: a.placement_seed,
             rate_card: std::sync::Arc::new(rate_card.unwrap_or_default()),
             queues,
+            fairshare,
             ..EngineConfig::default()
         },
         plugins,
@@ -383,6 +390,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Logs { id, follow, node } => jobs::logs(&client, id, node.as_deref(), *follow).await,
         Command::Nodes => nodes::list(&client, json).await,
         Command::Queues => super::queues::list(&client, json).await,
+        Command::Fairshare => super::queues::fairshare(&client, json).await,
         Command::Queue(q) => super::queues::run(&client, q, json).await,
         Command::Drain { node, reason } => nodes::drain(&client, node, Some(reason), json).await,
         Command::Undrain { node } => nodes::drain(&client, node, None, json).await,

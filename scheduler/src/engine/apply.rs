@@ -38,6 +38,7 @@ impl Engine {
     pub(super) fn placement_pass(&mut self) {
         self.refresh_mix();
         let now = self.clock.now();
+        self.refresh_fairshare(now);
         let (budget_holds, quota_bound) = self.gate_inputs(now);
         let snapshot = Snapshot {
             now,
@@ -45,6 +46,7 @@ impl Engine {
             pending: &self.pending,
             queues: &self.queues,
             deps: &self.deps,
+            fairshare: &self.fairshare,
             min_runtime: self.config.min_runtime,
             budget_holds,
             quota_bound,

@@ -58,6 +58,8 @@ pub struct EngineConfig {
     pub max_grace: Millis,
     /// The queues of the server's config file (`[[queues]]`).
     pub queues: Vec<QueueDef>,
+    /// Fair share's half-life and weights (`[fairshare]`).
+    pub fairshare: FairShareConfig,
 }
 
 impl Default for EngineConfig {
@@ -73,6 +75,7 @@ impl Default for EngineConfig {
             rate_card: Arc::new(RateCard::default()),
             max_grace: crate::domain::validate::DEFAULT_MAX_GRACE,
             queues: Vec::new(),
+            fairshare: FairShareConfig::default(),
         }
     }
 }
@@ -252,6 +255,19 @@ pub struct QueueView {
 /// (in the engine's turn, so two updates never lose each other's fields).
 pub type QueueUpdate = Box<dyn FnOnce(&QueueDef) -> Result<QueueDef, Violation> + Send>;
 
+pub use model::FairShareConfig;
+pub use model::fairshare::Standing as FairShareStanding;
+
+/// Fair share as it stands: the half-life, each tenant's standing and each
+/// project's inside its tenant, and when usage was last read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FairShareReport {
+    pub half_life: Millis,
+    pub read_at: Option<UnixMillis>,
+    pub tenants: BTreeMap<TenantName, FairShareStanding>,
+    pub projects: BTreeMap<(TenantName, crate::domain::ProjectName), FairShareStanding>,
+}
+
 /// A change to a job that the caller (its owner, or an admin) asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobControl {
@@ -367,6 +383,14 @@ pub(crate) enum Command {
     },
     ListQueues {
         reply: oneshot::Sender<Vec<QueueView>>,
+    },
+    /// Usage read for fair share (off the engine's task).
+    FairShareUsage {
+        rows: Result<Vec<crate::accounting::usage::UsageRow>, String>,
+        at: UnixMillis,
+    },
+    FairShare {
+        reply: oneshot::Sender<FairShareReport>,
     },
     /// Sets a tenant's budget, or clears it (`budget: None`).
     SetBudget {
@@ -513,6 +537,11 @@ impl EngineHandle {
     /// Deletes a queue that holds no jobs and is not the default.
     pub async fn delete_queue(&self, name: QueueName) -> EngineResult<()> {
         self.ask(|reply| Command::DeleteQueue { name, reply }).await?
+    }
+
+    /// Every tenant's and project's fair-share standing.
+    pub async fn fairshare(&self) -> EngineResult<FairShareReport> {
+        self.ask(|reply| Command::FairShare { reply }).await
     }
 
     /// Every queue, by name, with its GPUs and jobs now.

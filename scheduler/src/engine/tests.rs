@@ -1403,4 +1403,5 @@ async fn idle_time_comes_from_utilisation_readings_hour_by_hour() {
 
 mod control;
 mod deps;
+mod fairshare;
 mod queues;

@@ -24,9 +24,13 @@ use std::collections::{HashMap, HashSet};
 use tracing::error;
 
 pub use gates::{BudgetGate, DependencyGate, Gate, HoldGate, QueueGate, QuotaAsk, QuotaGate, Verdict};
-pub use order::{PriorityThenAge, QueueOrder};
+#[cfg(test)]
+pub use order::PriorityThenAge;
+pub use order::{FairShareThenAge, QueueOrder};
 
-use super::model::{DependencyGraph, Nomination, Nominations, Pending, QueueUsage, Queues, QuotaBook};
+use super::model::{
+    DependencyGraph, FairShare, Nomination, Nominations, Pending, QueueUsage, Queues, QuotaBook,
+};
 use crate::domain::{Job, JobId, JobState, Millis, NodeName, Placement, TenantName, UnixMillis};
 use crate::placement::preempt::{self, Candidate};
 use crate::placement::{Cluster, MICRO, Placer, Rejection, Request};
@@ -46,6 +50,8 @@ pub struct Snapshot<'a> {
     pub queues: &'a Queues,
     /// Who waits on whom, and how ended jobs waited on ended.
     pub deps: &'a DependencyGraph,
+    /// Tenants' and projects' fair-share factors.
+    pub fairshare: &'a FairShare,
     /// The server's minimum runtime before a job may be preempted.
     pub min_runtime: Millis,
     /// Tenants whose monthly budget is spent, with why.
@@ -103,11 +109,12 @@ impl Plan {
     }
 }
 
-/// The pass with today's queue order and gates: tier, priority, age; a
+/// The pass with today's queue order and gates: tier, priority, fair
+/// share, age; a
 /// hold, dependencies, the queue (it exists, the tenant's limits in it), budget, then quota.
 pub fn plan(snapshot: &Snapshot<'_>, state: &mut CycleState<'_>) -> Plan {
     plan_with(
-        &PriorityThenAge,
+        &FairShareThenAge,
         &[&HoldGate, &DependencyGate, &QueueGate, &BudgetGate, &QuotaGate],
         snapshot,
         state,

@@ -3,11 +3,12 @@
 //! (definitions, and what each tenant holds in them), the quota book (where
 //! pending jobs stand with their tenant's quota plugin), the nominations of
 //! preempting jobs with the node reservations they imply, what each node's
-//! agent told, tenants' budgets with whether each is spent, and the
-//! dependency graph. New kinds of engine state (arrays, services) are new
+//! agent told, tenants' budgets with whether each is spent, the
+//! dependency graph, and fair share (decayed usage against weights). New kinds of engine state (arrays, services) are new
 //! files here.
 
 pub mod dependencies;
+pub mod fairshare;
 pub mod jobs;
 pub mod nodes;
 pub mod nominations;
@@ -17,6 +18,7 @@ pub mod quota;
 pub mod tenants;
 
 pub use dependencies::DependencyGraph;
+pub use fairshare::{FairShare, FairShareConfig};
 pub use jobs::ActiveJobs;
 pub use nodes::{AgentLink, NodeMeta};
 pub use nominations::{Nomination, Nominations};

@@ -550,6 +550,7 @@ impl Engine {
     pub(in crate::engine) fn on_tick(&mut self) {
         let now = self.clock.now();
         self.expire_requests(now);
+        self.read_usage_if_stale(now);
         // Log reads whose caller has gone (timed out, cancelled) are not
         // waited for any longer.
         self.pending_logs.retain(|_, (_, _, tx)| !tx.is_closed());

@@ -14,6 +14,7 @@ impl Engine {
         let profile = Profile::new(config.policy, config.placement_seed);
         let queues = Queues::new(config.queues.clone(), ledger.queues()?)
             .map_err(|e| anyhow::anyhow!("queues: {e}"))?;
+        let fairshare = FairShare::new(config.fairshare.clone());
         let mut engine = Engine {
             drained: ledger.drains()?.into_iter().collect(),
             batch: Batch::new(ledger.clone()),
@@ -29,6 +30,7 @@ impl Engine {
             pending: Pending::default(),
             queues,
             deps: DependencyGraph::default(),
+            fairshare,
             agents: HashMap::new(),
             nodes: HashMap::new(),
             orphaned: HashMap::new(),

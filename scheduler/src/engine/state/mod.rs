@@ -3,6 +3,7 @@
 mod agents;
 mod control;
 mod deps;
+mod fairshare;
 mod jobs;
 mod load;
 mod queues;
@@ -16,7 +17,8 @@ use tracing::{debug, error, info, warn};
 
 use super::batch::{Batch, Change};
 use super::model::{
-    ActiveJobs, AgentLink, Budgets, DependencyGraph, NodeMeta, Nominations, Pending, Queues, QuotaBook,
+    ActiveJobs, AgentLink, Budgets, DependencyGraph, FairShare, NodeMeta, Nominations, Pending, Queues,
+    QuotaBook,
 };
 use super::observe::Observers;
 use super::{
@@ -72,6 +74,8 @@ pub struct Engine {
     pub(super) queues: Queues,
     /// Which pending jobs wait on which others.
     pub(super) deps: DependencyGraph,
+    /// Decayed usage and fair-share factors.
+    pub(super) fairshare: FairShare,
     pub(super) agents: HashMap<NodeName, AgentLink>,
     pub(super) nodes: HashMap<NodeName, NodeMeta>,
     /// Operator drains, kept across restarts.
@@ -397,6 +401,22 @@ impl Engine {
                 Ok(()) => self.effects.push(Effect::JobReply(id, tx)),
                 Err(e) => self.effects.push(reply(tx, Err(e))),
             },
+            Command::FairShareUsage { rows, at } => {
+                match rows {
+                    Ok(rows) => self.fairshare.took_usage(&rows, at),
+                    Err(e) => {
+                        // Kept as it was; read again at the next refresh.
+                        self.fairshare.reading = false;
+                        self.fairshare.read_at = Some(at);
+                        warn!(error = %e, "cannot read usage for fair share");
+                    }
+                }
+                self.needs_pass = true;
+            }
+            Command::FairShare { reply: tx } => {
+                let r = self.fairshare_report();
+                self.effects.push(reply(tx, r));
+            }
             Command::CreateQueue { def, reply: tx } => {
                 let r = self.create_queue(*def);
                 self.effects.push(reply(tx, r));
