@@ -82,6 +82,7 @@ fn job(tenant: usize, project: usize) -> Job {
         node_lost_requeues: 0,
         hold: None,
         requeue_requested: false,
+        expected_start: None,
     }
 }
 

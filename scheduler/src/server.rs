@@ -323,6 +323,8 @@ pub struct DevOptions {
     pub max_grace: Millis,
     /// The config file's queues.
     pub queues: Vec<crate::domain::QueueDef>,
+    /// Top pending jobs given a backfill reservation per pass.
+    pub backfill_depth: usize,
     /// Fair share's half-life and weights.
     pub fairshare: engine::FairShareConfig,
 }
@@ -353,6 +355,7 @@ pub async fn run_dev(
         max_grace: opts.max_grace,
         queues: opts.queues.clone(),
         fairshare: opts.fairshare.clone(),
+        backfill_depth: opts.backfill_depth,
         ..EngineConfig::default()
     };
     let controller = Controller::start(ServerConfig {

@@ -245,5 +245,6 @@ pub fn job_pb(j: &Job, leases: &[Lease], now: UnixMillis) -> pb::Job {
         held: j.hold.is_some(),
         held_by_admin: j.hold.as_ref().is_some_and(|h| h.by_admin),
         requeue_requested: j.requeue_requested,
+        expected_start_unix_ms: ms(j.expected_start),
     }
 }

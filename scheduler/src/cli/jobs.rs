@@ -243,6 +243,11 @@ pub async fn list(client: &Client, a: &JobsArgs, json: bool) -> anyhow::Result<i
         .iter()
         .map(|s| output::parse_state(s))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let states = if a.start && states.is_empty() {
+        vec![proto::JobState::Pending]
+    } else {
+        states
+    };
     let mut q = ListJobs {
         states,
         tenant: a.tenant.clone(),
@@ -267,6 +272,30 @@ pub async fn list(client: &Client, a: &JobsArgs, json: bool) -> anyhow::Result<i
     }
     if jobs.is_empty() {
         eprintln!("no jobs");
+        return Ok(0);
+    }
+    if a.start {
+        // squeue --start: pending jobs, soonest expected start first; those
+        // without a reservation last ("N/A").
+        jobs.sort_by_key(|j| (j.expected_start_unix_ms <= 0, j.expected_start_unix_ms));
+        let rows: Vec<Vec<String>> = jobs
+            .iter()
+            .map(|j| {
+                vec![
+                    j.id.clone(),
+                    j.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default(),
+                    j.spec.as_ref().map(|s| s.queue.clone()).unwrap_or_default(),
+                    gpu_request(j.spec.as_ref()),
+                    if j.expected_start_unix_ms > 0 {
+                        output::time(j.expected_start_unix_ms)
+                    } else {
+                        "N/A".into()
+                    },
+                    j.reason.clone(),
+                ]
+            })
+            .collect();
+        table(&["ID", "NAME", "QUEUE", "GPU", "START_TIME", "REASON"], &rows);
         return Ok(0);
     }
     let rows: Vec<Vec<String>> = jobs
@@ -311,6 +340,12 @@ pub async fn show(client: &Client, id: &str, json: bool) -> anyhow::Result<i32> 
         _ => "status:",
     };
     println!("  {label:<13} {}", j.reason);
+    if j.expected_start_unix_ms > 0 {
+        println!(
+            "  expected start: {} (backfill reservation)",
+            output::time(j.expected_start_unix_ms)
+        );
+    }
     println!("  tenant:       {} (project {})", j.tenant, j.project);
     println!(
         "  queue:        {}",

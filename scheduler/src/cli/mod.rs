@@ -473,6 +473,10 @@ pub struct ServerArgs {
     /// Address to listen on [default: 0.0.0.0:7070, or 127.0.0.1:7070 with --dev].
     #[arg(long, env = "ALLOT_LISTEN")]
     pub listen: Option<std::net::SocketAddr>,
+    /// How many top pending jobs that cannot start get a backfill
+    /// reservation in each pass (0: no backfill; see docs/queues.md).
+    #[arg(long, default_value_t = 8)]
+    pub backfill_depth: usize,
     /// Where the ledger lives (required without --dev; with --dev, a temp dir by default).
     #[arg(long, env = "ALLOT_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -643,6 +647,10 @@ pub struct JobsArgs {
     /// At most this many jobs.
     #[arg(long, default_value_t = 100)]
     pub limit: usize,
+    /// Pending jobs with when each is expected to start (its backfill
+    /// reservation), like `squeue --start`.
+    #[arg(long)]
+    pub start: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -240,6 +240,7 @@ pub fn job_json(j: &proto::Job) -> Value {
         "held": j.held,
         "held_by_admin": j.held_by_admin,
         "requeue_requested": j.requeue_requested,
+        "expected_start": opt_ms(j.expected_start_unix_ms),
         "exit_code": j.exit_code,
         "signal": j.signal,
         "submitted_at": opt_ms(j.submitted_at_unix_ms),

@@ -84,6 +84,7 @@ async fn server(a: &ServerArgs) -> anyhow::Result<i32> {
                 rate_card,
                 plugins,
                 max_grace: millis("--max-grace", &a.max_grace)?,
+                backfill_depth: a.backfill_depth,
                 queues,
                 fairshare,
             },
@@ -115,6 +116,7 @@ async fn server(a: &ServerArgs) -> anyhow::Result<i32> {
             rate_card: std::sync::Arc::new(rate_card.unwrap_or_default()),
             queues,
             fairshare,
+            backfill_depth: a.backfill_depth,
             ..EngineConfig::default()
         },
         plugins,

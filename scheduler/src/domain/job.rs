@@ -147,6 +147,7 @@ impl Job {
             node_lost_requeues: 0,
             hold: None,
             requeue_requested: false,
+            expected_start: None,
         }
     }
 
@@ -359,6 +360,10 @@ pub struct Job {
     /// Being stopped to go back to the queue (`allot requeue`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub requeue_requested: bool,
+    /// While pending with a backfill reservation: when it is expected to
+    /// start at the latest (`squeue --start`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_start: Option<UnixMillis>,
 }
 
 /// Who keeps a pending job from starting, and why.

@@ -51,6 +51,7 @@ impl Engine {
             budget_holds,
             quota_bound,
             can_ask: self.to_self.as_ref().is_some_and(|w| w.strong_count() > 0),
+            backfill_depth: self.config.backfill_depth,
         };
         let mut state = CycleState {
             cluster: &mut self.cluster,
@@ -99,11 +100,16 @@ impl Engine {
         for decision in plan.decisions {
             match decision {
                 Decision::Place { job, parts } => self.commit_placement(job, parts),
-                Decision::Wait { job, reason } => {
+                Decision::Wait {
+                    job,
+                    reason,
+                    expected_start,
+                } => {
                     if let Some(j) = self.jobs.get_mut(&job)
-                        && j.reason != reason
+                        && (j.reason != reason || j.expected_start != expected_start)
                     {
                         j.reason = reason;
+                        j.expected_start = expected_start;
                         self.persist(job, &[]);
                     }
                 }
@@ -289,6 +295,7 @@ impl Engine {
         self.deps.done_waiting(id);
         let now = self.clock.now();
         let job = self.jobs.get_mut(&id).expect("queued jobs are active");
+        job.expected_start = None;
         let leases: Vec<Lease> = parts
             .iter()
             .flat_map(|p| p.devices.iter().map(move |d| (p, d)))

@@ -60,6 +60,9 @@ pub struct EngineConfig {
     pub queues: Vec<QueueDef>,
     /// Fair share's half-life and weights (`[fairshare]`).
     pub fairshare: FairShareConfig,
+    /// How many top pending jobs that cannot start get a backfill
+    /// reservation in each pass (0: no backfill).
+    pub backfill_depth: usize,
 }
 
 impl Default for EngineConfig {
@@ -76,6 +79,7 @@ impl Default for EngineConfig {
             max_grace: crate::domain::validate::DEFAULT_MAX_GRACE,
             queues: Vec::new(),
             fairshare: FairShareConfig::default(),
+            backfill_depth: cycle::DEFAULT_BACKFILL_DEPTH,
         }
     }
 }

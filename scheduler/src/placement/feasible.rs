@@ -19,6 +19,9 @@ pub enum Rejection {
     NodeDrained,
     /// Held for a higher-priority job that is preempting work there.
     NodeReserved,
+    /// Reserved (backfill) for a job ahead in the queue, from before this
+    /// job's time limit would end it.
+    BackfillReserved,
     /// The node lacks a required label.
     LabelMismatch,
     /// No GPU of an accepted model.
@@ -50,7 +53,10 @@ impl Rejection {
         self.is_resource_shortage()
             || matches!(
                 self,
-                Rejection::NodeDown | Rejection::NodeDrained | Rejection::NodeReserved
+                Rejection::NodeDown
+                    | Rejection::NodeDrained
+                    | Rejection::NodeReserved
+                    | Rejection::BackfillReserved
             )
     }
 
@@ -74,6 +80,7 @@ impl fmt::Display for Rejection {
             Rejection::NodeDown => "node down",
             Rejection::NodeDrained => "node drained",
             Rejection::NodeReserved => "reserved for a preempting job",
+            Rejection::BackfillReserved => "reserved for a job ahead in the queue",
             Rejection::LabelMismatch => "missing node labels",
             Rejection::ModelMismatch => "GPU model mismatch",
             Rejection::CpuCapacity => "too little CPU in total",

@@ -16,6 +16,7 @@
 //! The same commands and the same snapshot give the same plan, which is
 //! what the tests below check without an engine.
 
+mod backfill;
 mod gates;
 mod order;
 
@@ -23,6 +24,7 @@ use std::collections::{HashMap, HashSet};
 
 use tracing::error;
 
+pub use backfill::{Backfill, DEFAULT_DEPTH as DEFAULT_BACKFILL_DEPTH};
 pub use gates::{BudgetGate, DependencyGate, Gate, HoldGate, QueueGate, QuotaAsk, QuotaGate, Verdict};
 #[cfg(test)]
 pub use order::PriorityThenAge;
@@ -60,6 +62,8 @@ pub struct Snapshot<'a> {
     pub quota_bound: HashSet<TenantName>,
     /// Whether a plugin's answer can come back to the engine.
     pub can_ask: bool,
+    /// How many top jobs that cannot start get a reservation (0: none).
+    pub backfill_depth: usize,
 }
 
 /// What a pass changes as it goes (see the module's documentation).
@@ -82,8 +86,13 @@ pub struct Plan {
 pub enum Decision {
     /// Place the job: its parts are allocated in the cluster mirror already.
     Place { job: JobId, parts: Vec<Placement> },
-    /// The job waits, for a reason other than the one it shows.
-    Wait { job: JobId, reason: String },
+    /// The job waits, for a reason other than the one it shows; with a
+    /// backfill reservation, from when it is expected to start.
+    Wait {
+        job: JobId,
+        reason: String,
+        expected_start: Option<UnixMillis>,
+    },
     /// A gate denied the job: it ends in `state` (`FAILED`, or
     /// `DEPENDENCY_NEVER_SATISFIED`) without running.
     Deny {
@@ -103,8 +112,16 @@ pub enum Decision {
 
 impl Plan {
     fn wait(&mut self, job: &Job, reason: String) {
-        if job.reason != reason {
-            self.decisions.push(Decision::Wait { job: job.id, reason });
+        self.wait_until(job, reason, None);
+    }
+
+    fn wait_until(&mut self, job: &Job, reason: String, expected_start: Option<UnixMillis>) {
+        if job.reason != reason || job.expected_start != expected_start {
+            self.decisions.push(Decision::Wait {
+                job: job.id,
+                reason,
+                expected_start,
+            });
         }
     }
 }
@@ -132,6 +149,7 @@ pub fn plan_with(
     let mut searches = 0;
     // Jobs chosen as victims in this pass: not to be chosen again.
     let mut victims: HashSet<JobId> = HashSet::new();
+    let mut backfill = Backfill::new(snapshot, snapshot.backfill_depth);
     'jobs: for id in order.order(snapshot) {
         let Some(job) = snapshot.jobs.get(&id) else {
             continue;
@@ -177,16 +195,22 @@ pub fn plan_with(
         }
         let priority = job.spec.priority;
         let nominations = &*state.nominations;
+        // When its time limit ends it at the latest (never, without one).
+        let end = job.spec.time_limit.map(|l| snapshot.now.plus(l));
+        let reserved = &backfill;
         // A node being emptied for a preemptor takes nothing of lower
-        // priority meanwhile, or the preemptor would find it full again.
+        // priority meanwhile, or the preemptor would find it full again;
+        // a node reserved for a job ahead takes only what ends before.
         let placed = state.placer.place_job(state.cluster, &request, |_, node| {
             nominations
                 .reserved_against(node.name(), id, priority)
                 .then_some(Rejection::NodeReserved)
+                .or_else(|| reserved.veto(node.name(), id, end))
         });
         match placed {
             Ok(parts) => {
                 if allocate(state.cluster, id, &parts) {
+                    backfill.placed(id, end, &parts);
                     state.nominations.remove(&id);
                     state.quota.placed(&job.spec.tenant, id);
                     state.usage.placed(snapshot.queues.name_of(&job.spec), &job.spec);
@@ -224,6 +248,19 @@ pub fn plan_with(
                         });
                         state.nominations.insert(id, n);
                     }
+                }
+                if state.nominations.get(&id).is_none()
+                    && why.is_resolvable()
+                    && let Some(r) = backfill.reserve(id, state.cluster, state.placer, &request)
+                {
+                    let at = r.at;
+                    let nodes: Vec<&str> = r.nodes.iter().map(NodeName::as_str).collect();
+                    reason = format!(
+                        "{reason}; expected to start by {at} (backfill reservation on {})",
+                        nodes.join(",")
+                    );
+                    plan.wait_until(job, reason, Some(at));
+                    continue 'jobs;
                 }
                 plan.wait(job, reason);
             }

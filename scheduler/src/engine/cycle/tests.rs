@@ -49,6 +49,7 @@ struct World {
     queues: Queues,
     deps: DependencyGraph,
     fairshare: FairShare,
+    backfill_depth: usize,
     cluster: Cluster,
     placer: Placer,
     quota: QuotaBook,
@@ -66,6 +67,7 @@ impl World {
             queues: Queues::default(),
             deps: DependencyGraph::default(),
             fairshare: FairShare::default(),
+            backfill_depth: DEFAULT_BACKFILL_DEPTH,
             cluster: cluster(nodes),
             placer: Placer::new(Profile::new(Policy::FirstFit, 0)),
             quota: QuotaBook::default(),
@@ -118,6 +120,7 @@ impl World {
             budget_holds: self.budget_holds.clone(),
             quota_bound: self.quota_bound.clone(),
             can_ask: true,
+            backfill_depth: self.backfill_depth,
         };
         let mut state = CycleState {
             cluster: &mut self.cluster,
@@ -142,7 +145,7 @@ fn placed(plan: &Plan) -> Vec<JobId> {
 
 fn reason_of(plan: &Plan, id: JobId) -> Option<&str> {
     plan.decisions.iter().find_map(|d| match d {
-        Decision::Wait { job, reason } if *job == id => Some(reason.as_str()),
+        Decision::Wait { job, reason, .. } if *job == id => Some(reason.as_str()),
         _ => None,
     })
 }
@@ -418,7 +421,7 @@ fn in_queue(mut job: Job, queue: &str) -> Job {
 
 fn wait_reason(plan: &Plan, id: JobId) -> Option<String> {
     plan.decisions.iter().find_map(|d| match d {
-        Decision::Wait { job, reason } if *job == id => Some(reason.clone()),
+        Decision::Wait { job, reason, .. } if *job == id => Some(reason.clone()),
         _ => None,
     })
 }
@@ -486,4 +489,136 @@ fn a_queue_keeps_its_jobs_to_its_nodes_and_each_tenant_to_its_limits() {
     w.jobs.get_mut(&a1).unwrap().state = JobState::Succeeded;
     w.cluster.release(a1, "n2");
     assert_eq!(placed(&w.plan()), vec![a2]);
+}
+
+fn limited(mut job: Job, secs: u64) -> Job {
+    job.spec.time_limit = Some(Millis::from_secs(secs));
+    job
+}
+
+#[test]
+fn a_big_job_gets_a_reservation_and_only_what_ends_before_it_backfills() {
+    let mut w = World::new(&[("n1", 4)]);
+    let a = w.running("t", 2, 0, false);
+    let b = w.running("t", 1, 0, false);
+    let now = w.now;
+    for (id, secs) in [(a, 100), (b, 50)] {
+        let j = w.jobs.get_mut(&id).unwrap();
+        j.started_at = Some(now);
+        j.spec.time_limit = Some(Millis::from_secs(secs));
+    }
+    let big = w.submit(limited(pending("t", 4, 10, 1), 1000));
+    let long = w.submit(limited(pending("t", 1, 0, 2), 200));
+    let forever = w.submit(pending("t", 1, 0, 3));
+    let short = w.submit(limited(pending("t", 1, 0, 4), 30));
+    let plan = w.plan();
+    assert_eq!(
+        placed(&plan),
+        vec![short],
+        "only what ends before the reservation starts now"
+    );
+    let at = now.plus(Millis::from_secs(100));
+    let (reason, expected) = plan
+        .decisions
+        .iter()
+        .find_map(|d| match d {
+            Decision::Wait {
+                job,
+                reason,
+                expected_start,
+            } if *job == big => Some((reason.clone(), *expected_start)),
+            _ => None,
+        })
+        .expect("the big job waits");
+    assert_eq!(
+        expected,
+        Some(at),
+        "when a's limit ends it, all four GPUs are free"
+    );
+    assert!(
+        reason.contains(&format!("expected to start by {at}")) && reason.contains("n1"),
+        "{reason}"
+    );
+    for id in [long, forever] {
+        let why = wait_reason(&plan, id).unwrap();
+        assert!(why.contains("reserved for a job ahead in the queue"), "{why}");
+    }
+    // Without backfill the small jobs take the free GPU in order.
+    let mut greedy = World::new(&[("n1", 4)]);
+    greedy.backfill_depth = 0;
+    greedy.running("t", 3, 0, false);
+    greedy.submit(limited(pending("t", 4, 10, 1), 1000));
+    let first_small = greedy.submit(limited(pending("t", 1, 0, 2), 200));
+    assert_eq!(placed(&greedy.plan()), vec![first_small]);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Jobs that run exactly to their limits, all queued at once, with the
+    /// default depth: every job that got a reservation starts no later than
+    /// the first time it was promised, whatever starts around it.
+    #[test]
+    fn backfill_never_delays_a_reserved_job(
+        nodes in 1usize..4,
+        gpus in 1u32..5,
+        jobs in proptest::collection::vec((1u32..5, 1u64..20, 0i32..3), 1..14),
+    ) {
+        let names: Vec<String> = (0..nodes).map(|i| format!("n{i}")).collect();
+        let layout: Vec<(&str, u32)> = names.iter().map(|n| (n.as_str(), gpus)).collect();
+        let mut w = World::new(&layout);
+        w.backfill_depth = DEFAULT_BACKFILL_DEPTH;
+        let mut ids = Vec::new();
+        for (i, (g, secs, prio)) in jobs.iter().enumerate() {
+            ids.push(w.submit(limited(pending("t", (*g).min(gpus), *prio, i as u64), *secs)));
+        }
+        let mut promised: HashMap<JobId, UnixMillis> = HashMap::new();
+        let mut started: HashMap<JobId, UnixMillis> = HashMap::new();
+        let mut running: Vec<(UnixMillis, JobId)> = Vec::new();
+        for _ in 0..100 {
+            let plan = w.plan();
+            for d in plan.decisions {
+                match d {
+                    Decision::Place { job, parts } => {
+                        let j = w.jobs.get_mut(&job).unwrap();
+                        j.state = JobState::Running;
+                        j.started_at = Some(w.now);
+                        j.placements = parts;
+                        j.expected_start = None;
+                        w.pending.remove(&job);
+                        started.insert(job, w.now);
+                        running.push((w.now.plus(j.spec.time_limit.unwrap()), job));
+                    }
+                    Decision::Wait { job, reason, expected_start } => {
+                        if let Some(t) = expected_start {
+                            promised.entry(job).or_insert(t);
+                        }
+                        let j = w.jobs.get_mut(&job).unwrap();
+                        j.reason = reason;
+                        j.expected_start = expected_start;
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            if w.pending.is_empty() || running.is_empty() {
+                break;
+            }
+            // To the next end; everything ending then ends.
+            let next = running.iter().map(|r| r.0).min().unwrap();
+            w.now = next;
+            for (_, id) in running.iter().filter(|r| r.0 == next) {
+                let j = w.jobs.get_mut(id).unwrap();
+                j.state = JobState::Succeeded;
+                for p in &j.placements {
+                    w.cluster.release(*id, p.node.as_str());
+                }
+            }
+            running.retain(|r| r.0 != next);
+        }
+        prop_assert!(w.pending.is_empty(), "every job fits the cluster, so every job ran");
+        for (job, at) in &promised {
+            let s = started[job];
+            prop_assert!(s <= *at, "job {} promised {} started {}", job, at, s);
+        }
+    }
 }
