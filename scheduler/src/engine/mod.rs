@@ -8,6 +8,8 @@
 
 mod apply;
 mod batch;
+#[doc(hidden)]
+pub mod bench;
 mod cycle;
 mod model;
 mod observe;

@@ -35,7 +35,7 @@ use super::model::{
 };
 use crate::domain::{Job, JobId, JobState, Millis, NodeName, Placement, TenantName, UnixMillis};
 use crate::placement::preempt::{self, Candidate};
-use crate::placement::{Cluster, MICRO, Placer, Rejection, Request};
+use crate::placement::{Cluster, MICRO, Placer, Rejection, Request, Unplaceable};
 
 /// Preemption searches per placement pass, at most: each scans the cluster.
 pub const PREEMPTION_SEARCHES_PER_PASS: usize = 4;
@@ -150,6 +150,7 @@ pub fn plan_with(
     // Jobs chosen as victims in this pass: not to be chosen again.
     let mut victims: HashSet<JobId> = HashSet::new();
     let mut backfill = Backfill::new(snapshot, snapshot.backfill_depth);
+    let mut failed = Failed::default();
     'jobs: for id in order.order(snapshot) {
         let Some(job) = snapshot.jobs.get(&id) else {
             continue;
@@ -201,12 +202,26 @@ pub fn plan_with(
         // A node being emptied for a preemptor takes nothing of lower
         // priority meanwhile, or the preemptor would find it full again;
         // a node reserved for a job ahead takes only what ends before.
-        let placed = state.placer.place_job(state.cluster, &request, |_, node| {
-            nominations
-                .reserved_against(node.name(), id, priority)
-                .then_some(Rejection::NodeReserved)
-                .or_else(|| reserved.veto(node.name(), id, end))
-        });
+        // Within a pass free resources only shrink and vetoes only grow, so
+        // a request that failed for a job ending no later and ranking no
+        // lower fails again: its answer is reused (a preemptor's own
+        // nomination aside).
+        let nominated = state.nominations.get(&id).is_some();
+        let known = (!nominated).then(|| failed.known(&request, end, priority)).flatten();
+        let placed = match known {
+            Some(why) => Err(why),
+            None => state.placer.place_job(state.cluster, &request, |_, node| {
+                nominations
+                    .reserved_against(node.name(), id, priority)
+                    .then_some(Rejection::NodeReserved)
+                    .or_else(|| reserved.veto(node.name(), id, end))
+            }),
+        };
+        if let Err(why) = &placed
+            && !nominated
+        {
+            failed.note(&request, end, priority, why);
+        }
         match placed {
             Ok(parts) => {
                 if allocate(state.cluster, id, &parts) {
@@ -267,6 +282,37 @@ pub fn plan_with(
         }
     }
     plan
+}
+
+/// Requests that did not fit in this pass: for each, the (end, priority)
+/// of the jobs that asked, with why. A job with the same request that ends
+/// no earlier (no limit: never) and ranks no higher cannot fit either.
+#[derive(Default)]
+struct Failed {
+    by_request: HashMap<Request, Vec<(Option<UnixMillis>, i32, Unplaceable)>>,
+}
+
+impl Failed {
+    fn known(&self, request: &Request, end: Option<UnixMillis>, priority: i32) -> Option<Unplaceable> {
+        let later = |e: Option<UnixMillis>| match (end, e) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(a), Some(b)) => a >= b,
+        };
+        self.by_request
+            .get(request)?
+            .iter()
+            .find(|(e, p, _)| later(*e) && priority <= *p)
+            .map(|(_, _, why)| why.clone())
+    }
+
+    fn note(&mut self, request: &Request, end: Option<UnixMillis>, priority: i32, why: &Unplaceable) {
+        let seen = self.by_request.entry(request.clone()).or_default();
+        // A few kinds per request are plenty; more only cost the lookups.
+        if seen.len() < 8 && !seen.iter().any(|(e, p, _)| *e == end && *p == priority) {
+            seen.push((end, priority, why.clone()));
+        }
+    }
 }
 
 /// Allocates every part of a placement in the cluster, or none.

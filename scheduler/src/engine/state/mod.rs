@@ -411,7 +411,8 @@ impl Engine {
                         warn!(error = %e, "cannot read usage for fair share");
                     }
                 }
-                self.needs_pass = true;
+                // Used from the next pass on (one runs at least every few
+                // seconds while jobs wait): no pass of its own.
             }
             Command::FairShare { reply: tx } => {
                 let r = self.fairshare_report();
