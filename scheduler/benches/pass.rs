@@ -17,7 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use allot_scheduler::domain::{
-    Constraints, Job, JobId, JobSpec, JobState, Millis, ProjectName, QueueDef, QueueSource, Resources, UnixMillis,
+    Constraints, Job, JobId, JobSpec, JobState, Millis, ProjectName, QueueDef, QueueSource, Resources,
+    UnixMillis,
 };
 use allot_scheduler::engine::bench::PassBench;
 use allot_scheduler::placement::{Cluster, Placer, Policy, Profile, Request, WorkloadMix};
@@ -99,7 +100,10 @@ fn setup(pending: usize) -> (Cluster, PassBench) {
     }
     for i in 0..pending {
         let pod = &seq[(k + i) % seq.len()];
-        let mut j = Job::submitted(spec(&pod.request, k + i), UnixMillis(NOW.0 - (pending - i) as u64));
+        let mut j = Job::submitted(
+            spec(&pod.request, k + i),
+            UnixMillis(NOW.0 - (pending - i) as u64),
+        );
         j.id = JobId::from_uuid(uuid::Uuid::from_u128((1u128 << 64) + i as u128));
         jobs.push(j);
     }

@@ -24,7 +24,13 @@ pub struct PassBench {
 impl PassBench {
     /// `jobs`: pending ones, and placed ones (already allocated in the
     /// cluster the passes are given).
-    pub fn new(jobs: Vec<Job>, queues: Vec<QueueDef>, profile: Profile, now: UnixMillis, depth: usize) -> Self {
+    pub fn new(
+        jobs: Vec<Job>,
+        queues: Vec<QueueDef>,
+        profile: Profile,
+        now: UnixMillis,
+        depth: usize,
+    ) -> Self {
         let queues = Queues::new(Vec::new(), queues).expect("valid queues");
         let mut pending = Pending::default();
         for j in jobs.iter().filter(|j| j.state == JobState::Pending) {

@@ -207,7 +207,9 @@ pub fn plan_with(
         // lower fails again: its answer is reused (a preemptor's own
         // nomination aside).
         let nominated = state.nominations.get(&id).is_some();
-        let known = (!nominated).then(|| failed.known(&request, end, priority)).flatten();
+        let known = (!nominated)
+            .then(|| failed.known(&request, end, priority))
+            .flatten();
         let placed = match known {
             Some(why) => Err(why),
             None => state.placer.place_job(state.cluster, &request, |_, node| {
