@@ -69,6 +69,11 @@ pub struct Client {
     queues: proto::queue_service_client::QueueServiceClient<Authed>,
 }
 
+/// The job a response carries; a server that sends none is at fault.
+fn job_in(job: Option<Job>) -> Result<Job> {
+    job.ok_or_else(|| Error::local(Code::Internal, "empty response"))
+}
+
 /// Whether a job state is final. (`Preempted` is not: a preempted job is
 /// requeued.)
 pub fn is_final(state: JobState) -> bool {
@@ -178,9 +183,7 @@ impl Client {
             async move { jobs.submit_job(req).await }
         })
         .await?;
-        r.into_inner()
-            .job
-            .ok_or_else(|| Error::local(Code::Internal, "empty response"))
+        job_in(r.into_inner().job)
     }
 
     pub async fn get(&self, id: &str) -> Result<Job> {
@@ -189,9 +192,7 @@ impl Client {
             .clone()
             .get_job(proto::GetJobRequest { id: id.into() })
             .await?;
-        r.into_inner()
-            .job
-            .ok_or_else(|| Error::local(Code::Internal, "empty response"))
+        job_in(r.into_inner().job)
     }
 
     /// One page of jobs, oldest first.
@@ -248,9 +249,7 @@ impl Client {
                 force,
             })
             .await?;
-        r.into_inner()
-            .job
-            .ok_or_else(|| Error::local(Code::Internal, "empty response"))
+        job_in(r.into_inner().job)
     }
 
     /// Keeps a pending job from starting (scontrol hold). An admin token's
@@ -264,9 +263,7 @@ impl Client {
                 reason: reason.into(),
             })
             .await?;
-        r.into_inner()
-            .job
-            .ok_or_else(|| Error::local(Code::Internal, "empty response"))
+        job_in(r.into_inner().job)
     }
 
     /// Lets a held job start again (scontrol release).
@@ -276,9 +273,7 @@ impl Client {
             .clone()
             .release_job(proto::ReleaseJobRequest { id: id.into() })
             .await?;
-        r.into_inner()
-            .job
-            .ok_or_else(|| Error::local(Code::Internal, "empty response"))
+        job_in(r.into_inner().job)
     }
 
     /// Changes a pending job (scontrol update): the fields set in `update`
@@ -286,9 +281,7 @@ impl Client {
     pub async fn update_job(&self, id: &str, mut update: proto::UpdateJobRequest) -> Result<Job> {
         update.id = id.into();
         let r = self.jobs.clone().update_job(update).await?;
-        r.into_inner()
-            .job
-            .ok_or_else(|| Error::local(Code::Internal, "empty response"))
+        job_in(r.into_inner().job)
     }
 
     /// Back to the queue (scontrol requeue; with `hold`, requeuehold): a
@@ -303,9 +296,7 @@ impl Client {
                 reason: reason.into(),
             })
             .await?;
-        r.into_inner()
-            .job
-            .ok_or_else(|| Error::local(Code::Internal, "empty response"))
+        job_in(r.into_inner().job)
     }
 
     /// The job now, then every change, ending after a final state.

@@ -6,7 +6,7 @@ use tracing::instrument;
 
 use super::convert::share_pb;
 use super::error::ApiError;
-use super::{Api, caller};
+use super::{Api, caller, tenant_scope};
 use crate::domain::QueueName;
 use crate::domain::queue::{self, QueueDef};
 use crate::engine::QueueView;
@@ -63,17 +63,7 @@ impl pb::queue_service_server::QueueService for Api {
         let mask = req.update_mask;
         // Checked before the engine is asked, so a bad mask is refused even
         // for a queue that is not there.
-        if let Some(bad) = mask.iter().find(|m| !queue::UPDATABLE.contains(&m.as_str())) {
-            return Err(ApiError::invalid(
-                "update_mask",
-                format!(
-                    "{} is not a field an update may change (one of: {})",
-                    crate::domain::validate::quote(bad),
-                    queue::UPDATABLE.join(", ")
-                ),
-            )
-            .into());
-        }
+        queue::check_mask(&mask).map_err(ApiError::from)?;
         let def = self
             .engine
             .update_queue(name, Box::new(move |current| queue::updated(current, &q, &mask)))
@@ -101,16 +91,8 @@ impl pb::queue_service_server::QueueService for Api {
         &self,
         request: Request<pb::GetFairShareRequest>,
     ) -> Result<Response<pb::GetFairShareResponse>, Status> {
-        let caller = caller(&request)?;
-        let only = match (caller.is_admin(), caller.tenant()) {
-            (true, _) => None,
-            (false, Some(t)) => Some(t.clone()),
-            (false, None) => {
-                return Err(
-                    ApiError::PermissionDenied("fair share needs a tenant or admin token".into()).into(),
-                );
-            }
-        };
+        // A tenant token sees its own rows; an admin's, all.
+        let only = tenant_scope(&caller(&request)?, "", "fair share")?;
         let r = self.engine.fairshare().await.map_err(ApiError::from)?;
         let row = |tenant: &str, project: &str, s: &crate::engine::FairShareStanding| pb::FairShareStanding {
             tenant: tenant.into(),
@@ -145,17 +127,7 @@ impl pb::queue_service_server::QueueService for Api {
         &self,
         request: Request<pb::ListQueuesRequest>,
     ) -> Result<Response<pb::ListQueuesResponse>, Status> {
-        let caller = caller(&request)?;
-        let tenant = match (caller.is_admin(), caller.tenant()) {
-            (true, _) => None,
-            (false, Some(t)) => Some(t.clone()),
-            (false, None) => {
-                return Err(ApiError::PermissionDenied(
-                    "listing queues needs a tenant or admin token".into(),
-                )
-                .into());
-            }
-        };
+        let tenant = tenant_scope(&caller(&request)?, "", "queues")?;
         let views = self.engine.list_queues().await.map_err(ApiError::from)?;
         // A tenant sees the queues it may submit to.
         let queues = views

@@ -196,19 +196,15 @@ impl QueueDef {
             .and_then(|n| Share::new(n.into(), 1).or(Some(Share::ZERO)))
     }
 
-    /// Checks the bounds a queue's values are held to (its name is checked
-    /// by its type). `at` names the field prefix in messages.
+    /// Checks the bounds of a queue's labels, models and time limits
+    /// together (its name is checked by its type).
     fn check(&self) -> Result<(), Violation> {
         let v = |field: &'static str, d: String| Violation {
             field,
             description: d,
         };
-        if self.node_labels.len() > QUEUE_LABELS {
-            return Err(v(
-                "queue.node_labels",
-                format!("at most {QUEUE_LABELS} labels, got {}", self.node_labels.len()),
-            ));
-        }
+        // Label and tenant counts and zero time limits: refused by
+        // `from_pb` before anything is copied.
         for (k, val) in &self.node_labels {
             validate::key("queue.node_labels", k, "label")?;
             validate::value("queue.node_labels", k, val, "label")?;
@@ -233,20 +229,6 @@ impl QueueDef {
                         validate::GPU_MODEL_BYTES
                     ),
                 ));
-            }
-        }
-        if self.tenants.len() > QUEUE_TENANTS {
-            return Err(v(
-                "queue.tenants",
-                format!("at most {QUEUE_TENANTS} tenants, got {}", self.tenants.len()),
-            ));
-        }
-        for (field, limit) in [
-            ("queue.default_time_limit_ms", self.default_time_limit),
-            ("queue.max_time_limit_ms", self.max_time_limit),
-        ] {
-            if limit.is_some_and(|l| l.0 == 0) {
-                return Err(v(field, "must be > 0 when present".into()));
             }
         }
         if let (Some(d), Some(m)) = (self.default_time_limit, self.max_time_limit)
@@ -456,22 +438,26 @@ pub const UPDATABLE: &[&str] = &[
     "default",
 ];
 
+/// Every path of an update mask names a field an update may change.
+pub fn check_mask(mask: &[String]) -> Result<(), Violation> {
+    match mask.iter().find(|m| !UPDATABLE.contains(&m.as_str())) {
+        None => Ok(()),
+        Some(bad) => Err(Violation {
+            field: "update_mask",
+            description: format!(
+                "{} is not a field an update may change (one of: {})",
+                quote(bad),
+                UPDATABLE.join(", ")
+            ),
+        }),
+    }
+}
+
 /// `current` with the fields of `new` that `mask` names (all of them when
 /// it is empty), checked as a whole. The name, source and creation time are
 /// kept.
 pub fn updated(current: &QueueDef, new: &pb::Queue, mask: &[String]) -> Result<QueueDef, Violation> {
-    for path in mask {
-        if !UPDATABLE.contains(&path.as_str()) {
-            return Err(Violation {
-                field: "update_mask",
-                description: format!(
-                    "{} is not a field an update may change (one of: {})",
-                    quote(path),
-                    UPDATABLE.join(", ")
-                ),
-            });
-        }
-    }
+    check_mask(mask)?;
     let all = mask.is_empty();
     let named = |f: &str| all || mask.iter().any(|m| m == f);
     let mut out = current.to_pb();

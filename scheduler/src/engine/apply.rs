@@ -38,7 +38,7 @@ impl Engine {
     pub(super) fn placement_pass(&mut self) {
         self.refresh_mix();
         let now = self.clock.now();
-        self.refresh_fairshare(now);
+        self.refresh_fairshare();
         let (budget_holds, quota_bound) = self.gate_inputs(now);
         let snapshot = Snapshot {
             now,

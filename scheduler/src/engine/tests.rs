@@ -129,6 +129,17 @@ impl FakeAgent {
         }
     }
 
+    /// The next launch, acknowledgements of exits passed over.
+    async fn next_launch(&mut self) -> LaunchOrder {
+        loop {
+            match self.next().await {
+                AgentOrder::Launch(l) => return *l,
+                AgentOrder::AckExit { .. } => {}
+                other => panic!("expected a launch, got {other:?}"),
+            }
+        }
+    }
+
     async fn send(&self, h: &Harness, event: AgentEvent) {
         h.engine.agent_event(self.conn, self.node.clone(), event).await;
     }

@@ -55,6 +55,29 @@ pub struct Standing {
     pub factor: f64,
 }
 
+impl Standing {
+    /// A weight among `weights` in all, with `usage` of `total_usage`.
+    fn of(weight: u32, weights: f64, usage: f64, total_usage: f64) -> Standing {
+        let share = if weights > 0.0 {
+            weight as f64 / weights
+        } else {
+            0.0
+        };
+        let usage_share = if total_usage > 0.0 {
+            usage / total_usage
+        } else {
+            0.0
+        };
+        Standing {
+            weight,
+            share,
+            usage_gpu_hours: usage,
+            usage_share,
+            factor: factor(usage_share, share),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct FairShare {
     pub config: FairShareConfig,
@@ -123,19 +146,9 @@ impl FairShare {
     /// Works the factors out again, for the tenants and projects that
     /// count: those with a weight, with usage, or in `pending`.
     pub fn refresh<'a>(&mut self, pending: impl Iterator<Item = (&'a TenantName, &'a ProjectName)>) {
-        let mut projects: BTreeSet<(TenantName, ProjectName)> = self.usage.keys().cloned().collect();
-        projects.extend(pending.map(|(t, p)| (t.clone(), p.clone())));
-        projects.extend(self.config.projects.keys().cloned());
-        let mut tenants: BTreeSet<TenantName> = projects.iter().map(|(t, _)| t.clone()).collect();
-        tenants.extend(self.config.tenants.keys().cloned());
-        self.tenant_factor.clear();
-        self.project_factor.clear();
-        for (t, s) in self.standings(&tenants, &projects).0 {
-            self.tenant_factor.insert(t, s.factor);
-        }
-        for (k, s) in self.standings(&tenants, &projects).1 {
-            self.project_factor.insert(k, s.factor);
-        }
+        let (tenants, projects) = self.report(pending);
+        self.tenant_factor = tenants.into_iter().map(|(t, s)| (t, s.factor)).collect();
+        self.project_factor = projects.into_iter().map(|(k, s)| (k, s.factor)).collect();
     }
 
     fn tenant_weight(&self, t: &TenantName) -> u32 {
@@ -150,74 +163,8 @@ impl FairShare {
             .unwrap_or(1)
     }
 
-    #[allow(clippy::type_complexity)]
-    fn standings(
-        &self,
-        tenants: &BTreeSet<TenantName>,
-        projects: &BTreeSet<(TenantName, ProjectName)>,
-    ) -> (
-        BTreeMap<TenantName, Standing>,
-        BTreeMap<(TenantName, ProjectName), Standing>,
-    ) {
-        let used = |k: &(TenantName, ProjectName)| self.usage.get(k).copied().unwrap_or(0.0);
-        let mut tenant_usage: BTreeMap<&TenantName, f64> = tenants.iter().map(|t| (t, 0.0)).collect();
-        for k in projects {
-            *tenant_usage.entry(&k.0).or_default() += used(k);
-        }
-        let total_usage: f64 = tenant_usage.values().sum();
-        let total_weight: f64 = tenants.iter().map(|t| self.tenant_weight(t) as f64).sum();
-        let mut out_t = BTreeMap::new();
-        for t in tenants {
-            let u = tenant_usage[t];
-            let weight = self.tenant_weight(t);
-            let share = if total_weight > 0.0 {
-                weight as f64 / total_weight
-            } else {
-                0.0
-            };
-            let usage_share = if total_usage > 0.0 { u / total_usage } else { 0.0 };
-            out_t.insert(
-                t.clone(),
-                Standing {
-                    weight,
-                    share,
-                    usage_gpu_hours: u,
-                    usage_share,
-                    factor: factor(usage_share, share),
-                },
-            );
-        }
-        let mut out_p = BTreeMap::new();
-        for (t, p) in projects {
-            let siblings = projects.iter().filter(|(o, _)| o == t);
-            let weights: f64 = siblings
-                .clone()
-                .map(|(o, q)| self.project_weight(o, q) as f64)
-                .sum();
-            let u = used(&(t.clone(), p.clone()));
-            let tu = tenant_usage.get(t).copied().unwrap_or(0.0);
-            let weight = self.project_weight(t, p);
-            let share = if weights > 0.0 {
-                weight as f64 / weights
-            } else {
-                0.0
-            };
-            let usage_share = if tu > 0.0 { u / tu } else { 0.0 };
-            out_p.insert(
-                (t.clone(), p.clone()),
-                Standing {
-                    weight,
-                    share,
-                    usage_gpu_hours: u,
-                    usage_share,
-                    factor: factor(usage_share, share),
-                },
-            );
-        }
-        (out_t, out_p)
-    }
-
-    /// Every tenant's and project's standing now (for `allot fairshare`).
+    /// Every tenant's and project's standing now, for the tenants and
+    /// projects that count (with a weight, with usage, or in `pending`).
     #[allow(clippy::type_complexity)]
     pub fn report<'a>(
         &self,
@@ -231,7 +178,33 @@ impl FairShare {
         projects.extend(self.config.projects.keys().cloned());
         let mut tenants: BTreeSet<TenantName> = projects.iter().map(|(t, _)| t.clone()).collect();
         tenants.extend(self.config.tenants.keys().cloned());
-        self.standings(&tenants, &projects)
+
+        let used = |k: &(TenantName, ProjectName)| self.usage.get(k).copied().unwrap_or(0.0);
+        // Per tenant: its projects' usage and weights, summed.
+        let mut sums: BTreeMap<&TenantName, (f64, f64)> = tenants.iter().map(|t| (t, (0.0, 0.0))).collect();
+        for k in &projects {
+            let sum = sums.entry(&k.0).or_default();
+            sum.0 += used(k);
+            sum.1 += self.project_weight(&k.0, &k.1) as f64;
+        }
+        let total_usage: f64 = sums.values().map(|s| s.0).sum();
+        let total_weight: f64 = tenants.iter().map(|t| self.tenant_weight(t) as f64).sum();
+        let out_t = tenants
+            .iter()
+            .map(|t| {
+                let s = Standing::of(self.tenant_weight(t), total_weight, sums[t].0, total_usage);
+                (t.clone(), s)
+            })
+            .collect();
+        let out_p = projects
+            .iter()
+            .map(|k| {
+                let (tenant_usage, weights) = sums[&k.0];
+                let s = Standing::of(self.project_weight(&k.0, &k.1), weights, used(k), tenant_usage);
+                (k.clone(), s)
+            })
+            .collect();
+        (out_t, out_p)
     }
 
     /// The factors a pending job is ordered by: its tenant's, then its

@@ -2,7 +2,6 @@
 //! requeue): a job's owner or an admin changes a job after submission.
 
 use super::*;
-use crate::domain::queue::Refusal;
 use crate::domain::{EndReason, Hold};
 use crate::engine::{JobControl, JobUpdate};
 
@@ -104,13 +103,7 @@ impl Engine {
                     self.queues.name_of(&spec)
                 ))
             })?;
-            queue.take(&mut spec).map_err(|r| match r {
-                Refusal::Invalid(v) => EngineError::Invalid {
-                    field: v.field.into(),
-                    message: v.description,
-                },
-                Refusal::NotAllowed(m) => EngineError::PermissionDenied(m),
-            })?;
+            queue.take(&mut spec)?;
         }
         let tier = self.queues.tier(&spec);
         let job = self.jobs.get_mut(&id).expect("checked");

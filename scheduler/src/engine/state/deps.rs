@@ -6,14 +6,11 @@ use super::*;
 impl Engine {
     /// The state of a job a dependency names, if the tenant may name it:
     /// active, or ended (from the ledger).
-    fn dependency_state(&self, tenant: &TenantName, id: &JobId) -> EngineResult<Option<JobState>> {
+    fn dependency_state(&self, tenant: &TenantName, id: &JobId) -> crate::ledger::Result<Option<JobState>> {
         if let Some(j) = self.jobs.get(id) {
             return Ok((&j.spec.tenant == tenant).then_some(j.state));
         }
-        let stored = self
-            .ledger
-            .get_job(id)
-            .map_err(|e| EngineError::Internal(e.to_string()))?;
+        let stored = self.ledger.get_job(id)?;
         Ok(stored.filter(|j| &j.spec.tenant == tenant).map(|j| j.state))
     }
 
@@ -25,7 +22,10 @@ impl Engine {
         };
         let mut ended = Vec::new();
         for on in dep.jobs() {
-            match self.dependency_state(&job.spec.tenant, on)? {
+            let state = self
+                .dependency_state(&job.spec.tenant, on)
+                .map_err(|e| EngineError::Internal(e.to_string()))?;
+            match state {
                 // Another tenant's job is as unknown as a missing one.
                 None => {
                     return Err(EngineError::Invalid {
@@ -67,13 +67,11 @@ impl Engine {
         for (id, tenant, dep) in waiting {
             self.deps.add(id, &dep);
             for on in dep.jobs() {
-                if self.jobs.contains(on) {
-                    continue;
-                }
-                match self.ledger.get_job(on)? {
-                    Some(j) if j.spec.tenant == tenant => self.deps.ended(*on, j.state),
-                    // Gone from the ledger: the gate finds no such job.
-                    _ => {}
+                // One gone from the ledger: the gate finds no such job.
+                if let Some(s) = self.dependency_state(&tenant, on)?
+                    && s.is_final()
+                {
+                    self.deps.ended(*on, s);
                 }
             }
         }

@@ -7,19 +7,20 @@ use crate::engine::FairShareReport;
 use crate::engine::model::fairshare::USAGE_REFRESH;
 
 impl Engine {
-    /// Reads usage again when it is older than a minute (the answer comes
-    /// back as a command), and works the factors out for this pass.
-    pub(in crate::engine) fn refresh_fairshare(&mut self, now: UnixMillis) {
-        self.read_usage_if_stale(now);
-        let pending: Vec<(TenantName, ProjectName)> = self
-            .pending
+    /// Works the factors out for this pass, from the usage last read (the
+    /// turn's tick starts a new read when it is older than a minute).
+    pub(in crate::engine) fn refresh_fairshare(&mut self) {
+        let pending = self.pending_accounts();
+        self.fairshare.refresh(pending.iter().map(|(t, p)| (t, p)));
+    }
+
+    /// The tenants and projects with pending jobs.
+    fn pending_accounts(&self) -> std::collections::BTreeSet<(TenantName, ProjectName)> {
+        self.pending
             .iter()
             .filter_map(|id| self.jobs.get(&id))
             .map(|j| (j.spec.tenant.clone(), j.spec.project.clone()))
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        self.fairshare.refresh(pending.iter().map(|(t, p)| (t, p)));
+            .collect()
     }
 
     /// Starts a read of the usage when the last is older than a minute
@@ -52,12 +53,7 @@ impl Engine {
     }
 
     pub(in crate::engine) fn fairshare_report(&self) -> FairShareReport {
-        let pending: std::collections::BTreeSet<(TenantName, ProjectName)> = self
-            .pending
-            .iter()
-            .filter_map(|id| self.jobs.get(&id))
-            .map(|j| (j.spec.tenant.clone(), j.spec.project.clone()))
-            .collect();
+        let pending = self.pending_accounts();
         let (tenants, projects) = self.fairshare.report(pending.iter().map(|(t, p)| (t, p)));
         FairShareReport {
             half_life: self.fairshare.config.half_life,

@@ -17,6 +17,25 @@ impl From<QueueError> for EngineError {
     }
 }
 
+/// A spec the queue does not take: the field at fault, or the tenant's.
+impl From<Refusal> for EngineError {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::Invalid(v) => v.into(),
+            Refusal::NotAllowed(m) => EngineError::PermissionDenied(m),
+        }
+    }
+}
+
+impl From<crate::domain::validate::Violation> for EngineError {
+    fn from(v: crate::domain::validate::Violation) -> Self {
+        EngineError::Invalid {
+            field: v.field.into(),
+            message: v.description,
+        }
+    }
+}
+
 impl Engine {
     /// Puts a submission in its queue (the one it names, or the default):
     /// refuses one the queue does not take, and gives it the queue's
@@ -29,13 +48,7 @@ impl Engine {
             })?,
             None => self.queues.default_queue(),
         };
-        queue.take(spec).map_err(|r| match r {
-            Refusal::Invalid(v) => EngineError::Invalid {
-                field: v.field.into(),
-                message: v.description,
-            },
-            Refusal::NotAllowed(m) => EngineError::PermissionDenied(m),
-        })?;
+        queue.take(spec)?;
         if let Some(max) = queue.per_tenant.pending_jobs {
             let pending = self
                 .jobs
@@ -71,10 +84,7 @@ impl Engine {
             .queues
             .get(&name)
             .ok_or_else(|| EngineError::NotFound(format!("queue {name}")))?;
-        let def = update(current).map_err(|v| EngineError::Invalid {
-            field: v.field.into(),
-            message: v.description,
-        })?;
+        let def = update(current)?;
         let mut next = self.queues.clone();
         let writes = next.update(def)?;
         self.commit_queues(next, &writes, &[])?;

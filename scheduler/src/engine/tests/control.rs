@@ -7,18 +7,8 @@ async fn next_stop(agent: &mut FakeAgent) -> (JobId, StopReason) {
     loop {
         match agent.next().await {
             AgentOrder::Stop { job, reason, .. } => return (job, reason),
-            AgentOrder::HeartbeatAck { .. } | AgentOrder::AckExit { .. } => {}
+            AgentOrder::AckExit { .. } => {}
             other => panic!("expected a stop, got {other:?}"),
-        }
-    }
-}
-
-async fn next_launch(agent: &mut FakeAgent) -> LaunchOrder {
-    loop {
-        match agent.next().await {
-            AgentOrder::Launch(l) => return *l,
-            AgentOrder::HeartbeatAck { .. } | AgentOrder::AckExit { .. } => {}
-            other => panic!("expected a launch, got {other:?}"),
         }
     }
 }
@@ -187,7 +177,7 @@ async fn a_requeued_running_job_stops_and_runs_again_and_an_ended_one_runs_again
         )
         .await;
     // Back in the queue, and placed again as its second attempt.
-    let second = next_launch(&mut agent).await;
+    let second = agent.next_launch().await;
     assert_eq!((second.job, second.attempt), (j.id, 2));
     let leases = h.engine.ledger().leases_of(&j.id).unwrap();
     assert_eq!(leases[0].end_reason, Some(EndReason::Requeued));
@@ -219,7 +209,7 @@ async fn a_requeued_running_job_stops_and_runs_again_and_an_ended_one_runs_again
         .control(j.id, JobControl::Release { by_admin: false })
         .await
         .unwrap();
-    let third = next_launch(&mut agent).await;
+    let third = agent.next_launch().await;
     assert_eq!((third.job, third.attempt), (j.id, 3));
     let e = h.engine.control(j.id, JobControl::Requeue { hold: None }).await;
     assert!(e.is_ok(), "a starting job may be requeued: {e:?}");

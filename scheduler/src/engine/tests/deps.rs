@@ -9,16 +9,6 @@ fn after(mut s: JobSpec, dep: &str) -> JobSpec {
     s
 }
 
-async fn next_launch(agent: &mut FakeAgent) -> LaunchOrder {
-    loop {
-        match agent.next().await {
-            AgentOrder::Launch(l) => return *l,
-            AgentOrder::HeartbeatAck { .. } | AgentOrder::AckExit { .. } => {}
-            other => panic!("expected a launch, got {other:?}"),
-        }
-    }
-}
-
 async fn run_to(h: &Harness, agent: &FakeAgent, id: JobId, code: i32) {
     agent
         .send(
@@ -39,7 +29,7 @@ async fn a_chain_runs_in_order_and_a_failed_afterok_ends_its_dependant() {
     let h = harness().await;
     let mut agent = FakeAgent::connect(&h, 1, "n1", vec![], vec![]).await;
     let first = h.engine.submit(spec(1)).await.unwrap();
-    assert_eq!(next_launch(&mut agent).await.job, first.id);
+    assert_eq!(agent.next_launch().await.job, first.id);
     let second = h
         .engine
         .submit(after(spec(1), &format!("afterok:{}", first.id)))
@@ -62,7 +52,7 @@ async fn a_chain_runs_in_order_and_a_failed_afterok_ends_its_dependant() {
 
     // The first succeeds: the second starts; the afternotok can never be met.
     run_to(&h, &agent, first.id, 0).await;
-    assert_eq!(next_launch(&mut agent).await.job, second.id);
+    assert_eq!(agent.next_launch().await.job, second.id);
     let n = settled(&h, never.id, |j| j.state.is_final()).await;
     assert_eq!(n.state, JobState::DependencyNeverSatisfied);
     assert_eq!(
@@ -76,7 +66,7 @@ async fn a_chain_runs_in_order_and_a_failed_afterok_ends_its_dependant() {
 
     // The second fails: afterany still lets the third start.
     run_to(&h, &agent, second.id, 1).await;
-    assert_eq!(next_launch(&mut agent).await.job, third.id);
+    assert_eq!(agent.next_launch().await.job, third.id);
 
     // An afterok on a job that failed already ends at once.
     let doomed = h
@@ -120,10 +110,7 @@ async fn unknown_or_foreign_jobs_are_refused_and_the_graph_survives_a_restart() 
     let h = Harness { engine, clock, dir };
     let mut agent = FakeAgent::connect(&h, 1, "n1", vec![], vec![]).await;
     // Only the first (and the other tenant's job) start: the second waits.
-    let mut launched = vec![
-        next_launch(&mut agent).await.job,
-        next_launch(&mut agent).await.job,
-    ];
+    let mut launched = vec![agent.next_launch().await.job, agent.next_launch().await.job];
     launched.sort();
     let mut want = vec![first.id, foreign.id];
     want.sort();
@@ -136,5 +123,5 @@ async fn unknown_or_foreign_jobs_are_refused_and_the_graph_survives_a_restart() 
     );
     assert!(s.reason.contains("singleton"), "{}", s.reason);
     run_to(&h, &agent, first.id, 0).await;
-    assert_eq!(next_launch(&mut agent).await.job, second.id);
+    assert_eq!(agent.next_launch().await.job, second.id);
 }

@@ -3,16 +3,6 @@
 
 use super::*;
 
-async fn next_launch(agent: &mut FakeAgent) -> LaunchOrder {
-    loop {
-        match agent.next().await {
-            AgentOrder::Launch(l) => return *l,
-            AgentOrder::HeartbeatAck { .. } | AgentOrder::AckExit { .. } => {}
-            other => panic!("expected a launch, got {other:?}"),
-        }
-    }
-}
-
 /// Lets a pass run at the clock's time and waits until the usage it read
 /// from the ledger has come back.
 async fn usage_read(h: &Harness) {
@@ -46,7 +36,7 @@ async fn two_tenants_with_equal_shares_take_turns_and_converge_to_equal_gpu_time
     let mut agent = FakeAgent::connect(&h, 1, "n1", vec![], vec![]).await;
     let mut order = Vec::new();
     for _ in 0..6 {
-        let l = next_launch(&mut agent).await;
+        let l = agent.next_launch().await;
         order.push(ids[&l.job].clone());
         agent
             .send(
