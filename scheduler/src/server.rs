@@ -325,6 +325,8 @@ pub struct DevOptions {
     pub queues: Vec<crate::domain::QueueDef>,
     /// Top pending jobs given a backfill reservation per pass.
     pub backfill_depth: usize,
+    /// The most tasks one array may have.
+    pub max_array_size: u32,
     /// Fair share's half-life and weights.
     pub fairshare: engine::FairShareConfig,
 }
@@ -356,6 +358,7 @@ pub async fn run_dev(
         queues: opts.queues.clone(),
         fairshare: opts.fairshare.clone(),
         backfill_depth: opts.backfill_depth,
+        max_array_size: opts.max_array_size,
         ..EngineConfig::default()
     };
     let controller = Controller::start(ServerConfig {

@@ -117,6 +117,14 @@ impl JobSpec {
         self
     }
 
+    /// An array of tasks like this job: `0-99`, `1,3,5-7`, `0-20:4`, with
+    /// `%8` to run at most 8 at once (Slurm's `--array`). One submission
+    /// makes them all; task 7 is named `ID_7`.
+    pub fn array(mut self, indices: impl Into<String>) -> Self {
+        self.0.array = indices.into();
+        self
+    }
+
     /// The queue to wait in (default: the server's default queue).
     pub fn queue(mut self, queue: impl Into<String>) -> Self {
         self.0.queue = queue.into();

@@ -395,14 +395,33 @@ impl Launcher {
             output: output.clone(),
             node: self.node.clone(),
         };
+        let scratch = self.state_dir.join("jobs").join(&order.job_id);
+        // Checked by the controller; a pattern this agent cannot expand
+        // leaves the output with the node.
+        let (stdout_file, stderr_file) =
+            super::output::files(&order, &self.node, &scratch).unwrap_or_else(|e| {
+                warn!(job = %order.job_id, "output file pattern: {e}");
+                (None, None)
+            });
+        let note = super::output::path_note(&self.state_dir, &order.job_id);
+        match &stdout_file {
+            Some(p) => {
+                let _ = std::fs::write(&note, p.as_os_str().as_encoded_bytes());
+            }
+            None => {
+                let _ = std::fs::remove_file(&note);
+            }
+        }
         let spec = SuperviseSpec {
+            stdout_file,
+            stderr_file,
             job_id: order.job_id.clone(),
             attempt: order.attempt,
             command: order.command.clone(),
             args: order.args.clone(),
             env: job_env(&order, &ctx),
             working_dir: (!order.working_dir.is_empty()).then(|| PathBuf::from(&order.working_dir)),
-            scratch: self.state_dir.join("jobs").join(&order.job_id),
+            scratch,
             output,
             fence_file: fence_file(&self.state_dir),
             time_limit_ms: order.time_limit_ms.map(|ms| ms.max(0) as u64),
@@ -688,9 +707,22 @@ impl Launcher {
         offset: u64,
         limit: u32,
     ) -> Result<(Vec<u8>, u64, String), String> {
-        let path = self.output_path(job_id);
-        let shown = format!("allot-{job_id}.out");
-        let mut f = match tokio::fs::File::open(&path).await {
+        let mut path = self.output_path(job_id);
+        let mut shown = format!("allot-{job_id}.out");
+        let mut run_as = None;
+        // A job with an output file of its own (`-o`): read there, as its user.
+        if let Ok(p) = std::fs::read(super::output::path_note(&self.state_dir, job_id)) {
+            path = PathBuf::from(String::from_utf8_lossy(&p).into_owned());
+            shown = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or(shown);
+            run_as = self.run_as;
+        }
+        let opened = tokio::task::spawn_blocking(move || super::output::open_as(&path, run_as, false))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        let mut f = match opened.map(tokio::fs::File::from_std) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0, shown)),
             Err(e) => {

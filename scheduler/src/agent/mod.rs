@@ -9,6 +9,7 @@ pub mod discovery;
 pub mod fleet;
 mod isolation;
 pub mod launcher;
+mod output;
 pub mod supervisor;
 
 use std::collections::BTreeMap;

@@ -75,6 +75,12 @@ pub struct SuperviseSpec {
     /// with a working directory of its own), then run with `args`.
     #[serde(default)]
     pub script: Option<String>,
+    /// The job's own stdout and stderr files (`-o/-e`), opened as its
+    /// user; `None`: `output` (stderr: with stdout).
+    #[serde(default)]
+    pub stdout_file: Option<PathBuf>,
+    #[serde(default)]
+    pub stderr_file: Option<PathBuf>,
 }
 
 /// The batch script's file name in the job's scratch directory (Slurm's
@@ -576,6 +582,11 @@ async fn supervise(base: &Path, spec: &SuperviseSpec) -> pb::JobExited {
     if let Err(e) = open_output(&spec.output) {
         return failed(format!("cannot open the job's output file: {e}"));
     }
+    for p in [&spec.stdout_file, &spec.stderr_file].into_iter().flatten() {
+        if let Err(e) = super::output::open_as(p, spec.run_as, true) {
+            return failed(format!("cannot open output file {}: {e}", p.display()));
+        }
+    }
     let program = match &script {
         Some(path) => Some(path.clone()),
         None => resolve_program(&spec.command, &spec.env, &workdir),
@@ -583,8 +594,14 @@ async fn supervise(base: &Path, spec: &SuperviseSpec) -> pb::JobExited {
     let own_scratch = needs_scratch.then_some(spec.scratch.as_path());
     let isolation = Isolation::prepare(spec, own_scratch, &workdir).map(std::sync::Arc::new);
     let spawn = |isolation: Option<std::sync::Arc<Isolation>>| {
-        let out = open_output(&spec.output)?;
-        let err = out.try_clone()?;
+        let out = match &spec.stdout_file {
+            Some(p) => super::output::open_as(p, spec.run_as, true)?,
+            None => open_output(&spec.output)?,
+        };
+        let err = match &spec.stderr_file {
+            Some(p) => super::output::open_as(p, spec.run_as, true)?,
+            None => out.try_clone()?,
+        };
         let mut cmd = tokio::process::Command::new(program.as_deref().unwrap_or(Path::new(&spec.command)));
         cmd.arg0(&spec.command)
             .args(&spec.args)

@@ -163,6 +163,8 @@ fn order_pb(order: AgentOrder) -> pb::ControllerMessage {
             node_rank: o.rank,
             script: o.spec.script.clone(),
             queue: o.spec.queue.as_ref().map(ToString::to_string).unwrap_or_default(),
+            output: o.spec.output.clone().unwrap_or_default(),
+            error: o.spec.error.clone().unwrap_or_default(),
         }),
         AgentOrder::Stop {
             job,

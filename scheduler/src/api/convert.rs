@@ -219,6 +219,9 @@ pub fn spec_pb(s: &JobSpec) -> pb::JobSpec {
         script: s.script.clone(),
         queue: s.queue.as_ref().map(ToString::to_string).unwrap_or_default(),
         dependency: s.dependency.as_ref().map(ToString::to_string).unwrap_or_default(),
+        array: s.array.as_ref().map(ToString::to_string).unwrap_or_default(),
+        output: s.output.clone().unwrap_or_default(),
+        error: s.error.clone().unwrap_or_default(),
     }
 }
 
@@ -246,5 +249,15 @@ pub fn job_pb(j: &Job, leases: &[Lease], now: UnixMillis) -> pb::Job {
         held_by_admin: j.hold.as_ref().is_some_and(|h| h.by_admin),
         requeue_requested: j.requeue_requested,
         expected_start_unix_ms: ms(j.expected_start),
+        array_job_id: j.array_task.map(|t| t.array.to_string()).unwrap_or_default(),
+        array_task_id: j.array_task.map(|t| t.index),
+        array_pending: match (&j.spec.array, &j.array) {
+            (Some(spec), Some(p)) => spec.rest(p.next, &p.skip),
+            _ => String::new(),
+        },
+        array_tasks: j.spec.array.as_ref().map(|a| a.len()).unwrap_or_default(),
+        array_succeeded: j.array.as_ref().map(|p| p.ended.succeeded).unwrap_or_default(),
+        array_failed: j.array.as_ref().map(|p| p.ended.failed).unwrap_or_default(),
+        array_cancelled: j.array.as_ref().map(|p| p.ended.cancelled).unwrap_or_default(),
     }
 }

@@ -22,10 +22,15 @@ const LOG_TIMEOUT: Duration = Duration::from_secs(10);
 impl Api {
     /// The job, if the caller may see it.
     pub(super) async fn visible_job(&self, caller: &Caller, id: JobId) -> ApiResult<Job> {
-        let job = self
-            .read(move |ledger| Ok(ledger.get_job(&id)?))
-            .await?
-            .ok_or_else(|| ApiError::NotFound(format!("job {id} not found")))?;
+        let stored = self.read(move |ledger| Ok(ledger.get_job(&id)?)).await?;
+        let job = match stored {
+            Some(job) => job,
+            // An array task not started yet has no record of its own.
+            None => self.engine.job(id).await.map_err(|e| match e {
+                crate::engine::EngineError::NotFound(_) => ApiError::NotFound(format!("job {id} not found")),
+                e => ApiError::from(e),
+            })?,
+        };
         if !caller.may_access(&job.spec.tenant) {
             return Err(ApiError::PermissionDenied(format!(
                 "job {id} belongs to another tenant"

@@ -47,6 +47,15 @@ pub struct JobFile {
     pub queue: Option<String>,
     /// Jobs to wait for, in Slurm's syntax (`afterok:ID`, …).
     pub dependency: Option<String>,
+    /// An array of tasks like this job: `0-99`, `1,3,5-7`, `0-20:4`, `%8`.
+    #[serde(default)]
+    pub array: Option<String>,
+    /// Where stdout goes on the node, a Slurm pattern (`slurm-%j.out`).
+    #[serde(default)]
+    pub output: Option<String>,
+    /// Where stderr goes (default: with stdout).
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -178,6 +187,9 @@ impl JobFile {
             script: None,
             queue: self.queue.unwrap_or_default(),
             dependency: self.dependency.unwrap_or_default(),
+            array: self.array.unwrap_or_default(),
+            output: self.output.unwrap_or_default(),
+            error: self.error.unwrap_or_default(),
         })
     }
 }

@@ -190,6 +190,9 @@ pub fn build_spec(a: &SubmitArgs) -> anyhow::Result<proto::JobSpec> {
     if let Some(d) = &a.dependency {
         spec.dependency = d.clone();
     }
+    if let Some(x) = &a.array {
+        spec.array = x.clone();
+    }
     if let Some(t) = &a.tenant {
         spec.tenant = t.clone();
     }
@@ -274,6 +277,9 @@ pub async fn list(client: &Client, a: &JobsArgs, json: bool) -> anyhow::Result<i
         eprintln!("no jobs");
         return Ok(0);
     }
+    // An array whose tasks have all started is shown by its tasks (squeue
+    // folds only the tasks not started yet).
+    jobs.retain(|j| !output::is_array(j) || is_final(j.state()) || !j.array_pending.is_empty());
     if a.start {
         // squeue --start: pending jobs, soonest expected start first; those
         // without a reservation last ("N/A").
@@ -282,7 +288,7 @@ pub async fn list(client: &Client, a: &JobsArgs, json: bool) -> anyhow::Result<i
             .iter()
             .map(|j| {
                 vec![
-                    j.id.clone(),
+                    output::display_id(j),
                     j.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default(),
                     j.spec.as_ref().map(|s| s.queue.clone()).unwrap_or_default(),
                     gpu_request(j.spec.as_ref()),
@@ -302,7 +308,7 @@ pub async fn list(client: &Client, a: &JobsArgs, json: bool) -> anyhow::Result<i
         .iter()
         .map(|j| {
             vec![
-                j.id.clone(),
+                output::display_id(j),
                 j.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default(),
                 state_name(j.state).to_string(),
                 j.spec.as_ref().map(|s| s.queue.clone()).unwrap_or_default(),
@@ -344,6 +350,24 @@ pub async fn show(client: &Client, id: &str, json: bool) -> anyhow::Result<i32> 
         println!(
             "  expected start: {} (backfill reservation)",
             output::time(j.expected_start_unix_ms)
+        );
+    }
+    if output::is_array(&j) {
+        let waiting = if j.array_pending.is_empty() {
+            "all started".to_string()
+        } else {
+            format!("not started {}", j.array_pending)
+        };
+        println!(
+            "  array:        {} ({} tasks): {waiting}; {} succeeded, {} failed, {} cancelled",
+            spec.array, j.array_tasks, j.array_succeeded, j.array_failed, j.array_cancelled
+        );
+    }
+    if let Some(index) = j.array_task_id {
+        println!(
+            "  array task:   {index} of array {} ({})",
+            j.array_job_id,
+            output::display_id(&j)
         );
     }
     println!("  tenant:       {} (project {})", j.tenant, j.project);

@@ -477,6 +477,11 @@ pub struct ServerArgs {
     /// reservation in each pass (0: no backfill; see docs/queues.md).
     #[arg(long, default_value_t = 8)]
     pub backfill_depth: usize,
+    /// The most tasks one job array may have (`--array`; Slurm's
+    /// MaxArraySize); at most 1000000.
+    #[arg(long, default_value_t = crate::domain::array::DEFAULT_MAX_ARRAY_SIZE,
+          value_parser = clap::value_parser!(u32).range(1..=crate::domain::array::ARRAY_HARD_MAX as i64))]
+    pub max_array_size: u32,
     /// Where the ledger lives (required without --dev; with --dev, a temp dir by default).
     #[arg(long, env = "ALLOT_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -628,6 +633,11 @@ pub struct SubmitArgs {
     /// `,` (all) or `?` (any).
     #[arg(long, short = 'd', value_name = "DEPENDENCY")]
     pub dependency: Option<String>,
+    /// Submit an array of tasks like this job, in Slurm's syntax: `0-99`,
+    /// `1,3,5-7`, `0-20:4`, with `%8` to run at most 8 at once. Each task
+    /// sees ALLOT_ARRAY_TASK_ID (and SLURM_ARRAY_TASK_ID); name one as ID_7.
+    #[arg(long, short = 'a', value_name = "INDICES")]
+    pub array: Option<String>,
     /// Tenant (admin tokens only).
     #[arg(long)]
     pub tenant: Option<String>,

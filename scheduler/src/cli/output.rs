@@ -211,10 +211,48 @@ fn placement_json(p: &proto::Placement) -> Value {
     })
 }
 
+/// How `allot jobs` names a job, like squeue: `ID`, `ARRAY_7` for a task,
+/// `ARRAY_[8-99%8]` for an array's tasks not started yet.
+pub fn display_id(j: &proto::Job) -> String {
+    if let Some(index) = j.array_task_id {
+        return format!("{}_{index}", j.array_job_id);
+    }
+    let array = j.spec.as_ref().map(|s| s.array.as_str()).unwrap_or_default();
+    if array.is_empty() || j.array_pending.is_empty() {
+        return j.id.clone();
+    }
+    let throttle = array
+        .rsplit_once('%')
+        .map(|(_, t)| format!("%{t}"))
+        .unwrap_or_default();
+    format!("{}_[{}{throttle}]", j.id, j.array_pending)
+}
+
+/// Whether a job is an array's own record.
+pub fn is_array(j: &proto::Job) -> bool {
+    j.spec.as_ref().is_some_and(|s| !s.array.is_empty())
+}
+
 pub fn job_json(j: &proto::Job) -> Value {
     let spec = j.spec.as_ref();
+    let array = is_array(j).then(|| {
+        json!({
+            "indices": spec.map(|s| s.array.clone()),
+            "tasks": j.array_tasks,
+            "pending": j.array_pending,
+            "succeeded": j.array_succeeded,
+            "failed": j.array_failed,
+            "cancelled": j.array_cancelled,
+        })
+    });
+    let task = j
+        .array_task_id
+        .map(|index| json!({"array": j.array_job_id, "index": index}));
     json!({
         "id": j.id,
+        "display_id": display_id(j),
+        "array": array,
+        "array_task": task,
         "name": spec.map(|s| s.name.clone()),
         "state": state_name(j.state),
         "reason": j.reason,

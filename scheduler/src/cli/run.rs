@@ -85,6 +85,7 @@ async fn server(a: &ServerArgs) -> anyhow::Result<i32> {
                 plugins,
                 max_grace: millis("--max-grace", &a.max_grace)?,
                 backfill_depth: a.backfill_depth,
+                max_array_size: a.max_array_size,
                 queues,
                 fairshare,
             },
@@ -117,6 +118,7 @@ async fn server(a: &ServerArgs) -> anyhow::Result<i32> {
             queues,
             fairshare,
             backfill_depth: a.backfill_depth,
+            max_array_size: a.max_array_size,
             ..EngineConfig::default()
         },
         plugins,

@@ -80,27 +80,13 @@ const OPTIONS: &[(&str, Option<char>, bool, Treat)] = &[
     ("wait", Some('W'), false, Treat::Honour),
     ("parsable", None, false, Treat::Honour),
     ("quiet", Some('Q'), false, Treat::Honour),
-    (
-        "output",
-        Some('o'),
-        true,
-        Treat::Warn(
-            "output files are not written yet: the job's output is kept by its node; read it with `allot logs ID`",
-        ),
-    ),
-    (
-        "error",
-        Some('e'),
-        true,
-        Treat::Warn(
-            "output files are not written yet: the job's output is kept by its node; read it with `allot logs ID`",
-        ),
-    ),
+    ("output", Some('o'), true, Treat::Honour),
+    ("error", Some('e'), true, Treat::Honour),
     (
         "open-mode",
         None,
         true,
-        Treat::Warn("output files are not written yet"),
+        Treat::Warn("output files are always appended to (--open-mode=append)"),
     ),
     ("mail-type", None, true, Treat::Warn("allot sends no mail")),
     ("mail-user", None, true, Treat::Warn("allot sends no mail")),
@@ -143,12 +129,7 @@ const OPTIONS: &[(&str, Option<char>, bool, Treat)] = &[
         true,
         Treat::Refuse("allot has no QOS yet; set --priority instead"),
     ),
-    (
-        "array",
-        Some('a'),
-        true,
-        Treat::Refuse("job arrays are not supported yet"),
-    ),
+    ("array", Some('a'), true, Treat::Honour),
     (
         "hold",
         Some('H'),
@@ -794,6 +775,24 @@ pub fn build(
         }
         spec.queue = p.trim().to_string();
     }
+    // Slurm's default: slurm-%j.out (slurm-%A_%a.out for an array) in the
+    // working directory, stderr with stdout.
+    let default_output = if last.contains_key("array") {
+        "slurm-%A_%a.out"
+    } else {
+        "slurm-%j.out"
+    };
+    spec.output = value("output").unwrap_or_else(|| default_output.to_string());
+    crate::domain::output::check(&spec.output).map_err(|e| fail("output", e))?;
+    if let Some(e) = value("error") {
+        crate::domain::output::check(&e).map_err(|why| fail("error", why))?;
+        spec.error = e;
+    }
+    if let Some(a) = value("array") {
+        // Checked here for the line it is on; its size, by the server.
+        let array: crate::domain::array::ArraySpec = a.parse().map_err(|e| fail("array", e))?;
+        spec.array = array.to_string();
+    }
     // Checked by the server, which knows the jobs it names.
     if let Some(d) = value("dependency") {
         spec.dependency = d.trim().to_string();
@@ -1054,7 +1053,6 @@ python train.py --epochs 90
                 "#SBATCH -p gpu,cpu",
                 "-p gpu,cpu (line 2): allot runs a job in one queue",
             ),
-            ("#SBATCH --array=0-9", "--array=0-9 (line 2) cannot be honoured"),
             (
                 "#SBATCH -N 2",
                 "-N 2 (line 2): allot cannot promise a number of nodes",
@@ -1106,10 +1104,34 @@ python train.py --epochs 90
             "#!/bin/bash\n#SBATCH --mail-type=END,FAIL\n#SBATCH --mail-user=ana@example.org\n#SBATCH -o slurm-%j.out\nsrun python train.py\n",
         )
         .unwrap();
-        assert_eq!(b.warnings.len(), 4, "{:#?}", b.warnings);
+        assert_eq!(b.warnings.len(), 3, "{:#?}", b.warnings);
         assert!(b.warnings[0].contains("--mail-type=END,FAIL (line 2) is ignored: allot sends no mail"));
-        assert!(b.warnings[2].contains("-o slurm-%j.out (line 4) is ignored"));
-        assert!(b.warnings[3].contains("line 5 runs srun, which allot does not provide"));
+        assert!(b.warnings[2].contains("line 5 runs srun, which allot does not provide"));
+        assert_eq!(b.spec.output, "slurm-%j.out", "-o is honoured");
+    }
+
+    #[test]
+    fn arrays_and_output_files_as_slurm_names_them() {
+        let b = built("#!/bin/sh\n#SBATCH --array=0-9%2\n#SBATCH -e err-%A_%a.txt\ntrue\n").unwrap();
+        assert_eq!(b.spec.array, "0-9%2");
+        assert_eq!(b.spec.output, "slurm-%A_%a.out", "Slurm's default for an array");
+        assert_eq!(b.spec.error, "err-%A_%a.txt");
+        let b = built("#!/bin/sh\ntrue\n").unwrap();
+        assert_eq!(
+            (b.spec.output.as_str(), b.spec.error.as_str()),
+            ("slurm-%j.out", "")
+        );
+        for (line, expect) in [
+            ("#SBATCH -a 5-1", "-a 5-1 (line 2): \"5-1\": 5 is after 1"),
+            ("#SBATCH --array=0-10:0", "step must be at least 1"),
+            ("#SBATCH -o out-%q.txt", "-o out-%q.txt (line 2): %q in"),
+            ("#SBATCH --error=e%", "lone %"),
+        ] {
+            let err = built(&format!("#!/bin/bash\n{line}\necho hi\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expect), "{line}: {err}");
+        }
     }
 
     #[test]

@@ -44,14 +44,6 @@ macro_rules! uuid_id {
             }
         }
 
-        impl FromStr for $name {
-            type Err = String;
-            fn from_str(s: &str) -> Result<Self, String> {
-                Uuid::parse_str(s.trim())
-                    .map($name)
-                    .map_err(|_| format!("{} is not a valid {} (expected a UUID)", super::validate::quote(s), $what))
-            }
-        }
     };
 }
 
@@ -60,11 +52,69 @@ uuid_id!(
     JobId,
     "job id"
 );
+
+impl JobId {
+    /// The id of task `index` of this array: the array's id with its last
+    /// four bytes mixed with the index, so it sorts beside the array and
+    /// is known before the task is split off.
+    pub fn task(&self, index: u32) -> JobId {
+        let mut b = *self.as_bytes();
+        let mixed = u32::from_be_bytes([b[12], b[13], b[14], b[15]]) ^ index.wrapping_add(1);
+        b[12..].copy_from_slice(&mixed.to_be_bytes());
+        JobId::from_uuid(Uuid::from_bytes(b))
+    }
+
+    /// Which task of `array` this id is, if it is one (any index).
+    pub fn task_index(&self, array: &JobId) -> Option<u32> {
+        let (a, b) = (self.as_bytes(), array.as_bytes());
+        if a[..12] != b[..12] || a == b {
+            return None;
+        }
+        let x = u32::from_be_bytes([a[12], a[13], a[14], a[15]])
+            ^ u32::from_be_bytes([b[12], b[13], b[14], b[15]]);
+        Some(x.wrapping_sub(1))
+    }
+}
 uuid_id!(
     /// A lease's id (UUID v7).
     LeaseId,
     "lease id"
 );
+
+fn parse_uuid(s: &str, what: &str) -> Result<Uuid, String> {
+    Uuid::parse_str(s.trim()).map_err(|_| {
+        format!(
+            "{} is not a valid {what} (expected a UUID)",
+            super::validate::quote(s)
+        )
+    })
+}
+
+impl FromStr for LeaseId {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        parse_uuid(s, "lease id").map(LeaseId)
+    }
+}
+
+impl FromStr for JobId {
+    type Err = String;
+    /// A UUID, or `ID_7`: task 7 of array ID.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if let Some((array, index)) = s.split_once('_') {
+            let array: JobId = array.parse()?;
+            let index: u32 = index.parse().map_err(|_| {
+                format!(
+                    "{} is not a valid job id (expected a UUID, or ID_INDEX for an array task)",
+                    super::validate::quote(s)
+                )
+            })?;
+            return Ok(array.task(index));
+        }
+        parse_uuid(s, "job id").map(JobId)
+    }
+}
 
 /// Checks a DNS-label-like name: 1–63 of `[a-z0-9-_.]`, starting with a letter or digit.
 fn check_name(kind: &str, s: &str) -> Result<(), String> {
@@ -203,5 +253,23 @@ mod tests {
         assert!(a.as_bytes() < b.as_bytes());
         assert_eq!(a.to_string().parse::<JobId>().unwrap(), a);
         assert!("nope".parse::<JobId>().is_err());
+        // Array tasks: `ID_7`, beside the array, known both ways.
+        let t: JobId = format!("{a}_7").parse().unwrap();
+        assert_eq!(t, a.task(7));
+        assert_ne!(a.task(7), a.task(8));
+        assert_ne!(a.task(0), a);
+        assert_eq!(t.task_index(&a), Some(7));
+        assert_eq!(a.task_index(&a), None);
+        assert_eq!(b.task_index(&a), None);
+        assert!(
+            format!("{a}_x")
+                .parse::<JobId>()
+                .unwrap_err()
+                .contains("ID_INDEX")
+        );
+        assert!(
+            format!("{a}_7").parse::<LeaseId>().is_err(),
+            "leases have no tasks"
+        );
     }
 }

@@ -6,6 +6,7 @@ use std::num::NonZeroU32;
 
 use serde::{Deserialize, Serialize};
 
+use super::array::{ArrayProgress, ArraySpec, ArrayTask};
 use super::dependency::Dependency;
 use super::ids::{JobId, LeaseId, NodeName, ProjectName, QueueName, TenantName};
 use super::mig::MigProfile;
@@ -121,6 +122,18 @@ pub struct JobSpec {
     /// What must happen to other jobs before it may start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dependency: Option<Dependency>,
+    /// An array of tasks like this one (`--array 0-99%8`); `None` for a
+    /// plain job (and for each task split off an array).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub array: Option<ArraySpec>,
+    /// Where its stdout goes on the node, as a Slurm pattern (`-o
+    /// slurm-%j.out`), relative to its working directory; `None`: the
+    /// node keeps it (`allot logs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    /// Where its stderr goes (`-e`); `None`: with its stdout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 impl Job {
@@ -148,6 +161,21 @@ impl Job {
             hold: None,
             requeue_requested: false,
             expected_start: None,
+            array: None,
+            array_task: None,
+        }
+    }
+
+    /// Whether this is an array's record (not a job that runs).
+    pub fn is_array(&self) -> bool {
+        self.array.is_some()
+    }
+
+    /// How `allot jobs` names it: `ID`, `ARRAY_7` for a task.
+    pub fn display_id(&self) -> String {
+        match &self.array_task {
+            Some(t) => t.to_string(),
+            None => self.id.to_string(),
         }
     }
 
@@ -364,6 +392,13 @@ pub struct Job {
     /// start at the latest (`squeue --start`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expected_start: Option<UnixMillis>,
+    /// An array's record: how far its tasks were split off, how the ended
+    /// ones ended. Such a record never waits or runs itself: its tasks do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub array: Option<ArrayProgress>,
+    /// A task of an array: which, and its index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub array_task: Option<ArrayTask>,
 }
 
 /// Who keeps a pending job from starting, and why.
@@ -416,6 +451,9 @@ impl Job {
             script: None,
             queue: None,
             dependency: None,
+            array: None,
+            output: None,
+            error: None,
         };
         Job {
             id,

@@ -1,5 +1,6 @@
 //! The domain: ids, units, jobs, leases, MIG profiles. Plain data, no I/O.
 
+pub mod array;
 pub mod dependency;
 pub mod error;
 pub mod ids;
@@ -7,6 +8,7 @@ pub mod job;
 pub mod lease;
 pub mod mig;
 pub mod money;
+pub mod output;
 pub mod plugin;
 pub mod queue;
 pub mod units;

@@ -565,6 +565,24 @@ pub fn job_spec(spec: &pb::JobSpec, tenant: TenantName) -> Result<JobSpec, Viola
                 .map_err(|e| violation("spec.dependency", e))?,
         ),
     };
+    let array = match spec.array.trim() {
+        "" => None,
+        a => Some(
+            a.parse::<super::array::ArraySpec>()
+                .map_err(|e| violation("spec.array", e))?,
+        ),
+    };
+    let pattern = |field: &'static str, p: &str| -> Result<Option<String>, Violation> {
+        match p.trim() {
+            "" => Ok(None),
+            p => {
+                super::output::check(p).map_err(|e| violation(field, e))?;
+                Ok(Some(p.to_string()))
+            }
+        }
+    };
+    let output = pattern("spec.output", &spec.output)?;
+    let error = pattern("spec.error", &spec.error)?;
     let out = JobSpec {
         name,
         command: command.to_string(),
@@ -590,6 +608,9 @@ pub fn job_spec(spec: &pb::JobSpec, tenant: TenantName) -> Result<JobSpec, Viola
         script: spec.script.clone(),
         queue,
         dependency,
+        array,
+        output,
+        error,
     };
     self::spec(
         &out,

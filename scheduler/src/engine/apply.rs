@@ -34,8 +34,22 @@ use crate::policy::types::{ExtensionPoint, QuotaInput, Usage as PolicyUsage};
 const QUOTA_USAGE_FRESH: Millis = Millis::from_secs(1);
 
 impl Engine {
-    /// One placement pass: plan over the engine's state, then apply the plan.
+    /// One placement pass: arrays' next tasks split off, a plan over the
+    /// engine's state, the plan applied; again while arrays have whole
+    /// batches taken (a few rounds at most: the next turn goes on).
     pub(super) fn placement_pass(&mut self) {
+        for round in 0..super::state::ARRAY_ROUNDS {
+            let split = self.split_arrays();
+            if round > 0 && split == 0 {
+                return;
+            }
+            self.plan_pass();
+        }
+        // Batches still growing: another pass next turn.
+        self.needs_pass = true;
+    }
+
+    fn plan_pass(&mut self) {
         self.refresh_mix();
         let now = self.clock.now();
         self.refresh_fairshare();

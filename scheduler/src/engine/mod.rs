@@ -65,6 +65,8 @@ pub struct EngineConfig {
     /// How many top pending jobs that cannot start get a backfill
     /// reservation in each pass (0: no backfill).
     pub backfill_depth: usize,
+    /// The most tasks one array may have (`--max-array-size`).
+    pub max_array_size: u32,
 }
 
 impl Default for EngineConfig {
@@ -82,6 +84,7 @@ impl Default for EngineConfig {
             queues: Vec::new(),
             fairshare: FairShareConfig::default(),
             backfill_depth: cycle::DEFAULT_BACKFILL_DEPTH,
+            max_array_size: crate::domain::array::DEFAULT_MAX_ARRAY_SIZE,
         }
     }
 }
@@ -350,6 +353,11 @@ pub(crate) enum Command {
     ListNodes {
         reply: oneshot::Sender<Vec<NodeView>>,
     },
+    /// A job as the engine holds it (also an array task not split off yet).
+    GetJob {
+        id: JobId,
+        reply: oneshot::Sender<EngineResult<Job>>,
+    },
     /// Hold, release, update or requeue a job.
     Control {
         id: JobId,
@@ -494,6 +502,13 @@ impl EngineHandle {
     /// Cancels a job: a pending one at once, a placed one by stopping it
     /// (SIGTERM, its grace period, SIGKILL; with `force`, SIGKILL now, also
     /// for a job already being stopped).
+    /// A job as the engine holds it, once what it holds is durable: an
+    /// active one, an ended one from the ledger, or an array task that has
+    /// not started yet (as it would be).
+    pub async fn job(&self, id: JobId) -> EngineResult<Job> {
+        self.ask(|reply| Command::GetJob { id, reply }).await?
+    }
+
     pub async fn cancel(&self, id: JobId, reason: String, force: bool) -> EngineResult<Job> {
         self.ask(|reply| Command::Cancel {
             id,

@@ -171,6 +171,9 @@ fn spec(gpus: u32) -> JobSpec {
         script: None,
         queue: None,
         dependency: None,
+        array: None,
+        output: None,
+        error: None,
     }
 }
 
@@ -1412,6 +1415,7 @@ async fn idle_time_comes_from_utilisation_readings_hour_by_hour() {
     assert_eq!(row.observed, row.gpu_time);
 }
 
+mod arrays;
 mod control;
 mod deps;
 mod fairshare;

@@ -44,40 +44,45 @@ pub struct DependencyGate;
 
 impl Gate for DependencyGate {
     fn check(&self, job: &Job, snapshot: &Snapshot<'_>, _: &mut CycleState<'_>) -> Verdict {
-        let Some(dep) = &job.spec.dependency else {
-            return Verdict::Go;
-        };
-        let state_of = |id: &JobId| {
-            snapshot
-                .jobs
-                .get(id)
-                .map(|j| j.state)
-                .or_else(|| snapshot.deps.ended_state(id))
-        };
-        // Singleton: the earliest other active job of its tenant and name.
-        let same_name = dep
-            .has_singleton()
-            .then(|| {
-                snapshot
-                    .jobs
-                    .values()
-                    .filter(|o| {
-                        o.id != job.id
-                            && o.spec.tenant == job.spec.tenant
-                            && o.spec.name == job.spec.name
-                            && !o.state.is_final()
-                            && (o.state != JobState::Pending
-                                || (o.submitted_at, o.id) < (job.submitted_at, job.id))
-                    })
-                    .min_by_key(|o| (o.submitted_at, o.id))
-                    .map(|o| (o.id, o.state))
-            })
-            .flatten();
-        match dep.standing(state_of, same_name) {
-            Standing::Met => Verdict::Go,
-            Standing::Waiting(what) => Verdict::Wait(format!("waiting for {what}")),
-            Standing::Never(why) => Verdict::Never(format!("dependency never satisfied: {why}")),
-        }
+        dependency_verdict(job, snapshot.jobs, snapshot.deps)
+    }
+}
+
+/// Where a job's dependency stands, from the active jobs and the final
+/// states of ended ones (also what an array's tasks wait for).
+pub fn dependency_verdict(
+    job: &Job,
+    jobs: &std::collections::HashMap<JobId, Job>,
+    deps: &crate::engine::model::DependencyGraph,
+) -> Verdict {
+    let Some(dep) = &job.spec.dependency else {
+        return Verdict::Go;
+    };
+    let state_of = |id: &JobId| jobs.get(id).map(|j| j.state).or_else(|| deps.ended_state(id));
+    // Singleton: the earliest other active job of its tenant and name.
+    let same_name = dep
+        .has_singleton()
+        .then(|| {
+            jobs.values()
+                .filter(|o| {
+                    o.id != job.id
+                        && o.spec.tenant == job.spec.tenant
+                        && o.spec.name == job.spec.name
+                        && !o.state.is_final()
+                        // An array and its own tasks do not wait on each other.
+                        && o.array_task.is_none_or(|t| t.array != job.id)
+                        && job.array_task.is_none_or(|t| t.array != o.id)
+                        && (o.state != JobState::Pending
+                            || (o.submitted_at, o.id) < (job.submitted_at, job.id))
+                })
+                .min_by_key(|o| (o.submitted_at, o.id))
+                .map(|o| (o.id, o.state))
+        })
+        .flatten();
+    match dep.standing(state_of, same_name) {
+        Standing::Met => Verdict::Go,
+        Standing::Waiting(what) => Verdict::Wait(format!("waiting for {what}")),
+        Standing::Never(why) => Verdict::Never(format!("dependency never satisfied: {why}")),
     }
 }
 

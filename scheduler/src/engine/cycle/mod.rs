@@ -25,7 +25,9 @@ use std::collections::{HashMap, HashSet};
 use tracing::error;
 
 pub use backfill::{Backfill, DEFAULT_DEPTH as DEFAULT_BACKFILL_DEPTH};
-pub use gates::{BudgetGate, DependencyGate, Gate, HoldGate, QueueGate, QuotaAsk, QuotaGate, Verdict};
+pub use gates::{
+    BudgetGate, DependencyGate, Gate, HoldGate, QueueGate, QuotaAsk, QuotaGate, Verdict, dependency_verdict,
+};
 #[cfg(test)]
 pub use order::PriorityThenAge;
 pub use order::{FairShareThenAge, QueueOrder};

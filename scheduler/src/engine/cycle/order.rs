@@ -16,6 +16,7 @@ pub trait QueueOrder {
 /// fair-share factor, then its project's inside it (the less a tenant used
 /// of its share lately, the sooner), then oldest submission: Slurm's
 /// multifactor order, with tier and priority as hard levels above fair share.
+/// An array's tasks go in index order.
 pub struct FairShareThenAge;
 
 impl QueueOrder for FairShareThenAge {
@@ -35,6 +36,8 @@ impl QueueOrder for FairShareThenAge {
                         Reverse(t),
                         Reverse(p),
                         j.submitted_at,
+                        // An array's tasks share its submission time.
+                        j.array_task.map_or(0, |t| t.index),
                     ),
                     j.id,
                 )

@@ -4,9 +4,11 @@
 //! pending jobs stand with their tenant's quota plugin), the nominations of
 //! preempting jobs with the node reservations they imply, what each node's
 //! agent told, tenants' budgets with whether each is spent, the
-//! dependency graph, and fair share (decayed usage against weights). New kinds of engine state (arrays, services) are new
+//! dependency graph, fair share (decayed usage against weights), and the
+//! arrays' split state. New kinds of engine state (services) are new
 //! files here.
 
+pub mod arrays;
 pub mod dependencies;
 pub mod fairshare;
 pub mod jobs;
@@ -17,6 +19,7 @@ pub mod queues;
 pub mod quota;
 pub mod tenants;
 
+pub use arrays::Arrays;
 pub use dependencies::DependencyGraph;
 pub use fairshare::{FairShare, FairShareConfig};
 pub use jobs::ActiveJobs;

@@ -6,7 +6,9 @@ use std::collections::{BTreeSet, HashMap};
 
 use crate::domain::{Job, JobId, UnixMillis};
 
-type Key = (Reverse<i32>, Reverse<i32>, UnixMillis, JobId);
+/// Tier, priority, submission time, then (for an array's tasks, which share
+/// the array's submission time) the task's index.
+type Key = (Reverse<i32>, Reverse<i32>, UnixMillis, u32, JobId);
 
 /// Pending jobs in the order they are considered for placement. A job keeps
 /// its submission time as its position, so a requeued job goes back where it was.
@@ -18,11 +20,16 @@ pub struct Pending {
 
 impl Pending {
     /// Puts a job in its place, given its queue's tier (or moves it there).
+    /// An array's own record never waits here: its tasks do.
     pub fn push(&mut self, job: &Job, tier: i32) {
+        if job.is_array() {
+            return;
+        }
         let key = (
             Reverse(tier),
             Reverse(job.spec.priority),
             job.submitted_at,
+            job.array_task.map_or(0, |t| t.index),
             job.id,
         );
         if let Some(old) = self.keys.insert(job.id, key) {
@@ -54,7 +61,7 @@ impl Pending {
 
     /// Job ids in placement order.
     pub fn iter(&self) -> impl Iterator<Item = JobId> + '_ {
-        self.order.iter().map(|(_, _, _, id)| *id)
+        self.order.iter().map(|(_, _, _, _, id)| *id)
     }
 }
 

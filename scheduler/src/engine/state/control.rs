@@ -11,9 +11,39 @@ fn not_pending(id: JobId, state: JobState, what: &str) -> EngineError {
 
 impl Engine {
     pub(in crate::engine) fn control(&mut self, id: JobId, change: JobControl) -> EngineResult<()> {
+        if !self.jobs.contains(&id) {
+            self.split_out(id);
+        }
+        let array = self.jobs.get(&id).is_some_and(|j| j.is_array());
         if let JobControl::Requeue { hold } = change {
+            if array || self.ledger_is_array(id)? {
+                return Err(EngineError::FailedPrecondition(format!(
+                    "job {id} is an array: requeue its tasks one at a time ({id}_INDEX)"
+                )));
+            }
             return self.requeue_on_request(id, hold);
         }
+        if array {
+            self.control_one(id, change.clone())?;
+            self.control_array(id, &change);
+            return Ok(());
+        }
+        self.control_one(id, change)
+    }
+
+    /// Whether an ended job is an array's record.
+    fn ledger_is_array(&self, id: JobId) -> EngineResult<bool> {
+        if self.jobs.contains(&id) {
+            return Ok(false);
+        }
+        Ok(self
+            .ledger
+            .get_job(&id)
+            .map_err(|e| EngineError::Internal(e.to_string()))?
+            .is_some_and(|j| j.is_array()))
+    }
+
+    fn control_one(&mut self, id: JobId, change: JobControl) -> EngineResult<()> {
         let Some(job) = self.jobs.get(&id) else {
             let ended = self.job_snapshot(id)?;
             return Err(EngineError::FailedPrecondition(format!(
@@ -182,6 +212,9 @@ impl Engine {
     fn requeue_ended(&mut self, id: JobId, hold: Option<Hold>) -> EngineResult<()> {
         let mut job = self.job_snapshot(id)?;
         let ended = job.state;
+        if let Some(task) = job.array_task {
+            self.task_reopened(task, ended)?;
+        }
         job.next_attempt();
         job.cancel_requested = false;
         job.cancel_forced = false;

@@ -29,8 +29,10 @@ impl Engine {
             info!(job = %r.job, request = %key.request_id, "submission retried; returning the job it created");
             return Ok(r.job);
         }
+        self.check_array(&spec)?;
         self.take_into_queue(&mut spec)?;
-        let job = Job::submitted(spec, now);
+        let mut job = Job::submitted(spec, now);
+        arrays::array_record(&mut job);
         let id = job.id;
         self.take_dependency(&job)?;
         info!(job = %id, tenant = %job.spec.tenant, name = %job.spec.name, "job submitted");
@@ -53,6 +55,9 @@ impl Engine {
         self.effects.push(Effect::Event(Box::new(job.clone())));
         if let Some(r) = record {
             self.requests.insert((r.tenant.clone(), r.request_id.clone()), r);
+        }
+        if job.is_array() {
+            self.arrays.insert(id);
         }
         self.jobs.admit(job, Vec::new());
         self.needs_pass = true;
@@ -81,6 +86,13 @@ impl Engine {
     }
 
     pub(in crate::engine) fn cancel(&mut self, id: JobId, reason: &str, force: bool) -> EngineResult<()> {
+        if !self.jobs.contains(&id) {
+            self.split_out(id);
+        }
+        if self.jobs.get(&id).is_some_and(|j| j.is_array()) {
+            self.cancel_array(id, reason, force);
+            return Ok(());
+        }
         let Some(job) = self.jobs.get_mut(&id) else {
             return match self.ledger.get_job(&id) {
                 Ok(Some(j)) => Err(EngineError::FailedPrecondition(format!(
@@ -130,6 +142,7 @@ impl Engine {
     pub(in crate::engine) fn job_snapshot(&self, id: JobId) -> EngineResult<Job> {
         match self.jobs.get(&id) {
             Some(j) => Ok(j.clone()),
+            None if let Some(task) = self.unsplit_view(id) => Ok(task),
             None => self
                 .ledger
                 .get_job(&id)
@@ -161,8 +174,11 @@ impl Engine {
         }
         let touched = self.all_lease_ids(&id);
         self.persist(id, &touched);
-        self.jobs.remove(&id);
+        let task = self.jobs.remove(&id).and_then(|(j, _)| j.array_task);
         self.needs_pass = true;
+        if let Some(task) = task {
+            self.task_ended(task, state);
+        }
     }
 
     /// When the leases on `node` of a job ending now end: when its part there

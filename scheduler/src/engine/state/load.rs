@@ -30,6 +30,7 @@ impl Engine {
             pending: Pending::default(),
             queues,
             deps: DependencyGraph::default(),
+            arrays: Default::default(),
             fairshare,
             agents: HashMap::new(),
             nodes: HashMap::new(),
@@ -104,6 +105,7 @@ impl Engine {
         }
         engine.budgets = Budgets::from_budgets(engine.ledger.budgets()?);
         engine.rebuild_dependencies()?;
+        engine.rebuild_arrays();
         // When each node was last heard from, for jobs lost with it.
         for (node, seen) in seen {
             engine.nodes.entry(node).or_default().last_heartbeat = Some(seen);

@@ -1,6 +1,7 @@
 //! The engine's state and how each command changes it.
 
 mod agents;
+mod arrays;
 mod control;
 mod deps;
 mod fairshare;
@@ -8,6 +9,8 @@ mod jobs;
 mod load;
 mod queues;
 mod stops;
+
+pub(super) use arrays::ARRAY_ROUNDS;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -17,8 +20,8 @@ use tracing::{debug, error, info, warn};
 
 use super::batch::{Batch, Change};
 use super::model::{
-    ActiveJobs, AgentLink, Budgets, DependencyGraph, FairShare, NodeMeta, Nominations, Pending, Queues,
-    QuotaBook,
+    ActiveJobs, AgentLink, Arrays, Budgets, DependencyGraph, FairShare, NodeMeta, Nominations, Pending,
+    Queues, QuotaBook,
 };
 use super::observe::Observers;
 use super::{
@@ -74,6 +77,8 @@ pub struct Engine {
     pub(super) queues: Queues,
     /// Which pending jobs wait on which others.
     pub(super) deps: DependencyGraph,
+    /// Arrays not ended: their tasks started, the next batch to split off.
+    pub(super) arrays: Arrays,
     /// Decayed usage and fair-share factors.
     pub(super) fairshare: FairShare,
     pub(super) agents: HashMap<NodeName, AgentLink>,
@@ -310,6 +315,12 @@ impl Engine {
             } => match self.submit(*spec, request) {
                 Ok(id) => self.effects.push(Effect::JobReply(id, tx)),
                 Err(e) => self.effects.push(reply(tx, Err(e))),
+            },
+            Command::GetJob { id, reply } => match self.job_snapshot(id) {
+                Ok(_) => self.effects.push(Effect::JobReply(id, reply)),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
             },
             Command::Cancel {
                 id,

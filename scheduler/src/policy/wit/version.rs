@@ -512,6 +512,9 @@ macro_rules! version_bindings {
                 script: submitted.script.clone(),
                 queue: submitted.queue.as_ref().map(ToString::to_string).unwrap_or_default(),
                 dependency: submitted.dependency.as_ref().map(ToString::to_string).unwrap_or_default(),
+                array: submitted.array.as_ref().map(ToString::to_string).unwrap_or_default(),
+                output: submitted.output.clone().unwrap_or_default(),
+                error: submitted.error.clone().unwrap_or_default(),
             }
         }
 
