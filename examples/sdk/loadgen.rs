@@ -67,6 +67,29 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let project = value("--project").unwrap_or_else(|| "default".into());
+    let array = arg("--array", 0);
+    if array > 0 {
+        let repeat = arg("--repeat", 20).max(1);
+        let mut took = Vec::with_capacity(repeat);
+        for _ in 0..repeat {
+            let spec = JobSpec::new("true")
+                .gpus(1)
+                .project(project.clone())
+                .array(format!("0-{}", array - 1));
+            let t0 = Instant::now();
+            let job = client.submit(spec).await?;
+            took.push(t0.elapsed());
+            client.cancel(&job.id, "loadgen").await?;
+        }
+        took.sort();
+        println!(
+            "{repeat} arrays of {array} tasks: SubmitJob p50 {:?}, p99 {:?}, max {:?}",
+            pct(&took, 0.5),
+            pct(&took, 0.99),
+            took.last().copied().unwrap_or_default()
+        );
+        return Ok(());
+    }
 
     let started = Instant::now();
     let results: Vec<Result<(Duration, Duration, Duration), allot_sdk::Error>> =

@@ -63,6 +63,9 @@ fn job(tenant: usize, project: usize) -> Job {
             script: None,
             queue: None,
             dependency: None,
+            array: None,
+            output: None,
+            error: None,
         },
         state: JobState::Starting,
         reason: String::new(),
@@ -83,6 +86,8 @@ fn job(tenant: usize, project: usize) -> Job {
         hold: None,
         requeue_requested: false,
         expected_start: None,
+        array: None,
+        array_task: None,
     }
 }
 

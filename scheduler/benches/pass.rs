@@ -61,6 +61,9 @@ fn spec(r: &Request, k: usize) -> JobSpec {
         script: None,
         queue: Some(format!("q{}", k % 10).parse().unwrap()),
         dependency: None,
+        array: None,
+        output: None,
+        error: None,
     }
 }
 

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `allot` binary, real gRPC over loopback, real
 //! sled files, real processes launched by the agent.
 
+mod arrays;
 mod backfill;
 mod bad_input;
 mod cluster;

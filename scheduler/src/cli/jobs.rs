@@ -492,7 +492,12 @@ pub async fn cancel(client: &Client, id: &str, reason: &str, force: bool, json: 
     if json {
         output::print_json(&output::job_json(&j));
     } else if is_final(j.state()) {
-        println!("{} {}", j.id, state_name(j.state));
+        println!("{} {}", output::display_id(&j), state_name(j.state));
+    } else if output::is_array(&j) {
+        println!(
+            "{} cancelling: its tasks not started are given up, its running ones stop (SIGTERM, then SIGKILL after their grace period)",
+            j.id
+        );
     } else if force {
         println!("{} killing (SIGKILL now)", j.id);
     } else {
