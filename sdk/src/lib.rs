@@ -173,9 +173,20 @@ impl Client {
     /// `[A-Za-z0-9._-]`), to retry safely across restarts of your program:
     /// within a day, the same id returns the job it created.
     pub async fn submit_with_request_id(&self, spec: impl Into<JobSpec>, request_id: &str) -> Result<Job> {
+        self.submit_request(spec, request_id, false).await
+    }
+
+    /// [`Client::submit`], held (`sbatch -H`): the job waits until
+    /// [`Client::release`], whatever room there is.
+    pub async fn submit_held(&self, spec: impl Into<JobSpec>) -> Result<Job> {
+        self.submit_request(spec, &new_request_id(), true).await
+    }
+
+    async fn submit_request(&self, spec: impl Into<JobSpec>, request_id: &str, hold: bool) -> Result<Job> {
         let req = proto::SubmitJobRequest {
             spec: Some(spec.into().0),
             request_id: request_id.into(),
+            hold,
         };
         let r = retrying(|| {
             let mut jobs = self.jobs.clone();

@@ -34,13 +34,38 @@ async fn an_sbatch_array_writes_slurms_files_folds_and_survives_a_crash() {
 
     // Submitted with no node: one record, the tasks folded.
     let (code, out, err) = run_allot(
-        &["sbatch", "--parsable", "-D", &work_s, &script.display().to_string()],
+        &[
+            "sbatch",
+            "--parsable",
+            "-D",
+            &work_s,
+            &script.display().to_string(),
+        ],
         addr,
         token,
     )
     .await;
     assert_eq!(code, 0, "{out}{err}");
     let sweep = out.trim().to_string();
+    // Another, submitted held (sbatch -H): it waits until released.
+    let held_script = work.join("held.sh");
+    std::fs::write(&held_script, "#!/bin/sh\n#SBATCH -H\necho released\n").unwrap();
+    let (code, out, err) = run_allot(
+        &[
+            "sbatch",
+            "--parsable",
+            "-D",
+            &work_s,
+            &held_script.display().to_string(),
+        ],
+        addr,
+        token,
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    let held = out.trim().to_string();
+    let h = client.get(&held).await.unwrap();
+    assert!(h.held && h.state() == JobState::Pending, "{h:?}");
     let (code, out, err) = run_allot(&["jobs"], addr, token).await;
     assert_eq!(code, 0, "{err}");
     assert!(
@@ -74,6 +99,14 @@ async fn an_sbatch_array_writes_slurms_files_folds_and_survives_a_crash() {
         let err = std::fs::read_to_string(work.join(format!("out/sweep-{sweep}_{i}.err"))).unwrap();
         assert_eq!(err.trim(), format!("oops {i}"));
     }
+    // The held one did not start meanwhile; released, it runs.
+    let h = client.get(&held).await.unwrap();
+    assert!(h.held && h.state() == JobState::Pending, "{}", h.reason);
+    let (code, _, err) = run_allot(&["release", &held], addr, token).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(wait_final(&client, &held).await.state(), JobState::Succeeded);
+    let out = std::fs::read_to_string(work.join(format!("slurm-{held}.out"))).unwrap();
+    assert_eq!(out.trim(), "released", "Slurm's default output file");
     // `allot logs` reads a task's own output file.
     let (code, log, err) = run_allot(&["logs", &format!("{sweep}_3")], addr, token).await;
     assert_eq!(code, 0, "{err}");

@@ -111,6 +111,7 @@ async fn malformed_submissions_are_refused_naming_the_field() {
         .submit_job(proto::SubmitJobRequest {
             spec: None,
             request_id: String::new(),
+            hold: false,
         })
         .await
         .unwrap_err();

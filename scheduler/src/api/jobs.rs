@@ -104,7 +104,12 @@ impl pb::job_service_server::JobService for Api {
         // Whatever admission made of it is held to every limit again,
         // the server's grace limit included.
         crate::domain::validate::spec(&spec, &self.engine.limits()).map_err(ApiError::from)?;
-        let job = self.engine.submit_once(spec, key).await.map_err(ApiError::from)?;
+        let hold = request.get_ref().hold;
+        let job = self
+            .engine
+            .submit_with(spec, key, hold)
+            .await
+            .map_err(ApiError::from)?;
         Ok(Response::new(pb::SubmitJobResponse {
             job: Some(self.job_with_leases(job).await?),
         }))

@@ -79,6 +79,7 @@ async fn a_watch_ends_when_its_client_goes_away() {
             pb::SubmitJobRequest {
                 spec: Some(spec),
                 request_id: String::new(),
+                hold: false,
             },
         ))
         .await

@@ -62,7 +62,11 @@ fn batch_from(args: &[String]) -> anyhow::Result<sbatch::Batch> {
 
 pub async fn sbatch(client: &Client, args: &[String], json: bool) -> anyhow::Result<i32> {
     let batch = batch_from(args)?;
-    let job = client.submit(batch.spec).await?;
+    let job = if batch.hold {
+        client.submit_held(batch.spec).await?
+    } else {
+        client.submit(batch.spec).await?
+    };
     if json {
         output::print_json(&output::job_json(&job));
     } else if batch.parsable {
@@ -218,7 +222,11 @@ fn exit_code_of(job: &proto::Job) -> i32 {
 
 pub async fn submit(client: &Client, a: &SubmitArgs, json: bool) -> anyhow::Result<i32> {
     let spec = build_spec(a)?;
-    let job = client.submit(spec).await?;
+    let job = if a.hold {
+        client.submit_held(spec).await?
+    } else {
+        client.submit(spec).await?
+    };
     if !a.wait {
         if json {
             output::print_json(&output::job_json(&job));

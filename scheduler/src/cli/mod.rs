@@ -638,6 +638,9 @@ pub struct SubmitArgs {
     /// sees ALLOT_ARRAY_TASK_ID (and SLURM_ARRAY_TASK_ID); name one as ID_7.
     #[arg(long, short = 'a', value_name = "INDICES")]
     pub array: Option<String>,
+    /// Submit held: the job waits until `allot release ID` (sbatch -H).
+    #[arg(long, short = 'H')]
+    pub hold: bool,
     /// Tenant (admin tokens only).
     #[arg(long)]
     pub tenant: Option<String>,

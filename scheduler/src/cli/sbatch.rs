@@ -130,12 +130,7 @@ const OPTIONS: &[(&str, Option<char>, bool, Treat)] = &[
         Treat::Refuse("allot has no QOS yet; set --priority instead"),
     ),
     ("array", Some('a'), true, Treat::Honour),
-    (
-        "hold",
-        Some('H'),
-        false,
-        Treat::Refuse("submitting held is not supported yet; submit, then `allot hold ID`"),
-    ),
+    ("hold", Some('H'), false, Treat::Honour),
     (
         "begin",
         Some('b'),
@@ -581,6 +576,8 @@ pub struct Batch {
     /// `--parsable`: print only the job id.
     pub parsable: bool,
     pub quiet: bool,
+    /// `-H/--hold`: submitted held (`allot release ID` lets it start).
+    pub hold: bool,
 }
 
 /// Where the submission happens: what `--export` and `SLURM_SUBMIT_*`
@@ -869,6 +866,7 @@ pub fn build(
         wait: last.contains_key("wait"),
         parsable: last.contains_key("parsable"),
         quiet: last.contains_key("quiet"),
+        hold: last.contains_key("hold"),
     })
 }
 

@@ -341,6 +341,8 @@ pub(crate) enum Command {
         spec: Box<JobSpec>,
         /// The submission's idempotency key, if it has one.
         request: Option<SubmitKey>,
+        /// Submitted held (`sbatch -H`).
+        hold: bool,
         reply: oneshot::Sender<EngineResult<Job>>,
     },
     Cancel {
@@ -491,17 +493,26 @@ impl EngineHandle {
     /// submission with the same key (within a day) returns the job the
     /// first one created instead of creating another.
     pub async fn submit_once(&self, spec: JobSpec, request: Option<SubmitKey>) -> EngineResult<Job> {
+        self.submit_with(spec, request, false).await
+    }
+
+    /// [`EngineHandle::submit_once`], held if `hold` (`sbatch -H`): the job
+    /// waits until released, whatever room there is.
+    pub async fn submit_with(
+        &self,
+        spec: JobSpec,
+        request: Option<SubmitKey>,
+        hold: bool,
+    ) -> EngineResult<Job> {
         self.ask(|reply| Command::Submit {
             spec: Box::new(spec),
             request,
+            hold,
             reply,
         })
         .await?
     }
 
-    /// Cancels a job: a pending one at once, a placed one by stopping it
-    /// (SIGTERM, its grace period, SIGKILL; with `force`, SIGKILL now, also
-    /// for a job already being stopped).
     /// A job as the engine holds it, once what it holds is durable: an
     /// active one, an ended one from the ledger, or an array task that has
     /// not started yet (as it would be).
@@ -509,6 +520,9 @@ impl EngineHandle {
         self.ask(|reply| Command::GetJob { id, reply }).await?
     }
 
+    /// Cancels a job: a pending one at once, a placed one by stopping it
+    /// (SIGTERM, its grace period, SIGKILL; with `force`, SIGKILL now, also
+    /// for a job already being stopped).
     pub async fn cancel(&self, id: JobId, reason: String, force: bool) -> EngineResult<Job> {
         self.ask(|reply| Command::Cancel {
             id,

@@ -8,6 +8,7 @@ impl Engine {
         &mut self,
         mut spec: JobSpec,
         request: Option<SubmitKey>,
+        hold: bool,
     ) -> EngineResult<JobId> {
         let now = self.clock.now();
         // A retry of a submission already taken: the job it created (its
@@ -33,6 +34,14 @@ impl Engine {
         self.take_into_queue(&mut spec)?;
         let mut job = Job::submitted(spec, now);
         arrays::array_record(&mut job);
+        if hold {
+            let h = crate::domain::Hold {
+                by_admin: false,
+                reason: "submitted held".into(),
+            };
+            job.reason = h.describe();
+            job.hold = Some(h);
+        }
         let id = job.id;
         self.take_dependency(&job)?;
         info!(job = %id, tenant = %job.spec.tenant, name = %job.spec.name, "job submitted");

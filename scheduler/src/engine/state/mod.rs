@@ -311,8 +311,9 @@ impl Engine {
             Command::Submit {
                 spec,
                 request,
+                hold,
                 reply: tx,
-            } => match self.submit(*spec, request) {
+            } => match self.submit(*spec, request, hold) {
                 Ok(id) => self.effects.push(Effect::JobReply(id, tx)),
                 Err(e) => self.effects.push(reply(tx, Err(e))),
             },
