@@ -437,6 +437,21 @@ pub struct SimArgs {
     /// sampled trace meets a cluster its size.
     #[arg(long, default_value_t = 1.0)]
     pub cluster_fraction: f64,
+    /// Replay the trace as batch jobs with time limits through the
+    /// engine's scheduling pass, four ways (fifo, greedy, backfill,
+    /// fairshare+backfill), and compare utilisation, wait and bounded
+    /// slowdown. Takes --speedup and --cluster-fraction as --timeline does.
+    #[arg(long, conflicts_with = "timeline")]
+    pub batch: bool,
+    /// With --batch: each job's time limit is its run time × this.
+    #[arg(long, default_value_t = 2.0)]
+    pub limit_factor: f64,
+    /// With --batch: top pending jobs given a backfill reservation per pass.
+    #[arg(long, default_value_t = 8)]
+    pub backfill_depth: usize,
+    /// With --batch: fair share's half-life, in the replay's seconds.
+    #[arg(long, default_value_t = 86_400)]
+    pub half_life: u64,
 }
 
 /// A binding's layer, on the command line.

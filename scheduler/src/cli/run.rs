@@ -229,6 +229,73 @@ fn ledger_check_offline(dir: &std::path::Path, json: bool) -> anyhow::Result<i32
     Ok(usage::print_check(&report, json))
 }
 
+fn sim_batch(
+    a: &super::SimArgs,
+    nodes: Vec<crate::placement::NodeInventory>,
+    pods: &[crate::sim::Pod],
+    policy: crate::placement::Policy,
+    seed: u64,
+    json: bool,
+) -> anyhow::Result<i32> {
+    use crate::sim::{self, batch};
+    if a.speedup == 0 {
+        anyhow::bail!("--speedup must be at least 1");
+    }
+    if !(a.cluster_fraction > 0.0 && a.cluster_fraction <= 1.0) {
+        anyhow::bail!("--cluster-fraction must be in (0, 1]");
+    }
+    let nodes = sim::sample_nodes(nodes, a.cluster_fraction, seed);
+    let cfg = batch::BatchConfig {
+        policy,
+        seed,
+        speedup: a.speedup,
+        limit_factor: a.limit_factor,
+        backfill_depth: a.backfill_depth,
+        half_life_s: a.half_life,
+    };
+    let r = batch::run_batch(&nodes, pods, &cfg)?;
+    if json {
+        println!("{}", serde_json::to_string(&r)?);
+        return Ok(0);
+    }
+    println!(
+        "policy {}: {} pods on {} nodes ({} GPUs), batch replay, arrivals {}x faster, time limits {}x run time, backfill depth {}",
+        r.policy, r.pods, r.nodes, r.gpus, r.speedup, r.limit_factor, r.backfill_depth
+    );
+    let rows: Vec<Vec<String>> = r
+        .rows
+        .iter()
+        .map(|w| {
+            vec![
+                w.scheduler.to_string(),
+                format!("{:.2} %", w.util_pct),
+                format!("{:.0}", w.wait_mean_s),
+                w.wait_p95_s.to_string(),
+                w.wait_max_s.to_string(),
+                format!("{:.2}", w.bounded_slowdown_mean),
+                format!("{:.0}", w.big_wait_mean_s),
+                format!("{}/{}", w.placed, w.placed + w.never_placed),
+                format!("{} ms", w.wall_ms),
+            ]
+        })
+        .collect();
+    super::output::table(
+        &[
+            "SCHEDULER",
+            "UTIL",
+            "WAIT_MEAN_S",
+            "WAIT_P95_S",
+            "WAIT_MAX_S",
+            "SLOWDOWN",
+            "BIG_WAIT_S",
+            "PLACED",
+            "TOOK",
+        ],
+        &rows,
+    );
+    Ok(0)
+}
+
 fn sim(a: &super::SimArgs, json: bool) -> anyhow::Result<i32> {
     use crate::sim;
     let policy: crate::placement::Policy = a.policy.parse().map_err(|e| anyhow::anyhow!("--policy: {e}"))?;
@@ -238,6 +305,9 @@ fn sim(a: &super::SimArgs, json: bool) -> anyhow::Result<i32> {
     }
     let nodes = sim::read_nodes(&a.nodes)?;
     let pods = sim::read_pods(&a.pods)?;
+    if a.batch {
+        return sim_batch(a, nodes, &pods, policy, seeds[0], json);
+    }
     if a.timeline {
         if a.speedup == 0 {
             anyhow::bail!("--speedup must be at least 1");

@@ -13,6 +13,8 @@ pub mod bench;
 mod cycle;
 mod model;
 mod observe;
+#[doc(hidden)]
+pub mod replay;
 mod state;
 
 use std::collections::BTreeMap;

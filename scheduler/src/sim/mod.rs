@@ -14,7 +14,10 @@
 //!   GPU the typical workload cannot use, over all free GPU.
 //! - **timeline** replays creation and deletion times: a pod that does not
 //!   fit waits in the queue, and the report gives its queueing delay.
+//! - **batch** ([`batch`]) replays them through the engine's scheduling
+//!   pass with time limits, comparing FIFO, backfill and fair share.
 
+pub mod batch;
 mod rng;
 pub mod trace;
 

@@ -19,6 +19,8 @@ pub struct Pod {
     pub creation: Option<u64>,
     pub deletion: Option<u64>,
     pub scheduled: Option<u64>,
+    /// Its QoS class (`LS`, `BE`, …), where the list has one.
+    pub qos: Option<String>,
 }
 
 /// Nominal memory of the trace's GPU models; the trace gives none and only
@@ -139,6 +141,10 @@ pub fn read_pods(path: &Path) -> anyhow::Result<Vec<Pod>> {
             creation: time("creation_time"),
             deletion: time("deletion_time"),
             scheduled: time("scheduled_time"),
+            qos: cols
+                .get(row, "qos")
+                .filter(|q| !q.is_empty() && *q != "nan")
+                .map(String::from),
         });
     }
     pods.sort_by(|a, b| a.name.cmp(&b.name));

@@ -143,6 +143,14 @@ impl FairShare {
         self.reading = false;
     }
 
+    /// Takes decayed GPU-hours by tenant and project as they stand at
+    /// `now`, worked out elsewhere (a replay of a trace keeps its own).
+    pub fn took_decayed(&mut self, usage: HashMap<(TenantName, ProjectName), f64>, now: UnixMillis) {
+        self.usage = usage;
+        self.read_at = Some(now);
+        self.reading = false;
+    }
+
     /// Works the factors out again, for the tenants and projects that
     /// count: those with a weight, with usage, or in `pending`.
     pub fn refresh<'a>(&mut self, pending: impl Iterator<Item = (&'a TenantName, &'a ProjectName)>) {
