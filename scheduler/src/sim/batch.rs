@@ -283,7 +283,7 @@ pub fn run_one(nodes: &[NodeInventory], pods: &[Pod], cfg: &BatchConfig, sched: 
                 replay
                     .pass(&mut cluster, &mut placer, at)
                     .into_iter()
-                    .map(|id| pod_of(id))
+                    .map(pod_of)
                     .collect()
             }
         };
