@@ -66,6 +66,7 @@ fn job(tenant: usize, project: usize) -> Job {
             array: None,
             output: None,
             error: None,
+            qos: None,
         },
         state: JobState::Starting,
         reason: String::new(),

@@ -64,6 +64,7 @@ fn spec(r: &Request, k: usize) -> JobSpec {
         array: None,
         output: None,
         error: None,
+        qos: None,
     }
 }
 

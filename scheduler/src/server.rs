@@ -41,6 +41,10 @@ pub struct ConfigFile {
     /// Fair share between tenants and their projects; see docs/queues.md.
     #[serde(default)]
     pub fairshare: Option<FairShareFile>,
+    /// QOS names and the priority tier each adds (`[qos]`, `high = 10`);
+    /// see docs/queues.md.
+    #[serde(default)]
+    pub qos: std::collections::BTreeMap<String, i32>,
 }
 
 /// `[fairshare]` as written.
@@ -104,6 +108,22 @@ impl ConfigFile {
             Some(f) => f.config().map_err(|e| anyhow::anyhow!("config file: {e}")),
             None => Ok(engine::FairShareConfig::default()),
         }
+    }
+
+    /// The QOS it defines, checked (`normal`, at tier 0, unless redefined).
+    pub fn qos(&self) -> anyhow::Result<std::collections::BTreeMap<crate::domain::QosName, i32>> {
+        let mut out = std::collections::BTreeMap::new();
+        out.insert(crate::domain::QosName::normal(), 0);
+        for (name, tier) in &self.qos {
+            let q: crate::domain::QosName = name
+                .parse()
+                .map_err(|e| anyhow::anyhow!("config file: qos: {e}"))?;
+            if !(-1000..=1000).contains(tier) {
+                anyhow::bail!("config file: qos.{name}: the tier must be in -1000..=1000, not {tier}");
+            }
+            out.insert(q, *tier);
+        }
+        Ok(out)
     }
 
     /// The queues it defines, checked.
@@ -323,6 +343,8 @@ pub struct DevOptions {
     pub max_grace: Millis,
     /// The config file's queues.
     pub queues: Vec<crate::domain::QueueDef>,
+    /// The config file's QOS and their tiers.
+    pub qos: std::collections::BTreeMap<crate::domain::QosName, i32>,
     /// Top pending jobs given a backfill reservation per pass.
     pub backfill_depth: usize,
     /// The most tasks one array may have.
@@ -356,6 +378,7 @@ pub async fn run_dev(
         rate_card: Arc::new(opts.rate_card.clone().unwrap_or_else(demo_rate_card)),
         max_grace: opts.max_grace,
         queues: opts.queues.clone(),
+        qos: opts.qos.clone(),
         fairshare: opts.fairshare.clone(),
         backfill_depth: opts.backfill_depth,
         max_array_size: opts.max_array_size,
@@ -520,5 +543,26 @@ mod tests {
         );
         assert!(!queues.is_empty(), "the example shows queues");
         assert_eq!(config.plugins().unwrap(), PolicyConfig::default());
+        let qos = config.qos().unwrap();
+        assert_eq!(
+            qos.get(&"high".parse::<crate::domain::QosName>().unwrap()),
+            Some(&10)
+        );
+        assert_eq!(qos.get(&crate::domain::QosName::normal()), Some(&0));
+    }
+
+    #[test]
+    fn a_qos_out_of_range_or_misnamed_stops_the_server() {
+        for (text, says) in [
+            (
+                "[qos]\nhigh = 5000\n",
+                "qos.high: the tier must be in -1000..=1000",
+            ),
+            ("[qos]\n\"Bad Name\" = 1\n", "qos"),
+        ] {
+            let c: ConfigFile = toml::from_str(text).unwrap();
+            let e = c.qos().unwrap_err().to_string();
+            assert!(e.contains(says), "{text}: {e}");
+        }
     }
 }

@@ -125,6 +125,12 @@ impl JobSpec {
         self
     }
 
+    /// The QOS (a priority tier the server defines; default `normal`).
+    pub fn qos(mut self, qos: impl Into<String>) -> Self {
+        self.0.qos = qos.into();
+        self
+    }
+
     /// The queue to wait in (default: the server's default queue).
     pub fn queue(mut self, queue: impl Into<String>) -> Self {
         self.0.queue = queue.into();

@@ -222,6 +222,7 @@ pub fn spec_pb(s: &JobSpec) -> pb::JobSpec {
         array: s.array.as_ref().map(ToString::to_string).unwrap_or_default(),
         output: s.output.clone().unwrap_or_default(),
         error: s.error.clone().unwrap_or_default(),
+        qos: s.qos.as_ref().map(ToString::to_string).unwrap_or_default(),
     }
 }
 

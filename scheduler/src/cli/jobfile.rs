@@ -56,6 +56,9 @@ pub struct JobFile {
     /// Where stderr goes (default: with stdout).
     #[serde(default)]
     pub error: Option<String>,
+    /// The QOS (a priority tier the server defines; default `normal`).
+    #[serde(default)]
+    pub qos: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -190,6 +193,7 @@ impl JobFile {
             array: self.array.unwrap_or_default(),
             output: self.output.unwrap_or_default(),
             error: self.error.unwrap_or_default(),
+            qos: self.qos.unwrap_or_default(),
         })
     }
 }

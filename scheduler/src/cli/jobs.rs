@@ -197,6 +197,9 @@ pub fn build_spec(a: &SubmitArgs) -> anyhow::Result<proto::JobSpec> {
     if let Some(x) = &a.array {
         spec.array = x.clone();
     }
+    if let Some(q) = &a.qos {
+        spec.qos = q.clone();
+    }
     if let Some(t) = &a.tenant {
         spec.tenant = t.clone();
     }

@@ -653,6 +653,9 @@ pub struct SubmitArgs {
     /// sees ALLOT_ARRAY_TASK_ID (and SLURM_ARRAY_TASK_ID); name one as ID_7.
     #[arg(long, short = 'a', value_name = "INDICES")]
     pub array: Option<String>,
+    /// The QOS (a priority tier the server's `[qos]` defines; sbatch --qos).
+    #[arg(long)]
+    pub qos: Option<String>,
     /// Submit held: the job waits until `allot release ID` (sbatch -H).
     #[arg(long, short = 'H')]
     pub hold: bool,

@@ -66,6 +66,7 @@ async fn server(a: &ServerArgs) -> anyhow::Result<i32> {
         .map(ConfigFile::fairshare)
         .transpose()?
         .unwrap_or_default();
+    let qos = ConfigFile::qos(config.as_ref().unwrap_or(&ConfigFile::default()))?;
     let plugins = config
         .as_ref()
         .map(ConfigFile::plugins)
@@ -86,6 +87,7 @@ async fn server(a: &ServerArgs) -> anyhow::Result<i32> {
                 max_grace: millis("--max-grace", &a.max_grace)?,
                 backfill_depth: a.backfill_depth,
                 max_array_size: a.max_array_size,
+                qos: qos.clone(),
                 queues,
                 fairshare,
             },
@@ -119,6 +121,7 @@ async fn server(a: &ServerArgs) -> anyhow::Result<i32> {
             fairshare,
             backfill_depth: a.backfill_depth,
             max_array_size: a.max_array_size,
+            qos,
             ..EngineConfig::default()
         },
         plugins,

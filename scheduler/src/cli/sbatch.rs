@@ -123,12 +123,7 @@ const OPTIONS: &[(&str, Option<char>, bool, Treat)] = &[
         false,
         Treat::Warn("sbatch's verbosity does not apply"),
     ),
-    (
-        "qos",
-        Some('q'),
-        true,
-        Treat::Refuse("allot has no QOS yet; set --priority instead"),
-    ),
+    ("qos", Some('q'), true, Treat::Honour),
     ("array", Some('a'), true, Treat::Honour),
     ("hold", Some('H'), false, Treat::Honour),
     (
@@ -785,6 +780,10 @@ pub fn build(
         crate::domain::output::check(&e).map_err(|why| fail("error", why))?;
         spec.error = e;
     }
+    if let Some(q) = value("qos") {
+        // Checked by the server, which knows its QOS.
+        spec.qos = q.trim().to_string();
+    }
     if let Some(a) = value("array") {
         // Checked here for the line it is on; its size, by the server.
         let array: crate::domain::array::ArraySpec = a.parse().map_err(|e| fail("array", e))?;
@@ -1114,6 +1113,8 @@ python train.py --epochs 90
         assert_eq!(b.spec.array, "0-9%2");
         assert_eq!(b.spec.output, "slurm-%A_%a.out", "Slurm's default for an array");
         assert_eq!(b.spec.error, "err-%A_%a.txt");
+        let b = built("#!/bin/sh\n#SBATCH --qos=high\ntrue\n").unwrap();
+        assert_eq!(b.spec.qos, "high", "--qos is the server's to check");
         let b = built("#!/bin/sh\ntrue\n").unwrap();
         assert_eq!(
             (b.spec.output.as_str(), b.spec.error.as_str()),

@@ -215,6 +215,19 @@ name_id!(
 );
 
 name_id!(
+    /// A quality of service (Slurm's QOS): a priority tier a job may ask for.
+    QosName,
+    "QOS"
+);
+
+impl QosName {
+    /// The QOS every server has, at tier 0 (Slurm's `normal`).
+    pub fn normal() -> Self {
+        QosName("normal".to_string())
+    }
+}
+
+name_id!(
     /// A policy plugin's name, unique within its owner (a tenant, or global).
     PluginName,
     "plugin name"

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::array::{ArrayProgress, ArraySpec, ArrayTask};
 use super::dependency::Dependency;
-use super::ids::{JobId, LeaseId, NodeName, ProjectName, QueueName, TenantName};
+use super::ids::{JobId, LeaseId, NodeName, ProjectName, QosName, QueueName, TenantName};
 use super::mig::MigProfile;
 use super::units::{MiB, MilliCpu, Millis, Share, UnixMillis};
 
@@ -134,6 +134,9 @@ pub struct JobSpec {
     /// Where its stderr goes (`-e`); `None`: with its stdout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Its QOS (Slurm's `--qos`): a priority tier added to its queue's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qos: Option<QosName>,
 }
 
 impl Job {
@@ -454,6 +457,7 @@ impl Job {
             array: None,
             output: None,
             error: None,
+            qos: None,
         };
         Job {
             id,

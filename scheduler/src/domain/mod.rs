@@ -15,7 +15,7 @@ pub mod units;
 pub mod validate;
 
 pub use error::{ErrorCode, ServiceError};
-pub use ids::{JobId, LeaseId, NodeName, PluginName, ProjectName, QueueName, TenantName};
+pub use ids::{JobId, LeaseId, NodeName, PluginName, ProjectName, QosName, QueueName, TenantName};
 pub use job::{
     Constraints, DeviceGrant, ExitOutcome, GpuRequest, Hold, Job, JobSpec, JobState, PartExit, Placement,
     Resources,

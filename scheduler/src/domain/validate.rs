@@ -581,6 +581,13 @@ pub fn job_spec(spec: &pb::JobSpec, tenant: TenantName) -> Result<JobSpec, Viola
             }
         }
     };
+    let qos = match spec.qos.trim() {
+        "" => None,
+        q => Some(
+            q.parse::<super::QosName>()
+                .map_err(|e| violation("spec.qos", e))?,
+        ),
+    };
     let output = pattern("spec.output", &spec.output)?;
     let error = pattern("spec.error", &spec.error)?;
     let out = JobSpec {
@@ -611,6 +618,7 @@ pub fn job_spec(spec: &pb::JobSpec, tenant: TenantName) -> Result<JobSpec, Viola
         array,
         output,
         error,
+        qos,
     };
     self::spec(
         &out,

@@ -69,6 +69,8 @@ pub struct EngineConfig {
     pub backfill_depth: usize,
     /// The most tasks one array may have (`--max-array-size`).
     pub max_array_size: u32,
+    /// QOS names and the tier each adds to a job's queue's (`[qos]`).
+    pub qos: BTreeMap<crate::domain::QosName, i32>,
 }
 
 impl Default for EngineConfig {
@@ -87,6 +89,7 @@ impl Default for EngineConfig {
             fairshare: FairShareConfig::default(),
             backfill_depth: cycle::DEFAULT_BACKFILL_DEPTH,
             max_array_size: crate::domain::array::DEFAULT_MAX_ARRAY_SIZE,
+            qos: [(crate::domain::QosName::normal(), 0)].into(),
         }
     }
 }

@@ -174,6 +174,7 @@ fn spec(gpus: u32) -> JobSpec {
         array: None,
         output: None,
         error: None,
+        qos: None,
     }
 }
 

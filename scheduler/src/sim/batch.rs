@@ -170,6 +170,7 @@ fn job_of(i: usize, p: &Pod, at_s: u64, factor: f64) -> Job {
         array: None,
         output: None,
         error: None,
+        qos: None,
     };
     let mut job = Job::submitted(spec, UnixMillis(EPOCH + at_s * 1000));
     job.id = sim_job(i as u64);

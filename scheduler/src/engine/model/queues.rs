@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::domain::{Job, JobSpec, JobState, QueueDef, QueueName, QueueSource, Share, TenantName};
+use crate::domain::{Job, JobSpec, JobState, QosName, QueueDef, QueueName, QueueSource, Share, TenantName};
 
 /// Why a change to the queues is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +22,8 @@ pub enum QueueError {
 pub struct Queues {
     defs: BTreeMap<QueueName, QueueDef>,
     default: QueueName,
+    /// QOS names and the tier each adds (`normal`: 0).
+    qos: BTreeMap<QosName, i32>,
 }
 
 impl Default for Queues {
@@ -56,6 +58,7 @@ impl Queues {
         let mut queues = Queues {
             defs,
             default: QueueName::default_queue(),
+            qos: BTreeMap::new(),
         };
         queues.settle();
         Ok(queues)
@@ -109,8 +112,34 @@ impl Queues {
     }
 
     /// The tier a job is ordered by (0 for a queue that is gone).
+    /// A job's tier: its queue's, plus its QOS's.
     pub fn tier(&self, spec: &JobSpec) -> i32 {
-        self.of(spec).map_or(0, |q| q.priority_tier)
+        let qos = spec
+            .qos
+            .as_ref()
+            .and_then(|q| self.qos.get(q))
+            .copied()
+            .unwrap_or(0);
+        self.of(spec).map_or(0, |q| q.priority_tier).saturating_add(qos)
+    }
+
+    /// With these QOS (and their tiers).
+    pub fn with_qos(mut self, qos: BTreeMap<QosName, i32>) -> Queues {
+        self.qos = qos;
+        self
+    }
+
+    /// A QOS's tier, if the server has it (`normal` always).
+    pub fn qos_tier(&self, name: &QosName) -> Option<i32> {
+        self.qos
+            .get(name)
+            .copied()
+            .or_else(|| (*name == QosName::normal()).then_some(0))
+    }
+
+    /// The QOS names, for a message.
+    pub fn qos_names(&self) -> Vec<String> {
+        self.qos.keys().map(ToString::to_string).collect()
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &QueueDef> {

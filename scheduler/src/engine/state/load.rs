@@ -13,7 +13,8 @@ impl Engine {
         let now = clock.now();
         let profile = Profile::new(config.policy, config.placement_seed);
         let queues = Queues::new(config.queues.clone(), ledger.queues()?)
-            .map_err(|e| anyhow::anyhow!("queues: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("queues: {e}"))?
+            .with_qos(config.qos.clone());
         let fairshare = FairShare::new(config.fairshare.clone());
         let mut engine = Engine {
             drained: ledger.drains()?.into_iter().collect(),

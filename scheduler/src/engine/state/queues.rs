@@ -49,6 +49,17 @@ impl Engine {
             None => self.queues.default_queue(),
         };
         queue.take(spec)?;
+        if let Some(q) = &spec.qos
+            && self.queues.qos_tier(q).is_none()
+        {
+            return Err(EngineError::Invalid {
+                field: "spec.qos".into(),
+                message: format!(
+                    "there is no QOS {q} (this server has {})",
+                    self.queues.qos_names().join(", ")
+                ),
+            });
+        }
         if let Some(max) = queue.per_tenant.pending_jobs {
             let pending = self
                 .jobs

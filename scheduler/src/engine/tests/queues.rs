@@ -143,3 +143,33 @@ async fn queues_made_over_the_api_survive_a_restart_and_their_jobs_keep_their_ti
         "the stored default"
     );
 }
+
+#[tokio::test]
+async fn a_qos_adds_its_tier_and_an_unknown_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(UnixMillis(1_000_000));
+    let ledger = Ledger::open(dir.path()).unwrap();
+    let mut cfg = config();
+    cfg.qos.insert("high".parse().unwrap(), 5);
+    let (engine, _task) = start(ledger, Arc::new(clock.clone()), cfg).unwrap();
+    let h = Harness { engine, clock, dir };
+    let with = |q: &str| JobSpec {
+        qos: Some(q.parse().unwrap()),
+        ..spec(2)
+    };
+    let e = h.engine.submit(with("gold")).await.unwrap_err();
+    assert!(
+        matches!(&e, EngineError::Invalid { field, message }
+            if field == "spec.qos" && message.contains("gold") && message.contains("high, normal")),
+        "{e:?}"
+    );
+    assert_eq!(jobs_stored(&h).await, 0);
+    // No node yet: an older job at `normal`, then one at `high`; a node
+    // with room for one of them: the `high` one goes first.
+    let older = h.engine.submit(with("normal")).await.unwrap();
+    let urgent = h.engine.submit(with("high")).await.unwrap();
+    let mut agent = FakeAgent::connect(&h, 1, "n1", vec![], vec![]).await;
+    assert_eq!(agent.next_launch().await.job, urgent.id);
+    let waits = settled(&h, older.id, |j| j.state == JobState::Pending).await;
+    assert_eq!(waits.spec.qos.as_ref().map(|q| q.as_str()), Some("normal"));
+}

@@ -515,6 +515,7 @@ macro_rules! version_bindings {
                 array: submitted.array.as_ref().map(ToString::to_string).unwrap_or_default(),
                 output: submitted.output.clone().unwrap_or_default(),
                 error: submitted.error.clone().unwrap_or_default(),
+                qos: submitted.qos.as_ref().map(ToString::to_string).unwrap_or_default(),
             }
         }
 
