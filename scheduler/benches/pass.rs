@@ -47,6 +47,7 @@ fn spec(r: &Request, k: usize) -> JobSpec {
             gpu_models: r.gpu_models.clone(),
             node_labels: BTreeMap::new(),
             spread: false,
+            ..Constraints::default()
         },
         priority: (k % 3) as i32,
         preemptible: false,

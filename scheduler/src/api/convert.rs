@@ -223,6 +223,13 @@ pub fn spec_pb(s: &JobSpec) -> pb::JobSpec {
         output: s.output.clone().unwrap_or_default(),
         error: s.error.clone().unwrap_or_default(),
         qos: s.qos.as_ref().map(ToString::to_string).unwrap_or_default(),
+        nodes: s.constraints.nodes.iter().map(ToString::to_string).collect(),
+        exclude_nodes: s
+            .constraints
+            .exclude_nodes
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
     }
 }
 

@@ -59,6 +59,12 @@ pub struct JobFile {
     /// The QOS (a priority tier the server defines; default `normal`).
     #[serde(default)]
     pub qos: Option<String>,
+    /// The only nodes it may run on; empty: any.
+    #[serde(default)]
+    pub nodes: Vec<String>,
+    /// Nodes it must not run on.
+    #[serde(default)]
+    pub exclude_nodes: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -194,6 +200,8 @@ impl JobFile {
             output: self.output.unwrap_or_default(),
             error: self.error.unwrap_or_default(),
             qos: self.qos.unwrap_or_default(),
+            nodes: self.nodes,
+            exclude_nodes: self.exclude_nodes,
         })
     }
 }

@@ -200,6 +200,12 @@ pub fn build_spec(a: &SubmitArgs) -> anyhow::Result<proto::JobSpec> {
     if let Some(q) = &a.qos {
         spec.qos = q.clone();
     }
+    if !a.nodes.is_empty() {
+        spec.nodes = a.nodes.clone();
+    }
+    if !a.exclude_nodes.is_empty() {
+        spec.exclude_nodes = a.exclude_nodes.clone();
+    }
     if let Some(t) = &a.tenant {
         spec.tenant = t.clone();
     }

@@ -653,6 +653,12 @@ pub struct SubmitArgs {
     /// sees ALLOT_ARRAY_TASK_ID (and SLURM_ARRAY_TASK_ID); name one as ID_7.
     #[arg(long, short = 'a', value_name = "INDICES")]
     pub array: Option<String>,
+    /// Run only on this node (repeatable: any of them; sbatch -w).
+    #[arg(long = "node", value_name = "NODE")]
+    pub nodes: Vec<String>,
+    /// Never run on this node (repeatable; sbatch -x).
+    #[arg(long = "exclude-node", value_name = "NODE")]
+    pub exclude_nodes: Vec<String>,
     /// The QOS (a priority tier the server's `[qos]` defines; sbatch --qos).
     #[arg(long)]
     pub qos: Option<String>,

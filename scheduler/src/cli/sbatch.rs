@@ -138,20 +138,8 @@ const OPTIONS: &[(&str, Option<char>, bool, Treat)] = &[
         true,
         Treat::Refuse("deadlines are not supported"),
     ),
-    (
-        "nodelist",
-        Some('w'),
-        true,
-        Treat::Refuse(
-            "allot places jobs itself; pin a GPU model or node label (allot submit --gpu-model, --node-label)",
-        ),
-    ),
-    (
-        "exclude",
-        Some('x'),
-        true,
-        Treat::Refuse("excluding nodes is not supported; drain them (allot drain)"),
-    ),
+    ("nodelist", Some('w'), true, Treat::Honour),
+    ("exclude", Some('x'), true, Treat::Honour),
     (
         "exclusive",
         None,
@@ -780,6 +768,23 @@ pub fn build(
         crate::domain::output::check(&e).map_err(|why| fail("error", why))?;
         spec.error = e;
     }
+    // Slurm's -w names nodes the job must have *all* of; allot runs a
+    // batch job on one node, so it takes one (several are refused, not
+    // read as "any of these").
+    if let Some(w) = value("nodelist") {
+        let nodes = hostlist(&w).map_err(|e| fail("nodelist", e))?;
+        if nodes.len() > 1 {
+            let why = format!(
+                "{} nodes: Slurm runs the job on all of them, allot runs a batch job on one; name one, or exclude the others with -x",
+                nodes.len()
+            );
+            return Err(fail("nodelist", why));
+        }
+        spec.nodes = nodes;
+    }
+    if let Some(x) = value("exclude") {
+        spec.exclude_nodes = hostlist(&x).map_err(|e| fail("exclude", e))?;
+    }
     if let Some(q) = value("qos") {
         // Checked by the server, which knows its QOS.
         spec.qos = q.trim().to_string();
@@ -867,6 +872,71 @@ pub fn build(
         quiet: last.contains_key("quiet"),
         hold: last.contains_key("hold"),
     })
+}
+
+/// Most nodes a host list may expand to.
+const HOSTLIST_MAX: usize = 1000;
+
+/// Expands a Slurm host list: `gpu[01-03,7],login1` → gpu01, gpu02, gpu03,
+/// gpu7, login1 (zero padding kept). A file name (with a `/`) is refused.
+pub fn hostlist(s: &str) -> Result<Vec<String>, String> {
+    let s = s.trim();
+    if s.contains('/') {
+        return Err("a file of node names is not read; list them (gpu[01-04])".into());
+    }
+    // Split at commas outside brackets.
+    let mut parts = Vec::new();
+    let (mut depth, mut start) = (0i32, 0);
+    for (i, c) in s.char_indices() {
+        match c {
+            '[' => depth += 1,
+            ']' => depth -= 1,
+            ',' if depth == 0 => {
+                parts.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+        if !(0..=1).contains(&depth) {
+            return Err(format!("{s:?} is not a host list (brackets do not match)"));
+        }
+    }
+    if depth != 0 {
+        return Err(format!("{s:?} is not a host list (a [ is not closed)"));
+    }
+    parts.push(&s[start..]);
+    let mut out = Vec::new();
+    for part in parts.into_iter().map(str::trim).filter(|p| !p.is_empty()) {
+        let Some(open) = part.find('[') else {
+            out.push(part.to_string());
+            continue;
+        };
+        let close = part
+            .find(']')
+            .ok_or_else(|| format!("{part:?}: a [ is not closed"))?;
+        let (prefix, ranges, suffix) = (&part[..open], &part[open + 1..close], &part[close + 1..]);
+        for r in ranges.split(',') {
+            let (a, b) = r.split_once('-').unwrap_or((r, r));
+            let (lo, hi): (u64, u64) = match (a.trim().parse(), b.trim().parse()) {
+                (Ok(lo), Ok(hi)) if lo <= hi => (lo, hi),
+                _ => return Err(format!("{part:?}: {r:?} is not a range of numbers")),
+            };
+            if hi - lo >= HOSTLIST_MAX as u64 {
+                return Err(format!("{part:?} names more than {HOSTLIST_MAX} nodes"));
+            }
+            let width = a.trim().len();
+            for n in lo..=hi {
+                out.push(format!("{prefix}{n:0width$}{suffix}"));
+            }
+        }
+        if out.len() > HOSTLIST_MAX {
+            return Err(format!("{s:?} names more than {HOSTLIST_MAX} nodes"));
+        }
+    }
+    if out.is_empty() {
+        return Err("no node named".into());
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -1115,6 +1185,22 @@ python train.py --epochs 90
         assert_eq!(b.spec.error, "err-%A_%a.txt");
         let b = built("#!/bin/sh\n#SBATCH --qos=high\ntrue\n").unwrap();
         assert_eq!(b.spec.qos, "high", "--qos is the server's to check");
+        let b = built("#!/bin/sh\n#SBATCH -w gpu07 -x gpu[01-03,9],login1\ntrue\n").unwrap();
+        assert_eq!(b.spec.nodes, ["gpu07"]);
+        assert_eq!(
+            b.spec.exclude_nodes,
+            ["gpu01", "gpu02", "gpu03", "gpu9", "login1"]
+        );
+        let err = built("#!/bin/sh\n#SBATCH --nodelist=gpu[1-2]\ntrue\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--nodelist=gpu[1-2] (line 2): 2 nodes: Slurm runs the job on all of them"),
+            "{err}"
+        );
+        for bad in ["gpu[1-", "gpu[3-1]", "/etc/hosts", "n[0-5000]"] {
+            assert!(hostlist(bad).is_err(), "{bad}");
+        }
         let b = built("#!/bin/sh\ntrue\n").unwrap();
         assert_eq!(
             (b.spec.output.as_str(), b.spec.error.as_str()),

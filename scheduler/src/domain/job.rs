@@ -80,6 +80,12 @@ pub struct Constraints {
     /// A whole-GPU gang may span nodes when no one node has room for it.
     #[serde(default)]
     pub spread: bool,
+    /// The only nodes it may run on (`sbatch -w`), sorted; empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeName>,
+    /// Nodes it must not run on (`sbatch -x`), sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude_nodes: Vec<NodeName>,
 }
 
 /// A validated job specification.

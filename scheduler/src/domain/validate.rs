@@ -9,7 +9,7 @@ use std::num::NonZeroU32;
 
 use allot_proto::v1 as pb;
 
-use super::ids::{ProjectName, QueueName, TenantName};
+use super::ids::{NodeName, ProjectName, QueueName, TenantName};
 use super::job::{Constraints, GpuRequest, JobSpec, Resources};
 use super::mig::MigProfile;
 use super::units::{MiB, MilliCpu, Millis, Share};
@@ -32,6 +32,8 @@ pub const KEY_BYTES: usize = 128;
 pub const TAGS: usize = 64;
 /// Node labels a job may require.
 pub const NODE_LABELS: usize = 64;
+/// Nodes a job may name in `nodes` or in `exclude_nodes`.
+pub const NODE_LIST: usize = 1000;
 /// Bytes of a tag's or a node label's value.
 pub const VALUE_BYTES: usize = 256;
 /// GPU models a job may accept.
@@ -517,6 +519,25 @@ pub fn job_spec(spec: &pb::JobSpec, tenant: TenantName) -> Result<JobSpec, Viola
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
+    let node_list = |field: &'static str, names: &[String]| -> Result<Vec<NodeName>, Violation> {
+        let mut out = names
+            .iter()
+            .map(|n| n.parse::<NodeName>().map_err(|e| violation(field, e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        out.sort();
+        out.dedup();
+        Ok(out)
+    };
+    too_many("spec.nodes", "nodes", spec.nodes.len(), NODE_LIST)?;
+    too_many("spec.exclude_nodes", "nodes", spec.exclude_nodes.len(), NODE_LIST)?;
+    let nodes = node_list("spec.nodes", &spec.nodes)?;
+    let exclude_nodes = node_list("spec.exclude_nodes", &spec.exclude_nodes)?;
+    if let Some(both) = nodes.iter().find(|n| exclude_nodes.contains(n)) {
+        return Err(violation(
+            "spec.exclude_nodes",
+            format!("node {both} is both required and excluded"),
+        ));
+    }
     let positive = |field: &'static str, v: Option<i64>| -> Result<Option<Millis>, Violation> {
         match v {
             None => Ok(None),
@@ -601,6 +622,8 @@ pub fn job_spec(spec: &pb::JobSpec, tenant: TenantName) -> Result<JobSpec, Viola
             gpu_models,
             node_labels,
             spread: spec.spread,
+            nodes,
+            exclude_nodes,
         },
         priority: spec.priority,
         preemptible: spec.preemptible,
@@ -648,6 +671,68 @@ mod tests {
         assert_eq!(truncate("héllo", 2), "h");
         assert_eq!(truncate("héllo", 3), "hé");
         assert_eq!(truncate("abc", 10), "abc");
+    }
+
+    #[test]
+    fn node_lists_arrays_output_files_and_qos_are_checked_naming_their_field() {
+        let t: TenantName = "a".parse().unwrap();
+        let base = pb::JobSpec {
+            command: "true".into(),
+            ..Default::default()
+        };
+        for (field, change) in [
+            (
+                "spec.nodes",
+                Box::new(|s: &mut pb::JobSpec| s.nodes = vec!["Not A Node".into()])
+                    as Box<dyn Fn(&mut pb::JobSpec)>,
+            ),
+            (
+                "spec.exclude_nodes",
+                Box::new(|s: &mut pb::JobSpec| {
+                    s.nodes = vec!["n1".into()];
+                    s.exclude_nodes = vec!["n1".into()];
+                }),
+            ),
+            (
+                "spec.nodes",
+                Box::new(|s: &mut pb::JobSpec| s.nodes = (0..=NODE_LIST).map(|i| format!("n{i}")).collect()),
+            ),
+            (
+                "spec.array",
+                Box::new(|s: &mut pb::JobSpec| s.array = "0-10000000".into()),
+            ),
+            (
+                "spec.output",
+                Box::new(|s: &mut pb::JobSpec| s.output = "out-%q".into()),
+            ),
+            (
+                "spec.error",
+                Box::new(|s: &mut pb::JobSpec| s.error = "e%".into()),
+            ),
+            (
+                "spec.qos",
+                Box::new(|s: &mut pb::JobSpec| s.qos = "No Such".into()),
+            ),
+        ] {
+            let mut s = base.clone();
+            change(&mut s);
+            let v = job_spec(&s, t.clone()).expect_err(field);
+            assert_eq!(v.field, field, "{v}");
+        }
+        let mut s = base.clone();
+        s.nodes = vec!["n2".into(), "n1".into(), "n2".into()];
+        s.array = "0-9%2".into();
+        s.output = "slurm-%A_%a.out".into();
+        let ok = job_spec(&s, t).unwrap();
+        assert_eq!(
+            ok.constraints
+                .nodes
+                .iter()
+                .map(|n| n.as_str())
+                .collect::<Vec<_>>(),
+            ["n1", "n2"]
+        );
+        assert_eq!(ok.array.map(|a| a.len()), Some(10));
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub enum Rejection {
     BackfillReserved,
     /// The node lacks a required label.
     LabelMismatch,
+    /// The job's node list leaves the node out, or excludes it.
+    NodeNotListed,
     /// No GPU of an accepted model.
     ModelMismatch,
     /// The node has less CPU in total than asked.
@@ -82,6 +84,7 @@ impl fmt::Display for Rejection {
             Rejection::NodeReserved => "reserved for a preempting job",
             Rejection::BackfillReserved => "reserved for a job ahead in the queue",
             Rejection::LabelMismatch => "missing node labels",
+            Rejection::NodeNotListed => "not in the job's node list, or excluded by it",
             Rejection::ModelMismatch => "GPU model mismatch",
             Rejection::CpuCapacity => "too little CPU in total",
             Rejection::CpuBusy => "insufficient free CPU",
@@ -118,6 +121,9 @@ pub fn share_fits(gpu: &Gpu, share: Share, cap: Option<MiB>) -> bool {
 /// Checks one node against one request: capacity and constraints first (can
 /// it ever fit?), then state (does it fit now?).
 pub fn check(node: &Node, req: &Request) -> Result<(), Rejection> {
+    if !req.accepts_name(node) {
+        return Err(Rejection::NodeNotListed);
+    }
     if !req.accepts_labels(node) {
         return Err(Rejection::LabelMismatch);
     }

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use super::cluster::{Gpu, MICRO, Node};
-use crate::domain::{GpuRequest, JobSpec, MiB, MilliCpu, Resources};
+use crate::domain::{GpuRequest, JobSpec, MiB, MilliCpu, NodeName, Resources};
 
 /// One placement request.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -17,6 +17,9 @@ pub struct Request {
     pub node_labels: BTreeMap<String, String>,
     /// A whole-GPU gang may span nodes.
     pub spread: bool,
+    /// The only nodes it may use (sorted; empty: any), and those it must not.
+    pub nodes: Vec<NodeName>,
+    pub exclude_nodes: Vec<NodeName>,
 }
 
 impl Request {
@@ -28,6 +31,8 @@ impl Request {
             gpu_models: spec.constraints.gpu_models.clone(),
             node_labels: spec.constraints.node_labels.clone(),
             spread: spec.constraints.spread,
+            nodes: spec.constraints.nodes.clone(),
+            exclude_nodes: spec.constraints.exclude_nodes.clone(),
         }
     }
 
@@ -40,6 +45,8 @@ impl Request {
             gpu_models: Vec::new(),
             node_labels: BTreeMap::new(),
             spread: false,
+            nodes: Vec::new(),
+            exclude_nodes: Vec::new(),
         }
     }
 
@@ -66,5 +73,14 @@ impl Request {
         self.node_labels
             .iter()
             .all(|(k, v)| node.inventory.labels.get(k) == Some(v))
+            && self.accepts_name(node)
+    }
+
+    /// Whether the job's node list (if any) names the node, and its
+    /// exclusions do not.
+    pub fn accepts_name(&self, node: &Node) -> bool {
+        let name = &node.inventory.name;
+        (self.nodes.is_empty() || self.nodes.binary_search(name).is_ok())
+            && self.exclude_nodes.binary_search(name).is_err()
     }
 }

@@ -153,6 +153,7 @@ fn job_of(i: usize, p: &Pod, at_s: u64, factor: f64) -> Job {
             gpu_models: p.request.gpu_models.clone(),
             node_labels: BTreeMap::new(),
             spread: false,
+            ..Constraints::default()
         },
         priority: 0,
         preemptible: false,

@@ -173,3 +173,23 @@ async fn a_qos_adds_its_tier_and_an_unknown_one_is_refused() {
     let waits = settled(&h, older.id, |j| j.state == JobState::Pending).await;
     assert_eq!(waits.spec.qos.as_ref().map(|q| q.as_str()), Some("normal"));
 }
+
+#[tokio::test]
+async fn a_node_list_and_exclusions_choose_where_a_job_runs() {
+    let h = harness().await;
+    let mut a1 = FakeAgent::connect(&h, 1, "n1", vec![], vec![]).await;
+    let mut a2 = FakeAgent::connect(&h, 2, "n2", vec![], vec![]).await;
+    let on = |nodes: &[&str], exclude: &[&str]| {
+        let mut s = spec(1);
+        s.constraints.nodes = nodes.iter().map(|n| n.parse().unwrap()).collect();
+        s.constraints.exclude_nodes = exclude.iter().map(|n| n.parse().unwrap()).collect();
+        s
+    };
+    let not_n1 = h.engine.submit(on(&[], &["n1"])).await.unwrap();
+    assert_eq!(a2.next_launch().await.job, not_n1.id);
+    let only_n1 = h.engine.submit(on(&["n1"], &[])).await.unwrap();
+    assert_eq!(a1.next_launch().await.job, only_n1.id);
+    let nowhere = h.engine.submit(on(&["n9"], &[])).await.unwrap();
+    let w = settled(&h, nowhere.id, |j| j.state == JobState::Pending).await;
+    assert!(w.reason.contains("not in the job's node list"), "{}", w.reason);
+}

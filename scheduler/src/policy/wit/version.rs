@@ -516,6 +516,13 @@ macro_rules! version_bindings {
                 output: submitted.output.clone().unwrap_or_default(),
                 error: submitted.error.clone().unwrap_or_default(),
                 qos: submitted.qos.as_ref().map(ToString::to_string).unwrap_or_default(),
+                nodes: submitted.constraints.nodes.iter().map(ToString::to_string).collect(),
+                exclude_nodes: submitted
+                    .constraints
+                    .exclude_nodes
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
             }
         }
 
