@@ -5,6 +5,7 @@
 //!
 //! ```sh
 //! cargo bench -p allot-scheduler --bench pass
+//! ALLOT_PASS_SIZES=1000000 cargo bench -p allot-scheduler --bench pass
 //! ```
 //!
 //! Each iteration passes over a fresh copy of the cluster (the copy is not
@@ -128,7 +129,12 @@ fn pass(c: &mut Criterion) {
     let mut g = c.benchmark_group("scheduling_pass");
     g.sample_size(10);
     g.measurement_time(Duration::from_secs(20));
-    for pending in [10_000, 100_000] {
+    // `ALLOT_PASS_SIZES=1000000` for the 1M measurement (slow to set up).
+    let sizes: Vec<usize> = std::env::var("ALLOT_PASS_SIZES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![10_000, 100_000]);
+    for pending in sizes {
         let (cluster, mut bench) = setup(pending);
         assert_eq!(bench.pending(), pending);
         g.bench_with_input(BenchmarkId::new("openb-90%", pending), &pending, |b, _| {
