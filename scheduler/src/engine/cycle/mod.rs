@@ -290,20 +290,14 @@ pub fn plan_with(
 
 /// Requests that did not fit in this pass: for each, the (end, priority)
 /// of the jobs that asked, with why. A job with the same request that ends
-/// no earlier (no limit: never) and ranks no higher cannot fit either. A
-/// request that failed with no node vetoed (no reservation in its way, only
-/// resources and constraints) fails for any job in the rest of the pass.
+/// no earlier (no limit: never) and ranks no higher cannot fit either.
 #[derive(Default)]
 struct Failed {
     by_request: HashMap<Request, Vec<(Option<UnixMillis>, i32, Unplaceable)>>,
-    unvetoed: HashMap<Request, Unplaceable>,
 }
 
 impl Failed {
     fn known(&self, request: &Request, end: Option<UnixMillis>, priority: i32) -> Option<Unplaceable> {
-        if let Some(why) = self.unvetoed.get(request) {
-            return Some(why.clone());
-        }
         let later = |e: Option<UnixMillis>| match (end, e) {
             (None, _) => true,
             (Some(_), None) => false,
@@ -317,14 +311,6 @@ impl Failed {
     }
 
     fn note(&mut self, request: &Request, end: Option<UnixMillis>, priority: i32, why: &Unplaceable) {
-        let vetoed = why
-            .rejections
-            .keys()
-            .any(|r| matches!(r, Rejection::BackfillReserved | Rejection::NodeReserved));
-        if !vetoed {
-            self.unvetoed.insert(request.clone(), why.clone());
-            return;
-        }
         let seen = self.by_request.entry(request.clone()).or_default();
         // A few kinds per request are plenty; more only cost the lookups.
         if seen.len() < 8 && !seen.iter().any(|(e, p, _)| *e == end && *p == priority) {
