@@ -59,11 +59,18 @@ pub struct FairShareFile {
     /// Projects' weights inside their tenant, `"tenant/project" = weight`.
     #[serde(default)]
     pub projects: std::collections::BTreeMap<String, u32>,
+    /// A tenant under its share may preempt preemptible work of a tenant
+    /// over it (default false).
+    #[serde(default)]
+    pub reclaim: bool,
 }
 
 impl FairShareFile {
     pub fn config(&self) -> Result<engine::FairShareConfig, String> {
-        let mut c = engine::FairShareConfig::default();
+        let mut c = engine::FairShareConfig {
+            reclaim: self.reclaim,
+            ..engine::FairShareConfig::default()
+        };
         if let Some(h) = &self.half_life {
             let h: Millis = h.parse().map_err(|e| format!("fairshare.half_life: {e}"))?;
             if h < Millis::from_secs(60) {

@@ -139,13 +139,25 @@ impl Engine {
                     info!(%job, %state, reason = %j.reason, "job ended by a gate without running");
                     self.finish(job);
                 }
-                Decision::Preempt { job, victims, .. } => {
+                Decision::Preempt {
+                    job,
+                    victims,
+                    reclaim,
+                    ..
+                } => {
                     for victim in victims {
                         let Some(v) = self.jobs.get_mut(&victim) else {
                             continue;
                         };
                         v.preempted_by = Some(job);
-                        v.reason = format!("being preempted for job {job} (higher priority)");
+                        v.reason = if reclaim {
+                            format!(
+                                "being preempted for job {job} (fair-share reclaim: its tenant is under its share, {} over)",
+                                v.spec.tenant
+                            )
+                        } else {
+                            format!("being preempted for job {job} (higher priority)")
+                        };
                         self.persist(victim, &[]);
                         self.stop_parts(victim, StopReason::Preempted);
                     }

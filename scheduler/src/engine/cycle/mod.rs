@@ -102,11 +102,14 @@ pub enum Decision {
         state: JobState,
         reason: String,
     },
-    /// Stop `victims` to make room on `node` for `job` (nominated already).
+    /// Stop `victims` to make room on `node` for `job` (nominated already);
+    /// `reclaim`: for fair share (the job's tenant under its share, the
+    /// victims' over theirs), not for priority.
     Preempt {
         job: JobId,
         node: NodeName,
         victims: Vec<JobId>,
+        reclaim: bool,
     },
     /// Ask the job's quota plugin (recorded in the quota book already).
     Ask(QuotaAsk),
@@ -252,7 +255,7 @@ pub fn plan_with(
                     );
                 } else if why.has_shortage() && searches < PREEMPTION_SEARCHES_PER_PASS {
                     searches += 1;
-                    if let Some(n) = preemption(job, &request, snapshot, state, &victims) {
+                    if let Some((n, reclaim)) = preemption(job, &request, snapshot, state, &victims) {
                         reason = format!(
                             "preempting {} job{} on {}",
                             n.victims.len(),
@@ -264,6 +267,7 @@ pub fn plan_with(
                             job: id,
                             node: n.node.clone(),
                             victims: n.victims.clone(),
+                            reclaim,
                         });
                         state.nominations.insert(id, n);
                     }
@@ -334,16 +338,33 @@ fn allocate(cluster: &mut Cluster, id: JobId, parts: &[Placement]) -> bool {
     true
 }
 
-/// The cheapest preemption that makes room for `job`, if any.
+/// The cheapest preemption that makes room for `job`, if any, and whether
+/// it reclaims for fair share: with reclaim on and the job's tenant under
+/// its share, the preemptible jobs of tenants over their share count as
+/// of lower priority whatever theirs (Kueue's fair-sharing preemption).
 fn preemption(
     job: &Job,
     request: &Request,
     snapshot: &Snapshot<'_>,
     state: &CycleState<'_>,
     taken: &HashSet<JobId>,
-) -> Option<Nomination> {
+) -> Option<(Nomination, bool)> {
     let priority = job.spec.priority;
-    let candidates = preemption_candidates(snapshot, taken);
+    let fs = snapshot.fairshare;
+    let reclaim = fs.config.reclaim && fs.under_share(&job.spec.tenant);
+    let mut candidates = preemption_candidates(snapshot, taken);
+    let mut reclaimable = HashSet::new();
+    if reclaim {
+        for c in candidates.iter_mut() {
+            let Some(j) = snapshot.jobs.get(&c.job) else {
+                continue;
+            };
+            if c.preemptible && c.priority >= priority && fs.over_share(&j.spec.tenant) {
+                c.priority = i32::MIN;
+                reclaimable.insert(c.job);
+            }
+        }
+    }
     if !candidates.iter().any(|c| c.preemptible && c.priority < priority) {
         return None;
     }
@@ -363,11 +384,17 @@ fn preemption(
         cost_gpu_s = plan.cost / 1_000_000_000,
         "preempting to make room"
     );
-    Some(Nomination {
-        node: plan.node,
-        priority,
-        victims: plan.victims,
-    })
+    let reclaims = plan.victims.iter().any(|v| reclaimable.contains(v));
+    Some((
+        Nomination {
+            node: plan.node,
+            // A node emptied to reclaim is held against every other job,
+            // the victims' higher priorities too (or they would take it back).
+            priority: if reclaims { i32::MAX } else { priority },
+            victims: plan.victims,
+        },
+        reclaims,
+    ))
 }
 
 /// The running jobs preemption may consider, with their cost: GPU share ×

@@ -25,6 +25,10 @@ pub struct FairShareConfig {
     pub tenants: BTreeMap<TenantName, u32>,
     /// Projects' weights inside their tenant (default 1).
     pub projects: BTreeMap<(TenantName, ProjectName), u32>,
+    /// A tenant under its share may preempt preemptible work of a tenant
+    /// over its share, whatever their priorities (Kueue's fair-sharing
+    /// preemption); off by default.
+    pub reclaim: bool,
 }
 
 impl Default for FairShareConfig {
@@ -33,6 +37,7 @@ impl Default for FairShareConfig {
             half_life: Millis::from_secs(7 * 86_400),
             tenants: BTreeMap::new(),
             projects: BTreeMap::new(),
+            reclaim: false,
         }
     }
 }
@@ -213,6 +218,17 @@ impl FairShare {
             })
             .collect();
         (out_t, out_p)
+    }
+
+    /// Whether the tenant used less than its share lately (factor above
+    /// 0.5; a tenant that does not count has used nothing).
+    pub fn under_share(&self, tenant: &TenantName) -> bool {
+        self.tenant_factor.get(tenant).copied().unwrap_or(1.0) > 0.5
+    }
+
+    /// Whether the tenant used more than its share lately (factor below 0.5).
+    pub fn over_share(&self, tenant: &TenantName) -> bool {
+        self.tenant_factor.get(tenant).copied().unwrap_or(1.0) < 0.5
     }
 
     /// The factors a pending job is ordered by: its tenant's, then its

@@ -73,3 +73,99 @@ async fn two_tenants_with_equal_shares_take_turns_and_converge_to_equal_gpu_time
     );
     assert!((a.usage_share - 0.5).abs() < 0.01, "{a:?}");
 }
+
+/// Tenant `hog` fills the node with preemptible work of a higher priority
+/// and uses it ten minutes; then `fresh` asks for a GPU. Returns the
+/// harness, the agent, hog's jobs and fresh's job.
+async fn hog_then_fresh(reclaim: bool) -> (Harness, FakeAgent, Vec<JobId>, JobId) {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(UnixMillis(1_000_000));
+    let ledger = Ledger::open(dir.path()).unwrap();
+    let mut cfg = config();
+    cfg.fairshare.reclaim = reclaim;
+    let (engine, _task) = start(ledger, Arc::new(clock.clone()), cfg).unwrap();
+    let h = Harness { engine, clock, dir };
+    let mut agent = FakeAgent::connect(&h, 1, "n1", vec![], vec![]).await;
+    let mut hog = Vec::new();
+    for _ in 0..2 {
+        let mut s = JobSpec {
+            preemptible: true,
+            priority: 5,
+            ..spec(1)
+        };
+        s.tenant = "hog".parse().unwrap();
+        let j = h.engine.submit(s).await.unwrap();
+        let l = agent.next_launch().await;
+        assert_eq!(l.job, j.id);
+        agent
+            .send(
+                &h,
+                AgentEvent::Started {
+                    job: j.id,
+                    attempt: 1,
+                    pid: 1,
+                },
+            )
+            .await;
+        hog.push(j.id);
+    }
+    h.clock.advance(Millis::from_secs(600));
+    usage_read(&h).await;
+    let mut s = spec(1);
+    s.tenant = "fresh".parse().unwrap();
+    let fresh = h.engine.submit(s).await.unwrap();
+    h.clock.advance(Millis::from_secs(61));
+    usage_read(&h).await;
+    (h, agent, hog, fresh.id)
+}
+
+#[tokio::test]
+async fn with_reclaim_a_tenant_under_its_share_preempts_one_over_it() {
+    let (h, mut agent, hog, fresh) = hog_then_fresh(true).await;
+    let victim = loop {
+        match agent.next().await {
+            AgentOrder::Stop { job, reason, .. } => {
+                assert_eq!(reason, StopReason::Preempted);
+                break job;
+            }
+            AgentOrder::AckExit { .. } => {}
+            other => panic!("expected a stop, got {other:?}"),
+        }
+    };
+    assert!(hog.contains(&victim));
+    let v = job(&h, victim).await;
+    assert!(v.reason.contains("fair-share reclaim"), "{}", v.reason);
+    let report = h.engine.fairshare().await.unwrap();
+    assert!(report.tenants[&"hog".parse::<TenantName>().unwrap()].factor < 0.5);
+    agent
+        .send(
+            &h,
+            AgentEvent::Exited(JobExit {
+                outcome: ExitOutcome::Stopped {
+                    exit_code: None,
+                    signal: Some(15),
+                },
+                ..exit(victim, 1, 0)
+            }),
+        )
+        .await;
+    assert_eq!(
+        agent.next_launch().await.job,
+        fresh,
+        "the GPU goes to the tenant under its share"
+    );
+    let back = settled(&h, victim, |j| j.state == JobState::Pending).await;
+    assert_eq!(back.attempt, 2, "the victim waits again");
+}
+
+#[tokio::test]
+async fn without_reclaim_priority_alone_decides() {
+    let (h, mut agent, _hog, fresh) = hog_then_fresh(false).await;
+    let w = settled(&h, fresh, |j| j.state == JobState::Pending).await;
+    assert!(!w.reason.contains("preempting"), "{}", w.reason);
+    let order = tokio::time::timeout(Duration::from_millis(200), agent.next()).await;
+    assert!(
+        !matches!(order, Ok(AgentOrder::Stop { .. })),
+        "no stop is ordered: {order:?}"
+    );
+}
