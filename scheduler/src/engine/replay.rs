@@ -12,11 +12,11 @@ use crate::placement::{Cluster, Placer};
 
 #[doc(hidden)]
 pub struct Replay {
-    jobs: HashMap<JobId, Job>,
+    pub(super) jobs: HashMap<JobId, Job>,
     pending: Pending,
     queues: Queues,
     deps: DependencyGraph,
-    fairshare: FairShare,
+    pub(super) fairshare: FairShare,
     depth: usize,
 }
 
@@ -34,9 +34,12 @@ impl Replay {
         }
     }
 
-    /// A job arrives, pending.
+    /// A job arrives: pending, or placed already (then allocated in the
+    /// cluster the passes are given).
     pub fn submit(&mut self, job: Job) {
-        self.pending.push(&job, self.queues.tier(&job.spec));
+        if job.state == JobState::Pending {
+            self.pending.push(&job, self.queues.tier(&job.spec));
+        }
         self.jobs.insert(job.id, job);
     }
 
@@ -55,6 +58,20 @@ impl Replay {
             .map(|j| (j.spec.tenant.clone(), j.spec.project.clone()))
             .collect();
         self.fairshare.refresh(keys.iter().map(|(t, p)| (t, p)));
+        let plan = self.plan(cluster, placer, now);
+        let mut placed = Vec::new();
+        for d in plan.decisions {
+            if let Decision::Place { job, parts } = d {
+                self.start(job, parts, now);
+                placed.push(job);
+            }
+        }
+        placed
+    }
+
+    /// The pass's plan at `now` over the jobs as they stand (what it places
+    /// is allocated in `cluster`; the jobs are not changed).
+    pub(super) fn plan(&self, cluster: &mut Cluster, placer: &mut Placer, now: UnixMillis) -> cycle::Plan {
         let snapshot = Snapshot {
             now,
             jobs: &self.jobs,
@@ -77,15 +94,7 @@ impl Replay {
             nominations: &mut nominations,
             usage: QueueUsage::count(&self.queues, self.jobs.values()),
         };
-        let plan = cycle::plan(&snapshot, &mut state);
-        let mut placed = Vec::new();
-        for d in plan.decisions {
-            if let Decision::Place { job, parts } = d {
-                self.start(job, parts, now);
-                placed.push(job);
-            }
-        }
-        placed
+        cycle::plan(&snapshot, &mut state)
     }
 
     fn start(&mut self, id: JobId, parts: Vec<Placement>, now: UnixMillis) {

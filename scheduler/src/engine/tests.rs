@@ -195,6 +195,17 @@ async fn settled(h: &Harness, id: JobId, f: impl Fn(&Job) -> bool) -> Job {
     j
 }
 
+/// The exit of a part stopped on the controller's order (SIGTERM).
+fn stopped(job: JobId, attempt: u32) -> JobExit {
+    JobExit {
+        outcome: ExitOutcome::Stopped {
+            exit_code: None,
+            signal: Some(15),
+        },
+        ..exit(job, attempt, 0)
+    }
+}
+
 fn exit(job: JobId, attempt: u32, code: i32) -> JobExit {
     JobExit {
         job,

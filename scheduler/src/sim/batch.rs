@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::{Pod, cluster_of, gpu_capacity_milli, mean, round2, sim_job};
+use super::{Pod, cluster_of, gpu_capacity_milli, mean, percentile, round2, sim_job};
 use crate::domain::{
     Constraints, Job, JobId, JobSpec, Millis, ProjectName, QueueDef, Resources, TenantName, UnixMillis,
 };
@@ -313,13 +313,7 @@ pub fn run_one(nodes: &[NodeInventory], pods: &[Pod], cfg: &BatchConfig, sched: 
     let span = last_arrival.saturating_sub(first).max(1);
     let mut sorted = waits.clone();
     sorted.sort_unstable();
-    let pct = |p: f64| -> u64 {
-        if sorted.is_empty() {
-            0
-        } else {
-            sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-        }
-    };
+    let pct = |p: f64| percentile(&sorted, p);
     BatchRow {
         scheduler: sched.name(),
         placed: waits.len(),

@@ -97,6 +97,15 @@ fn mean(v: &[f64]) -> f64 {
     }
 }
 
+/// The `p` percentile (0 to 1) of sorted values, by nearest rank; 0 for none.
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        0
+    } else {
+        sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+    }
+}
+
 fn sd(v: &[f64]) -> f64 {
     if v.len() < 2 {
         return 0.0;
@@ -430,13 +439,7 @@ pub fn run_timeline(
     let span = last_arrival.saturating_sub(first_t.unwrap_or(0)).max(1);
     let mut sorted = delays.clone();
     sorted.sort_unstable();
-    let pct = |p: f64| -> u64 {
-        if sorted.is_empty() {
-            0
-        } else {
-            sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-        }
-    };
+    let pct = |p: f64| percentile(&sorted, p);
     Ok(TimelineReport {
         mode: "timeline",
         policy: policy.to_string(),

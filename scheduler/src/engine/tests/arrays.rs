@@ -137,18 +137,7 @@ async fn unstarted_tasks_cost_one_record_and_can_be_named_cancelled_and_held() {
     loop {
         match agent.next().await {
             AgentOrder::Stop { job, .. } => {
-                agent
-                    .send(
-                        &h,
-                        AgentEvent::Exited(JobExit {
-                            outcome: ExitOutcome::Stopped {
-                                exit_code: None,
-                                signal: Some(15),
-                            },
-                            ..exit(job, 1, 0)
-                        }),
-                    )
-                    .await;
+                agent.send(&h, AgentEvent::Exited(stopped(job, 1))).await;
             }
             AgentOrder::AckExit { .. } => {}
             AgentOrder::Launch(_) => {}

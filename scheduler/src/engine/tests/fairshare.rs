@@ -137,18 +137,7 @@ async fn with_reclaim_a_tenant_under_its_share_preempts_one_over_it() {
     assert!(v.reason.contains("fair-share reclaim"), "{}", v.reason);
     let report = h.engine.fairshare().await.unwrap();
     assert!(report.tenants[&"hog".parse::<TenantName>().unwrap()].factor < 0.5);
-    agent
-        .send(
-            &h,
-            AgentEvent::Exited(JobExit {
-                outcome: ExitOutcome::Stopped {
-                    exit_code: None,
-                    signal: Some(15),
-                },
-                ..exit(victim, 1, 0)
-            }),
-        )
-        .await;
+    agent.send(&h, AgentEvent::Exited(stopped(victim, 1))).await;
     assert_eq!(
         agent.next_launch().await.job,
         fresh,
