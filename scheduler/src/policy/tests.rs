@@ -490,7 +490,10 @@ async fn instantiation_is_bounded_by_its_own_budget_not_the_calls() {
         .and_then(|(_, rest)| rest.split_once(" ms of CPU"))
         .map(|(ms, _)| ms.parse().unwrap())
         .unwrap_or_else(|| panic!("{message}"));
-    assert!((150.0..170.0).contains(&cpu), "{message}");
+    // Stopped at the instantiation budget, not the call's (10 ms), and soon
+    // after it: the check runs every few ms of CPU, and a loaded 2-core CI
+    // machine overshot 20 ms once (170.8 ms, 2026-12-04).
+    assert!((150.0..300.0).contains(&cpu), "{message}");
     assert!(f.host.plugins().is_empty(), "nothing was stored");
     // A well-behaved plugin's calls still get the call budget, whole.
     add_and_bind(&f.host, tenant("acme"), "gate", "require_cost_center").await;
