@@ -18,6 +18,9 @@ max_time = "1d"
 [fairshare]
 half_life = "2d"
 tenants = { crash = 3 }
+
+[qos]
+high = 5
 "#;
 
 fn column<'a>(table: &'a str, queue: &str, header: &str) -> &'a str {
@@ -127,8 +130,36 @@ async fn queues_place_jobs_on_their_nodes_refuse_what_they_do_not_allow_and_surv
     assert_eq!(plain.spec.as_ref().unwrap().time_limit_ms, Some(3_600_000));
     assert_eq!(wait_final(&client, &plain.id).await.state(), JobState::Succeeded);
 
+    // A QOS from the config file, and nodes excluded by a script's -x.
+    let script = dir.path().join("qos.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\n#SBATCH --qos=high -x pool-a-[1-3]\necho \"node=$SLURMD_NODENAME\"\n",
+    )
+    .unwrap();
+    let (code, out, err) = run_allot(
+        &["sbatch", "--parsable", "-W", &script.display().to_string()],
+        addr,
+        tenant,
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    let id = out.trim().to_string();
+    let job = client.get(&id).await.unwrap();
+    let spec = job.spec.as_ref().unwrap();
+    assert_eq!(spec.qos, "high");
+    assert_eq!(spec.exclude_nodes, ["pool-a-1", "pool-a-2", "pool-a-3"]);
+    let (_, log, _) = run_allot(&["logs", &id], addr, tenant).await;
+    assert!(log.contains("node=other-1"), "-x kept it off pool-a-1: {log}");
+
     // Refused, naming the field; nothing stored.
     let before = client.list_all(ListJobs::default()).await.unwrap().len();
+    let (code, _, err) = run_allot(&["submit", "--qos", "gold", "--", "true"], addr, tenant).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("field spec.qos") && err.contains("there is no QOS gold (this server has high, normal)"),
+        "{err}"
+    );
     let (code, _, err) = run_allot(&["submit", "--queue", "nope", "--", "true"], addr, tenant).await;
     assert_eq!(code, 1);
     assert!(
