@@ -110,12 +110,22 @@ async fn a_looping_tenant_does_not_fail_or_slow_another_tenants_plugin() {
         median(calm.clone()),
         median(attacked.clone())
     );
+    let (calm_median, attacked_median) = (median(calm.clone()), median(attacked.clone()));
     let (calm, attacked) = (p99(calm), p99(attacked));
     eprintln!("B's submit p99: {calm:?} calm, {attacked:?} under attack");
-    // Within 2× of no attack (and a few ms: one scheduler time slice of
-    // this process, on a machine with two cores).
+    // The median within 2× of no attack (and a few ms: one scheduler time
+    // slice of this process, on a machine with two cores).
     assert!(
-        attacked <= calm * 2 + Duration::from_millis(3),
+        attacked_median <= calm_median * 2 + Duration::from_millis(3),
+        "B's submit median {attacked_median:?} under attack, {calm_median:?} without"
+    );
+    // The p99 within 2× and one of A's call budgets (50 ms): A's spinning
+    // calls may hold both cores of a 2-core machine for up to a budget
+    // before the OS runs B's (a CI run saw 54 ms against 6.3 ms calm,
+    // 2026-12-04); shared slots, the defect this guards, made B wait for
+    // A's calls one after another and fail.
+    assert!(
+        attacked <= calm * 2 + Duration::from_millis(50),
         "B's submit p99 {attacked:?} under attack, {calm:?} without"
     );
     // Nothing was recorded against B's plugin; A's failures are A's.

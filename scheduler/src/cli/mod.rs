@@ -37,14 +37,18 @@ HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS, UNLIMITED), --gres=gpu[:type][:N],
 --ntasks-per-node, -c/--cpus-per-task, --mem, --mem-per-gpu, --mem-per-cpu,
 -D/--chdir, --export, --requeue/--no-requeue, -A/--account (the project),
 -p/--partition (the queue: see `allot queues`), -d/--dependency,
---priority, -W/--wait, --parsable, -Q/--quiet.
-Options that do not change what runs (--mail-type, -o/--output for now)
-are warned about; ones allot cannot honour are an error naming the line.
+-a/--array (0-99, 1,3,5-7, 0-20:4, %8; task 7 is ID_7), -o/--output and
+-e/--error (%j %x %A %a %u %N %%; default slurm-%j.out), -q/--qos,
+-w/--nodelist (one node), -x/--exclude, -H/--hold, --priority,
+-W/--wait, --parsable, -Q/--quiet.
+Options that do not change what runs (--mail-type, --open-mode) are
+warned about; ones allot cannot honour are an error naming the line.
 The job sees SLURM_JOB_ID, SLURM_JOB_NAME, SLURM_NNODES, SLURM_PROCID,
-SLURM_JOB_NODELIST, SLURM_GPUS_ON_NODE, SLURM_SUBMIT_DIR and the rest
-listed in docs/slurm.md, with CUDA_VISIBLE_DEVICES as for any job.
+SLURM_JOB_NODELIST, SLURM_GPUS_ON_NODE, SLURM_SUBMIT_DIR,
+SLURM_ARRAY_JOB_ID, SLURM_ARRAY_TASK_ID and the rest listed in
+docs/slurm.md, with CUDA_VISIBLE_DEVICES as for any job.
 Example:
-  allot sbatch -t 30 --gres=gpu:1 train.sh --epochs 3";
+  allot sbatch -t 30 --gres=gpu:1 --array 0-9%2 train.sh --epochs 3";
 
 #[derive(Debug, Parser)]
 #[command(name = "allot", version, about = ABOUT, after_help = AFTER_HELP, propagate_version = true)]
