@@ -300,12 +300,28 @@ pub struct TaskCounts {
 }
 
 impl TaskCounts {
-    pub fn count(&mut self, state: JobState) {
+    /// Where a task that ended in `state` is counted.
+    fn bucket(&mut self, state: JobState) -> &mut u64 {
         match state {
-            JobState::Succeeded => self.succeeded += 1,
-            JobState::Cancelled => self.cancelled += 1,
-            _ => self.failed += 1,
+            JobState::Succeeded => &mut self.succeeded,
+            JobState::Cancelled => &mut self.cancelled,
+            _ => &mut self.failed,
         }
+    }
+
+    pub fn count(&mut self, state: JobState) {
+        self.add(state, 1);
+    }
+
+    /// `n` tasks ended in `state` (those given up with their array, too).
+    pub fn add(&mut self, state: JobState, n: u64) {
+        *self.bucket(state) += n;
+    }
+
+    /// A task counted as ended in `state` runs again.
+    pub fn uncount(&mut self, state: JobState) {
+        let b = self.bucket(state);
+        *b = b.saturating_sub(1);
     }
 
     pub fn total(&self) -> u64 {

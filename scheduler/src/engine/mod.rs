@@ -89,7 +89,7 @@ impl Default for EngineConfig {
             fairshare: FairShareConfig::default(),
             backfill_depth: cycle::DEFAULT_BACKFILL_DEPTH,
             max_array_size: crate::domain::array::DEFAULT_MAX_ARRAY_SIZE,
-            qos: [(crate::domain::QosName::normal(), 0)].into(),
+            qos: BTreeMap::new(),
         }
     }
 }

@@ -14,13 +14,15 @@
 //! - **fairshare+backfill**: the same, ordered by fair share between the
 //!   tenants (decayed GPU-time, equal weights) before age.
 
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
 
-use super::{Pod, cluster_of, gpu_capacity_milli, mean, percentile, round2, sim_job};
+use super::{
+    Event, Pod, arrivals, cluster_of, gpu_capacity_milli, mean, percentile, require_times, round2, sim_job,
+};
 use crate::domain::{
     Constraints, Job, JobId, JobSpec, Millis, ProjectName, QueueDef, Resources, TenantName, UnixMillis,
 };
@@ -111,22 +113,6 @@ pub struct BatchReport {
     pub rows: Vec<BatchRow>,
 }
 
-#[derive(PartialEq, Eq, PartialOrd, Ord)]
-struct Event {
-    // Min-heap by time; departures before arrivals at the same second.
-    time: std::cmp::Reverse<u64>,
-    arrival: bool,
-    pod: usize,
-}
-
-fn run_s(p: &Pod) -> u64 {
-    let created = p.creation.unwrap_or(0);
-    p.deletion
-        .unwrap_or(created)
-        .saturating_sub(p.scheduled.unwrap_or(created))
-        .max(1)
-}
-
 /// The pod as a job: its request, its QoS class as its tenant, a time
 /// limit of its run time × the factor.
 fn job_of(i: usize, p: &Pod, at_s: u64, factor: f64) -> Job {
@@ -137,7 +123,7 @@ fn job_of(i: usize, p: &Pod, at_s: u64, factor: f64) -> Job {
         .to_ascii_lowercase()
         .parse::<TenantName>()
         .unwrap_or_else(|_| "default".parse().expect("valid"));
-    let limit = ((run_s(p) as f64 * factor).ceil() as u64).max(1);
+    let limit = ((p.run_s() as f64 * factor).ceil() as u64).max(1);
     let spec = JobSpec {
         name: p.name.clone(),
         command: "true".into(),
@@ -208,14 +194,7 @@ pub fn run_one(nodes: &[NodeInventory], pods: &[Pod], cfg: &BatchConfig, sched: 
     };
     let mut replay = Replay::new(vec![QueueDef::builtin()], depth);
     let capacity = gpu_capacity_milli(nodes);
-    let mut events = BinaryHeap::new();
-    for (i, p) in pods.iter().enumerate() {
-        events.push(Event {
-            time: std::cmp::Reverse(p.creation.unwrap_or(0) / speedup),
-            arrival: true,
-            pod: i,
-        });
-    }
+    let mut events = arrivals(pods, speedup);
     let arrived_at = |i: usize| pods[i].creation.unwrap_or(0) / speedup;
     let first = pods.iter().filter_map(|p| p.creation).min().unwrap_or(0) / speedup;
     let last_arrival = pods.iter().filter_map(|p| p.creation).max().unwrap_or(0) / speedup;
@@ -296,7 +275,7 @@ pub fn run_one(nodes: &[NodeInventory], pods: &[Pod], cfg: &BatchConfig, sched: 
                 *allocated_by.entry(t.clone()).or_default() += pod.gpu_milli;
             }
             let wait = now.saturating_sub(arrived_at(i));
-            let run = run_s(pod);
+            let run = pod.run_s();
             waits.push(wait);
             slowdowns.push((((wait + run) as f64) / (run as f64).max(TAU_S)).max(1.0));
             if pod.gpu_milli >= 4000 {
@@ -333,11 +312,7 @@ pub fn run_one(nodes: &[NodeInventory], pods: &[Pod], cfg: &BatchConfig, sched: 
 
 /// Replays the trace under every scheduler, one after another.
 pub fn run_batch(nodes: &[NodeInventory], pods: &[Pod], cfg: &BatchConfig) -> anyhow::Result<BatchReport> {
-    if pods.iter().any(|p| p.creation.is_none() || p.deletion.is_none()) {
-        anyhow::bail!(
-            "the batch mode needs creation_time and deletion_time for every pod; this pod list has none"
-        );
-    }
+    require_times(pods, "batch")?;
     if !(cfg.limit_factor >= 1.0 && cfg.limit_factor <= 100.0) {
         anyhow::bail!("the time-limit factor must be in [1, 100]");
     }

@@ -346,6 +346,28 @@ struct Event {
     pod: usize,
 }
 
+/// Every pod's arrival, at its creation time divided by `speedup`.
+fn arrivals(pods: &[Pod], speedup: u64) -> BinaryHeap<Event> {
+    pods.iter()
+        .enumerate()
+        .map(|(i, p)| Event {
+            time: std::cmp::Reverse(p.creation.unwrap_or(0) / speedup),
+            arrival: true,
+            pod: i,
+        })
+        .collect()
+}
+
+/// A replay in time needs every pod's creation and deletion times.
+fn require_times(pods: &[Pod], mode: &str) -> anyhow::Result<()> {
+    if pods.iter().any(|p| p.creation.is_none() || p.deletion.is_none()) {
+        anyhow::bail!(
+            "the {mode} mode needs creation_time and deletion_time for every pod; this pod list has none"
+        );
+    }
+    Ok(())
+}
+
 /// Replays creation and deletion times; pods that do not fit wait.
 /// `speedup` divides the arrival times (not the run times): the openb pod
 /// lists are samples that fill 1 % of the cluster at their peak, so a
@@ -359,24 +381,13 @@ pub fn run_timeline(
 ) -> anyhow::Result<TimelineReport> {
     let speedup = speedup.max(1);
     let started = Instant::now();
-    if pods.iter().any(|p| p.creation.is_none() || p.deletion.is_none()) {
-        anyhow::bail!(
-            "the timeline mode needs creation_time and deletion_time for every pod; this pod list has none"
-        );
-    }
+    require_times(pods, "timeline")?;
     let requests: Vec<_> = pods.iter().map(|p| p.request.clone()).collect();
     let mix = Arc::new(WorkloadMix::from_requests(requests.iter(), 95));
     let mut cluster = cluster_of(nodes);
     let mut placer = Placer::new(Profile { policy, seed, mix });
     let capacity = gpu_capacity_milli(nodes);
-    let mut events = BinaryHeap::new();
-    for (i, p) in pods.iter().enumerate() {
-        events.push(Event {
-            time: std::cmp::Reverse(p.creation.unwrap_or(0) / speedup),
-            arrival: true,
-            pod: i,
-        });
-    }
+    let mut events = arrivals(pods, speedup);
     let mut queue: Vec<usize> = Vec::new();
     let mut placement: Vec<Option<crate::domain::Placement>> = vec![None; pods.len()];
     let mut delays: Vec<u64> = Vec::new();
@@ -418,12 +429,8 @@ pub fn run_timeline(
                     placement[i] = Some(p);
                     let created = pod.creation.unwrap_or(0);
                     delays.push(now.saturating_sub(created / speedup));
-                    let ran = pod
-                        .deletion
-                        .unwrap_or(created)
-                        .saturating_sub(pod.scheduled.unwrap_or(created));
                     events.push(Event {
-                        time: std::cmp::Reverse(now + ran.max(1)),
+                        time: std::cmp::Reverse(now + pod.run_s()),
                         arrival: false,
                         pod: i,
                     });

@@ -23,6 +23,18 @@ pub struct Pod {
     pub qos: Option<String>,
 }
 
+impl Pod {
+    /// How long it ran, in seconds: from when it was scheduled (else
+    /// created) to its deletion; at least 1.
+    pub fn run_s(&self) -> u64 {
+        let created = self.creation.unwrap_or(0);
+        self.deletion
+            .unwrap_or(created)
+            .saturating_sub(self.scheduled.unwrap_or(created))
+            .max(1)
+    }
+}
+
 /// Nominal memory of the trace's GPU models; the trace gives none and only
 /// fractional memory caps read it (always as the same share of it).
 const TRACE_GPU_MEMORY: MiB = MiB(32 * 1024);

@@ -58,7 +58,7 @@ impl Queues {
         let mut queues = Queues {
             defs,
             default: QueueName::default_queue(),
-            qos: BTreeMap::new(),
+            qos: [(QosName::normal(), 0)].into(),
         };
         queues.settle();
         Ok(queues)
@@ -123,18 +123,16 @@ impl Queues {
         self.of(spec).map_or(0, |q| q.priority_tier).saturating_add(qos)
     }
 
-    /// With these QOS (and their tiers).
+    /// With these QOS (and their tiers); `normal` (0) unless redefined.
     pub fn with_qos(mut self, qos: BTreeMap<QosName, i32>) -> Queues {
         self.qos = qos;
+        self.qos.entry(QosName::normal()).or_insert(0);
         self
     }
 
-    /// A QOS's tier, if the server has it (`normal` always).
+    /// A QOS's tier, if the server has it.
     pub fn qos_tier(&self, name: &QosName) -> Option<i32> {
-        self.qos
-            .get(name)
-            .copied()
-            .or_else(|| (*name == QosName::normal()).then_some(0))
+        self.qos.get(name).copied()
     }
 
     /// The QOS names, for a message.

@@ -188,11 +188,7 @@ impl Engine {
             return;
         };
         let gone = p.abandon(spec);
-        if state == JobState::Cancelled {
-            p.ended.cancelled += gone;
-        } else {
-            p.ended.failed += gone;
-        }
+        p.ended.add(state, gone);
         array.reason = why;
         info!(array = %id, tasks = gone, %state, "array's unstarted tasks given up");
         self.end_array_if_done(id, Some(state));
@@ -253,12 +249,7 @@ impl Engine {
             )));
         };
         if let Some(p) = &mut array.array {
-            let c = &mut p.ended;
-            match was {
-                JobState::Succeeded => c.succeeded = c.succeeded.saturating_sub(1),
-                JobState::Cancelled => c.cancelled = c.cancelled.saturating_sub(1),
-                _ => c.failed = c.failed.saturating_sub(1),
-            }
+            p.ended.uncount(was);
         }
         if let Some(run) = self.arrays.get_mut(&task.array) {
             run.live += 1;
