@@ -99,23 +99,30 @@ async fn queues_place_jobs_on_their_nodes_refuse_what_they_do_not_allow_and_surv
     assert_eq!(column(&table, "batch", "GPUS(A/I/O/T)"), "0/4/0/4");
     assert_eq!(column(&table, "batch", "TIMELIMIT"), "1d");
 
+    // Writes a script, runs it with `allot sbatch -W`; its id and output.
+    let sbatch = |name: &str, text: &str| {
+        let script = dir.path().join(name);
+        std::fs::write(&script, text).unwrap();
+        async move {
+            let (code, out, err) = run_allot(
+                &["sbatch", "--parsable", "-W", &script.display().to_string()],
+                addr,
+                tenant,
+            )
+            .await;
+            assert_eq!(code, 0, "{out}{err}");
+            let id = out.trim().to_string();
+            let (code, log, err) = run_allot(&["logs", &id], addr, tenant).await;
+            assert_eq!(code, 0, "{err}");
+            (id, log)
+        }
+    };
     // A script that names the queue runs on its node and sees its name.
-    let script = dir.path().join("where.sh");
-    std::fs::write(
-        &script,
+    let (id, log) = sbatch(
+        "where.sh",
         "#!/bin/sh\n#SBATCH -p pool-a\n#SBATCH --gres=gpu:1\necho \"partition=$SLURM_JOB_PARTITION node=$SLURMD_NODENAME\"\n",
     )
-    .unwrap();
-    let (code, out, err) = run_allot(
-        &["sbatch", "--parsable", "-W", &script.display().to_string()],
-        addr,
-        tenant,
-    )
     .await;
-    assert_eq!(code, 0, "{out}{err}");
-    let id = out.trim().to_string();
-    let (code, log, err) = run_allot(&["logs", &id], addr, tenant).await;
-    assert_eq!(code, 0, "{err}");
     assert!(log.contains("partition=pool-a node=pool-a-1"), "{log}");
     let client = cluster.client().await;
     let job = client.get(&id).await.unwrap();
@@ -131,25 +138,15 @@ async fn queues_place_jobs_on_their_nodes_refuse_what_they_do_not_allow_and_surv
     assert_eq!(wait_final(&client, &plain.id).await.state(), JobState::Succeeded);
 
     // A QOS from the config file, and nodes excluded by a script's -x.
-    let script = dir.path().join("qos.sh");
-    std::fs::write(
-        &script,
+    let (id, log) = sbatch(
+        "qos.sh",
         "#!/bin/sh\n#SBATCH --qos=high -x pool-a-[1-3]\necho \"node=$SLURMD_NODENAME\"\n",
     )
-    .unwrap();
-    let (code, out, err) = run_allot(
-        &["sbatch", "--parsable", "-W", &script.display().to_string()],
-        addr,
-        tenant,
-    )
     .await;
-    assert_eq!(code, 0, "{out}{err}");
-    let id = out.trim().to_string();
     let job = client.get(&id).await.unwrap();
     let spec = job.spec.as_ref().unwrap();
     assert_eq!(spec.qos, "high");
     assert_eq!(spec.exclude_nodes, ["pool-a-1", "pool-a-2", "pool-a-3"]);
-    let (_, log, _) = run_allot(&["logs", &id], addr, tenant).await;
     assert!(log.contains("node=other-1"), "-x kept it off pool-a-1: {log}");
 
     // Refused, naming the field; nothing stored.
