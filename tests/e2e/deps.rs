@@ -52,7 +52,14 @@ async fn a_dependency_chain_runs_in_order_and_survives_a_crash() {
     )
     .unwrap();
     let (code, third, err) = run_allot(
-        &["sbatch", "--parsable", &script.display().to_string()],
+        // In the temp dir: the script's slurm-%j.out goes to its working directory.
+        &[
+            "sbatch",
+            "--parsable",
+            "-D",
+            &dir.path().display().to_string(),
+            &script.display().to_string(),
+        ],
         addr,
         tenant,
     )

@@ -103,9 +103,18 @@ async fn queues_place_jobs_on_their_nodes_refuse_what_they_do_not_allow_and_surv
     let sbatch = |name: &str, text: &str| {
         let script = dir.path().join(name);
         std::fs::write(&script, text).unwrap();
+        let work = dir.path().display().to_string();
         async move {
             let (code, out, err) = run_allot(
-                &["sbatch", "--parsable", "-W", &script.display().to_string()],
+                // In the temp dir: the script's slurm-%j.out goes to its working directory.
+                &[
+                    "sbatch",
+                    "--parsable",
+                    "-W",
+                    "-D",
+                    &work,
+                    &script.display().to_string(),
+                ],
                 addr,
                 tenant,
             )

@@ -90,11 +90,22 @@ async fn an_sbatch_script_runs_with_its_directives_and_slurms_variables() {
     let failing = work.join("fail.sh");
     std::fs::write(&failing, "#!/bin/sh\n#SBATCH -J failing\nexit 3\n").unwrap();
     let failing_s = failing.display().to_string();
-    let (code, out, err) = run_allot(&["sbatch", "--parsable", "-W", &failing_s], addr, token).await;
+    // In the temp dir: the script's slurm-%j.out goes to its working directory.
+    let (code, out, err) = run_allot(
+        &["sbatch", "--parsable", "-W", "-D", &work_s, &failing_s],
+        addr,
+        token,
+    )
+    .await;
     assert_eq!(code, 3, "{out}{err}");
     let failed = client.get(out.trim()).await.unwrap();
     assert_eq!((failed.state(), failed.exit_code), (JobState::Failed, Some(3)));
-    let (code, out, err) = run_allot(&["--json", "submit", &failing_s], addr, token).await;
+    let (code, out, err) = run_allot(
+        &["--json", "submit", "--workdir", &work_s, &failing_s],
+        addr,
+        token,
+    )
+    .await;
     assert_eq!(code, 0, "{out}{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let again = wait_final(&client, v["id"].as_str().unwrap()).await;
